@@ -1,0 +1,97 @@
+"""Stage glue for the CLI: config -> data -> model -> train -> test evaluation, through public doors only."""
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from behemoth.config import RunConfig
+from behemoth.data import DataBundle, load_data
+from behemoth.errors import RunDirError
+from behemoth.models import build_model, count_parameters
+from behemoth.runs import create_run_dir, read_spec, run_path, write_config, write_json, write_spec
+from behemoth.train import (
+    JsonlHook,
+    ProgressHook,
+    TensorBoardHook,
+    evaluate,
+    latest_checkpoint,
+    load_weights,
+    resolve_device,
+    save_weights,
+    train,
+)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def set_threads(threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def prepare(cfg: RunConfig) -> tuple[DataBundle, nn.Module]:
+    """Load the data and build the model (seeded), before anything on disk is touched."""
+    set_threads(cfg.train.threads)
+    data = load_data(cfg.data)
+    seed_everything(cfg.train.seed)
+    model = build_model(cfg.model.name, cfg.model.options, data.spec)
+    return data, model
+
+
+def run_training(
+    cfg: RunConfig, overwrite: bool = False, resume: Path | None = None, hooks: list | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train per `cfg` into runs/<name> (or continue `resume`); return the summary written to summary.json."""
+    data, model = prepare(cfg)
+    if resume is None:
+        run_dir = create_run_dir(run_path(cfg), overwrite)
+        write_config(run_dir, cfg)
+        write_spec(run_dir, data.spec, data.class_names, data.meta)
+        checkpoint = None
+    else:
+        run_dir = resume
+        checkpoint = latest_checkpoint(run_dir)
+        if checkpoint is None:
+            raise RunDirError(f"{run_dir} has no checkpoint to resume from")
+    all_hooks = ([ProgressHook()] if progress else []) + [
+        JsonlHook(run_dir / "metrics.jsonl"), TensorBoardHook(run_dir / "tb"), *(hooks or [])
+    ]
+    result = train(model, data, cfg.train, cfg.data.batch_size, cfg.data.eval_batch_size, run_dir,
+                   all_hooks, resume_from=checkpoint)
+    save_weights(model, run_dir / "model.safetensors")
+    summary: dict[str, Any] = {
+        "run": str(run_dir), "model": cfg.model.name, "parameters": count_parameters(model),
+        "dataset": data.name, "train_samples": len(data.train), "steps": result.steps, "epochs": result.epochs,
+        "stop_reason": result.stop_reason, "diverged": result.diverged, "train_seconds": result.seconds,
+        "samples_per_second": result.samples_per_second, "peak_memory_mb": result.peak_memory_mb,
+        "val": {k[4:]: v for k, v in result.last_eval.items() if k.startswith("val.")},
+    }
+    if data.test is not None and not result.diverged:
+        summary["test"] = evaluate(model, data.test, data.spec, cfg.data.eval_batch_size, cfg.train.precision,
+                                   resolve_device(cfg.train.device), cfg.train.channels_last)
+    write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def load_trained_model(run_dir: Path, cfg: RunConfig) -> nn.Module:
+    """Rebuild a run's model from spec.json and load its final (or latest checkpoint) weights."""
+    spec, _, _ = read_spec(run_dir)
+    model = build_model(cfg.model.name, cfg.model.options, spec)
+    weights = run_dir / "model.safetensors"
+    if not weights.is_file():
+        checkpoint = latest_checkpoint(run_dir)
+        if checkpoint is None:
+            raise RunDirError(f"{run_dir} has no trained weights (model.safetensors) and no checkpoint")
+        weights = checkpoint / "model.safetensors"
+    load_weights(model, weights)
+    model.eval()
+    return model

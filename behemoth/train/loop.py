@@ -1,0 +1,222 @@
+"""The training loop: one file, read top to bottom. Everything optional hooks in through `hooks`.
+
+Exact resume: the data order is a function of (seed, epoch), and a checkpoint holds the model,
+optimizer, scheduler, early-stopping state, RNG states and the position (epoch, step in epoch),
+so a resumed run takes the same steps on the same batches as an uninterrupted one.
+"""
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from behemoth.config import TrainConfig
+from behemoth.data.bundle import DataBundle
+from behemoth.errors import ConfigError
+from behemoth.train.batching import StepPlan, iterate_steps
+from behemoth.train.checkpoint import load_checkpoint, save_checkpoint
+from behemoth.train.early_stop import EarlyStopping
+from behemoth.train.hooks import call
+from behemoth.train.metrics import evaluate, peak_memory_mb, task_loss
+from behemoth.train.optim import optimizer_for
+from behemoth.train.precision import autocast, check_precision, grad_scaler
+from behemoth.train.schedules import build_scheduler
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device = 'cuda': no CUDA device is available")
+    return torch.device(name)
+
+
+@dataclass
+class TrainContext:
+    """Everything the loop works with; hooks read it. Position fields are what a checkpoint restores."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    cfg: TrainConfig
+    data: DataBundle
+    device: torch.device
+    plan: StepPlan
+    run_dir: Path | None
+    eval_batch_size: int
+    epoch: int = 0  # epoch in progress (0-based)
+    step_in_epoch: int = 0  # optimizer steps already taken in this epoch
+    step: int = 0  # optimizer steps taken in total
+    samples_seen: int = 0
+    stop_reason: str | None = None
+    early_stopping: EarlyStopping | None = None
+    last_eval: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def total_steps(self) -> int:
+        steps = self.cfg.epochs * self.plan.steps
+        return min(steps, self.cfg.max_steps) if self.cfg.max_steps else steps
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    epochs: int  # epochs completed
+    stop_reason: str | None  # None: ran to the end
+    diverged: bool
+    seconds: float
+    samples_per_second: float
+    peak_memory_mb: float
+    last_eval: dict[str, float]
+
+
+def train(
+    model: nn.Module,
+    data: DataBundle,
+    cfg: TrainConfig,
+    batch_size: int,
+    eval_batch_size: int = 1000,
+    run_dir: Path | None = None,
+    hooks: list | None = None,
+    resume_from: Path | None = None,
+) -> TrainResult:
+    """Train `model` on `data.train`, validating on `data.val` each epoch; checkpoint into run_dir."""
+    hooks = list(hooks or [])
+    device = resolve_device(cfg.device)
+    check_precision(cfg.precision, device)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    plan = StepPlan(len(data.train), batch_size, cfg.accumulate)
+    optimizer = optimizer_for(model, cfg)
+    ctx = TrainContext(model, optimizer, None, cfg, data, device, plan, run_dir, eval_batch_size)
+    ctx.scheduler = build_scheduler(optimizer, cfg, cfg.epochs if cfg.schedule_unit == "epoch" else ctx.total_steps)
+    ctx.early_stopping = EarlyStopping(cfg.early_stop)
+    if ctx.early_stopping.enabled and cfg.early_stop.monitor.startswith("val.") and data.val is None:
+        raise ConfigError(f"train.early_stop.monitor = {cfg.early_stop.monitor!r}: no validation split (data.val_fraction = 0)")
+    if resume_from is not None:
+        restore(ctx, load_checkpoint(resume_from, model))
+    step_fn = torch.compile(model) if cfg.compile else model
+    scaler = grad_scaler(cfg.precision, device)
+
+    call(hooks, "on_train_start", ctx)
+    started, samples_at_start = time.perf_counter(), ctx.samples_seen
+    while ctx.epoch < cfg.epochs and ctx.stop_reason is None:
+        model.train()
+        for step_in_epoch, micro_batches in iterate_steps(plan, cfg.seed, ctx.epoch, ctx.step_in_epoch):
+            loss, acc, count = train_step(ctx, step_fn, scaler, micro_batches)
+            if not math.isfinite(loss):
+                ctx.stop_reason = f"non-finite loss ({loss}) at step {ctx.step + 1}, epoch {ctx.epoch + 1}"
+                break
+            ctx.step, ctx.step_in_epoch = ctx.step + 1, step_in_epoch + 1
+            ctx.samples_seen += count
+            if cfg.schedule_unit == "step":
+                ctx.scheduler.step()
+            call(hooks, "on_step_end", ctx, {"train.loss": loss, "train.acc": acc, "lr": ctx.lr})
+            if cfg.eval_every_steps and ctx.step % cfg.eval_every_steps == 0:
+                validate(ctx, hooks)
+            if cfg.checkpoint.every_steps and ctx.step % cfg.checkpoint.every_steps == 0:
+                checkpoint(ctx, hooks)
+            if cfg.max_steps and ctx.step >= cfg.max_steps:
+                ctx.stop_reason = f"reached train.max_steps = {cfg.max_steps}"
+                break
+        if ctx.stop_reason and ctx.stop_reason.startswith("non-finite"):
+            break  # leave the last good checkpoint as it is
+        epoch_done = ctx.step_in_epoch >= plan.steps
+        if epoch_done:
+            ctx.epoch, ctx.step_in_epoch = ctx.epoch + 1, 0
+            if cfg.schedule_unit == "epoch":
+                ctx.scheduler.step()
+        metrics = validate(ctx, hooks)
+        if ctx.early_stopping.enabled and ctx.early_stopping.update(metrics) and ctx.stop_reason is None:
+            ctx.stop_reason = f"early stopping: {cfg.early_stop.monitor} did not improve for {cfg.early_stop.patience} evaluations"
+        if epoch_done:
+            call(hooks, "on_epoch_end", ctx, metrics)
+        checkpoint(ctx, hooks)
+    seconds = time.perf_counter() - started
+    call(hooks, "on_train_end", ctx)
+    return TrainResult(
+        steps=ctx.step,
+        epochs=ctx.epoch,
+        stop_reason=ctx.stop_reason,
+        diverged=bool(ctx.stop_reason and ctx.stop_reason.startswith("non-finite")),
+        seconds=seconds,
+        samples_per_second=(ctx.samples_seen - samples_at_start) / max(seconds, 1e-9),
+        peak_memory_mb=peak_memory_mb(device),
+        last_eval=ctx.last_eval,
+    )
+
+
+def train_step(ctx: TrainContext, step_fn: nn.Module, scaler, micro_batches: list[torch.Tensor]) -> tuple[float, float, int]:
+    """One optimizer step over `accumulate` micro-batches; returns (mean loss, accuracy, samples)."""
+    cfg, split, device = ctx.cfg, ctx.data.train, ctx.device
+    total = sum(len(idx) for idx in micro_batches)
+    ctx.optimizer.zero_grad(set_to_none=True)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    for idx in micro_batches:
+        x, y = split.x[idx].to(device, non_blocking=True), split.y[idx].to(device, non_blocking=True)
+        if cfg.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(cfg.precision, device):
+            logits = step_fn(x)
+        loss = task_loss(logits, y, cfg.label_smoothing)
+        # weight each micro-batch by its share of the step so the sum is the mean over the step
+        scaler.scale(loss * (len(idx) / total)).backward()
+        loss_sum += loss.detach() * len(idx)
+        correct += (logits.detach().argmax(-1) == y).sum()
+    if cfg.clip_norm or cfg.clip_value:
+        scaler.unscale_(ctx.optimizer)
+        if cfg.clip_norm:
+            torch.nn.utils.clip_grad_norm_(ctx.model.parameters(), cfg.clip_norm)
+        if cfg.clip_value:
+            torch.nn.utils.clip_grad_value_(ctx.model.parameters(), cfg.clip_value)
+    scaler.step(ctx.optimizer)
+    scaler.update()
+    predictions = total * (y.shape[1] if y.ndim == 2 else 1)  # a language model predicts every token
+    return loss_sum.item() / total, correct.item() / predictions, total
+
+
+def validate(ctx: TrainContext, hooks: list) -> dict[str, float]:
+    """Evaluate on the validation split (if any) and tell the hooks."""
+    metrics: dict[str, float] = {"epoch": ctx.epoch, "step": ctx.step}
+    if ctx.data.val is not None:
+        result = evaluate(ctx.model, ctx.data.val, ctx.data.spec, ctx.eval_batch_size, ctx.cfg.precision,
+                          ctx.device, ctx.cfg.channels_last)
+        metrics.update({f"val.{k}": v for k, v in result.items()})
+    ctx.last_eval = metrics
+    call(hooks, "on_eval_end", ctx, metrics)
+    return metrics
+
+
+def checkpoint(ctx: TrainContext, hooks: list) -> None:
+    if ctx.run_dir is None:
+        return
+    state = {
+        "optimizer": ctx.optimizer.state_dict(),
+        "scheduler": ctx.scheduler.state_dict(),
+        "early_stopping": ctx.early_stopping.state_dict(),
+        "position": {"epoch": ctx.epoch, "step_in_epoch": ctx.step_in_epoch, "step": ctx.step,
+                     "samples_seen": ctx.samples_seen},
+        "stop_reason": ctx.stop_reason or "",
+    }
+    path = save_checkpoint(ctx.run_dir, ctx.step, ctx.model, state, ctx.cfg.checkpoint.keep_last)
+    call(hooks, "on_checkpoint", ctx, path)
+
+
+def restore(ctx: TrainContext, state: dict[str, Any]) -> None:
+    ctx.optimizer.load_state_dict(state["optimizer"])
+    ctx.scheduler.load_state_dict(state["scheduler"])
+    ctx.early_stopping.load_state_dict(state["early_stopping"])
+    position = state["position"]
+    ctx.epoch, ctx.step_in_epoch = position["epoch"], position["step_in_epoch"]
+    ctx.step, ctx.samples_seen = position["step"], position["samples_seen"]
+    ctx.stop_reason = state["stop_reason"] or None

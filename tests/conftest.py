@@ -1,0 +1,58 @@
+"""Shared fixtures: small real data (scikit-learn digits) and tiny configs that train in seconds."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from behemoth.config import TrainConfig
+from behemoth.data.bundle import DataBundle, TensorSplit
+from behemoth.spec import DataSpec
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def digits_bundle() -> DataBundle:
+    """sklearn's 8x8 digits as flat features: 1200 train / 297 val / 300 test, standardised."""
+    from sklearn.datasets import load_digits
+
+    raw = load_digits()
+    x = torch.tensor(raw.data, dtype=torch.float32)
+    y = torch.tensor(raw.target, dtype=torch.long)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    x, y = x[order], y[order]
+    mean, std = x[:1200].mean(0), x[:1200].std(0).clamp_min(1e-3)
+    x = (x - mean) / std
+    return DataBundle(
+        name="digits",
+        spec=DataSpec("classification", (64,), 10),
+        train=TensorSplit(x[:1200], y[:1200]),
+        val=TensorSplit(x[1200:1497], y[1200:1497]),
+        test=TensorSplit(x[1497:], y[1497:]),
+        class_names=[str(i) for i in range(10)],
+    )
+
+
+def mlp(inputs: int = 64, hidden: int = 32, classes: int = 10, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(inputs, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, classes))
+
+
+def quick_train_config(**overrides) -> TrainConfig:
+    base = dict(epochs=2, optimizer="sgd", lr=0.1, momentum=0.9, log_every=10)
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+def behemoth_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "behemoth", *args]
+
+
+def subprocess_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
