@@ -1,0 +1,104 @@
+"""A nanoGPT-style decoder-only transformer (GPT-2 architecture, small by default).
+
+Token + learned position embeddings -> n_layer pre-LN causal blocks -> LayerNorm -> lm_head, whose
+weight is the token embedding's (weight tying: fewer parameters, and it trains better on small data).
+The blocks live in `self.blocks` (an nn.ModuleList) so that activation checkpointing and pipeline
+splits can wrap them one by one.
+"""
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from torch import nn
+
+from behemoth.errors import ModelError
+from behemoth.models.common import BYTES_LM_SPEC
+from behemoth.models.registry import ModelEntry, register
+from behemoth.models.transformer_blocks import Block, init_gpt2
+from behemoth.spec import DataSpec
+
+
+class GPTOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    n_layer: int = Field(4, ge=1)
+    n_head: int = Field(4, ge=1)
+    n_embd: int = Field(128, ge=1)
+    block_size: int = Field(128, ge=1)  # longest context the position embedding covers
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    bias: bool = True  # biases in Linear and LayerNorm layers, as in GPT-2
+
+    @field_validator("n_embd")
+    @classmethod
+    def _heads_divide_width(cls, n_embd: int, info: ValidationInfo) -> int:
+        n_head = info.data.get("n_head")
+        if n_head and n_embd % n_head:
+            raise ValueError(f"must be divisible by model.n_head = {n_head}")
+        return n_embd
+
+
+class GPT(nn.Module):
+    def __init__(self, vocab_size: int, opts: GPTOptions):
+        super().__init__()
+        self.block_size = opts.block_size
+        self.tok_emb = nn.Embedding(vocab_size, opts.n_embd)
+        self.pos_emb = nn.Embedding(opts.block_size, opts.n_embd)
+        self.drop = nn.Dropout(opts.dropout)
+        self.blocks = nn.ModuleList(
+            Block(opts.n_embd, opts.n_head, 4 * opts.n_embd, opts.dropout, opts.bias, causal=True)
+            for _ in range(opts.n_layer)
+        )
+        self.ln_f = nn.LayerNorm(opts.n_embd, bias=opts.bias)
+        self.lm_head = nn.Linear(opts.n_embd, vocab_size, bias=False)
+        self.lm_head.weight = self.tok_emb.weight  # weight tying
+        init_gpt2(self, opts.n_layer)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:  # (B, T) int64 -> (B, T, V)
+        _, T = idx.shape
+        if T > self.block_size:
+            raise ModelError(f"sequence of {T} tokens is longer than model.block_size = {self.block_size}")
+        pos = torch.arange(T, device=idx.device)  # (T,)
+        x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, C)
+        for block in self.blocks:
+            x = block(x)  # (B, T, C)
+        return self.lm_head(self.ln_f(x))  # (B, T, V)
+
+    @torch.no_grad()
+    def generate(
+        self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None
+    ) -> torch.Tensor:
+        """Sample `max_new_tokens` tokens after `idx` (B, T); returns (B, T + max_new_tokens).
+
+        Call model.eval() first if dropout is on. temperature < 1 sharpens, top_k keeps the k likeliest.
+        """
+        for _ in range(max_new_tokens):
+            context = idx[:, -self.block_size :]  # crop: positions beyond block_size have no embedding
+            logits = self(context)[:, -1, :] / temperature  # (B, V)
+            if top_k is not None:
+                kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]  # (B, 1)
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            probs = F.softmax(logits, dim=-1)
+            idx = torch.cat((idx, torch.multinomial(probs, num_samples=1)), dim=1)  # (B, T + 1)
+        return idx
+
+
+def build(opts: GPTOptions, spec: DataSpec) -> GPT:
+    seq_len = spec.input_shape[0]
+    if seq_len > opts.block_size:
+        raise ModelError(
+            f"data.block_size = {seq_len} is longer than model.block_size = {opts.block_size} "
+            "(the longest context it has position embeddings for): raise model.block_size or lower data.block_size"
+        )
+    return GPT(spec.num_classes, opts)
+
+
+register(
+    ModelEntry(
+        name="gpt",
+        summary="nanoGPT-style decoder-only transformer (pre-LN, causal attention, tied lm_head)",
+        options=GPTOptions,
+        build=build,
+        tasks=("language_model",),
+        example_spec=BYTES_LM_SPEC,
+    )
+)

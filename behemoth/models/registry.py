@@ -1,0 +1,128 @@
+"""The model zoo's index: name -> (typed options, builder). The only door into `behemoth.models`."""
+
+import importlib
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from pydantic import BaseModel, ValidationError
+from torch import nn
+
+from behemoth.errors import ConfigError, ModelError
+from behemoth.spec import DataSpec, Task
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    summary: str
+    options: type[BaseModel]  # the model's own typed config (extra keys forbidden)
+    build: Callable[[Any, DataSpec], nn.Module]  # (options instance, data spec) -> module
+    tasks: tuple[Task, ...]
+    example_spec: DataSpec  # the data it is listed with in `behemoth models`
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register(entry: ModelEntry) -> ModelEntry:
+    _REGISTRY[entry.name] = entry
+    return entry
+
+
+def _entries() -> dict[str, ModelEntry]:
+    import behemoth.models.zoo  # noqa: F401  (importing the zoo registers every built-in model)
+
+    return _REGISTRY
+
+
+def list_models() -> list[ModelEntry]:
+    return sorted(_entries().values(), key=lambda e: e.name)
+
+
+def is_user_model(name: str) -> bool:
+    return ":" in name
+
+
+def validate_model_options(name: str, options: dict[str, Any]) -> BaseModel | dict[str, Any]:
+    """Check `[model]` keys against the chosen model's options; raise ConfigError naming model.<key>."""
+    if is_user_model(name):
+        load_user_factory(name)
+        return options
+    entries = _entries()
+    if name not in entries:
+        known = ", ".join(sorted(entries))
+        raise ConfigError(f"model.name = {name!r}: unknown model (known: {known}; or 'package.module:factory')")
+    try:
+        return entries[name].options.model_validate(options)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(["model", *(str(p) for p in err["loc"])])
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        raise ConfigError(f"{where} = {err.get('input')!r}: {msg}") from None
+
+
+def load_user_factory(name: str) -> Callable[..., nn.Module]:
+    module_name, _, attr = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # any import failure is the user's module, report it in one line
+        raise ConfigError(f"model.name = {name!r}: cannot import {module_name}: {exc}") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ConfigError(f"model.name = {name!r}: {module_name} has no callable {attr!r}")
+    return factory
+
+
+def build_model(name: str, options: dict[str, Any], spec: DataSpec) -> nn.Module:
+    """Build a model for data of shape `spec` and check that its output fits the labels."""
+    if is_user_model(name):
+        factory = load_user_factory(name)
+        kwargs = dict(options)
+        if "spec" in inspect.signature(factory).parameters:
+            kwargs["spec"] = spec
+        try:
+            model = factory(**kwargs)
+        except TypeError as exc:
+            raise ModelError(f"model {name}: factory rejected its options {sorted(options)}: {exc}") from None
+        if not isinstance(model, nn.Module):
+            raise ModelError(f"model {name}: factory returned {type(model).__name__}, not a torch.nn.Module")
+    else:
+        entry = _entries()[name]
+        if spec.task not in entry.tasks:
+            raise ModelError(f"model {name!r} does not support {spec.task} data (supports: {', '.join(entry.tasks)})")
+        model = entry.build(validate_model_options(name, options), spec)
+    check_output_shape(model, spec, name)
+    return model
+
+
+def expected_output_shape(spec: DataSpec, batch: int) -> tuple[int, ...]:
+    if spec.task == "language_model":
+        return (batch, spec.input_shape[0], spec.num_classes)
+    return (batch, spec.num_classes)
+
+
+def example_input(spec: DataSpec, batch: int = 2) -> torch.Tensor:
+    if spec.task == "language_model":
+        return torch.zeros((batch, *spec.input_shape), dtype=torch.long)
+    return torch.zeros((batch, *spec.input_shape))
+
+
+def check_output_shape(model: nn.Module, spec: DataSpec, name: str) -> None:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(example_input(spec))
+    except Exception as exc:
+        raise ModelError(f"model {name}: forward failed on input of shape {(2, *spec.input_shape)}: {exc}") from None
+    finally:
+        model.train(was_training)
+    want = expected_output_shape(spec, 2)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != want:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelError(
+            f"model {name}: output shape {got} does not match the data (expected {want}: "
+            f"{spec.num_classes} {'tokens' if spec.task == 'language_model' else 'classes'})"
+        )

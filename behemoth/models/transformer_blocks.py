@@ -1,0 +1,82 @@
+"""The pre-LayerNorm transformer block shared by `gpt` (causal) and `vit` (bidirectional).
+
+Names follow one rule that other stages rely on: the two projections that write into the residual
+stream are called `proj` (attention output and MLP output), so GPT-2's scaled init and later
+pruning/explain code can find them by name.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention through torch's fused scaled_dot_product_attention."""
+
+    def __init__(self, dim: int, n_head: int, dropout: float, bias: bool, causal: bool):
+        super().__init__()
+        if dim % n_head:
+            raise ValueError(f"attention width {dim} is not divisible by {n_head} heads")
+        self.n_head = n_head
+        self.causal = causal
+        self.dropout = dropout
+        self.qkv = nn.Linear(dim, 3 * dim, bias=bias)  # q, k, v for all heads in one matmul
+        self.proj = nn.Linear(dim, dim, bias=bias)
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)  # 3 x (B, T, C)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=self.causal
+        )  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
+        return self.resid_dropout(self.proj(y))
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: Linear -> GELU -> Linear back to the residual width."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float, bias: bool):
+        super().__init__()
+        self.fc = nn.Linear(dim, hidden, bias=bias)
+        self.gelu = nn.GELU()
+        self.proj = nn.Linear(hidden, dim, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
+        return self.dropout(self.proj(self.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    """x + attn(ln(x)), then x + mlp(ln(x)): pre-LN keeps the residual path an identity at init."""
+
+    def __init__(self, dim: int, n_head: int, mlp_hidden: int, dropout: float, bias: bool, causal: bool):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(dim, bias=bias)
+        self.attn = SelfAttention(dim, n_head, dropout, bias, causal)
+        self.ln_2 = nn.LayerNorm(dim, bias=bias)
+        self.mlp = MLP(dim, mlp_hidden, dropout, bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
+        x = x + self.attn(self.ln_1(x))
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+def init_gpt2(model: nn.Module, n_layer: int) -> None:
+    """GPT-2 init: N(0, 0.02) weights, zero biases, and residual projections scaled by 1/sqrt(2 * n_layer)
+    so the residual stream's variance does not grow with depth (two residual adds per block)."""
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+    for name, param in model.named_parameters():
+        if name.endswith("proj.weight"):
+            nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * n_layer))
