@@ -180,3 +180,14 @@ def test_detailed_metrics_match_sklearn(digits_bundle):
     assert got["precision_macro"] == pytest.approx(precision_score(true, pred, average="macro", zero_division=0), abs=1e-5)
     assert got["recall_per_class"] == pytest.approx(list(recall_score(true, pred, average=None)), abs=1e-5)
     assert got["confusion_matrix"] == confusion_matrix(true, pred).tolist()
+
+
+def test_torch_compile_option_trains_the_same_model(digits_bundle):
+    """train.compile = true runs the step through torch.compile; the weights it trains are the model's own."""
+    eager, compiled = mlp(), mlp()
+    train(eager, digits_bundle, quick_train_config(epochs=1, max_steps=10, momentum=0.0), batch_size=64)
+    train(compiled, digits_bundle, quick_train_config(epochs=1, max_steps=10, momentum=0.0, compile=True),
+          batch_size=64)
+    for key, value in eager.state_dict().items():
+        torch.testing.assert_close(compiled.state_dict()[key], value, rtol=1e-4, atol=1e-5)
+    assert not torch.equal(compiled.state_dict()["0.weight"], mlp().state_dict()["0.weight"])

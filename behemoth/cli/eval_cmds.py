@@ -86,7 +86,7 @@ def read_inputs(path: Path, input_shape: tuple[int, ...], meta: dict) -> torch.T
         array = np.stack(images)
     x = torch.from_numpy(np.asarray(array))
     if x.dtype == torch.uint8:  # raw pixels: scale and normalise as the training data were
-        x = x.float() / 255.0
+        x = x.float() / float(meta.get("input_scale", 255.0))
         if x.ndim == len(input_shape) and len(input_shape) == 3:
             x = x.unsqueeze(1) if input_shape[0] == 1 else x.permute(0, 3, 1, 2)
         mean = torch.tensor(meta.get("mean", [0.0])).view(1, -1, *([1] * (x.ndim - 2)))
