@@ -165,3 +165,21 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_exact(tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         assert (a[key] == b[key]).all(), key
+
+
+RECIPES = ["mnist-cnn", "mnist-mlp", "lenet5", "lenet-caffe", "fashion", "digits", "rnn", "gpt-text", "vit-mnist"]
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_recipe_trains_a_few_steps(recipe, tmp_path):
+    from behemoth.cli.app import resolve_config
+    from behemoth.data import list_datasets
+    from behemoth.pipeline import run_training
+
+    cfg = load_config(resolve_config(recipe), [f"runs_dir={str(tmp_path)!r}", "train.max_steps=3",
+                                               "train.warmup=0", "data.train_limit=256", "data.test_limit=64"])
+    if not {d.name: d.available for d in list_datasets()}[cfg.data.name]:
+        pytest.skip(f"{cfg.data.name} is not installed here")
+    summary = run_training(cfg, progress=False)
+    assert summary["steps"] == 3 and not summary["diverged"]
+    assert 0.0 <= summary["test"]["acc"] <= 1.0 and summary["test"]["loss"] > 0

@@ -148,3 +148,12 @@ def test_no_decay_group_really_is_not_decayed():
     opt.step()
     assert torch.allclose(model.weight, torch.full_like(model.weight, 1 - 0.1 * 0.5))
     assert torch.equal(model.bias, torch.ones_like(model.bias))
+
+
+def test_tied_weights_are_optimised_once():
+    embedding = torch.nn.Embedding(10, 4)
+    head = torch.nn.Linear(4, 10, bias=False)
+    head.weight = embedding.weight  # weight tying, as in GPT
+    model = torch.nn.ModuleDict({"emb": embedding, "head": head})
+    groups = parameter_groups(model, weight_decay=0.1, decay_norm_and_bias=False)
+    assert sum(len(g["params"]) for g in groups) == 1

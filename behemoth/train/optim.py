@@ -19,11 +19,12 @@ def parameter_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias:
     """
     if decay_norm_and_bias or weight_decay == 0.0:
         return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
-    decay, no_decay = [], []
+    decay, no_decay, seen = [], [], set()
     for module in model.modules():
         for name, param in module.named_parameters(recurse=False):
-            if not param.requires_grad:
+            if not param.requires_grad or id(param) in seen:  # tied weights (GPT's lm_head) appear twice
                 continue
+            seen.add(id(param))
             if isinstance(module, _NORM_TYPES) or name.endswith("bias") or param.ndim <= 1:
                 no_decay.append(param)
             else:
