@@ -183,3 +183,15 @@ def test_every_recipe_trains_a_few_steps(recipe, tmp_path):
     summary = run_training(cfg, progress=False)
     assert summary["steps"] == 3 and not summary["diverged"]
     assert 0.0 <= summary["test"]["acc"] <= 1.0 and summary["test"]["loss"] > 0
+
+
+def test_divergence_is_reported_and_keeps_the_last_good_checkpoint(tmp_path):
+    from behemoth.cli.train_cmd import TrainingDiverged
+
+    result = runner.invoke(app, ["train", "digits", f"runs_dir={str(tmp_path)!r}", "name=diverge", "train.lr=1e12",
+                                 "train.optimizer=sgd", "train.checkpoint.every_steps=1", "--no-progress"])
+    assert isinstance(result.exception, TrainingDiverged)
+    assert "non-finite loss" in str(result.exception) and "last good checkpoint kept" in str(result.exception)
+    latest = (tmp_path / "diverge" / "checkpoints" / "latest").read_text()
+    weights = load_file(str(tmp_path / "diverge" / "checkpoints" / latest / "model.safetensors"))
+    assert all(t.isfinite().all() for t in weights.values())

@@ -191,3 +191,25 @@ def test_torch_compile_option_trains_the_same_model(digits_bundle):
     for key, value in eager.state_dict().items():
         torch.testing.assert_close(compiled.state_dict()[key], value, rtol=1e-4, atol=1e-5)
     assert not torch.equal(compiled.state_dict()["0.weight"], mlp().state_dict()["0.weight"])
+
+
+class LrRecorder(BaseHook):
+    def __init__(self) -> None:
+        self.by_epoch: dict[int, set[float]] = {}
+
+    def on_step_end(self, ctx, metrics):
+        self.by_epoch.setdefault(ctx.epoch, set()).add(round(metrics["lr"], 12))
+
+
+def test_schedule_stepped_per_epoch_holds_lr_within_an_epoch(digits_bundle):
+    recorder = LrRecorder()
+    cfg = quick_train_config(epochs=3, lr=0.1, schedule="step", schedule_unit="epoch", step_size=1, gamma=0.5)
+    train(mlp(), digits_bundle, cfg, batch_size=64, hooks=[recorder])
+    # the lr logged after each step is the one the next step uses; it changes only when an epoch ends
+    assert recorder.by_epoch == {0: {0.1}, 1: {0.05}, 2: {0.025}}
+
+
+def test_schedule_stepped_per_step_changes_every_step(digits_bundle):
+    recorder = LrRecorder()
+    train(mlp(), digits_bundle, quick_train_config(epochs=1, schedule="cosine"), batch_size=64, hooks=[recorder])
+    assert len(recorder.by_epoch[0]) == 1200 // 64
