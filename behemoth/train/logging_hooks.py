@@ -56,8 +56,9 @@ class ProgressHook(BaseHook):
     def on_step_end(self, ctx: Any, metrics: dict[str, float]) -> None:
         self.last = metrics
         if ctx.step % ctx.cfg.log_every and ctx.step != ctx.total_steps:
-            if self.progress is not None:
-                self.progress.update(self.task, completed=ctx.step)
+            if self.progress is not None:  # cheap: rich redraws on its own thread
+                self.progress.update(self.task, completed=ctx.step, epoch=f"{ctx.epoch + 1}/{ctx.cfg.epochs}",
+                                     loss=metrics["train.loss"], acc=metrics["train.acc"])
             return
         rate = self.rate.read(ctx.samples_seen)
         if self.progress is not None:
