@@ -10,6 +10,7 @@ from torch import nn
 
 from behemoth.config import RunConfig
 from behemoth.data import DataBundle, load_data
+from behemoth.distributed import DistEnv, barrier
 from behemoth.errors import RunDirError
 from behemoth.models import build_model, count_parameters
 from behemoth.runs import create_run_dir, read_spec, run_path, write_config, write_json, write_spec
@@ -48,37 +49,50 @@ def prepare(cfg: RunConfig) -> tuple[DataBundle, nn.Module]:
 
 def run_training(
     cfg: RunConfig, overwrite: bool = False, resume: Path | None = None, hooks: list | None = None,
-    progress: bool = True,
+    progress: bool = True, env: DistEnv | None = None,
 ) -> dict[str, Any]:
-    """Train per `cfg` into runs/<name> (or continue `resume`); return the summary written to summary.json."""
+    """Train per `cfg` into runs/<name> (or continue `resume`); return the summary written to summary.json.
+
+    Under torchrun (`env` with world size > 1) every rank trains; rank 0 alone writes files and logs.
+    """
+    main = env is None or env.is_main
     data, model = prepare(cfg)
     if resume is None:
-        run_dir = create_run_dir(run_path(cfg), overwrite)
-        write_config(run_dir, cfg)
-        write_spec(run_dir, data.spec, data.class_names, data.meta)
+        run_dir = run_path(cfg)
+        if main:
+            create_run_dir(run_dir, overwrite)
+            write_config(run_dir, cfg)
+            write_spec(run_dir, data.spec, data.class_names, data.meta)
+        barrier(env)
         checkpoint = None
     else:
         run_dir = resume
         checkpoint = latest_checkpoint(run_dir)
         if checkpoint is None:
             raise RunDirError(f"{run_dir} has no checkpoint to resume from")
-    all_hooks = ([ProgressHook()] if progress else []) + [
-        JsonlHook(run_dir / "metrics.jsonl"), TensorBoardHook(run_dir / "tb"), *(hooks or [])
+    logging_hooks = ([ProgressHook()] if progress else []) + [
+        JsonlHook(run_dir / "metrics.jsonl"), TensorBoardHook(run_dir / "tb")
     ]
+    all_hooks = (logging_hooks if main else []) + list(hooks or [])
     result = train(model, data, cfg.train, cfg.data.batch_size, cfg.data.eval_batch_size, run_dir,
-                   all_hooks, resume_from=checkpoint)
-    save_weights(model, run_dir / "model.safetensors")
+                   all_hooks, resume_from=checkpoint, env=env)
+    if main:
+        save_weights(model, run_dir / "model.safetensors")
     summary: dict[str, Any] = {
         "run": str(run_dir), "model": cfg.model.name, "parameters": count_parameters(model),
         "dataset": data.name, "train_samples": len(data.train), "steps": result.steps, "epochs": result.epochs,
         "stop_reason": result.stop_reason, "diverged": result.diverged, "train_seconds": result.seconds,
         "samples_per_second": result.samples_per_second, "peak_memory_mb": result.peak_memory_mb,
         "val": {k[4:]: v for k, v in result.last_eval.items() if k.startswith("val.")},
+        "world_size": env.world_size if env is not None else 1,
     }
     if data.test is not None and not result.diverged:
+        device = env.device if env is not None else resolve_device(cfg.train.device)
         summary["test"] = evaluate(model, data.test, data.spec, cfg.data.eval_batch_size, cfg.train.precision,
-                                   resolve_device(cfg.train.device), cfg.train.channels_last)
-    write_json(run_dir / "summary.json", summary)
+                                   device, cfg.train.channels_last, env=env)
+    if main:
+        write_json(run_dir / "summary.json", summary)
+    barrier(env)
     return summary
 
 

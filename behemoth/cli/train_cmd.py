@@ -7,9 +7,12 @@ from rich.console import Console
 
 from behemoth.cli.app import app, resolve_config, split_config_args
 from behemoth.config import load_config
-from behemoth.errors import BehemothError
+from behemoth.distributed import close_group, init_group, read_env
+from behemoth.distributed.launch import current_command, launch
+from behemoth.errors import BehemothError, RunDirError
 from behemoth.pipeline import run_training
-from behemoth.runs import open_run
+from behemoth.runs import open_run, run_path
+from behemoth.train import latest_checkpoint
 
 console = Console(stderr=False)
 
@@ -25,9 +28,23 @@ def train(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace runs/<name> if it exists."),
     resume: Path = typer.Option(None, "--resume", help="Continue the run in this directory from its last checkpoint."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar or log lines."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Processes on this machine (launched through torchrun; "
+                              "data.batch_size is the global batch, split across them)."),
+    max_restarts: int = typer.Option(0, "--max-restarts", min=0, help="torchrun restarts of a failed group."),
+    nnodes: str = typer.Option("1", "--nnodes", help="Machines in the job (multi-node, with --rdzv-endpoint)."),
+    node_rank: int = typer.Option(0, "--node-rank", min=0, help="This machine's rank (multi-node)."),
+    rdzv_endpoint: str = typer.Option(None, "--rdzv-endpoint", help="host:port every node can reach (multi-node)."),
 ) -> None:
-    """Train a model. Writes runs/<name>/ (config, checkpoints, metrics, TensorBoard logs, summary)."""
+    """Train a model. Writes runs/<name>/ (config, checkpoints, metrics, TensorBoard logs, summary).
+
+    With --nproc N (or under `torchrun -m behemoth train ...`) it trains with N processes (DDP).
+    """
     config_arg, overrides = split_config_args(args or [])
+    env = read_env()
+    if resume is None and env.restart_count > 0:  # torchrun restarted us: continue the run we were writing
+        cfg = load_config(resolve_config(config_arg or "mnist-cnn"), overrides)
+        if latest_checkpoint(run_path(cfg)) is not None:
+            resume, config_arg, overrides = run_path(cfg), None, []
     if resume is not None:
         if config_arg:
             raise BehemothError("--resume takes the run directory; do not also pass a config file")
@@ -35,10 +52,22 @@ def train(
     else:
         cfg = load_config(resolve_config(config_arg or "mnist-cnn"), overrides)
         run_dir = None
-    summary = run_training(cfg, overwrite=overwrite, resume=run_dir, progress=not no_progress)
+        if run_path(cfg).exists() and not overwrite:  # checked before any worker starts
+            raise RunDirError(f"run directory {run_path(cfg)} exists: pass --overwrite, or pick another name (name=...)")
+    env = env.on_device(cfg.train.device)
+    if (nproc > 1 or rdzv_endpoint) and not env.distributed:  # the launcher: torchrun takes it from here
+        launch(nproc, current_command(), max_restarts=max_restarts, nnodes=nnodes, node_rank=node_rank,
+               rdzv_endpoint=rdzv_endpoint)
+        return
+    init_group(env)
+    try:
+        summary = run_training(cfg, overwrite=overwrite, resume=run_dir, progress=not no_progress, env=env)
+    finally:
+        close_group()
     if summary["diverged"]:
         raise TrainingDiverged(f"{summary['stop_reason']}; last good checkpoint kept in {summary['run']}/checkpoints")
-    print_summary(summary)
+    if env.is_main:
+        print_summary(summary)
 
 
 def print_summary(summary: dict) -> None:

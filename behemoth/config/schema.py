@@ -8,6 +8,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from behemoth.explain.config import ExplainConfig
+from behemoth.tune.config import TuneConfig
+
 PositiveInt = Field(ge=1)
 
 
@@ -63,6 +66,7 @@ class TrainConfig(Section):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1)  # torch CPU threads; default: all cores
+    strategy: Literal["auto", "single", "ddp"] = "auto"  # auto: ddp under torchrun, else single
 
     # optimizer (torch.optim)
     optimizer: Literal["sgd", "adagrad", "rmsprop", "adam", "adamw", "adadelta"] = "sgd"
@@ -111,6 +115,8 @@ class RunConfig(Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    tune: TuneConfig = TuneConfig()  # read by `behemoth tune` only
+    explain: ExplainConfig = ExplainConfig()  # read by `behemoth explain` only
 
     @model_validator(mode="after")
     def _check_model_options(self) -> "RunConfig":

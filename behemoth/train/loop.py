@@ -16,6 +16,10 @@ from torch import nn
 
 from behemoth.config import TrainConfig
 from behemoth.data.bundle import DataBundle
+from behemoth.distributed import (
+    DistEnv, all_reduce_sum, barrier, broadcast_flag, check_divisible, gather_rng_states, no_gradient_sync,
+    parallelize, shard,
+)
 from behemoth.errors import ConfigError
 from behemoth.train.batching import StepPlan, iterate_steps
 from behemoth.train.checkpoint import load_checkpoint, save_checkpoint
@@ -48,6 +52,7 @@ class TrainContext:
     plan: StepPlan
     run_dir: Path | None
     eval_batch_size: int
+    env: DistEnv | None = None  # None or world size 1: a single process
     epoch: int = 0  # epoch in progress (0-based)
     step_in_epoch: int = 0  # optimizer steps already taken in this epoch
     step: int = 0  # optimizer steps taken in total
@@ -87,24 +92,30 @@ def train(
     run_dir: Path | None = None,
     hooks: list | None = None,
     resume_from: Path | None = None,
+    env: DistEnv | None = None,
 ) -> TrainResult:
-    """Train `model` on `data.train`, validating on `data.val` each epoch; checkpoint into run_dir."""
+    """Train `model` on `data.train`, validating on `data.val` each epoch; checkpoint into run_dir.
+
+    With `env` from torchrun, every rank runs this same loop on its shard of each global batch.
+    """
     hooks = list(hooks or [])
-    device = resolve_device(cfg.device)
+    device = env.device if env is not None else resolve_device(cfg.device)
     check_precision(cfg.precision, device)
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
+    check_divisible(batch_size, env)
     plan = StepPlan(len(data.train), batch_size, cfg.accumulate)
     optimizer = optimizer_for(model, cfg)
-    ctx = TrainContext(model, optimizer, None, cfg, data, device, plan, run_dir, eval_batch_size)
+    ctx = TrainContext(model, optimizer, None, cfg, data, device, plan, run_dir, eval_batch_size, env)
     ctx.scheduler = build_scheduler(optimizer, cfg, cfg.epochs if cfg.schedule_unit == "epoch" else ctx.total_steps)
     ctx.early_stopping = EarlyStopping(cfg.early_stop)
     if ctx.early_stopping.enabled and cfg.early_stop.monitor.startswith("val.") and data.val is None:
         raise ConfigError(f"train.early_stop.monitor = {cfg.early_stop.monitor!r}: no validation split (data.val_fraction = 0)")
     if resume_from is not None:
         restore(ctx, load_checkpoint(resume_from, model))
-    step_fn = torch.compile(model) if cfg.compile else model
+    step_fn = parallelize(model, cfg.strategy, env)
+    step_fn = torch.compile(step_fn) if cfg.compile else step_fn
     scaler = grad_scaler(cfg.precision, device)
 
     call(hooks, "on_train_start", ctx)
@@ -136,7 +147,8 @@ def train(
             if cfg.schedule_unit == "epoch":
                 ctx.scheduler.step()
         metrics = validate(ctx, hooks)
-        if ctx.early_stopping.enabled and ctx.early_stopping.update(metrics) and ctx.stop_reason is None:
+        stop = ctx.early_stopping.enabled and ctx.early_stopping.update(metrics)
+        if broadcast_flag(stop, env) and ctx.stop_reason is None:  # rank 0 decides; all ranks stop together
             ctx.stop_reason = f"early stopping: {cfg.early_stop.monitor} did not improve for {cfg.early_stop.patience} evaluations"
         if epoch_done:
             call(hooks, "on_epoch_end", ctx, metrics)
@@ -158,21 +170,24 @@ def train(
 def train_step(ctx: TrainContext, step_fn: nn.Module, scaler, micro_batches: list[torch.Tensor]) -> tuple[float, float, int]:
     """One optimizer step over `accumulate` micro-batches; returns (mean loss, accuracy, samples)."""
     cfg, split, device = ctx.cfg, ctx.data.train, ctx.device
-    total = sum(len(idx) for idx in micro_batches)
+    total = sum(len(idx) for idx in micro_batches)  # samples in the global step
     ctx.optimizer.zero_grad(set_to_none=True)
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    for idx in micro_batches:
+    stats = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, predictions
+    for i, global_idx in enumerate(micro_batches):
+        idx = shard(global_idx, ctx.env)  # this rank's slice of the micro-batch
         x, y = split.x[idx].to(device, non_blocking=True), split.y[idx].to(device, non_blocking=True)
         if cfg.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(cfg.precision, device):
-            logits = step_fn(x)
-        loss = task_loss(logits, y, cfg.label_smoothing)
-        # weight each micro-batch by its share of the step so the sum is the mean over the step
-        scaler.scale(loss * (len(idx) / total)).backward()
-        loss_sum += loss.detach() * len(idx)
-        correct += (logits.detach().argmax(-1) == y).sum()
+        with no_gradient_sync(step_fn, last_micro_batch=i == len(micro_batches) - 1):
+            with autocast(cfg.precision, device):
+                logits = step_fn(x)
+            loss = task_loss(logits, y, cfg.label_smoothing)
+            # weight each micro-batch by its share of the step so the sum is the mean over the step
+            # (DDP then averages the ranks' equal shares: the mean over the global step)
+            scaler.scale(loss * (len(global_idx) / total)).backward()
+        stats[0] += loss.detach() * len(idx)
+        stats[1] += (logits.detach().argmax(-1) == y).sum()
+        stats[2] += y.numel()
     if cfg.clip_norm or cfg.clip_value:
         scaler.unscale_(ctx.optimizer)
         if cfg.clip_norm:
@@ -181,8 +196,8 @@ def train_step(ctx: TrainContext, step_fn: nn.Module, scaler, micro_batches: lis
             torch.nn.utils.clip_grad_value_(ctx.model.parameters(), cfg.clip_value)
     scaler.step(ctx.optimizer)
     scaler.update()
-    predictions = total * (y.shape[1] if y.ndim == 2 else 1)  # a language model predicts every token
-    return loss_sum.item() / total, correct.item() / predictions, total
+    loss_sum, correct, predictions = all_reduce_sum(stats, ctx.env).tolist()  # one reduction per step
+    return loss_sum / total, correct / predictions, total
 
 
 def validate(ctx: TrainContext, hooks: list) -> dict[str, float]:
@@ -190,7 +205,7 @@ def validate(ctx: TrainContext, hooks: list) -> dict[str, float]:
     metrics: dict[str, float] = {"epoch": ctx.epoch, "step": ctx.step}
     if ctx.data.val is not None:
         result = evaluate(ctx.model, ctx.data.val, ctx.data.spec, ctx.eval_batch_size, ctx.cfg.precision,
-                          ctx.device, ctx.cfg.channels_last)
+                          ctx.device, ctx.cfg.channels_last, env=ctx.env)
         metrics.update({f"val.{k}": v for k, v in result.items()})
     ctx.last_eval = metrics
     call(hooks, "on_eval_end", ctx, metrics)
@@ -198,7 +213,12 @@ def validate(ctx: TrainContext, hooks: list) -> dict[str, float]:
 
 
 def checkpoint(ctx: TrainContext, hooks: list) -> None:
+    """Rank 0 writes (DDP replicas are identical); every rank contributes its RNG state, then all wait."""
     if ctx.run_dir is None:
+        return
+    rng_per_rank = gather_rng_states(ctx.env)
+    if ctx.env is not None and not ctx.env.is_main:
+        barrier(ctx.env)
         return
     state = {
         "optimizer": ctx.optimizer.state_dict(),
@@ -207,9 +227,11 @@ def checkpoint(ctx: TrainContext, hooks: list) -> None:
         "position": {"epoch": ctx.epoch, "step_in_epoch": ctx.step_in_epoch, "step": ctx.step,
                      "samples_seen": ctx.samples_seen},
         "stop_reason": ctx.stop_reason or "",
+        "rng_per_rank": rng_per_rank,
     }
     path = save_checkpoint(ctx.run_dir, ctx.step, ctx.model, state, ctx.cfg.checkpoint.keep_last)
     call(hooks, "on_checkpoint", ctx, path)
+    barrier(ctx.env)
 
 
 def restore(ctx: TrainContext, state: dict[str, Any]) -> None:
@@ -219,4 +241,10 @@ def restore(ctx: TrainContext, state: dict[str, Any]) -> None:
     position = state["position"]
     ctx.epoch, ctx.step_in_epoch = position["epoch"], position["step_in_epoch"]
     ctx.step, ctx.samples_seen = position["step"], position["samples_seen"]
-    ctx.stop_reason = state["stop_reason"] or None
+    if not state["stop_reason"].startswith("reached train.max_steps"):  # a larger max_steps may continue
+        ctx.stop_reason = state["stop_reason"] or None
+    world = ctx.env.world_size if ctx.env is not None else 1
+    if len(state["rng_per_rank"]) == world:  # same world size: each rank's dropout stream continues exactly
+        rank = ctx.env.rank if ctx.env is not None else 0
+        # clone: torch.set_rng_state ignores a view's storage offset and reads past the tensor (segfault)
+        torch.set_rng_state(state["rng_per_rank"][rank].clone())

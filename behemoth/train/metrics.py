@@ -16,6 +16,7 @@ from torchmetrics.classification import (
 )
 
 from behemoth.data.bundle import TensorSplit
+from behemoth.distributed import DistEnv, all_reduce_sum, shard_rows
 from behemoth.spec import DataSpec
 from behemoth.train.batching import eval_batches
 from behemoth.train.precision import autocast
@@ -51,12 +52,21 @@ def evaluate(
     device: torch.device = torch.device("cpu"),
     channels_last: bool = False,
     detailed: bool = False,
+    env: DistEnv | None = None,
 ) -> dict[str, Any]:
-    """Mean loss and accuracy over `split`; with `detailed`, the full classification report."""
+    """Mean loss and accuracy over `split`; with `detailed`, the full classification report.
+
+    Under torchrun each rank evaluates its share of the rows and the sums are reduced (not `detailed`).
+    """
     was_training = model.training
     model.eval()
     total_loss, correct, count = 0.0, 0, 0
     extra = _detailed_metrics(spec.num_classes) if detailed and spec.task == "classification" else {}
+    if env is not None and env.distributed:
+        if detailed:
+            raise ValueError("detailed metrics are computed on one process: call evaluate without env")
+        mine = shard_rows(len(split), env)
+        split = TensorSplit(split.x[mine], split.y[mine])
     for rows in eval_batches(len(split), batch_size):
         x, y = split.x[rows].to(device), split.y[rows].to(device)
         if channels_last and x.ndim == 4:
@@ -70,6 +80,8 @@ def evaluate(
         for metric in extra.values():
             metric.update(predictions.cpu(), y.cpu())
     model.train(was_training)
+    total_loss, correct, count = all_reduce_sum(torch.tensor([total_loss, correct, count], dtype=torch.float64,
+                                                             device=device), env).tolist()
     result: dict[str, Any] = {"loss": total_loss / max(count, 1), "acc": correct / max(count, 1)}
     if spec.task == "language_model":
         result["perplexity"] = float(torch.exp(torch.tensor(result["loss"])))

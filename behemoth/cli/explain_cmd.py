@@ -1,0 +1,78 @@
+"""`behemoth explain`: attributions for a trained run's samples, with pictures and fidelity figures."""
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from behemoth.cli.app import app
+from behemoth.errors import BehemothError
+from behemoth.explain.config import METHODS
+from behemoth.pipeline import set_threads
+from behemoth.runs import open_run
+
+console = Console()
+
+
+@app.command()
+def explain(
+    run: Path = typer.Argument(..., help="A run directory, e.g. runs/mnist-cnn."),
+    overrides: list[str] = typer.Argument(None, help="Dotted overrides, e.g. explain.max_steps=1024."),
+    method: str = typer.Option(None, help=f"Attribution method: {' | '.join(METHODS)} (default: [explain] method)."),
+    samples: int = typer.Option(None, min=1, help="How many samples of the split to explain (the first N)."),
+    target: str = typer.Option(None, help="Explain the predicted class (pred) or the true label (label)."),
+    split: str = typer.Option(None, help="test, val or train."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Attribute predictions to inputs (Captum), draw them, and report how faithful they are.
+
+    Writes <run>/explain/<method>/attributions.json and grid.png (images), tokens.html (text) or
+    features.png (tables). Fidelity: IG completeness error, deletion/insertion AUC, infidelity and a
+    model-randomization check.
+    """
+    if method is not None and method not in METHODS:
+        raise BehemothError(f"--method {method}: unknown method; known: {', '.join(METHODS)}")
+    flags = {"method": method, "samples": samples, "target": target, "split": split}
+    extra = [f"explain.{key}={value!r}" if isinstance(value, str) else f"explain.{key}={value}"
+             for key, value in flags.items() if value is not None]
+    run_dir, cfg = open_run(run, list(overrides or []) + extra)
+    set_threads(cfg.train.threads)
+    from behemoth.explain.run import explain_run  # torch and captum load only when the command runs
+
+    with Progress(TextColumn("explain"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, disable=not progress, transient=True) as bar:
+        task = bar.add_task("explain", total=cfg.explain.samples)
+        record = explain_run(run_dir, cfg, cfg.explain, lambda done, total: bar.update(task, completed=done))
+    print_fidelity(record)
+    console.print(f"written {record['out_dir']}/attributions.json and {record['picture']}")
+
+
+def print_fidelity(record: dict) -> None:
+    summary = record["fidelity"]["summary"]
+    table = Table(title=f"{record['method']} on {record['samples']} {record['split']} samples "
+                        f"(target: {record['target']}; {record['attributions_per_second']:.1f} attributions/s)")
+    for column in ("figure", "mean", "median", "max", "reads"):
+        table.add_column(column)
+    reads = {
+        "completeness_error": "|Σattr−Δf|/|Δf| (IG: < tol)",
+        "deletion_auc": "lower is better",
+        "insertion_auc": "higher is better",
+        "infidelity": "lower is better",
+        "randomization_spearman": "low: weights matter",
+    }
+    for key, text in reads.items():  # one row per figure; names shortened to fit 80 columns
+        row = summary.get(key)
+        if row is None:
+            table.add_row(key, "n/a", "", "", "not for tokens" if key == "infidelity" else "off")
+            continue
+        fmt = (lambda v: "—" if v is None else f"{v:.2%}") if key == "completeness_error" else \
+              (lambda v: "—" if v is None else f"{v:.4g}")
+        table.add_row(key.replace("randomization_spearman", "random_spearman"), fmt(row["mean"]), fmt(row["median"]), fmt(row["max"]), text)
+    console.print(table)
+    if record["n_steps_used"] is not None:
+        steps = record["n_steps_used"]
+        console.print(f"IG steps used per sample: min {min(steps)}, max {max(steps)} (baseline: {record['baseline']})")
+    else:
+        console.print(f"baseline: {record['baseline']}")

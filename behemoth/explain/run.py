@@ -1,0 +1,160 @@
+"""The adapter: explain a trained run's samples with one method, measure fidelity, write files.
+
+runs/<name>/explain/<method>/
+  attributions.json   raw attributions, targets, predictions, per-sample and summary fidelity figures
+  grid.png            images: original | attribution | overlay
+  tokens.html         text: byte tokens coloured by attribution
+  features.png        tables: the most attributed features per sample
+"""
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from behemoth.config import RunConfig
+from behemoth.data import load_data
+from behemoth.errors import BehemothError
+from behemoth.explain import fidelity as fid
+from behemoth.explain import pictures
+from behemoth.explain.config import ExplainConfig
+from behemoth.explain.methods import (Explained, attribute, check_method, default_baselines, explained, kind_of,
+                                      predict)
+from behemoth.pipeline import load_trained_model
+from behemoth.runs import read_spec, write_json
+
+Progress = Callable[[int, int], None]  # (done, total)
+
+
+def pick_samples(cfg: RunConfig, ecfg: ExplainConfig, task: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `samples` inputs of the chosen split and their labels (LM: the true next token)."""
+    data = load_data(cfg.data)
+    split = data.splits().get(ecfg.split)
+    if split is None:
+        raise BehemothError(f"explain.split = {ecfg.split}: {data.name} has no such split "
+                            f"(has: {', '.join(data.splits())})")
+    if ecfg.samples > len(split):
+        raise BehemothError(f"--samples {ecfg.samples} is larger than the {ecfg.split} split "
+                            f"({len(split)} samples)")
+    x, y = split.x[: ecfg.samples], split.y[: ecfg.samples]
+    return x, (y[:, -1] if task == "language_model" else y)
+
+
+def budget(ecfg: ExplainConfig) -> dict[str, Any]:
+    return dict(n_steps=ecfg.n_steps, n_samples=ecfg.n_samples, internal_batch_size=ecfg.internal_batch_size,
+                patch=ecfg.patch, seed=ecfg.seed)
+
+
+def chunk_size(ecfg: ExplainConfig) -> int:
+    """Samples per attribution call: the internal batch divided by the forward passes one sample costs."""
+    cost = {"ig": ecfg.n_steps, "gradient_shap": ecfg.n_samples, "kernel_shap": 1, "lime": 1}.get(ecfg.method, 4)
+    return max(1, ecfg.internal_batch_size // cost)
+
+
+def attribute_all(tm: Explained, x, target, baselines, ecfg: ExplainConfig, progress: Progress | None):
+    """Attributions for every sample, in chunks; IG also returns its steps and completeness errors."""
+    size, parts, steps = chunk_size(ecfg), [], []
+    for start in range(0, len(x), size):
+        part = slice(start, start + size)
+        if ecfg.method == "ig":
+            a, s, _ = fid.ig_until_complete(tm, x[part], target[part], baselines[part], n_steps=ecfg.n_steps,
+                                            max_steps=ecfg.max_steps, tol=ecfg.completeness_tol,
+                                            internal_batch_size=ecfg.internal_batch_size)
+            steps.append(s)
+        else:
+            a = attribute(tm, x[part], target[part], ecfg.method, baselines=baselines[part], **budget(ecfg))
+        parts.append(a)
+        if progress:
+            progress(min(len(x), start + size), len(x))
+    return torch.cat(parts), (torch.cat(steps) if steps else None)
+
+
+def measure(tm: Explained, x, attr, baselines, target, ecfg: ExplainConfig) -> dict[str, Any]:
+    """Per-sample fidelity figures (lists) under 'per_sample' and their summaries."""
+    completeness = fid.completeness_error(tm, attr, x, baselines, target)
+    deletion, insertion, del_auc, ins_auc = fid.deletion_insertion(tm, x, attr, baselines, target, ecfg.curve_steps)
+    infid = fid.infidelity_score(tm, x, attr, target, ecfg.infidelity_samples, seed=ecfg.seed)
+    rho = fid.randomization_check(tm, x, target, attr, ecfg.method, **budget(ecfg)) if ecfg.sanity_check else None
+    per_sample = {"completeness_error": completeness, "deletion_auc": del_auc, "insertion_auc": ins_auc,
+                  "infidelity": infid, "randomization_spearman": rho}
+    return {
+        "summary": {k: fid.summarise(v) for k, v in per_sample.items()},
+        "per_sample": {k: (v.tolist() if v is not None else None) for k, v in per_sample.items()},
+        "curves": {"deletion": deletion.tolist(), "insertion": insertion.tolist()},
+    }
+
+
+def explain_run(run_dir: Path, cfg: RunConfig, ecfg: ExplainConfig, progress: Progress | None = None,
+                out_dir: Path | None = None) -> dict[str, Any]:
+    """Explain `ecfg.samples` inputs of a trained run with `ecfg.method`; write and return the record."""
+    spec, class_names, meta = read_spec(run_dir)
+    try:
+        check_method(ecfg.method, kind_of(spec.task, spec.input_shape))
+    except ValueError as exc:
+        raise BehemothError(str(exc)) from None
+    model = load_trained_model(run_dir, cfg).float()
+    tm = explained(model, spec.task, spec.input_shape)
+    x, labels = pick_samples(cfg, ecfg, spec.task)
+    predictions = predict(tm, x).argmax(-1)
+    target = predictions if ecfg.target == "pred" else labels
+    baselines = default_baselines(x, tm.kind, ecfg.baseline, meta)
+
+    started = time.perf_counter()
+    attr, steps = attribute_all(tm, x, target, baselines, ecfg, progress)
+    seconds = time.perf_counter() - started
+    fidelity = measure(tm, x, attr, baselines, target, ecfg)
+
+    out = out_dir or run_dir / "explain" / ecfg.method
+    out.mkdir(parents=True, exist_ok=True)
+    names = class_names or [pictures._token_text(i) for i in range(spec.num_classes)]
+    titles = [f"#{i}  label {names[l]}  pred {names[p]}  target {names[t]}"
+              for i, (l, p, t) in enumerate(zip(labels.tolist(), predictions.tolist(), target.tolist()))]
+    heading = heading_for(ecfg, fidelity["summary"], steps)
+    picture = draw(tm.kind, x, attr, titles, heading, meta, out)
+    record = {
+        "method": ecfg.method, "target": ecfg.target, "split": ecfg.split, "samples": len(x),
+        "kind": tm.kind, "baseline": baseline_description(tm.kind, ecfg.baseline),
+        "seconds": seconds, "attributions_per_second": len(x) / seconds,
+        "n_steps_used": steps.tolist() if steps is not None else None,
+        "labels": labels.tolist(), "predictions": predictions.tolist(), "targets": target.tolist(),
+        "fidelity": fidelity, "picture": picture.name, "config": ecfg.model_dump(),
+        "attributions": attr.tolist(),
+    }
+    write_json(out / "attributions.json", record)
+    record["out_dir"] = str(out)
+    return record
+
+
+def baseline_description(kind: str, how: str) -> str:
+    if kind == "tokens":
+        return "every token a space (byte 32); attributions on the token embedding (tok_emb) output"
+    if kind == "image" and how == "black":
+        return "the black image in normalised space: (0 - mean) / std per channel"
+    return "zeros in normalised space (the training mean)"
+
+
+def heading_for(ecfg: ExplainConfig, summary: dict, steps: torch.Tensor | None) -> str:
+    parts = [f"{ecfg.method} (target: {ecfg.target})"]
+    if steps is not None:
+        parts.append(f"steps {int(steps.min())}-{int(steps.max())}")
+    parts.append(f"completeness err median {summary['completeness_error']['median']:.2%}")
+    parts.append(f"deletion AUC {summary['deletion_auc']['mean']:.3f}, insertion AUC {summary['insertion_auc']['mean']:.3f}")
+    return " | ".join(parts)
+
+
+def draw(kind: str, x, attr, titles, heading, meta, out: Path) -> Path:
+    if kind == "image":
+        mean = torch.tensor(meta.get("mean", [0.0])).view(1, -1, 1, 1)
+        std = torch.tensor(meta.get("std", [1.0])).view(1, -1, 1, 1)
+        raw = x * std + mean  # pixels / input_scale: [0, 1], or e.g. [0, 16] for sklearn digits (scale 1)
+        path = out / "grid.png"
+        pictures.image_grid(raw / max(1.0, float(raw.max())), attr, titles, heading, path)
+    elif kind == "tokens":
+        path = out / "tokens.html"
+        pictures.token_html(x, attr, titles, heading, path)
+    else:
+        names = meta.get("feature_names") or [f"x{i}" for i in range(x.shape[1])]
+        path = out / "features.png"
+        pictures.feature_bars(attr, names, titles, heading, path)
+    return path

@@ -1,0 +1,118 @@
+"""`behemoth explain` end to end on small trained runs: image (digits), text (tiny GPT), table (wine CSV)."""
+
+import json
+import subprocess
+
+import pytest
+from typer.testing import CliRunner
+
+from behemoth.cli import app
+from behemoth.cli.app import resolve_config
+from behemoth.config import load_config
+from behemoth.errors import BehemothError, ConfigError
+from behemoth.pipeline import run_training
+from tests.conftest import behemoth_cmd, subprocess_env
+
+runner = CliRunner()
+METHODS = ("ig", "saliency", "gradient_shap", "kernel_shap", "lime", "occlusion")
+
+
+def train(recipe: str, runs_dir, *overrides: str):
+    cfg = load_config(resolve_config(recipe), [f"runs_dir={str(runs_dir)!r}", *overrides])
+    run_training(cfg, progress=False)
+    return runs_dir / cfg.name
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory):
+    return train("digits", tmp_path_factory.mktemp("explain"), "train.epochs=5")
+
+
+@pytest.fixture(scope="session")
+def text_run(tmp_path_factory):
+    return train("gpt-text", tmp_path_factory.mktemp("explain"), "train.max_steps=20", "train.warmup=0",
+                 "model.n_layer=1", "model.n_embd=32", "data.block_size=32", "model.block_size=32",
+                 "train.eval_every_steps=1000", "train.precision='fp32'", "model.dropout=0.0")
+
+
+@pytest.fixture(scope="session")
+def table_run(tmp_path_factory):
+    from sklearn.datasets import load_wine
+
+    root = tmp_path_factory.mktemp("explain")
+    frame = load_wine(as_frame=True).frame
+    frame.to_csv(root / "wine.csv", index=False)
+    return train("digits", root, "name=wine", "data.name='table'", f"data.path={str(root / 'wine.csv')!r}",
+                 "data.label_column='target'", "model.hidden=[32]", "train.epochs=10")
+
+
+def explain(*args: str):
+    result = runner.invoke(app, ["explain", *map(str, args), "--no-progress"])
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_on_images_writes_a_grid_and_fidelity(digits_run, method):
+    result = explain(digits_run, "--method", method, "--samples", "3", "explain.n_samples=32")
+    out = digits_run / "explain" / method
+    record = json.loads((out / "attributions.json").read_text())
+    assert (out / "grid.png").stat().st_size > 10_000 and record["picture"] == "grid.png"
+    assert len(record["attributions"]) == 3 and len(record["attributions"][0][0]) == 8  # (3, 1, 8, 8)
+    summary = record["fidelity"]["summary"]
+    assert set(summary) == {"completeness_error", "deletion_auc", "insertion_auc", "infidelity",
+                            "randomization_spearman"}
+    assert all(summary[k]["mean"] is not None for k in summary)
+    assert "deletion_auc" in result.output and "written" in result.output
+    if method == "ig":
+        assert summary["completeness_error"]["max"] < 0.01 and min(record["n_steps_used"]) >= 32
+        assert record["baseline"].startswith("the black image")
+
+
+def test_target_label_explains_the_true_class(digits_run):
+    explain(digits_run, "--method", "saliency", "--samples", "4", "--target", "label", "explain.sanity_check=false")
+    record = json.loads((digits_run / "explain" / "saliency" / "attributions.json").read_text())
+    assert record["targets"] == record["labels"] and record["fidelity"]["summary"]["randomization_spearman"] is None
+
+
+def test_text_model_colours_tokens(text_run):
+    explain(text_run, "--samples", "2")  # method from [explain]: ig
+    out = text_run / "explain" / "ig"
+    page = (out / "tokens.html").read_text()
+    assert page.count("<span style=\"background:rgba(") >= 2 * 32
+    record = json.loads((out / "attributions.json").read_text())
+    assert len(record["attributions"][0]) == 32 and record["fidelity"]["summary"]["completeness_error"]["max"] < 0.01
+    assert record["fidelity"]["summary"]["infidelity"] is None
+
+
+def test_table_model_draws_feature_bars(table_run):
+    explain(table_run, "--method", "kernel_shap", "--samples", "2")
+    record = json.loads((table_run / "explain" / "kernel_shap" / "attributions.json").read_text())
+    assert (table_run / "explain" / "kernel_shap" / "features.png").is_file() and len(record["attributions"][0]) == 13
+
+
+def error_of(*args: str) -> BehemothError:
+    result = runner.invoke(app, ["explain", *map(str, args), "--no-progress"])
+    assert isinstance(result.exception, BehemothError), result.output
+    return result.exception
+
+
+def test_one_line_errors(digits_run, text_run, tmp_path):
+    assert "unknown method; known: ig, saliency" in str(error_of(digits_run, "--method", "deeplift"))
+    assert "--samples 100000 is larger than the test split" in str(error_of(digits_run, "--samples", "100000"))
+    assert "'lime' does not support language models" in str(error_of(text_run, "--method", "lime"))
+    assert isinstance(error_of(digits_run, "explain.n_steps=0"), ConfigError)
+    bare = tmp_path / "bare"  # a run without weights
+    bare.mkdir()
+    for name in ("config.toml", "spec.json"):
+        (bare / name).write_text((digits_run / name).read_text())
+    assert "has no trained weights" in str(error_of(bare))
+
+
+def test_cli_error_is_one_line(digits_run):
+    done = subprocess.run(behemoth_cmd("explain", str(digits_run), "--method", "deeplift"), capture_output=True,
+                          text=True, env=subprocess_env(), timeout=120)
+    assert done.returncode == 1 and done.stderr.strip().count("\n") == 0
+    assert done.stderr.startswith("behemoth: error: --method deeplift: unknown method")
