@@ -213,3 +213,61 @@ def test_schedule_stepped_per_step_changes_every_step(digits_bundle):
     recorder = LrRecorder()
     train(mlp(), digits_bundle, quick_train_config(epochs=1, schedule="cosine"), batch_size=64, hooks=[recorder])
     assert len(recorder.by_epoch[0]) == 1200 // 64
+
+
+class EveryOtherRow:
+    """A sampler visiting only the even rows: the loop must take its epoch size and order."""
+
+    def __init__(self, rows: int) -> None:
+        self.epoch_size = rows // 2
+
+    def order(self, seed: int, epoch: int) -> torch.Tensor:
+        return torch.arange(0, 2 * self.epoch_size, 2)
+
+
+def test_feed_sampler_and_transform_are_what_the_loop_trains_on(digits_bundle):
+    from behemoth.train.feed import TensorFeed
+
+    seen: list[torch.Tensor] = []
+
+    def flip_sign(x, y, generator):
+        seen.append(torch.randint(0, 10**6, (1,), generator=generator))
+        return -x, y
+
+    cfg = quick_train_config(epochs=1)
+    feed = TensorFeed(digits_bundle.train, 50, 1, cfg.seed, torch.device("cpu"), sampler=EveryOtherRow(1200),
+                      transform=flip_sign)
+    model = mlp()
+    result = train(model, digits_bundle, cfg, batch_size=50, feed=feed)
+    assert result.steps == 600 // 50 and len(seen) == 12
+    # the same steps by hand: even rows, in order, sign-flipped
+    manual = mlp()
+    optimizer = torch.optim.SGD(manual.parameters(), lr=0.1, momentum=0.9)
+    for step in range(12):
+        rows = torch.arange(100 * step, 100 * (step + 1), 2)
+        loss = torch.nn.functional.cross_entropy(manual(-digits_bundle.train.x[rows]), digits_bundle.train.y[rows])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    for key, value in manual.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[key], value)
+    # transform generators are a function of (seed, epoch, step): a second run draws the same numbers
+    first = [int(s) for s in seen]
+    seen.clear()
+    train(mlp(), digits_bundle, cfg, batch_size=50, feed=TensorFeed(
+        digits_bundle.train, 50, 1, cfg.seed, torch.device("cpu"), sampler=EveryOtherRow(1200), transform=flip_sign))
+    assert [int(s) for s in seen] == first and len(set(first)) > 1
+
+
+def test_loss_fn_replaces_the_task_loss_and_soft_targets_train(digits_bundle):
+    calls = []
+
+    def soft_target_loss(logits, y, x):
+        calls.append(x.shape)
+        soft = torch.nn.functional.one_hot(y, 10).float() * 0.9 + 0.01  # rows sum to 1
+        return torch.nn.functional.cross_entropy(logits, soft)
+
+    model = mlp()
+    result = train(model, digits_bundle, quick_train_config(epochs=3), batch_size=32, loss_fn=soft_target_loss)
+    assert len(calls) == result.steps and calls[0] == (32, 64)
+    assert result.last_eval["val.acc"] > 0.9

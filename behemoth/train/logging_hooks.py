@@ -41,7 +41,7 @@ class ProgressHook(BaseHook):
         self.rate = Throughput()
         self.rate.samples = ctx.samples_seen
         if self.plain:
-            self._line(f"training {ctx.total_steps} steps ({ctx.cfg.epochs} epochs x {ctx.plan.steps} steps)"
+            self._line(f"training {ctx.total_steps} steps ({ctx.cfg.epochs} epochs x {ctx.feed.steps_per_epoch} steps)"
                        f" from step {ctx.step}")
             return
         self.progress = Progress(

@@ -9,7 +9,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -18,17 +18,21 @@ from behemoth.config import TrainConfig
 from behemoth.data.bundle import DataBundle
 from behemoth.distributed import (
     DistEnv, all_reduce_sum, barrier, broadcast_flag, check_divisible, gather_rng_states, no_gradient_sync,
-    parallelize, shard,
+    parallelize,
 )
 from behemoth.errors import ConfigError
-from behemoth.train.batching import StepPlan, iterate_steps
 from behemoth.train.checkpoint import load_checkpoint, save_checkpoint
 from behemoth.train.early_stop import EarlyStopping
+from behemoth.train.feed import Feed, MicroBatch, TensorFeed
 from behemoth.train.hooks import call
 from behemoth.train.metrics import evaluate, peak_memory_mb, task_loss
 from behemoth.train.optim import optimizer_for
 from behemoth.train.precision import autocast, check_precision, grad_scaler
 from behemoth.train.schedules import build_scheduler
+
+# (logits, targets, inputs) -> scalar loss; the default is task_loss with label smoothing. Distillation
+# passes one that also asks a teacher about `inputs`.
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -49,7 +53,8 @@ class TrainContext:
     cfg: TrainConfig
     data: DataBundle
     device: torch.device
-    plan: StepPlan
+    feed: Feed
+    loss_fn: LossFn
     run_dir: Path | None
     eval_batch_size: int
     env: DistEnv | None = None  # None or world size 1: a single process
@@ -63,7 +68,7 @@ class TrainContext:
 
     @property
     def total_steps(self) -> int:
-        steps = self.cfg.epochs * self.plan.steps
+        steps = self.cfg.epochs * self.feed.steps_per_epoch
         return min(steps, self.cfg.max_steps) if self.cfg.max_steps else steps
 
     @property
@@ -93,10 +98,15 @@ def train(
     hooks: list | None = None,
     resume_from: Path | None = None,
     env: DistEnv | None = None,
+    *,
+    feed: Feed | None = None,
+    loss_fn: LossFn | None = None,
 ) -> TrainResult:
     """Train `model` on `data.train`, validating on `data.val` each epoch; checkpoint into run_dir.
 
     With `env` from torchrun, every rank runs this same loop on its shard of each global batch.
+    `feed` replaces the default batches (all of data.train, shuffled per epoch) with sampled, augmented
+    or streamed ones; `loss_fn` replaces the task loss (e.g. distillation).
     """
     hooks = list(hooks or [])
     device = env.device if env is not None else resolve_device(cfg.device)
@@ -105,9 +115,11 @@ def train(
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     check_divisible(batch_size, env)
-    plan = StepPlan(len(data.train), batch_size, cfg.accumulate)
+    feed = feed or TensorFeed(data.train, batch_size, cfg.accumulate, cfg.seed, device, env,
+                              channels_last=cfg.channels_last)
+    loss_fn = loss_fn or (lambda logits, y, x: task_loss(logits, y, cfg.label_smoothing))
     optimizer = optimizer_for(model, cfg)
-    ctx = TrainContext(model, optimizer, None, cfg, data, device, plan, run_dir, eval_batch_size, env)
+    ctx = TrainContext(model, optimizer, None, cfg, data, device, feed, loss_fn, run_dir, eval_batch_size, env)
     ctx.scheduler = build_scheduler(optimizer, cfg, cfg.epochs if cfg.schedule_unit == "epoch" else ctx.total_steps)
     ctx.early_stopping = EarlyStopping(cfg.early_stop)
     if ctx.early_stopping.enabled and cfg.early_stop.monitor.startswith("val.") and data.val is None:
@@ -122,7 +134,7 @@ def train(
     started, samples_at_start = time.perf_counter(), ctx.samples_seen
     while ctx.epoch < cfg.epochs and ctx.stop_reason is None:
         model.train()
-        for step_in_epoch, micro_batches in iterate_steps(plan, cfg.seed, ctx.epoch, ctx.step_in_epoch):
+        for step_in_epoch, micro_batches in feed.epoch(ctx.epoch, ctx.step_in_epoch):
             loss, acc, count = train_step(ctx, step_fn, scaler, micro_batches)
             if not math.isfinite(loss):
                 ctx.stop_reason = f"non-finite loss ({loss}) at step {ctx.step + 1}, epoch {ctx.epoch + 1}"
@@ -141,7 +153,7 @@ def train(
                 break
         if ctx.stop_reason and ctx.stop_reason.startswith("non-finite"):
             break  # leave the last good checkpoint as it is
-        epoch_done = ctx.step_in_epoch >= plan.steps
+        epoch_done = ctx.step_in_epoch >= feed.steps_per_epoch
         if epoch_done:
             ctx.epoch, ctx.step_in_epoch = ctx.epoch + 1, 0
             if cfg.schedule_unit == "epoch":
@@ -167,27 +179,24 @@ def train(
     )
 
 
-def train_step(ctx: TrainContext, step_fn: nn.Module, scaler, micro_batches: list[torch.Tensor]) -> tuple[float, float, int]:
+def train_step(ctx: TrainContext, step_fn: nn.Module, scaler, micro_batches: list[MicroBatch]) -> tuple[float, float, int]:
     """One optimizer step over `accumulate` micro-batches; returns (mean loss, accuracy, samples)."""
-    cfg, split, device = ctx.cfg, ctx.data.train, ctx.device
-    total = sum(len(idx) for idx in micro_batches)  # samples in the global step
+    cfg = ctx.cfg
     ctx.optimizer.zero_grad(set_to_none=True)
-    stats = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, predictions
-    for i, global_idx in enumerate(micro_batches):
-        idx = shard(global_idx, ctx.env)  # this rank's slice of the micro-batch
-        x, y = split.x[idx].to(device, non_blocking=True), split.y[idx].to(device, non_blocking=True)
-        if cfg.channels_last and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
+    stats = torch.zeros(4, dtype=torch.float64, device=ctx.device)  # loss sum, correct, predictions, samples
+    for i, batch in enumerate(micro_batches):
         with no_gradient_sync(step_fn, last_micro_batch=i == len(micro_batches) - 1):
-            with autocast(cfg.precision, device):
-                logits = step_fn(x)
-            loss = task_loss(logits, y, cfg.label_smoothing)
+            with autocast(cfg.precision, ctx.device):
+                logits = step_fn(batch.x)
+            loss = ctx.loss_fn(logits, batch.y, batch.x)
             # weight each micro-batch by its share of the step so the sum is the mean over the step
             # (DDP then averages the ranks' equal shares: the mean over the global step)
-            scaler.scale(loss * (len(global_idx) / total)).backward()
-        stats[0] += loss.detach() * len(idx)
-        stats[1] += (logits.detach().argmax(-1) == y).sum()
-        stats[2] += y.numel()
+            scaler.scale(loss * batch.weight).backward()
+        labels = batch.y.argmax(-1) if batch.y.is_floating_point() else batch.y  # soft targets (mixup)
+        stats[0] += loss.detach() * len(batch.y)
+        stats[1] += (logits.detach().argmax(-1) == labels).sum()
+        stats[2] += labels.numel()
+        stats[3] += len(batch.y)
     if cfg.clip_norm or cfg.clip_value:
         scaler.unscale_(ctx.optimizer)
         if cfg.clip_norm:
@@ -196,8 +205,8 @@ def train_step(ctx: TrainContext, step_fn: nn.Module, scaler, micro_batches: lis
             torch.nn.utils.clip_grad_value_(ctx.model.parameters(), cfg.clip_value)
     scaler.step(ctx.optimizer)
     scaler.update()
-    loss_sum, correct, predictions = all_reduce_sum(stats, ctx.env).tolist()  # one reduction per step
-    return loss_sum / total, correct / predictions, total
+    loss_sum, correct, predictions, samples = all_reduce_sum(stats, ctx.env).tolist()  # one reduction per step
+    return loss_sum / samples, correct / predictions, int(samples)
 
 
 def validate(ctx: TrainContext, hooks: list) -> dict[str, float]:
