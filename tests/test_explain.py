@@ -61,6 +61,17 @@ def test_ig_completeness_with_auto_steps(setups, kind):
     assert ((steps >= 8) & (steps <= 512)).all()
 
 
+@pytest.mark.parametrize("kind", ["image", "table"])
+def test_kernel_shap_is_efficient_per_element(setups, kind):
+    """Kernel SHAP's values sum to f(x) - f(x'); on images a patch's value is spread over its pixels."""
+    tm, x, target = setups[kind]
+    baselines = default_baselines(x, tm.kind)
+    attr = attribute(tm, x, target, "kernel_shap", baselines=baselines, patch=2, **BUDGET)
+    assert (fid.completeness_error(tm, attr, x, baselines, target) < 1e-3).all()
+    if kind == "image":  # 2x2 patches: the four pixels of a patch share one value
+        assert torch.equal(attr[:, :, 0, 0], attr[:, :, 1, 1])
+
+
 def test_auto_steps_double_until_the_tolerance_holds(setups):
     tm, x, target = setups["table"]
     baselines = default_baselines(x, tm.kind)

@@ -35,7 +35,8 @@ def invoke(*args: str):
 def tune_raw(tmp_path, *overrides: str) -> dict:
     """The digits-tune recipe, small: 3 epochs per trial, runs under tmp_path."""
     raw = read_toml(resolve_config("digits-tune"))
-    return apply_overrides(raw, [f"runs_dir={str(tmp_path)!r}", "train.epochs=3", *overrides])
+    return apply_overrides(raw, [f"runs_dir={str(tmp_path)!r}", "train.epochs=3", "tune.objective='val.acc'",
+                                 *overrides])
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -107,7 +108,7 @@ def test_lr_find_cli_prints_the_suggestion_and_writes_the_plot(tmp_path):
 
 def test_tune_cli_writes_a_study_and_a_best_config_that_trains(tmp_path):
     output = invoke("tune", "digits-tune", f"runs_dir={str(tmp_path)!r}", "train.epochs=3", "tune.pruner='none'",
-                    "--trials", "4", "--jobs", "2").output
+                    "tune.objective='val.acc'", "--trials", "4", "--jobs", "2").output
     run_dir = tmp_path / "digits-tune"
     for name in ("config.toml", "study.sqlite3", "trials.csv", "best.toml", "best.json", "history.png",
                  "importances.png"):

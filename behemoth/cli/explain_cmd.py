@@ -9,7 +9,7 @@ from rich.table import Table
 
 from behemoth.cli.app import app
 from behemoth.errors import BehemothError
-from behemoth.explain.config import METHODS
+from behemoth.explain.config import COMPLETE_METHODS, METHODS
 from behemoth.pipeline import set_threads
 from behemoth.runs import open_run
 
@@ -56,7 +56,8 @@ def print_fidelity(record: dict) -> None:
     for column in ("figure", "mean", "median", "max", "reads"):
         table.add_column(column)
     reads = {
-        "completeness_error": "|Σattr−Δf|/|Δf| (IG: < tol)",
+        "completeness_error": "|Σattr−Δf|/|Δf| (IG: < tol)" if record["method"] in COMPLETE_METHODS
+        else "no completeness axiom",
         "deletion_auc": "lower is better",
         "insertion_auc": "higher is better",
         "infidelity": "lower is better",

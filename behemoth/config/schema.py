@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from behemoth.data.pipeline_config import AugmentConfig, SamplingConfig, ShardsConfig
 from behemoth.explain.config import ExplainConfig
 from behemoth.tune.config import TuneConfig
 
@@ -21,7 +22,7 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
-    name: str = "mnist"  # mnist | fashion_mnist | digits | kjv | text | folder | table | arrays
+    name: str = "mnist"  # mnist | fashion_mnist | digits | kjv | text | folder | table | arrays | shards
     path: str | None = None  # file or folder for text/folder/table/arrays
     label_column: str | None = None  # table: the column holding the label
     image_size: tuple[int, int] | None = None  # folder: resize every image to (H, W)
@@ -32,6 +33,9 @@ class DataConfig(Section):
     train_limit: int | None = Field(None, ge=1)  # keep only the first N training samples
     test_limit: int | None = Field(None, ge=1)
     block_size: int = Field(128, ge=2)  # text: tokens per training sequence
+    sampling: SamplingConfig = SamplingConfig()  # which training rows an epoch visits
+    augment: AugmentConfig = AugmentConfig()  # batched training augmentation (ops off by default)
+    shards: ShardsConfig = ShardsConfig()  # data.name = "shards" reading; `behemoth data pack` options
 
 
 class ModelConfig(Section):

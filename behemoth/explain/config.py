@@ -15,6 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Method = Literal["ig", "saliency", "gradient_shap", "kernel_shap", "lime", "occlusion"]
 METHODS: tuple[str, ...] = Method.__args__
+# methods whose attributions should sum to f(x) - f(x'): IG exactly (in the limit of steps), the SHAP
+# estimators in expectation; saliency, LIME and occlusion make no such promise
+COMPLETE_METHODS = ("ig", "gradient_shap", "kernel_shap")
 
 
 class ExplainConfig(BaseModel):

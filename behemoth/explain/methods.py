@@ -147,6 +147,8 @@ def attribute(
             algo = ca.KernelShap(f) if method == "kernel_shap" else ca.Lime(f, SkLearnRidge(alpha=1.0))
             out = algo.attribute(inputs, baselines, target=target, feature_mask=mask, n_samples=n_samples,
                                  perturbations_per_eval=per_eval)
+            if mask is not None:  # Captum repeats a patch's weight on each of its elements: spread it
+                out = out / torch.bincount(mask.flatten())[mask]  # instead, so elements sum to the patch's weight
     np.random.set_state(numpy_state)
     if layer is not None:
         out = out.sum(-1)  # (B, T, E) -> (B, T): one number per token

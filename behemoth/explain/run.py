@@ -18,7 +18,7 @@ from behemoth.data import load_data
 from behemoth.errors import BehemothError
 from behemoth.explain import fidelity as fid
 from behemoth.explain import pictures
-from behemoth.explain.config import ExplainConfig
+from behemoth.explain.config import COMPLETE_METHODS, ExplainConfig
 from behemoth.explain.methods import (Explained, attribute, check_method, default_baselines, explained, kind_of,
                                       predict)
 from behemoth.pipeline import load_trained_model
@@ -138,7 +138,8 @@ def heading_for(ecfg: ExplainConfig, summary: dict, steps: torch.Tensor | None) 
     parts = [f"{ecfg.method} (target: {ecfg.target})"]
     if steps is not None:
         parts.append(f"steps {int(steps.min())}-{int(steps.max())}")
-    parts.append(f"completeness err median {summary['completeness_error']['median']:.2%}")
+    if ecfg.method in COMPLETE_METHODS:  # elsewhere the sum of attributions is not meant to equal f(x) - f(x')
+        parts.append(f"completeness err median {summary['completeness_error']['median']:.2%}")
     parts.append(f"deletion AUC {summary['deletion_auc']['mean']:.3f}, insertion AUC {summary['insertion_auc']['mean']:.3f}")
     return " | ".join(parts)
 

@@ -20,12 +20,16 @@ def plot_history(study: optuna.Study, objective: str, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.scatter(numbers, values, color="C0", label="complete trial")
     ax.step(numbers, best, where="post", color="C3", label="best so far")
+    last = []
     if pruned:  # a pruned trial has no final value: mark it at its last reported one
         last = [(t.number, t.intermediate_values[max(t.intermediate_values)]) for t in pruned if t.intermediate_values]
         if last:
             ax.scatter(*zip(*last), marker="x", color="0.5", label="pruned (last report)")
+    shown = values + [v for _, v in last]
+    if objective.endswith("loss") and shown and min(shown) > 0:
+        ax.set_yscale("log")  # one diverged trial would otherwise flatten every good one onto the axis
     ax.set_xlabel("trial")
-    ax.set_ylabel(objective)
+    ax.set_ylabel(objective + (" (log scale)" if ax.get_yscale() == "log" else ""))
     ax.set_title(f"optimization history ({study.direction.name.lower()} {objective})")
     ax.legend()
     fig.tight_layout()

@@ -1,0 +1,271 @@
+"""The `[data]` options of the data pipeline: sampling, augmentation and compressed shards.
+
+Torch-free (like `[tune]` and `[explain]`): behemoth.config.schema imports these models into DataConfig.
+
+    [data.sampling]
+    kind = "stratified"      # shuffle | random | systematic | stratified | balanced
+    fraction = 0.1           # or size = 5000
+
+    [data.augment]           # one sub-table per op; p = probability per sample; ranges are [low, high]
+    hflip = { p = 0.5 }
+    rotate = { p = 0.8, degrees = 15 }
+    blur = { p = 0.3, sigma = [0.1, 1.5] }
+    mixup = { p = 0.5, alpha = 0.2 }
+
+    [data.shards]            # data.name = "shards" reads them; `behemoth data pack` writes them
+    stream = true
+    codec = "zstd"
+
+Augmentation ops are keyed sub-tables rather than a TOML array: every op then has a dotted path
+(`data.augment.rotate.p=0.3` works as an override, a typo fails with its path) and the order is fixed
+and documented: geometry (flips, rotate, scale, translate, shear fused into one warp), blur, brightness,
+contrast, erase, then mixup and cutmix.
+"""
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+
+class _Section(BaseModel):
+    # the same rules as behemoth.config.schema.Section, restated: schema.py imports this module
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ---------------------------------------------------------------------------------------------- sampling
+
+class SamplingConfig(_Section):
+    """Which training rows an epoch visits. Every kind is a pure function of (seed, epoch): resume is exact."""
+
+    kind: Literal["shuffle", "random", "systematic", "stratified", "balanced"] = "shuffle"
+    size: int | None = Field(None, ge=1)  # rows per epoch
+    fraction: float | None = Field(None, gt=0.0)  # or a fraction of the training rows
+    replacement: bool = False  # random: draw with replacement (a bootstrap); balanced always does
+    resample: bool = False  # False: the subset is drawn once (by seed); True: a fresh draw every epoch
+    shuffle: bool = True  # visit the chosen rows in a fresh random order each epoch (False: ascending rows)
+    seed: int | None = None  # None: train.seed; set it to keep one subset across training seeds
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "SamplingConfig":
+        if self.size is not None and self.fraction is not None:
+            raise ValueError("give size or fraction, not both")
+        if self.kind == "shuffle" and (self.size is not None or self.fraction is not None):
+            raise ValueError("kind = 'shuffle' visits every row; for a subset use kind = 'random'")
+        if self.replacement and self.kind != "random":
+            raise ValueError(f"replacement applies to kind = 'random' only (kind = {self.kind!r})")
+        oversampling = self.replacement or self.kind == "balanced"
+        if self.fraction is not None and self.fraction > 1.0 and not oversampling:
+            raise ValueError(f"fraction = {self.fraction}: above 1 needs sampling with replacement")
+        return self
+
+
+# ------------------------------------------------------------------------------------------ augmentation
+
+def _symmetric(value: object) -> object:
+    """`degrees = 15` means [-15, 15]."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (-abs(value), abs(value))
+    return value
+
+
+Range = tuple[float, float]
+SymmetricRange = Annotated[Range, BeforeValidator(_symmetric)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class _Op(_Section):
+    p: Probability = 1.0
+
+    @model_validator(mode="after")
+    def _ranges_ordered(self) -> "_Op":
+        for name, value in self:
+            if isinstance(value, tuple) and len(value) == 2 and value[0] > value[1]:
+                raise ValueError(f"{name} = {list(value)}: low is above high")
+        return self
+
+
+class FlipOp(_Op):
+    p: Probability = 0.5
+
+
+class RotateOp(_Op):
+    degrees: SymmetricRange = (-15.0, 15.0)  # counter-clockwise
+
+
+class ScaleOp(_Op):
+    range: Range = (0.9, 1.1)  # zoom factor, both axes
+
+    @field_validator("range")
+    @classmethod
+    def _positive(cls, value: Range) -> Range:
+        if value[0] <= 0:
+            raise ValueError("scale factors must be above 0")
+        return value
+
+
+class TranslateOp(_Op):
+    fraction: SymmetricRange = (-0.1, 0.1)  # shift per axis, as a fraction of the image side
+
+
+class ShearOp(_Op):
+    degrees: SymmetricRange = (-10.0, 10.0)  # drawn separately for x and y
+
+    @field_validator("degrees")
+    @classmethod
+    def _below_90(cls, value: Range) -> Range:
+        if max(abs(value[0]), abs(value[1])) >= 90:
+            raise ValueError("shear must stay within (-90, 90) degrees")
+        return value
+
+
+class BlurOp(_Op):
+    p: Probability = 0.5
+    sigma: Range = (0.1, 1.5)  # Gaussian sigma in pixels, drawn per sample
+    kernel: int | None = Field(None, ge=3)  # odd side of the kernel; None: 2 * ceil(3 * max sigma) + 1
+
+    @model_validator(mode="after")
+    def _valid(self) -> "BlurOp":
+        if self.sigma[0] <= 0:
+            raise ValueError("sigma must be above 0")
+        if self.kernel is not None and self.kernel % 2 == 0:
+            raise ValueError(f"kernel = {self.kernel}: must be odd")
+        return self
+
+
+class BrightnessOp(_Op):
+    p: Probability = 0.5
+    range: SymmetricRange = (-0.2, 0.2)  # added, as a fraction of the data's value range
+
+
+class ContrastOp(_Op):
+    p: Probability = 0.5
+    range: Range = (0.8, 1.2)  # factor around each image's mean
+
+    @field_validator("range")
+    @classmethod
+    def _not_negative(cls, value: Range) -> Range:
+        if value[0] < 0:
+            raise ValueError("contrast factors must be 0 or more")
+        return value
+
+
+class EraseOp(_Op):
+    p: Probability = 0.5
+    area: Range = (0.02, 0.25)  # erased fraction of the image
+    ratio: Range = (0.3, 3.3)  # height / width of the box (drawn log-uniformly)
+    value: Literal["black", "mean", "random"] = "black"  # random: standard normal noise
+
+    @model_validator(mode="after")
+    def _valid(self) -> "EraseOp":
+        if not (0 < self.area[0] and self.area[1] <= 1):
+            raise ValueError(f"area = {list(self.area)}: must lie in (0, 1]")
+        if self.ratio[0] <= 0:
+            raise ValueError("ratio must be above 0")
+        return self
+
+
+class MixOp(_Op):
+    p: Probability = 0.5
+    alpha: float = Field(0.2, gt=0.0)  # lambda ~ Beta(alpha, alpha)
+
+
+class CutMixOp(MixOp):
+    alpha: float = Field(1.0, gt=0.0)
+
+
+GEOMETRIC_OPS = ("hflip", "vflip", "rotate", "scale", "translate", "shear")
+
+
+class AugmentConfig(_Section):
+    """Batched augmentation of training images with per-sample random parameters (None: op off)."""
+
+    hflip: FlipOp | None = None
+    vflip: FlipOp | None = None
+    rotate: RotateOp | None = None
+    scale: ScaleOp | None = None
+    translate: TranslateOp | None = None
+    shear: ShearOp | None = None
+    blur: BlurOp | None = None
+    brightness: BrightnessOp | None = None
+    contrast: ContrastOp | None = None
+    erase: EraseOp | None = None
+    mixup: MixOp | None = None
+    cutmix: CutMixOp | None = None
+    # what shows where the warp uncovers the image: the darkest value of each channel, the data mean,
+    # the nearest edge pixel or a mirror image
+    fill: Literal["black", "mean", "border", "reflection"] = "black"
+
+    def active(self) -> list[str]:
+        """Names of the configured ops, in the order they are applied."""
+        return [name for name in type(self).model_fields if name != "fill" and getattr(self, name) is not None]
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.active())
+
+
+# ----------------------------------------------------------------------------------------------- shards
+
+LOSSLESS_CODECS = ("zstd", "lz4", "lz4hc", "blosclz", "zlib")
+LOSSLESS_FILTERS = ("shuffle", "bitshuffle", "nofilter", "delta", "bytedelta")
+LOSSY = {"zfp_acc", "zfp_prec", "zfp_rate", "openhtj2k", "htj2k", "j2k", "grok", "trunc_prec", "int_trunc",
+         "ndmean"}
+
+
+def check_lossless(value: str, kind: str) -> str:
+    """`value` as a lowercase codec/filter name, or a one-line ValueError (lossy ones are named as such)."""
+    name = value.lower()
+    allowed = LOSSLESS_CODECS if kind == "codec" else LOSSLESS_FILTERS
+    if name in LOSSY:
+        raise ValueError(f"{kind} {value!r} is lossy; shards are lossless: use one of {', '.join(allowed)}")
+    if name not in allowed:
+        raise ValueError(f"unknown {kind} {value!r}; lossless {kind}s: {', '.join(allowed)}")
+    return name
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)b?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes in '64MiB', '500k', '1GB' (decimal) or '1048576'."""
+    if isinstance(text, int):
+        return text
+    match = _SIZE.match(text)
+    if not match:
+        raise ValueError(f"size {text!r}: expected a number of bytes such as 64MiB, 512KiB or 1GB")
+    number, unit, binary = float(match[1]), match[2].lower(), bool(match[3])
+    if not unit:
+        return int(number)
+    return int(number * (1024 if binary else 1000) ** " kmgt".index(unit))
+
+
+class ShardsConfig(_Section):
+    """Reading (data.name = "shards") and packing (`behemoth data pack`) compressed, checksummed shards."""
+
+    # reading
+    stream: bool = True  # False: decompress the training split into memory (every sampler works then)
+    shuffle_buffer: int = Field(16384, ge=1)  # samples permuted together while streaming
+    prefetch: bool = True  # read, verify and decompress the next shard in a background thread
+    # packing (the `behemoth data pack` flags override these)
+    codec: str = "zstd"
+    level: int = Field(5, ge=0, le=9)
+    filter: str = "shuffle"
+    shard_size: str = "64MiB"  # uncompressed bytes per shard
+
+    @field_validator("codec")
+    @classmethod
+    def _codec(cls, value: str) -> str:
+        return check_lossless(value, "codec")
+
+    @field_validator("filter")
+    @classmethod
+    def _filter(cls, value: str) -> str:
+        return check_lossless(value, "filter")
+
+    @field_validator("shard_size")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        if parse_size(value) < 1:
+            raise ValueError("shard_size must be at least 1 byte")
+        return value
