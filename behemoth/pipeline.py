@@ -10,6 +10,7 @@ from torch import nn
 
 from behemoth.config import RunConfig
 from behemoth.data import DataBundle, load_data
+from behemoth.data.describe import describe
 from behemoth.distributed import DistEnv, barrier
 from behemoth.errors import RunDirError
 from behemoth.models import build_model, count_parameters

@@ -28,7 +28,15 @@ def evaluate(
     out: Path = typer.Option(None, help="Where to write the JSON (default: <run>/eval.json)."),
 ) -> None:
     """Print loss, accuracy, precision, recall, F1 (macro and per class) and write them as JSON."""
-    run_dir, cfg = open_run(run)
+    run_dir = open_run(run)[0]
+    written = out or run_dir / "eval.json"
+    evaluate_run(run_dir, split, written)
+    console.print(f"written {written}")
+
+
+def evaluate_run(run_dir: Path, split: str, out: Path, show: bool = True) -> dict:
+    """Evaluate a trained run on one split with the full report; write it to `out` and return it."""
+    run_dir, cfg = open_run(run_dir)
     set_threads(cfg.train.threads)
     data = load_data(cfg.data)
     chosen = data.splits().get(split)
@@ -42,9 +50,10 @@ def evaluate(
                              cfg.train.channels_last, detailed=True)
     metrics["samples_per_second"] = len(chosen) / (time.perf_counter() - started)
     metrics.update({"split": split, "samples": len(chosen), "class_names": data.class_names})
-    write_json(out or run_dir / "eval.json", metrics)
-    print_metrics(metrics, data.class_names)
-    console.print(f"written {out or run_dir / 'eval.json'}")
+    write_json(out, metrics)
+    if show:
+        print_metrics(metrics, data.class_names)
+    return metrics
 
 
 def print_metrics(metrics: dict, class_names: list[str]) -> None:

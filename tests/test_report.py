@@ -1,0 +1,96 @@
+"""The report: sections from a real (tiny) run's artifacts, omitted when a stage did not run, and the page
+checked in a real headless Chromium (title, every image decoded, no console errors, a screenshot)."""
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from behemoth.report import build_report
+from behemoth.report.artifacts import read_jsonl
+from tests.conftest import behemoth_cmd, subprocess_env
+
+
+def run(*args: str, cwd) -> str:
+    result = subprocess.run(behemoth_cmd(*args), capture_output=True, text=True, timeout=300, env=subprocess_env(),
+                            cwd=cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A digits run with an explanation: training, evaluation and explain sections all have data."""
+    root = tmp_path_factory.mktemp("report")
+    run("train", "digits", "name=rep", "train.epochs=3", "train.log_every=5", "--no-progress", cwd=root)
+    run("explain", "runs/rep", "--method", "ig", "--samples", "3", "--no-progress", cwd=root)
+    return root / "runs" / "rep"
+
+
+def test_report_cli_evaluates_then_writes_every_section(trained_run):
+    output = run("report", str(trained_run), cwd=trained_run.parent.parent)
+    assert "report.html" in output and (trained_run / "eval.json").is_file()  # evaluated first: it was missing
+    summary = json.loads((trained_run / "report" / "summary.json").read_text())
+    assert summary["sections"] == ["overview", "config", "data", "training", "evaluation", "explain"]
+    assert summary["evaluation"]["acc"] == json.loads((trained_run / "eval.json").read_text())["acc"]
+    assert sum(summary["data"]["class_counts"]["test"]) == summary["data"]["splits"]["test"]
+    page = (trained_run / "report" / "report.html").read_text()
+    assert "confusion matrix" in page and "completeness error" in page and "http" not in page.split("<body>")[1]
+
+
+def test_sections_of_stages_that_did_not_run_are_omitted(trained_run, tmp_path):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.toml", "spec.json", "summary.json", "metrics.jsonl"):
+        shutil.copy(trained_run / name, bare / name)
+    build_report(bare)
+    summary = json.loads((bare / "report" / "summary.json").read_text())
+    assert summary["sections"] == ["overview", "config", "data", "training"]
+    assert summary["evaluation"] is None and summary["explanations"] == []
+
+
+def test_a_line_cut_off_by_a_killed_run_does_not_break_the_report(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"kind": "train", "step": 1, "train.loss": 2.0}\n{"kind": "train", "st')
+    assert read_jsonl(path) == [{"kind": "train", "step": 1, "train.loss": 2.0}]
+
+
+def test_not_a_run_directory_is_one_line(tmp_path):
+    result = subprocess.run(behemoth_cmd("report", str(tmp_path)), capture_output=True, text=True,
+                            env=subprocess_env())
+    assert result.returncode != 0 and result.stderr.strip().count("\n") == 0 and "no config.toml" in result.stderr
+
+
+@pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("chromedriver")),
+                    reason="needs the Debian packages chromium and chromium-driver (.ci/run installs them)")
+def test_report_renders_in_headless_chromium(trained_run, tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    html = trained_run / "report" / "report.html"
+    if not html.is_file():
+        build_report(trained_run)
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,1000"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    try:
+        driver.get(html.resolve().as_uri())
+        assert driver.title == "behemoth report: rep"
+        images = driver.execute_script(
+            "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth]);")
+        assert len(images) >= 5  # class balance, curves, per-class, confusion matrix, IG grid
+        assert all(complete and width > 0 for _, complete, width in images), images
+        errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+        assert errors == []
+        height = driver.execute_script("return document.body.scrollHeight")
+        driver.set_window_size(1400, min(height, 12000))
+        shot = trained_run / "report" / "screenshot.png"
+        assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+    finally:
+        driver.quit()
