@@ -86,6 +86,7 @@ def run_training(
         "samples_per_second": result.samples_per_second, "peak_memory_mb": result.peak_memory_mb,
         "val": {k[4:]: v for k, v in result.last_eval.items() if k.startswith("val.")},
         "world_size": env.world_size if env is not None else 1,
+        "data": describe(data),
     }
     if data.test is not None and not result.diverged:
         device = env.device if env is not None else resolve_device(cfg.train.device)
