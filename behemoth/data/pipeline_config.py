@@ -77,12 +77,12 @@ Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 class _Op(_Section):
     p: Probability = 1.0
 
-    @model_validator(mode="after")
-    def _ranges_ordered(self) -> "_Op":
-        for name, value in self:
-            if isinstance(value, tuple) and len(value) == 2 and value[0] > value[1]:
-                raise ValueError(f"{name} = {list(value)}: low is above high")
-        return self
+    @field_validator("*")
+    @classmethod
+    def _ranges_ordered(cls, value: object) -> object:
+        if isinstance(value, tuple) and len(value) == 2 and value[0] > value[1]:
+            raise ValueError("low is above high")
+        return value
 
 
 class FlipOp(_Op):
@@ -124,13 +124,19 @@ class BlurOp(_Op):
     sigma: Range = (0.1, 1.5)  # Gaussian sigma in pixels, drawn per sample
     kernel: int | None = Field(None, ge=3)  # odd side of the kernel; None: 2 * ceil(3 * max sigma) + 1
 
-    @model_validator(mode="after")
-    def _valid(self) -> "BlurOp":
-        if self.sigma[0] <= 0:
+    @field_validator("sigma")
+    @classmethod
+    def _positive(cls, value: Range) -> Range:
+        if value[0] <= 0:
             raise ValueError("sigma must be above 0")
-        if self.kernel is not None and self.kernel % 2 == 0:
-            raise ValueError(f"kernel = {self.kernel}: must be odd")
-        return self
+        return value
+
+    @field_validator("kernel")
+    @classmethod
+    def _odd(cls, value: int | None) -> int | None:
+        if value is not None and value % 2 == 0:
+            raise ValueError("must be odd")
+        return value
 
 
 class BrightnessOp(_Op):
@@ -156,13 +162,19 @@ class EraseOp(_Op):
     ratio: Range = (0.3, 3.3)  # height / width of the box (drawn log-uniformly)
     value: Literal["black", "mean", "random"] = "black"  # random: standard normal noise
 
-    @model_validator(mode="after")
-    def _valid(self) -> "EraseOp":
-        if not (0 < self.area[0] and self.area[1] <= 1):
-            raise ValueError(f"area = {list(self.area)}: must lie in (0, 1]")
-        if self.ratio[0] <= 0:
+    @field_validator("area")
+    @classmethod
+    def _fraction(cls, value: Range) -> Range:
+        if not (0 < value[0] and value[1] <= 1):
+            raise ValueError("must lie in (0, 1]")
+        return value
+
+    @field_validator("ratio")
+    @classmethod
+    def _positive(cls, value: Range) -> Range:
+        if value[0] <= 0:
             raise ValueError("ratio must be above 0")
-        return self
+        return value
 
 
 class MixOp(_Op):

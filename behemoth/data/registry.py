@@ -63,6 +63,8 @@ DATASETS: dict[str, Entry] = {
                    _user_data("a .csv or .parquet file, and data.label_column")),
     "arrays": Entry("behemoth.data.arrays:load_arrays", "your NumPy arrays (.npz with x, y or x.npy + y.npy)",
                     _user_data("an .npz file or a folder with x.npy, y.npy")),
+    "shards": Entry("behemoth.data.shards.source:load_shards", "compressed shards written by `behemoth data pack`",
+                    _user_data("a shard directory")),
 }
 
 

@@ -1,0 +1,178 @@
+"""`behemoth data preview | pack | inspect`: look at augmentation, write compressed shards, read their index."""
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from behemoth.cli.app import app, resolve_config, split_config_args
+from behemoth.config import load_config
+from behemoth.data.pipeline_config import LOSSLESS_CODECS, LOSSLESS_FILTERS, check_lossless, parse_size
+from behemoth.errors import BehemothError
+
+console = Console(stderr=False, highlight=False)
+data_app = typer.Typer(help="Data pipeline tools: preview augmentation, pack compressed shards, inspect them.",
+                       no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+CONFIG_HELP = ("CONFIG (a .toml file or a recipe name such as mnist-augment) followed by overrides like "
+               "data.augment.rotate.p=1")
+
+
+@data_app.command(no_args_is_help=True)
+def preview(
+    args: list[str] = typer.Argument(None, help=CONFIG_HELP),
+    out: Path = typer.Option(None, "--out", help="PNG to write; default runs/<name>-preview/augment.png."),
+    samples: int = typer.Option(8, "--samples", min=1, max=32, help="Training samples shown (columns)."),
+    rounds: int = typer.Option(3, "--rounds", min=1, max=8, help="Augmented versions of each (rows)."),
+    seed: int = typer.Option(0, "--seed", help="Picks the samples and the augmentation draws."),
+) -> None:
+    """Write a PNG grid: training samples (top row) and what [data.augment] makes of them (one row per draw).
+
+    Each cell is titled with its label; mixup/cutmix cells show the two classes and their shares.
+    """
+    import torch
+
+    from behemoth.data import load_data
+    from behemoth.data.augment.preview import augment_rounds, describe_ops, preview_grid
+    from behemoth.data.feeds import augment_for
+    from behemoth.data.shards import StreamedSplit
+    from behemoth.pipeline import set_threads
+    from behemoth.runs import run_path
+
+    config_arg, overrides = split_config_args(args or [])
+    cfg = load_config(resolve_config(config_arg), overrides)
+    out = out or run_path(cfg).parent / f"{cfg.name}-preview" / "augment.png"
+    if out.suffix.lower() != ".png":
+        raise BehemothError(f"--out {out}: expected a .png path")
+    if not cfg.data.augment.enabled:
+        raise BehemothError("data.augment has no ops: nothing to preview (add one, e.g. data.augment.rotate.p=1)")
+    set_threads(cfg.train.threads)
+    data = load_data(cfg.data)
+    augment = augment_for(cfg, data)
+    if isinstance(data.train, StreamedSplit):  # the first shard is enough to look at
+        x_all, y_all = data.train.shards.to_tensors(*data.train.shards.read(0))
+    else:
+        x_all, y_all = data.train.x, data.train.y
+    rows = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(seed))[:samples]
+    x, y = x_all[rows], y_all[rows]
+    heading = (f"{cfg.name}: {data.name} training samples (top row) and {rounds} draws of data.augment (rows below)\n"
+               f"{describe_ops(cfg.data.augment)}")
+    preview_grid(x, y, augment_rounds(augment, x, y, rounds, seed), augment, data.class_names, heading, out)
+    console.print(f"written {out} ({len(x)} samples x {rounds} augmented rows)")
+
+
+@data_app.command(no_args_is_help=True)
+def pack(
+    source: str = typer.Argument(..., help="A dataset name (mnist, digits, arrays, ...), a config file or recipe, "
+                                 "or a shard directory to re-pack."),
+    out: Path = typer.Argument(..., help="Directory to write (index.json + shard files)."),
+    overrides: list[str] = typer.Argument(None, help="Dotted overrides, e.g. data.train_limit=5000 data.path=x.npz."),
+    codec: str = typer.Option(None, "--codec", help=f"Lossless codec: {' | '.join(LOSSLESS_CODECS)} "
+                              "(default: data.shards.codec, zstd)."),
+    level: int = typer.Option(None, "--level", min=0, max=9,
+                              help="Compression level 0-9 (default: data.shards.level, 5)."),
+    filter: str = typer.Option(None, "--filter", help=f"Lossless filter: {' | '.join(LOSSLESS_FILTERS)} "
+                               "(default: data.shards.filter, shuffle)."),
+    shard_size: str = typer.Option(None, "--shard-size", help="Uncompressed bytes per shard, e.g. 64MiB, 512KiB "
+                                   "(default: data.shards.shard_size)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it is a shard directory."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Write a dataset's splits as blosc2-compressed shards with a checksummed index (lossless only).
+
+    Images a loader scaled from 8-bit pixels are stored as those pixels when that reproduces the loader's
+    floats bit for bit; train with data.name = "shards" and data.path = OUT.
+    """
+    from behemoth.data import load_data
+    from behemoth.data.shards import pack_bundle
+
+    for flag, value, kind in (("--codec", codec, "codec"), ("--filter", filter, "filter")):
+        if value is not None:
+            try:
+                check_lossless(value, kind)
+            except ValueError as exc:
+                raise BehemothError(f"{flag} {value}: {exc}") from None
+    if shard_size is not None:
+        try:
+            parse_size(shard_size)
+        except ValueError as exc:
+            raise BehemothError(f"--shard-size {shard_size}: {exc}") from None
+    cfg = load_config(*source_config(source, list(overrides or [])))
+    shards = cfg.data.shards
+    size = parse_size(shard_size or shards.shard_size)
+    with console.status(f"loading {cfg.data.name}"):
+        data = load_data(cfg.data)
+    with Progress(TextColumn("pack"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+                  disable=not progress, transient=True) as bar:
+        task = bar.add_task("pack", total=None)
+        index = pack_bundle(data, out, codec or shards.codec, shards.level if level is None else level,
+                            filter or shards.filter, size, overwrite,
+                            lambda done, total: bar.update(task, completed=done, total=total))
+    print_index(out, index)
+
+
+def source_config(source: str, overrides: list[str]) -> tuple[Path | None, list[str]]:
+    """(config file, overrides) for `pack SOURCE`: a shard directory, a config/recipe, or a dataset name."""
+    from behemoth.data import dataset_names
+    from behemoth.data.shards import INDEX
+
+    path = Path(source)
+    if path.is_dir() and (path / INDEX).is_file():  # re-pack: read every shard (verified) into memory
+        return None, ["data.name=shards", f"data.path={str(path)!r}", "data.shards.stream=false", *overrides]
+    if path.is_file() or source not in dataset_names():
+        return resolve_config(source), overrides
+    return None, [f"data.name={source}", *overrides]
+
+
+@data_app.command(no_args_is_help=True)
+def inspect(
+    directory: Path = typer.Argument(..., help="A shard directory written by `behemoth data pack`."),
+    verify: bool = typer.Option(False, "--verify", help="Also read every shard and check its size and sha256."),
+) -> None:
+    """Print a shard directory's splits: samples, shards, compressed and raw sizes, compression ratio."""
+    from behemoth.data.shards import read_index
+
+    index = read_index(directory)
+    print_index(directory, index)
+    if verify:
+        from behemoth.data.shards import ShardSplit
+
+        splits = [ShardSplit(directory, name, info) for name, info in index.splits.items()]
+        total = sum(len(s.info.shards) for s in splits)
+        with Progress(TextColumn("verify"), BarColumn(), MofNCompleteColumn(), console=console, transient=True) as bar:
+            task = bar.add_task("verify", total=total)
+            for split in splits:
+                for number in range(len(split.info.shards)):
+                    split.read(number)  # raises a DataError naming the shard on any mismatch
+                    bar.advance(task)
+                if split.info.labels is not None:
+                    split.labels()
+        console.print(f"verified {total} shards: sizes and sha256 match the index")
+
+
+def print_index(directory: Path, index) -> None:
+    table = Table(title=f"{directory}: {index.dataset}, {index.codec} level {index.level}, {index.filter}")
+    for column in ("split", "samples", "shards", "x / y", "on disk", "raw", "ratio", "in memory"):
+        table.add_column(column, justify="left" if column in ("split", "x / y") else "right")
+    for name, split in index.splits.items():
+        stored = f"{split.x_dtype}{'*' if split.decode else ''} / {split.y_dtype}"
+        ratio = split.raw_bytes / split.bytes if split.bytes else 0.0
+        table.add_row(name, f"{split.count:,}", str(len(split.shards)), stored, human(split.bytes),
+                      human(split.raw_bytes), f"{ratio:.2f}x", human(split.memory_bytes))
+    console.print(table)
+    if any(split.decode for split in index.splits.values()):
+        console.print("* 8-bit pixels that decode bit for bit to the loader's normalised float32")
+    stored = sum(s.bytes for s in index.splits.values())
+    raw = sum(s.raw_bytes for s in index.splits.values())
+    console.print(f"total {human(stored)} compressed, {human(raw)} raw ({raw / max(stored, 1):.2f}x)")
+
+
+def human(size: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
