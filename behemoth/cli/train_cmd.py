@@ -37,7 +37,9 @@ def train(
 ) -> None:
     """Train a model. Writes runs/<name>/ (config, checkpoints, metrics, TensorBoard logs, summary).
 
-    With --nproc N (or under `torchrun -m behemoth train ...`) it trains with N processes (DDP).
+    With --nproc N (or under `torchrun -m behemoth train ...`) it trains with N processes: train.strategy =
+    ddp (the default), fsdp (sharded parameters, gradients, optimizer state) or pipeline (GPT blocks split
+    into stages). `behemoth plan` tells which fits in memory.
     """
     config_arg, overrides = split_config_args(args or [])
     env = read_env()

@@ -2,6 +2,9 @@
 file read back with torch.load(weights_only=True). Written atomically, pruned to the last N.
 
 Layout: <run>/checkpoints/step-00000420/{model.safetensors, state.pt} and <run>/checkpoints/latest.
+Sharded strategies (fsdp, pipeline) write step-00000420/{dcp/, state.pt} instead: every rank writes its
+shards with torch.distributed.checkpoint (see behemoth.distributed.dcp). Either kind loads into any
+strategy at any world size: model and optimizer state are keyed by parameter name, not position.
 """
 
 import os
@@ -16,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from behemoth.distributed import DistEnv, barrier, holds_shard
 from behemoth.errors import RunDirError
 
 
@@ -54,9 +58,14 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_weights(model: nn.Module, path: Path) -> None:
+    write_safetensors(plain_state_dict(model), path)
+
+
+def write_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Atomically: temp file in the same folder, fsync, rename."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
-    save_file(plain_state_dict(model), tmp)
+    save_file(tensors, tmp)
     with open(tmp, "rb") as handle:
         os.fsync(handle.fileno())
     os.replace(tmp, path)
@@ -94,13 +103,42 @@ def _literal_tuple(text: str) -> tuple:
     return ast.literal_eval(text)  # python's RNG state is a tuple of ints: safe to parse, no pickle
 
 
-def save_checkpoint(run_dir: Path, step: int, model: nn.Module, state: dict[str, Any], keep_last: int) -> Path:
-    """Write checkpoint `step` atomically (build in a temp folder, then rename) and keep the last N."""
+def named_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """optimizer.state_dict() keyed by parameter name instead of position: loads into any strategy."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    return get_optimizer_state_dict(getattr(model, "_orig_mod", model), optimizer)
+
+
+def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    state: dict[str, Any], keep_last: int, env: DistEnv | None = None) -> Path:
+    """Write checkpoint `step` atomically (build in a temp folder, then rename) and keep the last N.
+
+    Every rank calls this. Unsharded (single, ddp): rank 0 writes model.safetensors + state.pt (DDP replicas
+    are equal). Sharded (the model holds part of the weights: fsdp, pipeline): every rank writes its shards
+    into dcp/, then rank 0 adds state.pt and renames; the other ranks return once their part is on disk (the
+    caller's barrier waits for the rename).
+    """
+    main, sharded = env is None or env.is_main, holds_shard(model)
     root = run_dir / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:08d}"
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
-    save_weights(model, tmp / "model.safetensors")
+    if sharded:
+        from behemoth.distributed.dcp import save_sharded
+
+        tmp = root / f".tmp-{final.name}"  # one name for every rank (across nodes: a shared filesystem)
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        barrier(env)
+        groups = save_sharded(tmp / "dcp", model, optimizer, env is not None and env.distributed)
+        state = {**state, "param_groups": groups}
+    if not main:
+        return final
+    if not sharded:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
+        save_weights(model, tmp / "model.safetensors")
+        state = {**state, "optimizer": named_optimizer_state(model, optimizer)}
     with open(tmp / "state.pt", "wb") as handle:
         torch.save({**state, "rng": rng_state()}, handle)
         handle.flush()
@@ -123,11 +161,61 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return path if path.is_dir() else None
 
 
-def load_checkpoint(path: Path, model: nn.Module) -> dict[str, Any]:
-    """Load weights into `model`; return the saved state (RNG is restored here too)."""
-    if not (path / "model.safetensors").is_file() or not (path / "state.pt").is_file():
-        raise RunDirError(f"checkpoint {path} is incomplete (model.safetensors or state.pt missing)")
-    load_weights(model, path / "model.safetensors")
+def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    env: DistEnv | None = None) -> dict[str, Any]:
+    """Load weights and optimizer state (either kind of checkpoint, any strategy); return the rest of the
+    saved state. This process's RNG is restored here too. Every rank calls it."""
+    if not (path / "state.pt").is_file() or not ((path / "model.safetensors").is_file() or (path / "dcp").is_dir()):
+        raise RunDirError(f"checkpoint {path} is incomplete (model.safetensors or dcp/, or state.pt missing)")
     state = torch.load(path / "state.pt", weights_only=True)
+    if (path / "dcp").is_dir():
+        from behemoth.distributed.dcp import load_sharded
+
+        load_sharded(path / "dcp", model, optimizer, state.pop("param_groups"), env is not None and env.distributed)
+    else:
+        load_full_state(model, optimizer, load_file(str(path / "model.safetensors")), state.pop("optimizer"))
     set_rng_state(state.pop("rng"))
     return state
+
+
+def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, weights: dict[str, torch.Tensor],
+                    optimizer_state: dict[str, Any]) -> None:
+    """Whole-model weights and optimizer state into a plain, DDP, FSDP-sharded or pipeline-stage model
+    (each rank keeps the part it holds)."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions, set_model_state_dict, set_optimizer_state_dict,
+    )
+
+    target = getattr(model, "_orig_mod", model)
+    names = list(target.state_dict())
+    missing = [name for name in names if name not in weights]
+    if missing:
+        raise RunDirError(f"checkpoint does not fit this model: no weights for {missing[0]}")
+    # FSDP: every rank holds the whole state and keeps its shard of it; others load it as it is
+    options = StateDictOptions(full_state_dict=hasattr(target, "set_requires_gradient_sync"))
+    set_model_state_dict(target, {name: weights[name] for name in names}, options=options)
+    if all(isinstance(key, int) for key in optimizer_state["state"]):  # written before names were used
+        optimizer.load_state_dict(optimizer_state)
+    else:
+        set_optimizer_state_dict(target, optimizer, optimizer_state, options=options)
+
+
+def checkpoint_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The whole model's weights from a checkpoint of either kind, as CPU tensors keyed by name."""
+    if (path / "dcp").is_dir():
+        from behemoth.distributed.dcp import read_sharded_weights
+
+        return read_sharded_weights(path / "dcp")
+    if not (path / "model.safetensors").is_file():
+        raise RunDirError(f"checkpoint {path} is incomplete (no model.safetensors or dcp/)")
+    return load_file(str(path / "model.safetensors"))
+
+
+def save_final_weights(model: nn.Module, run_dir: Path, env: DistEnv | None = None) -> None:
+    """<run>/model.safetensors, written by rank 0; a sharded model's from its last checkpoint, consolidated."""
+    if env is not None and not env.is_main:
+        return
+    if holds_shard(model):
+        write_safetensors(checkpoint_weights(latest_checkpoint(run_dir)), run_dir / "model.safetensors")
+    else:
+        save_weights(model, run_dir / "model.safetensors")

@@ -118,6 +118,7 @@ def train(
     feed = feed or TensorFeed(data.train, batch_size, cfg.accumulate, cfg.seed, device, env,
                               channels_last=cfg.channels_last)
     loss_fn = loss_fn or (lambda logits, y, x: task_loss(logits, y, cfg.label_smoothing))
+    step_fn = parallelize(model, cfg, env)  # before the optimizer: FSDP and pipeline change the parameters
     optimizer = optimizer_for(model, cfg)
     ctx = TrainContext(model, optimizer, None, cfg, data, device, feed, loss_fn, run_dir, eval_batch_size, env)
     ctx.scheduler = build_scheduler(optimizer, cfg, cfg.epochs if cfg.schedule_unit == "epoch" else ctx.total_steps)
@@ -125,8 +126,7 @@ def train(
     if ctx.early_stopping.enabled and cfg.early_stop.monitor.startswith("val.") and data.val is None:
         raise ConfigError(f"train.early_stop.monitor = {cfg.early_stop.monitor!r}: no validation split (data.val_fraction = 0)")
     if resume_from is not None:
-        restore(ctx, load_checkpoint(resume_from, model))
-    step_fn = parallelize(model, cfg.strategy, env)
+        restore(ctx, resume_from)
     step_fn = torch.compile(step_fn) if cfg.compile else step_fn
     scaler = grad_scaler(cfg.precision, device)
 
@@ -222,29 +222,27 @@ def validate(ctx: TrainContext, hooks: list) -> dict[str, float]:
 
 
 def checkpoint(ctx: TrainContext, hooks: list) -> None:
-    """Rank 0 writes (DDP replicas are identical); every rank contributes its RNG state, then all wait."""
+    """Every rank contributes its RNG state; rank 0 writes (DDP replicas are identical), or every rank writes
+    its shards (fsdp, pipeline); then all wait."""
     if ctx.run_dir is None:
         return
-    rng_per_rank = gather_rng_states(ctx.env)
-    if ctx.env is not None and not ctx.env.is_main:
-        barrier(ctx.env)
-        return
     state = {
-        "optimizer": ctx.optimizer.state_dict(),
         "scheduler": ctx.scheduler.state_dict(),
         "early_stopping": ctx.early_stopping.state_dict(),
         "position": {"epoch": ctx.epoch, "step_in_epoch": ctx.step_in_epoch, "step": ctx.step,
                      "samples_seen": ctx.samples_seen},
         "stop_reason": ctx.stop_reason or "",
-        "rng_per_rank": rng_per_rank,
+        "rng_per_rank": gather_rng_states(ctx.env),
     }
-    path = save_checkpoint(ctx.run_dir, ctx.step, ctx.model, state, ctx.cfg.checkpoint.keep_last)
-    call(hooks, "on_checkpoint", ctx, path)
+    path = save_checkpoint(ctx.run_dir, ctx.step, ctx.model, ctx.optimizer, state, ctx.cfg.checkpoint.keep_last,
+                           ctx.env)
+    if ctx.env is None or ctx.env.is_main:
+        call(hooks, "on_checkpoint", ctx, path)
     barrier(ctx.env)
 
 
-def restore(ctx: TrainContext, state: dict[str, Any]) -> None:
-    ctx.optimizer.load_state_dict(state["optimizer"])
+def restore(ctx: TrainContext, path: Path) -> None:
+    state = load_checkpoint(path, ctx.model, ctx.optimizer, ctx.env)  # weights and optimizer, any strategy
     ctx.scheduler.load_state_dict(state["scheduler"])
     ctx.early_stopping.load_state_dict(state["early_stopping"])
     position = state["position"]
