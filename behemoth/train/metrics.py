@@ -1,6 +1,7 @@
 """Evaluation: loss and accuracy every epoch; precision, recall, F1 (macro and per class) and the
 confusion matrix from torchmetrics when a full report is asked for."""
 
+import math
 import resource
 from typing import Any
 
@@ -62,12 +63,23 @@ def evaluate(
     model.eval()
     total_loss, correct, count = 0.0, 0, 0
     extra = _detailed_metrics(spec.num_classes) if detailed and spec.task == "classification" else {}
+    if env is not None and env.distributed and detailed:
+        raise ValueError("detailed metrics are computed on one process: call evaluate without env")
+    batches: list[slice | None] = list(eval_batches(len(split), batch_size))
     if env is not None and env.distributed:
-        if detailed:
-            raise ValueError("detailed metrics are computed on one process: call evaluate without env")
+        # every rank must run as many forwards as the busiest one: FSDP and pipeline stages take part in
+        # each other's forwards, so a rank that stopped early would leave the others waiting forever
+        largest = len(split) - (env.world_size - 1) * (len(split) // env.world_size)  # the last rank's share
+        padding_input = split.x[:1]
         mine = shard_rows(len(split), env)
         split = TensorSplit(split.x[mine], split.y[mine])
-    for rows in eval_batches(len(split), batch_size):
+        batches = list(eval_batches(len(split), batch_size))
+        batches += [None] * (math.ceil(largest / batch_size) - len(batches))
+    for rows in batches:
+        if rows is None:  # a padding forward, not counted
+            with autocast(precision, device):
+                model(padding_input.to(device))
+            continue
         x, y = split.x[rows].to(device), split.y[rows].to(device)
         if channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
