@@ -1,0 +1,136 @@
+"""The `[federate]` config section: clients, sampling, local training, strategy, partitions, privacy, faults.
+
+Kept free of torch and flwr (like `[tune]`) so loading any config stays light. Names follow McMahan et
+al. 2017: K clients, a fraction C of them sampled per round, E local epochs of batch B.
+
+    [federate]
+    clients = 100          # K
+    fraction = 0.1         # C
+    local_epochs = 5       # E
+    local_batch = 10       # B; 0 = the whole partition in one batch (B = inf, FedSGD)
+    rounds = 50
+    strategy = "fedavg"    # fedavg | fedprox | fedadam | fedmedian | fedtrimmedavg | krum
+    target_accuracy = 0.99 # stop once the global model reaches it on the test split
+    partition = "shards"   # iid | shards (sort by label, 2 per client) | dirichlet (alpha)
+
+    [federate.dp]          # differential privacy: off | client (Opacus DP-SGD) | server (Flower's wrapper)
+    mode = "client"
+    noise_multiplier = 1.1
+    clip_norm = 1.0
+"""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from behemoth.errors import ConfigError
+
+Strategy = Literal["fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum"]
+STRATEGIES: tuple[str, ...] = Strategy.__args__
+Partition = Literal["iid", "shards", "dirichlet"]
+
+
+class _Section(BaseModel):
+    # the same rules as behemoth.config.schema.Section, restated: schema.py imports this module
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DPConfig(_Section):
+    """Differential privacy. `client`: every client trains with DP-SGD (Opacus: per-sample clipping + noise,
+    Poisson-sampled batches), (epsilon, delta) per client's records. `server`: Flower's
+    DifferentialPrivacyServerSideFixedClipping clips each client's update and noises the average,
+    (epsilon, delta) per client (client-level), counted without sampling amplification."""
+
+    mode: Literal["off", "client", "server"] = "off"
+    noise_multiplier: float = Field(1.0, gt=0.0)  # noise std / clip_norm
+    clip_norm: float = Field(1.0, gt=0.0)  # client: per-sample gradient L2 bound; server: per-update L2 bound
+    delta: float = Field(1e-5, gt=0.0, lt=1.0)
+    target_epsilon: float | None = Field(None, gt=0.0)  # set: pick the noise that spends it over `rounds`
+
+
+class FaultsConfig(_Section):
+    """Simulated failures, to check that the federation survives them (all off by default)."""
+
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)  # share of each round's sampled clients that fail mid-round
+    dropout_after_steps: int = Field(1, ge=0)  # a failing client raises after this many local steps
+    scaled_clients: list[int] = []  # partition ids sending global + poison_scale * (local - global)
+    poison_scale: float = -10.0
+    nan_clients: list[int] = []  # partition ids sending NaN weights
+    crash_after_round: int | None = Field(None, ge=1)  # the server fails after checkpointing this round
+
+
+class DeployConfig(_Section):
+    """`behemoth federate --deploy`: one flower-superlink and `clients` flower-supernode processes."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(0, ge=0, le=65535)  # the SuperLink's port; 0 picks a free one
+    tls: bool = True  # a CA and a server certificate are generated for the run
+    node_auth: bool = True  # SuperNodes prove an EC key registered with the SuperLink
+    startup_timeout: float = Field(60.0, gt=0.0)  # seconds to wait for the SuperLink to listen
+
+
+class FederateConfig(_Section):
+    clients: int = Field(10, ge=1)  # K: partitions, one per SuperNode
+    fraction: float = Field(0.1, gt=0.0, le=1.0)  # C: share of the clients sampled each round
+    min_clients: int = Field(1, ge=1)  # sample at least this many
+    local_epochs: int = Field(1, ge=1)  # E
+    local_batch: int = Field(10, ge=0)  # B; 0 = the whole partition (B = inf)
+    rounds: int = Field(10, ge=1)
+    strategy: Strategy = "fedavg"
+    target_accuracy: float | None = Field(None, gt=0.0, le=1.0)  # stop early on global test accuracy
+    fraction_evaluate: float = Field(0.0, ge=0.0, le=1.0)  # clients also evaluating the global model locally
+    seed: int = 0  # partitions, client sampling, dropouts, local shuffles
+    timeout: float = Field(3600.0, gt=0.0)  # seconds the server waits for a round's replies
+    max_empty_rounds: int = Field(3, ge=1)  # stop with an error after this many rounds in a row without a usable update
+
+    # strategy options (each read only by its strategy)
+    proximal_mu: float = Field(0.01, ge=0.0)  # fedprox
+    server_lr: float = Field(0.01, gt=0.0)  # fedadam: eta
+    server_betas: tuple[float, float] = (0.9, 0.99)  # fedadam
+    server_tau: float = Field(1e-3, gt=0.0)  # fedadam: adaptivity
+    trim_beta: float = Field(0.2, ge=0.0, lt=0.5)  # fedtrimmedavg: share cut at each end
+    krum_malicious: int = Field(0, ge=0)  # krum: f, the number of malicious clients tolerated
+
+    # partitions of the training split
+    partition: Partition = "iid"
+    shards_per_client: int = Field(2, ge=1)  # shards
+    alpha: float = Field(0.5, gt=0.0)  # dirichlet concentration: small = skewed
+    min_partition_size: int = Field(10, ge=1)  # dirichlet: redraw until every client has this many
+
+    # where clients run (simulation)
+    client_cpus: float = Field(1.0, gt=0.0)  # Ray CPUs per client: cores / client_cpus clients train at once
+    client_threads: int = Field(1, ge=1)  # torch threads inside each client
+
+    secagg: bool = False  # SecAgg+: refused, see _check
+    dp: DPConfig = DPConfig()
+    faults: FaultsConfig = FaultsConfig()
+    deploy: DeployConfig = DeployConfig()
+
+    @property
+    def sampled_clients(self) -> int:
+        """Clients per round, as Flower's FedAvg samples them: max(int(K * C), min_clients)."""
+        return max(int(self.clients * self.fraction), self.min_clients)
+
+    @model_validator(mode="after")
+    def _check(self) -> "FederateConfig":
+        """Combinations no single field can judge; raised as ConfigError so the line names the fields."""
+        if self.secagg:
+            raise ConfigError("federate.secagg = true: Flower 1.41 runs SecAgg+ only in its legacy API "
+                              "(LegacyContext, fitres records), not with the message strategies used here")
+        if self.min_clients > self.clients:
+            raise ConfigError(f"federate.min_clients = {self.min_clients}: more than federate.clients = {self.clients}")
+        for name in ("scaled_clients", "nan_clients"):
+            bad = [p for p in getattr(self.faults, name) if not 0 <= p < self.clients]
+            if bad:
+                raise ConfigError(f"federate.faults.{name}: {bad[0]} is not a partition id in [0, {self.clients})")
+        m = self.sampled_clients
+        if self.strategy == "krum" and m <= 2 * self.krum_malicious + 2:
+            raise ConfigError(f"federate.strategy = 'krum' with krum_malicious = {self.krum_malicious}: needs more "
+                              f"than {2 * self.krum_malicious + 2} clients per round, got {m}")
+        if self.dp.mode == "client" and self.strategy == "fedprox":
+            raise ConfigError("federate.dp.mode = 'client' with strategy = 'fedprox': DP-SGD clips per-sample "
+                              "gradients and would drop the proximal term's gradient")
+        if self.dp.mode == "server" and self.strategy not in ("fedavg", "fedprox", "fedadam"):
+            raise ConfigError(f"federate.dp.mode = 'server' with strategy = {self.strategy!r}: the noise is "
+                              "calibrated to an average of clipped updates (fedavg, fedprox, fedadam)")
+        return self

@@ -1,0 +1,56 @@
+"""What the server and the clients share: the run config (as JSON inside each message, so a SuperNode on
+another machine needs no file from the server), the model they build from it, and its weights as a Flower
+ArrayRecord (one named array per state_dict entry)."""
+
+import json
+import zlib
+
+import torch
+from flwr.app import ArrayRecord
+from torch import nn
+
+from behemoth.config import RunConfig
+from behemoth.models import build_model
+from behemoth.spec import DataSpec
+
+CONFIG_KEY = "behemoth-config"  # ConfigRecord entry holding the run config
+
+
+SHARED_SECTIONS = {"name", "data", "model", "train", "federate"}  # what a client needs; other stages keep defaults
+
+
+def config_to_json(cfg: RunConfig) -> str:
+    return json.dumps(cfg.model_dump(mode="json", include=SHARED_SECTIONS), sort_keys=True)
+
+
+def config_from_json(text: str) -> RunConfig:
+    return RunConfig.model_validate(json.loads(text))
+
+
+def federated_model(cfg: RunConfig, spec: DataSpec) -> nn.Module:
+    """The model every party builds: the zoo model, initialised from federate.seed (the server's copy is
+    the one that counts; clients overwrite theirs with the global weights)."""
+    torch.manual_seed(cfg.federate.seed)
+    return build_model(cfg.model.name, cfg.model.options, spec)
+
+
+def to_arrays(model: nn.Module) -> ArrayRecord:
+    """The model's state_dict (parameters and buffers) as an ArrayRecord, keyed like the state_dict."""
+    return ArrayRecord.from_torch_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
+
+
+def load_arrays(model: nn.Module, arrays: ArrayRecord) -> None:
+    """Copy the arrays into the model; copy_ casts back where aggregation made a buffer float
+    (e.g. batch norm's num_batches_tracked averaged)."""
+    state = model.state_dict()
+    if set(arrays.keys()) != set(state):
+        missing = sorted(set(state) ^ set(arrays.keys()))
+        raise ValueError(f"the arrays do not match the model's state_dict (first difference: {missing[0]!r})")
+    with torch.no_grad():
+        for key, array in arrays.items():
+            state[key].copy_(torch.from_numpy(array.numpy()))
+
+
+def client_seed(seed: int, server_round: int, partition: int) -> int:
+    """An independent seed per (run seed, round, client): local shuffles, dropout masks, DP noise."""
+    return zlib.crc32(f"federate/{seed}/{server_round}/{partition}".encode())

@@ -1,0 +1,104 @@
+"""McMahan et al. 2017 ("Communication-Efficient Learning of Deep Networks from Decentralized Data"),
+MNIST, 100 clients, C = 0.1: communication rounds to reach a target test accuracy, ours beside the paper's
+(Table 2: CNN to 99%, 2NN to 97%; IID and pathological non-IID = 2 label-sorted shards per client).
+
+Every row runs `behemoth federate`'s simulation (Flower + Ray, behemoth's training loop on each client,
+the server evaluating the global model on the 10,000 test images after every round) and stops at the
+target or at --max-rounds. Learning rates are fixed per row (the paper tuned them per row over a grid).
+
+    .venv/bin/python bench/fedavg.py                                   # every row, IID and non-IID
+    .venv/bin/python bench/fedavg.py --rows cnn-fedavg:iid --out bench/fedavg.json
+    .venv/bin/python bench/fedavg.py --rows 2nn-fedavg:iid,2nn-fedavg:shards --max-rounds 300
+"""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CNN = {"name": "cnn", "channels": [32, 64], "hidden": 512, "norm": "none"}  # the paper's CNN, 1,663,370 weights
+TWO_NN = {"name": "mlp", "preset": "784-200-200-10"}  # the paper's 2NN
+ROWS = {  # name: (model, E, B (0 = inf), lr, target, paper rounds IID, paper rounds non-IID)
+    "cnn-fedavg": (CNN, 5, 10, 0.1, 0.99, 20, 229),
+    "cnn-fedsgd": (CNN, 1, 0, 0.2, 0.99, 626, 483),
+    "2nn-fedavg": (TWO_NN, 1, 10, 0.1, 0.97, 87, 664),
+}
+PARTITIONS = {"iid": "IID", "shards": "non-IID"}
+
+
+def row_config(row: str, partition: str, args: argparse.Namespace) -> dict:
+    model, epochs, batch, lr, target, _, _ = ROWS[row]
+    cnn = model is CNN
+    return {
+        "name": f"fedavg-{row}-{partition}", "runs_dir": args.runs_dir,
+        "data": {"name": "mnist", "val_fraction": 0.0, "eval_batch_size": 2000},
+        "model": dict(model),
+        "train": {"optimizer": "sgd", "lr": lr, "momentum": 0.0, "seed": args.seed,
+                  "precision": args.precision if cnn else "fp32", "channels_last": cnn},
+        "federate": {
+            "clients": args.clients, "fraction": args.fraction, "local_epochs": epochs, "local_batch": batch,
+            "rounds": args.max_rounds or 3 * ROWS[row][5 if partition == "iid" else 6], "strategy": "fedavg",
+            "partition": partition, "shards_per_client": 2, "target_accuracy": target, "seed": args.seed,
+            "client_cpus": 1.0, "client_threads": 1,
+        },
+    }
+
+
+def run_row(raw: dict) -> dict:
+    from behemoth.config import config_from_dict
+    from behemoth.federate.metrics import attach_run_log, read_records
+    from behemoth.federate.simulate import run_simulated
+    from behemoth.runs import create_run_dir, run_path, write_config
+
+    cfg = config_from_dict(raw)
+    run_dir = create_run_dir(run_path(cfg), overwrite=True)
+    write_config(run_dir, cfg)
+    attach_run_log(run_dir, stream=sys.stderr)
+    started = time.perf_counter()
+    run_simulated(cfg, run_dir, resume=False)
+    rounds = [r for r in read_records(run_dir / "metrics.jsonl") if r["kind"] == "round"]
+    target = cfg.federate.target_accuracy
+    reached = next((r["round"] for r in rounds if r["test.acc"] >= target), None)
+    return {"run": str(run_dir), "rounds_run": rounds[-1]["round"], "rounds_to_target": reached,
+            "best_acc": max(r["test.acc"] for r in rounds), "final_acc": rounds[-1]["test.acc"],
+            "seconds": time.perf_counter() - started,
+            "median_round_seconds": sorted(r["seconds"] for r in rounds[1:])[len(rounds[1:]) // 2]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    every = ",".join(f"{row}:{part}" for row in ROWS for part in PARTITIONS)
+    parser.add_argument("--rows", default=every, help=f"comma-separated ROW:PARTITION (default: {every})")
+    parser.add_argument("--max-rounds", type=int, default=None, help="cap per row (default: 3x the paper's rounds)")
+    parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--fraction", type=float, default=0.1)
+    parser.add_argument("--precision", default="bf16", help="CNN client steps: bf16 (fast on CPU) or fp32")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--runs-dir", default=str(Path(tempfile.gettempdir()) / "behemoth-bench-fedavg"))
+    parser.add_argument("--out", default=None, help="also write the results as JSON here (updated after each row)")
+    args = parser.parse_args()
+    command = " ".join(["python"] + sys.argv)
+    results = {}
+    for item in args.rows.split(","):
+        row, partition = item.split(":")
+        results[item] = run_row(row_config(row, partition, args))
+        print(f"{item}: {json.dumps(results[item])}", file=sys.stderr, flush=True)
+        if args.out:
+            Path(args.out).write_text(json.dumps({"command": command, "results": results}, indent=2))
+    print(f"\nFedAvg on MNIST, {args.clients} clients, C = {args.fraction}, {os.cpu_count()} cores   ({command})")
+    print(f"{'row':12} {'data':8} {'E':>2} {'B':>4} {'lr':>5} {'target':>6} {'rounds (ours)':>14} "
+          f"{'rounds (paper)':>14} {'best acc':>9} {'s/round':>8}")
+    for item, res in results.items():
+        row, partition = item.split(":")
+        _, epochs, batch, lr, target, paper_iid, paper_non = ROWS[row]
+        ours = str(res["rounds_to_target"]) if res["rounds_to_target"] else f"> {res['rounds_run']}"
+        paper = paper_iid if partition == "iid" else paper_non
+        print(f"{row:12} {PARTITIONS[partition]:8} {epochs:2d} {batch or 'inf':>4} {lr:5.2f} {target:6.2%} "
+              f"{ours:>14} {paper:>14} {res['best_acc']:9.4f} {res['median_round_seconds']:8.1f}")
+
+
+if __name__ == "__main__":
+    main()
