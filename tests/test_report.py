@@ -50,6 +50,24 @@ def test_sections_of_stages_that_did_not_run_are_omitted(trained_run, tmp_path):
     assert summary["evaluation"] is None and summary["explanations"] == []
 
 
+def test_a_nested_federated_run_gets_its_section(trained_run, tmp_path):
+    """The demo keeps its short federated run in <run>/federated: its round records make a section."""
+    outer = tmp_path / "outer"
+    shutil.copytree(trained_run, outer, ignore=shutil.ignore_patterns("report", "explain", "checkpoints", "tb"))
+    fed = outer / "federated"
+    fed.mkdir()
+    shutil.copy(trained_run / "config.toml", fed / "config.toml")
+    rounds = [{"kind": "round", "round": r, "step": r, "test.acc": 0.5 + 0.1 * r, "test.loss": 2.0 - 0.5 * r,
+               "bytes.sent": 1000 * r, "bytes.received": 900 * r, "epsilon": 0.4 * r, "delta": 1e-5} for r in range(4)]
+    (fed / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rounds))
+    (fed / "summary.json").write_text(json.dumps({"strategy": "fedavg", "clients": 4, "clients_per_round": 2,
+                                                  "partition": "iid", "stop_reason": "rounds"}))
+    html_path, summary_path = build_report(outer)
+    assert json.loads(summary_path.read_text())["sections"][-1] == "federated"
+    page = html_path.read_text()
+    assert "Federated learning" in page and "(1.200, 1e-05)" in page  # the last round's privacy spent
+
+
 def test_a_line_cut_off_by_a_killed_run_does_not_break_the_report(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"kind": "train", "step": 1, "train.loss": 2.0}\n{"kind": "train", "st')

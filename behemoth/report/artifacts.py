@@ -20,6 +20,7 @@ class RunArtifacts:
     metrics: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl records
     evaluation: dict[str, Any] | None = None  # eval.json (behemoth evaluate)
     explanations: list[dict[str, Any]] = field(default_factory=list)  # explain/<method>/attributions.json
+    federated: dict[str, Any] | None = None  # {"dir", "summary", "rounds"}: this run's or a nested run's rounds
 
 
 def read_json(path: Path) -> Any | None:
@@ -50,19 +51,33 @@ def read_explanations(run_dir: Path) -> list[dict[str, Any]]:
     return records
 
 
+def read_federated(run_dir: Path, metrics: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Round records (`behemoth federate`) of this run, or of a federated run nested inside it (the demo
+    puts its short federated run in <run>/federated)."""
+    candidates = [(run_dir, metrics)] + [(sub.parent, read_jsonl(sub.parent / "metrics.jsonl"))
+                                         for sub in sorted(run_dir.glob("*/config.toml"))]
+    for directory, records in candidates:
+        rounds = [r for r in records if r.get("kind") == "round"]
+        if rounds:
+            return {"dir": str(directory), "summary": read_json(directory / "summary.json"), "rounds": rounds}
+    return None
+
+
 def collect(run_dir: Path) -> RunArtifacts:
     """Everything a report can show about `run_dir`; raises if it is not a run directory."""
     config_path = run_dir / "config.toml"
     if not config_path.is_file():
         raise RunDirError(f"{run_dir} is not a behemoth run directory (no config.toml)")
     text = config_path.read_text()
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
     return RunArtifacts(
         run_dir=run_dir,
         config_text=text,
         config=tomllib.loads(text),
         spec=read_json(run_dir / "spec.json"),
         summary=read_json(run_dir / "summary.json"),
-        metrics=read_jsonl(run_dir / "metrics.jsonl"),
+        metrics=metrics,
         evaluation=read_json(run_dir / "eval.json"),
         explanations=read_explanations(run_dir),
+        federated=read_federated(run_dir, metrics),
     )

@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 DPI = 100
 
@@ -111,4 +112,36 @@ def class_balance(class_counts: dict[str, list[int]], names: list[str]) -> bytes
     ax.set_title("class balance")
     ax.legend(title="split (samples)")
     ax.grid(axis="y", alpha=0.3)
+    return to_png(fig)
+
+
+def federated_rounds(rounds: list[dict[str, Any]]) -> bytes:
+    """Global test accuracy and loss per round, and privacy spent (epsilon) or traffic per round."""
+    numbers = [r["round"] for r in rounds]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    axes[0].plot(numbers, [r["test.acc"] for r in rounds], "o-", color="C0", label="global model, test split")
+    axes[0].set_ylabel("test accuracy")
+    axes[1].plot(numbers, [r["test.loss"] for r in rounds], "o-", color="C3", label="global model, test split")
+    axes[1].set_ylabel("test loss (cross-entropy, nats)")
+    with_eps = [r for r in rounds if r.get("epsilon") is not None]
+    if with_eps:
+        axes[2].plot([r["round"] for r in with_eps], [r["epsilon"] for r in with_eps], "o-", color="C4",
+                     label=f"epsilon (delta = {with_eps[-1].get('delta', 0):g})")
+        axes[2].set_ylabel("privacy spent, epsilon")
+        axes[2].set_title("differential privacy")
+    else:
+        traffic = [r for r in rounds if "bytes.sent" in r]
+        axes[2].plot([r["round"] for r in traffic], [r["bytes.sent"] / 2**20 for r in traffic], "o-", color="C1",
+                     label="sent to clients")
+        axes[2].plot([r["round"] for r in traffic], [r["bytes.received"] / 2**20 for r in traffic], "s--",
+                     color="C2", label="received from clients")
+        axes[2].set_ylabel("traffic per round (MiB)")
+        axes[2].set_title("communication")
+    axes[0].set_title("global test accuracy")
+    axes[1].set_title("global test loss")
+    for ax in axes:
+        ax.set_xlabel("round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend()
     return to_png(fig)

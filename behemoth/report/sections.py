@@ -97,8 +97,8 @@ def data(art: RunArtifacts) -> Section | None:
 
 def training(art: RunArtifacts) -> Section | None:
     summary = art.summary
-    if not summary and not art.metrics:
-        return None
+    if not any(r.get("kind") == "train" for r in art.metrics) and "steps" not in (summary or {}):
+        return None  # e.g. a federated run: its rounds have their own section
     blocks: list[dict[str, Any]] = []
     curves = figures.training_curves(art.metrics)
     if curves:
@@ -178,7 +178,33 @@ def explanations(art: RunArtifacts) -> Section | None:
     return Section("explain", "Explanations", blocks)
 
 
+def federated(art: RunArtifacts) -> Section | None:
+    fed = art.federated
+    if not fed:
+        return None
+    summary, rounds = fed["summary"] or {}, fed["rounds"]
+    last = rounds[-1]
+    blocks: list[dict[str, Any]] = [{"kind": "text", "text": f"From {fed['dir']}: the global model on the test "
+                                     "split after each round (round 0: before any training)."}]
+    blocks.append(image(figures.federated_rounds(rounds), "Federated rounds: global test accuracy and loss; "
+                        "privacy spent or traffic per round.", "federated rounds"))
+    rows = [["strategy", summary.get("strategy", "?")], ["clients (per round)",
+            f"{summary.get('clients', '?')} ({summary.get('clients_per_round', '?')})"],
+            ["partition", summary.get("partition", "?")], ["rounds", fmt(last["round"])],
+            ["final test accuracy", fmt(last["test.acc"])], ["stopped because", summary.get("stop_reason", "—")]]
+    sent = sum(r.get("bytes.sent", 0) for r in rounds) / 2**20
+    received = sum(r.get("bytes.received", 0) for r in rounds) / 2**20
+    rows.append(["traffic (MiB sent / received)", f"{sent:,.1f} / {received:,.1f}"])
+    failed = sum(r.get("clients.failed", 0) for r in rounds)
+    rejected = sum(r.get("clients.rejected", 0) for r in rounds)
+    rows.append(["client replies failed / rejected", f"{failed} / {rejected}"])
+    if last.get("epsilon") is not None:
+        rows.append(["privacy (epsilon, delta)", f"({last['epsilon']:.3f}, {last.get('delta', 0):g})"])
+    blocks.append(table(["", "value"], rows))
+    return Section("federated", "Federated learning", blocks)
+
+
 # in page order; later stages append their builders here
 BUILDERS: list[Callable[[RunArtifacts], Section | None]] = [
-    overview, configuration, data, training, evaluation, explanations,
+    overview, configuration, data, training, evaluation, explanations, federated,
 ]
