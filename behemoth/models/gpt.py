@@ -7,7 +7,6 @@ splits can wrap them one by one.
 """
 
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from torch import nn
 
@@ -63,23 +62,18 @@ class GPT(nn.Module):
             x = block(x)  # (B, T, C)
         return self.lm_head(self.ln_f(x))  # (B, T, V)
 
-    @torch.no_grad()
     def generate(
-        self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None
+        self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Sample `max_new_tokens` tokens after `idx` (B, T); returns (B, T + max_new_tokens).
 
-        Call model.eval() first if dropout is on. temperature < 1 sharpens, top_k keeps the k likeliest.
+        temperature < 1 sharpens (0: greedy), top_k keeps the k likeliest. The context is cropped to
+        block_size: positions beyond it have no embedding.
         """
-        for _ in range(max_new_tokens):
-            context = idx[:, -self.block_size :]  # crop: positions beyond block_size have no embedding
-            logits = self(context)[:, -1, :] / temperature  # (B, V)
-            if top_k is not None:
-                kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]  # (B, 1)
-                logits = logits.masked_fill(logits < kth, float("-inf"))
-            probs = F.softmax(logits, dim=-1)
-            idx = torch.cat((idx, torch.multinomial(probs, num_samples=1)), dim=1)  # (B, T + 1)
-        return idx
+        from behemoth.lm.generate import sample  # lm uses models, not the other way round: import on use
+
+        return sample(self, idx, max_new_tokens, temperature, top_k, context=self.block_size, generator=generator)
 
 
 def build(opts: GPTOptions, spec: DataSpec) -> GPT:

@@ -25,6 +25,11 @@ class Throughput:
         return rate
 
 
+def mfu_text(metrics: dict[str, float]) -> str:
+    """' MFU 12.3%' when an MFUHook (behemoth.train.mfu) ran before this hook, else nothing."""
+    return f" MFU {metrics['mfu']:.1%}" if "mfu" in metrics else ""
+
+
 class ProgressHook(BaseHook):
     """A rich progress bar on a terminal; one plain line every `log_every` steps otherwise."""
 
@@ -46,12 +51,14 @@ class ProgressHook(BaseHook):
             return
         self.progress = Progress(
             TextColumn("epoch {task.fields[epoch]}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-            TextColumn("loss {task.fields[loss]:.4f} acc {task.fields[acc]:.4f} {task.fields[rate]:,.0f} samples/s"),
+            TextColumn("loss {task.fields[loss]:.4f} acc {task.fields[acc]:.4f} {task.fields[rate]:,.0f} samples/s"
+                       "{task.fields[mfu]}"),
             TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=False,
         )
         self.progress.start()
         self.task = self.progress.add_task("train", total=ctx.total_steps, completed=ctx.step,
-                                           epoch=f"{ctx.epoch + 1}/{ctx.cfg.epochs}", loss=0.0, acc=0.0, rate=0.0)
+                                           epoch=f"{ctx.epoch + 1}/{ctx.cfg.epochs}", loss=0.0, acc=0.0, rate=0.0,
+                                           mfu="")
 
     def on_step_end(self, ctx: Any, metrics: dict[str, float]) -> None:
         self.last = metrics
@@ -63,11 +70,11 @@ class ProgressHook(BaseHook):
         rate = self.rate.read(ctx.samples_seen)
         if self.progress is not None:
             self.progress.update(self.task, completed=ctx.step, epoch=f"{ctx.epoch + 1}/{ctx.cfg.epochs}",
-                                 loss=metrics["train.loss"], acc=metrics["train.acc"], rate=rate)
+                                 loss=metrics["train.loss"], acc=metrics["train.acc"], rate=rate, mfu=mfu_text(metrics))
         else:
             self._line(f"epoch {ctx.epoch + 1}/{ctx.cfg.epochs} step {ctx.step}/{ctx.total_steps} "
                        f"loss {metrics['train.loss']:.4f} acc {metrics['train.acc']:.4f} "
-                       f"lr {metrics['lr']:.3g} {rate:,.0f} samples/s")
+                       f"lr {metrics['lr']:.3g} {rate:,.0f} samples/s{mfu_text(metrics)}")
 
     def on_eval_end(self, ctx: Any, metrics: dict[str, float]) -> None:
         shown = {k: v for k, v in metrics.items() if k.startswith("val.")}

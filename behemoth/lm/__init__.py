@@ -1,0 +1,5 @@
+"""Using trained language models: sampling text from any (B, T) ids -> (B, T, V) logits model."""
+
+from behemoth.lm.generate import generate_text, next_token, sample
+
+__all__ = ["generate_text", "next_token", "sample"]
