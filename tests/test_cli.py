@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from behemoth.cli import app
+from behemoth.cli.app import recipe_names
 from behemoth.config import load_config
 from tests.conftest import behemoth_cmd, subprocess_env
 
@@ -167,7 +168,7 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_exact(tmp_path):
         assert (a[key] == b[key]).all(), key
 
 
-RECIPES = ["mnist-cnn", "mnist-mlp", "lenet5", "lenet-caffe", "fashion", "digits", "rnn", "gpt-text", "vit-mnist"]
+RECIPES = recipe_names()  # every shipped recipe, including the ones later stages add
 
 
 @pytest.mark.parametrize("recipe", RECIPES)

@@ -175,7 +175,8 @@ def test_byte_tokenizer_round_trip():
 
 def test_listing_says_what_is_available():
     infos = {info.name: info for info in list_datasets()}
-    assert set(infos) == {"mnist", "fashion_mnist", "digits", "kjv", "text", "folder", "table", "arrays"}
+    assert set(infos) == {"mnist", "fashion_mnist", "digits", "kjv", "text", "folder", "table", "arrays",
+                          "shards"}
     assert all(isinstance(info, DatasetInfo) and info.summary for info in infos.values())
     assert infos["mnist"].available and infos["kjv"].available and infos["digits"].available
     assert infos["fashion_mnist"].available == (not sources.fashion_missing())

@@ -1,6 +1,8 @@
 """`behemoth explain` end to end on small trained runs: image (digits), text (tiny GPT), table (wine CSV)."""
 
+import html
 import json
+import re
 import subprocess
 
 import pytest
@@ -85,6 +87,25 @@ def test_text_model_colours_tokens(text_run):
     record = json.loads((out / "attributions.json").read_text())
     assert len(record["attributions"][0]) == 32 and record["fidelity"]["summary"]["completeness_error"]["max"] < 0.01
     assert record["fidelity"]["summary"]["infidelity"] is None
+
+
+def test_bpe_text_model_shows_its_own_tokens(tmp_path_factory):
+    """A BPE run is explained with its tokenizer: tokens are decoded pieces of text, the baseline is its space."""
+    from behemoth.data.tokenizers import load_run_tokenizer
+
+    run_dir = train("gpt-bpe", tmp_path_factory.mktemp("explain"), "train.max_steps=5", "train.warmup=0",
+                    "model.n_layer=1", "model.n_embd=32", "data.block_size=16", "model.block_size=16",
+                    "data.vocab_size=400", "train.eval_every_steps=1000", "train.precision='fp32'",
+                    "data.train_limit=64", "data.test_limit=8")
+    explain(run_dir, "--samples", "1")
+    tokenizer = load_run_tokenizer(run_dir)
+    record = json.loads((run_dir / "explain" / "ig" / "attributions.json").read_text())
+    page = (run_dir / "explain" / "ig" / "tokens.html").read_text()
+    shown = [html.unescape(text) for text in re.findall(r'title="[^"]*">(.*?)</span>', page)]
+    vocabulary = {tokenizer.decode([t]).replace(" ", "\u00a0").replace("\n", "↵") for t in range(tokenizer.vocab_size)}
+    assert len(shown) == 16 and set(shown) <= vocabulary
+    assert any(len(piece) > 1 for piece in shown)  # merged tokens, not bytes
+    assert len(record["attributions"][0]) == 16 and record["fidelity"]["summary"]["completeness_error"]["max"] < 0.01
 
 
 def test_table_model_draws_feature_bars(table_run):

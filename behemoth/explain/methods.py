@@ -65,14 +65,16 @@ def check_method(method: str, kind: Kind) -> None:
                          f"use {', '.join(TOKEN_METHODS)}")
 
 
-def default_baselines(inputs: torch.Tensor, kind: Kind, how: str = "black", meta: dict | None = None) -> torch.Tensor:
+def default_baselines(inputs: torch.Tensor, kind: Kind, how: str = "black", meta: dict | None = None,
+                      space_token: int = SPACE_TOKEN) -> torch.Tensor:
     """x' for IG, SHAP, occlusion and the fidelity curves, same shape as inputs.
 
     images, how="black": the black image in normalised space, (0 - mean) / std per channel;
-    how="zeros" (and tables): zeros in normalised space, i.e. the training mean; tokens: spaces.
+    how="zeros" (and tables): zeros in normalised space, i.e. the training mean; tokens: spaces
+    (`space_token`: the id the run's tokenizer gives " ").
     """
     if kind == "tokens":
-        return torch.full_like(inputs, SPACE_TOKEN)
+        return torch.full_like(inputs, space_token)
     if kind == "image" and how == "black" and meta and "mean" in meta:
         mean = torch.tensor(meta["mean"], dtype=inputs.dtype).view(1, -1, 1, 1)
         std = torch.tensor(meta["std"], dtype=inputs.dtype).view(1, -1, 1, 1)

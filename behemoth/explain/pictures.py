@@ -6,6 +6,7 @@ neutral; each sample is scaled to its own largest |attribution| (shown on its co
 
 import html
 import textwrap
+from typing import Callable
 from pathlib import Path
 
 import numpy as np
@@ -74,11 +75,18 @@ def feature_bars(attr: torch.Tensor, names: list[str], titles: list[str], headin
 
 
 def _token_text(token: int) -> str:
+    """A byte token as one visible character (a UTF-8 continuation byte has no text of its own)."""
     text = bytes([token]).decode("latin-1")
     return {"\n": "↵", " ": "\u00a0", "\t": "⇥"}.get(text, text if text.isprintable() else f"\\x{token:02x}")
 
 
-def token_html(tokens: torch.Tensor, attr: torch.Tensor, titles: list[str], heading: str, path: Path) -> None:
+def visible(text: str) -> str:
+    """A decoded (e.g. BPE) token with its white space made visible."""
+    return text.replace("\n", "↵").replace("\t", "⇥").replace(" ", "\u00a0") or "∅"
+
+
+def token_html(tokens: torch.Tensor, attr: torch.Tensor, titles: list[str], heading: str, path: Path,
+               token_text: Callable[[int], str] = _token_text) -> None:
     """Byte tokens (B, T) on a background coloured by their attribution; hover shows the value."""
     rows = []
     for i in range(len(tokens)):
@@ -87,7 +95,7 @@ def token_html(tokens: torch.Tensor, attr: torch.Tensor, titles: list[str], head
         for token, value in zip(tokens[i].tolist(), attr[i].tolist()):
             alpha = min(1.0, abs(value) / scale)
             colour = f"rgba(192,57,43,{alpha:.2f})" if value > 0 else f"rgba(46,111,183,{alpha:.2f})"
-            spans.append(f'<span style="background:{colour}" title="{value:+.4g}">{html.escape(_token_text(token))}</span>')
+            spans.append(f'<span style="background:{colour}" title="{value:+.4g}">{html.escape(token_text(token))}</span>')
         rows.append(f"<h3>{html.escape(titles[i])}</h3>\n<p class=\"tokens\">{''.join(spans)}</p>"
                     f"<p class=\"scale\">max |attribution| = {scale:.4g}</p>")
     page = f"""<!doctype html>
@@ -99,7 +107,7 @@ body {{ font-family: sans-serif; max-width: 60em; margin: 2em auto; }}
 .scale {{ color: #666; font-size: 12px; }}
 </style></head><body>
 <h2>{html.escape(heading)}</h2>
-<p>Each byte token is shaded by its attribution to the next-token logit at the last position:
+<p>Each token is shaded by its attribution to the next-token logit at the last position:
 <span style="background:rgba(192,57,43,0.8)">red raises it</span>,
 <span style="background:rgba(46,111,183,0.8)">blue lowers it</span>; hover a token for its value.</p>
 {chr(10).join(rows)}

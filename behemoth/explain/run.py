@@ -19,8 +19,9 @@ from behemoth.errors import BehemothError
 from behemoth.explain import fidelity as fid
 from behemoth.explain import pictures
 from behemoth.explain.config import COMPLETE_METHODS, ExplainConfig
-from behemoth.explain.methods import (Explained, attribute, check_method, default_baselines, explained, kind_of,
-                                      predict)
+from behemoth.data.tokenizers import load_run_tokenizer
+from behemoth.explain.methods import (SPACE_TOKEN, Explained, attribute, check_method, default_baselines, explained,
+                                      kind_of, predict)
 from behemoth.pipeline import load_trained_model
 from behemoth.runs import read_spec, write_json
 
@@ -98,7 +99,14 @@ def explain_run(run_dir: Path, cfg: RunConfig, ecfg: ExplainConfig, progress: Pr
     x, labels = pick_samples(cfg, ecfg, spec.task)
     predictions = predict(tm, x).argmax(-1)
     target = predictions if ecfg.target == "pred" else labels
-    baselines = default_baselines(x, tm.kind, ecfg.baseline, meta)
+    token_text = pictures._token_text
+    space = SPACE_TOKEN
+    if tm.kind == "tokens":  # the run's own tokenizer: a BPE token is not a byte
+        tokenizer = load_run_tokenizer(run_dir)
+        space = int(tokenizer.encode(" ")[0])
+        if tokenizer.name != "byte":
+            token_text = lambda t: pictures.visible(tokenizer.decode([t]))  # noqa: E731
+    baselines = default_baselines(x, tm.kind, ecfg.baseline, meta, space_token=space)
 
     started = time.perf_counter()
     attr, steps = attribute_all(tm, x, target, baselines, ecfg, progress)
@@ -107,11 +115,11 @@ def explain_run(run_dir: Path, cfg: RunConfig, ecfg: ExplainConfig, progress: Pr
 
     out = out_dir or run_dir / "explain" / ecfg.method
     out.mkdir(parents=True, exist_ok=True)
-    names = class_names or [pictures._token_text(i) for i in range(spec.num_classes)]
+    names = class_names or [token_text(i) for i in range(spec.num_classes)]
     titles = [f"#{i}  label {names[l]}  pred {names[p]}  target {names[t]}"
               for i, (l, p, t) in enumerate(zip(labels.tolist(), predictions.tolist(), target.tolist()))]
     heading = heading_for(ecfg, fidelity["summary"], steps)
-    picture = draw(tm.kind, x, attr, titles, heading, meta, out)
+    picture = draw(tm.kind, x, attr, titles, heading, meta, out, token_text)
     record = {
         "method": ecfg.method, "target": ecfg.target, "split": ecfg.split, "samples": len(x),
         "kind": tm.kind, "baseline": baseline_description(tm.kind, ecfg.baseline),
@@ -128,7 +136,7 @@ def explain_run(run_dir: Path, cfg: RunConfig, ecfg: ExplainConfig, progress: Pr
 
 def baseline_description(kind: str, how: str) -> str:
     if kind == "tokens":
-        return "every token a space (byte 32); attributions on the token embedding (tok_emb) output"
+        return "every token a space; attributions on the token embedding (tok_emb) output"
     if kind == "image" and how == "black":
         return "the black image in normalised space: (0 - mean) / std per channel"
     return "zeros in normalised space (the training mean)"
@@ -144,7 +152,7 @@ def heading_for(ecfg: ExplainConfig, summary: dict, steps: torch.Tensor | None) 
     return " | ".join(parts)
 
 
-def draw(kind: str, x, attr, titles, heading, meta, out: Path) -> Path:
+def draw(kind: str, x, attr, titles, heading, meta, out: Path, token_text: Callable[[int], str]) -> Path:
     if kind == "image":
         mean = torch.tensor(meta.get("mean", [0.0])).view(1, -1, 1, 1)
         std = torch.tensor(meta.get("std", [1.0])).view(1, -1, 1, 1)
@@ -153,7 +161,7 @@ def draw(kind: str, x, attr, titles, heading, meta, out: Path) -> Path:
         pictures.image_grid(raw / max(1.0, float(raw.max())), attr, titles, heading, path)
     elif kind == "tokens":
         path = out / "tokens.html"
-        pictures.token_html(x, attr, titles, heading, path)
+        pictures.token_html(x, attr, titles, heading, path, token_text)
     else:
         names = meta.get("feature_names") or [f"x{i}" for i in range(x.shape[1])]
         path = out / "features.png"
