@@ -11,6 +11,8 @@ from torch import nn
 from behemoth.config import RunConfig
 from behemoth.data import DataBundle, load_data
 from behemoth.data.describe import describe
+from behemoth.data.feeds import build_feed
+from behemoth.data.tokenizers import save_run_tokenizer
 from behemoth.distributed import DistEnv, barrier
 from behemoth.errors import RunDirError
 from behemoth.models import build_model, count_parameters
@@ -23,9 +25,12 @@ from behemoth.train import (
     latest_checkpoint,
     load_weights,
     resolve_device,
-    save_weights,
     train,
 )
+from behemoth.train.allocator import return_freed_memory
+from behemoth.train.checkpoint import checkpoint_weights, save_final_weights
+from behemoth.train.mfu import mfu_hooks
+from behemoth.train.precision import build_with_param_dtype
 
 
 def seed_everything(seed: int) -> None:
@@ -42,9 +47,12 @@ def set_threads(threads: int | None) -> None:
 def prepare(cfg: RunConfig) -> tuple[DataBundle, nn.Module]:
     """Load the data and build the model (seeded), before anything on disk is touched."""
     set_threads(cfg.train.threads)
+    if cfg.train.release_freed_memory:
+        return_freed_memory()  # process-wide, like the thread count
     data = load_data(cfg.data)
     seed_everything(cfg.train.seed)
-    model = build_model(cfg.model.name, cfg.model.options, data.spec)
+    model = build_with_param_dtype(lambda: build_model(cfg.model.name, cfg.model.options, data.spec),
+                                   cfg.train.param_dtype)  # bf16 parameters are built as bf16
     return data, model
 
 
@@ -64,6 +72,7 @@ def run_training(
             create_run_dir(run_dir, overwrite)
             write_config(run_dir, cfg)
             write_spec(run_dir, data.spec, data.class_names, data.meta)
+            save_run_tokenizer(run_dir, data.meta)  # a trained (BPE) tokenizer, so generate decodes the same way
         barrier(env)
         checkpoint = None
     else:
@@ -71,16 +80,18 @@ def run_training(
         checkpoint = latest_checkpoint(run_dir)
         if checkpoint is None:
             raise RunDirError(f"{run_dir} has no checkpoint to resume from")
-    logging_hooks = ([ProgressHook()] if progress else []) + [
+    world = env.world_size if env is not None else 1
+    logging_hooks = mfu_hooks(model, data.spec, world) + ([ProgressHook()] if progress else []) + [
         JsonlHook(run_dir / "metrics.jsonl"), TensorBoardHook(run_dir / "tb")
     ]
     all_hooks = (logging_hooks if main else []) + list(hooks or [])
+    parameters = count_parameters(model)  # before training: a pipeline stage keeps only its part
+    feed = build_feed(cfg, data, env)  # [data] sampling, augmentation or a shard stream; None: the loop's default
     result = train(model, data, cfg.train, cfg.data.batch_size, cfg.data.eval_batch_size, run_dir,
-                   all_hooks, resume_from=checkpoint, env=env)
-    if main:
-        save_weights(model, run_dir / "model.safetensors")
+                   all_hooks, resume_from=checkpoint, env=env, feed=feed)
+    save_final_weights(model, run_dir, env)  # rank 0; fsdp/pipeline: the last checkpoint's shards, consolidated
     summary: dict[str, Any] = {
-        "run": str(run_dir), "model": cfg.model.name, "parameters": count_parameters(model),
+        "run": str(run_dir), "model": cfg.model.name, "parameters": parameters,
         "dataset": data.name, "train_samples": len(data.train), "steps": result.steps, "epochs": result.epochs,
         "stop_reason": result.stop_reason, "diverged": result.diverged, "train_seconds": result.seconds,
         "samples_per_second": result.samples_per_second, "peak_memory_mb": result.peak_memory_mb,
@@ -107,7 +118,8 @@ def load_trained_model(run_dir: Path, cfg: RunConfig) -> nn.Module:
         checkpoint = latest_checkpoint(run_dir)
         if checkpoint is None:
             raise RunDirError(f"{run_dir} has no trained weights (model.safetensors) and no checkpoint")
-        weights = checkpoint / "model.safetensors"
-    load_weights(model, weights)
+        model.load_state_dict(checkpoint_weights(checkpoint))  # either kind of checkpoint (safetensors or DCP)
+    else:
+        load_weights(model, weights)
     model.eval()
     return model

@@ -6,10 +6,12 @@ Later stages add their own section class here ([compress], [explain], ...).
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from behemoth.data.pipeline_config import AugmentConfig, SamplingConfig, ShardsConfig
+from behemoth.compress.config import CompressConfig
 from behemoth.explain.config import ExplainConfig
+from behemoth.federate.config import FederateConfig
 from behemoth.tune.config import TuneConfig
 
 PositiveInt = Field(ge=1)
@@ -33,9 +35,18 @@ class DataConfig(Section):
     train_limit: int | None = Field(None, ge=1)  # keep only the first N training samples
     test_limit: int | None = Field(None, ge=1)
     block_size: int = Field(128, ge=2)  # text: tokens per training sequence
+    tokenizer: Literal["byte", "bpe"] = "byte"  # text: UTF-8 bytes (256 tokens) or BPE trained on the train split
+    vocab_size: int | None = Field(None, ge=257, le=65536)  # bpe: vocabulary size (default 2048)
     sampling: SamplingConfig = SamplingConfig()  # which training rows an epoch visits
     augment: AugmentConfig = AugmentConfig()  # batched training augmentation (ops off by default)
     shards: ShardsConfig = ShardsConfig()  # data.name = "shards" reading; `behemoth data pack` options
+
+    @field_validator("vocab_size")
+    @classmethod
+    def _vocab_size_needs_bpe(cls, vocab_size: int | None, info: ValidationInfo) -> int | None:
+        if vocab_size is not None and info.data.get("tokenizer") == "byte":
+            raise ValueError("needs data.tokenizer = 'bpe' (the byte tokenizer always has 256 tokens)")
+        return vocab_size
 
 
 class ModelConfig(Section):
@@ -70,10 +81,14 @@ class TrainConfig(Section):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1)  # torch CPU threads; default: all cores
-    strategy: Literal["auto", "single", "ddp"] = "auto"  # auto: ddp under torchrun, else single
+    strategy: Literal["auto", "single", "ddp", "fsdp", "pipeline"] = "auto"  # auto: ddp under torchrun, else single
+    fsdp_offload: bool = False  # fsdp: sharded parameters, gradients and optimizer state live in CPU memory
+    activation_checkpointing: bool = False  # recompute each block's activations in backward (gpt, vit, cnn)
+    pipeline_microbatches: int = Field(4, ge=1)  # pipeline: chunks each global micro-batch is cut into
+    pipeline_schedule: Literal["1f1b", "gpipe"] = "1f1b"  # pipeline: torch.distributed.pipelining schedule
 
     # optimizer (torch.optim)
-    optimizer: Literal["sgd", "adagrad", "rmsprop", "adam", "adamw", "adadelta"] = "sgd"
+    optimizer: Literal["sgd", "adagrad", "rmsprop", "adam", "adamw", "adadelta", "adam8bit", "adamw8bit"] = "sgd"
     lr: float = Field(0.1, gt=0.0)
     momentum: float = Field(0.0, ge=0.0, lt=1.0)
     nesterov: bool = False
@@ -85,6 +100,7 @@ class TrainConfig(Section):
     rho: float = Field(0.9, gt=0.0, le=1.0)  # adadelta
     weight_decay: float = Field(0.0, ge=0.0)
     decay_norm_and_bias: bool = False  # False: biases and norm weights get no weight decay
+    optimizer_impl: Literal["default", "forloop", "foreach", "fused"] = "default"  # torch.optim kernel; default: torch's pick
 
     # learning-rate schedule
     schedule: Literal["constant", "step", "exponential", "cosine", "onecycle"] = "constant"
@@ -102,6 +118,8 @@ class TrainConfig(Section):
     clip_value: float | None = Field(None, gt=0.0)
     accumulate: int = Field(1, ge=1)  # micro-batches per optimizer step
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    param_dtype: Literal["fp32", "bf16"] = "fp32"  # storage of parameters and gradients (precision: compute)
+    release_freed_memory: bool = False  # glibc: unmap freed tensors at once, so RSS follows use (train/allocator.py)
     channels_last: bool = False
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     compile: bool = False
@@ -121,6 +139,8 @@ class RunConfig(Section):
     train: TrainConfig = TrainConfig()
     tune: TuneConfig = TuneConfig()  # read by `behemoth tune` only
     explain: ExplainConfig = ExplainConfig()  # read by `behemoth explain` only
+    compress: CompressConfig = CompressConfig()  # read by `behemoth compress` and `behemoth distill` only
+    federate: FederateConfig = FederateConfig()  # read by `behemoth federate` only
 
     @model_validator(mode="after")
     def _check_model_options(self) -> "RunConfig":

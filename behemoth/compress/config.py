@@ -1,0 +1,80 @@
+"""The `[compress]` config section: what `behemoth compress` does to a trained run, and how `behemoth distill`
+trains a student. Kept free of torch (like `[tune]` and `[explain]`) so loading any config stays light.
+
+    [compress]
+    prune = 0.92            # unstructured magnitude pruning: fraction of weights set to zero (0: off)
+    scope = "global"        # one magnitude threshold over all layers, or "layer": the same sparsity in each
+    schedule = "gradual"    # Zhu & Gupta's cubic schedule during retraining, or "oneshot" then retrain
+    structured = 0.0        # fraction of hidden units / channels physically removed (0: off)
+    retrain_epochs = 2      # retraining after pruning, through the training engine, at lr * retrain_lr_scale
+    quant = "kmeans6"       # none | int8 (static, calibrated) | dynamic | qat | kmeans<bits> (weight sharing)
+    code = "huffman"        # entropy coding of the .bhm artifact: none | huffman | zstd
+
+The CLI's `--recipe prune=0.92,quant=kmeans6,code=huffman` sets the same fields (`compress.<key>`).
+"""
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+QUANT_PATTERN = re.compile(r"^(none|int8|dynamic|qat|kmeans([1-9]|1[0-6]))$")
+QUANT_CHOICES = "none | int8 | dynamic | qat | kmeans<bits> (bits 1..16, e.g. kmeans6)"
+
+
+class CompressConfig(BaseModel):
+    # the same rules as behemoth.config.schema.Section, restated: schema.py imports this module
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # unstructured magnitude pruning
+    prune: float = Field(0.0, ge=0.0, lt=1.0)  # target fraction of zero weights (Linear/Conv weights)
+    scope: Literal["layer", "global"] = "global"
+    schedule: Literal["oneshot", "gradual"] = "gradual"
+    layer_sparsity: dict[str, float] = {}  # per-layer targets that override `prune`, e.g. {"net.out" = 0.7}
+    prune_end: float = Field(0.75, gt=0.0, le=1.0)  # gradual: final sparsity reached at this fraction of retraining
+    prune_every: int | None = Field(None, ge=1)  # gradual: optimizer steps between mask updates (None: ~8 per epoch)
+    # structured pruning: whole hidden units / channels removed, the next layer rewired
+    structured: float = Field(0.0, ge=0.0, lt=1.0)
+    # retraining after pruning (and QAT / centroid fine-tuning), through the training engine
+    retrain_epochs: int = Field(2, ge=0)
+    retrain_lr_scale: float = Field(0.1, gt=0.0, le=1.0)  # retrain at train.lr * this (Han et al.: 1/10)
+    # quantization
+    quant: str = "none"  # see QUANT_CHOICES
+    conv_bits: int | None = Field(None, ge=1, le=16)  # kmeans: bits for conv layers (Deep Compression: 8)
+    finetune_epochs: int = Field(1, ge=0)  # kmeans: centroid fine-tuning; qat: fake-quant training epochs
+    # kmeans: centroid fine-tuning lr = train.lr * this. A shared weight's gradient is the sum over its cluster
+    # (hundreds of weights), so it needs a far smaller step than retraining single weights
+    centroid_lr_scale: float = Field(0.01, gt=0.0, le=1.0)
+    per_channel: bool = True  # int8/qat weights: one scale per output channel (else per tensor)
+    engine: Literal["x86", "fbgemm", "onednn", "qnnpack"] = "x86"  # torch.ao quantized kernels
+    calibration_samples: int = Field(1024, ge=1)  # int8: training samples the activation observers see
+    # the artifact
+    code: Literal["none", "huffman", "zstd"] = "huffman"
+    output: str | None = None  # artifact path; default <run>/compressed/model.bhm
+    onnx: bool = False  # also export model.onnx (the final model, dense or int8) and check it in onnxruntime
+    latency_repeats: int = Field(20, ge=1)  # timed forward passes per batch size (medians reported)
+    # distillation: the teacher's run directory for `behemoth distill`; in `behemoth compress` every retraining
+    # then distils from it (the uncompressed run itself is a good teacher for its pruned copy)
+    teacher: str | None = None
+    temperature: float = Field(4.0, gt=0.0)
+    alpha: float = Field(0.9, ge=0.0, le=1.0)  # weight of the soft-target term; 1 - alpha on the labels
+
+    @field_validator("quant")
+    @classmethod
+    def _known_quant(cls, value: str) -> str:
+        if not QUANT_PATTERN.match(value):
+            raise ValueError(f"expected {QUANT_CHOICES}")
+        return value
+
+    @field_validator("layer_sparsity")
+    @classmethod
+    def _fractions(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, amount in value.items():
+            if not 0.0 <= amount < 1.0:
+                raise ValueError(f"layer {name!r}: sparsity {amount} is not in [0, 1)")
+        return value
+
+    @property
+    def kmeans_bits(self) -> int | None:
+        """Bits of the weight-sharing codebook (quant = kmeans<bits>), else None."""
+        return int(self.quant[6:]) if self.quant.startswith("kmeans") else None
