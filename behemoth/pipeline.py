@@ -10,6 +10,7 @@ from torch import nn
 
 from behemoth.config import RunConfig
 from behemoth.data import DataBundle, load_data
+from behemoth.data.augment.preview import write_preview
 from behemoth.data.describe import describe
 from behemoth.data.feeds import build_feed
 from behemoth.data.tokenizers import save_run_tokenizer
@@ -73,6 +74,7 @@ def run_training(
             write_config(run_dir, cfg)
             write_spec(run_dir, data.spec, data.class_names, data.meta)
             save_run_tokenizer(run_dir, data.meta)  # a trained (BPE) tokenizer, so generate decodes the same way
+            write_preview(cfg, data, run_dir / "data_preview.png")  # images: what the model sees (the report shows it)
         barrier(env)
         checkpoint = None
     else:

@@ -51,6 +51,14 @@ def behemoth_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "behemoth", *args]
 
 
+def failure_text(stderr: str, tail: int = 3000) -> str:
+    """What a failed subprocess said: its error-looking lines (a rank's first exception is often far above
+    torchrun's closing summary), then the tail."""
+    marks = ("Error", "error:", "Exception", "terminate called", "what():", "Traceback")
+    errors = [line for line in stderr.splitlines() if any(m in line for m in marks)][:40]
+    return "\n".join(errors) + "\n...\n" + stderr[-tail:]
+
+
 def subprocess_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")

@@ -184,6 +184,8 @@ def test_every_recipe_trains_a_few_steps(recipe, tmp_path):
     summary = run_training(cfg, progress=False)
     assert summary["steps"] == 3 and not summary["diverged"]
     assert 0.0 <= summary["test"]["acc"] <= 1.0 and summary["test"]["loss"] > 0
+    images = len(json.loads((tmp_path / cfg.name / "spec.json").read_text())["spec"]["input_shape"]) == 3
+    assert (tmp_path / cfg.name / "data_preview.png").is_file() == images  # image runs show what the model sees
 
 
 def test_divergence_is_reported_and_keeps_the_last_good_checkpoint(tmp_path):

@@ -13,7 +13,7 @@ from behemoth.config import load_config
 from behemoth.distributed import DistEnv, shard, shard_rows
 from behemoth.distributed.launch import strip_launch_options, torchrun_args
 from behemoth.pipeline import run_training
-from tests.conftest import behemoth_cmd, subprocess_env
+from tests.conftest import behemoth_cmd, failure_text, subprocess_env
 
 # digits MLP, no early stopping, a constant lr so a resumed run may extend the number of epochs
 COMMON = ["train.early_stop.patience=0", "train.schedule=constant", "data.batch_size=64", "train.log_every=5"]
@@ -21,7 +21,7 @@ COMMON = ["train.early_stop.patience=0", "train.schedule=constant", "data.batch_
 
 def run(cmd: list[str]) -> None:
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=subprocess_env())
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, failure_text(result.stderr)
 
 
 def single_process(tmp_path, name: str, epochs: int) -> dict:
@@ -133,7 +133,7 @@ def test_killed_rank_is_restarted_and_the_run_resumes(tmp_path):
         time.sleep(0.02)
     _, stderr = launcher.communicate(timeout=300)
     assert killed is not None, "the run ended before a rank could be killed"
-    assert launcher.returncode == 0, stderr[-3000:]
+    assert launcher.returncode == 0, failure_text(stderr)
     assert "failed (exitcode: -9)" in stderr  # torchrun saw the killed worker, restarted the group, and it finished
     assert_same_weights(load_file(str(tmp_path / "killed" / "model.safetensors")),
                         load_file(str(tmp_path / "straight" / "model.safetensors")))

@@ -94,7 +94,7 @@ def test_two_gpus_with_nccl_match_one(tmp_path, strategy):
 
     from safetensors.torch import load_file
 
-    from tests.conftest import behemoth_cmd, subprocess_env
+    from tests.conftest import behemoth_cmd, failure_text, subprocess_env
 
     gpt = ["gpt-text", f"runs_dir={str(tmp_path)!r}", "data.block_size=64", "data.train_limit=512",
            "data.val_fraction=0.002", "data.test_limit=64", "data.batch_size=16", "model.n_layer=2", "model.n_embd=64",
@@ -103,7 +103,7 @@ def test_two_gpus_with_nccl_match_one(tmp_path, strategy):
     for name, extra in (("one", []), ("two", [f"train.strategy={strategy}", "--nproc", "2"])):
         result = subprocess.run(behemoth_cmd("train", *gpt, f"name={name}", *extra), capture_output=True, text=True,
                                 env=subprocess_env(), timeout=600)
-        assert result.returncode == 0, result.stderr[-3000:]
+        assert result.returncode == 0, failure_text(result.stderr)
     one, two = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("one", "two"))
     for key in one:  # TF32 / cuBLAS reduction order: close, not bitwise
         torch.testing.assert_close(two[key], one[key], rtol=1e-3, atol=1e-4)

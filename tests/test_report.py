@@ -9,13 +9,14 @@ import pytest
 
 from behemoth.report import build_report
 from behemoth.report.artifacts import read_jsonl
-from tests.conftest import behemoth_cmd, subprocess_env
+from tests.browser import check_in_chromium, needs_chromium
+from tests.conftest import behemoth_cmd, failure_text, subprocess_env
 
 
 def run(*args: str, cwd) -> str:
     result = subprocess.run(behemoth_cmd(*args), capture_output=True, text=True, timeout=300, env=subprocess_env(),
                             cwd=cwd)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, failure_text(result.stderr)
     return result.stdout
 
 
@@ -68,6 +69,22 @@ def test_a_nested_federated_run_gets_its_section(trained_run, tmp_path):
     assert "Federated learning" in page and "(1.200, 1e-05)" in page  # the last round's privacy spent
 
 
+def test_a_compressed_run_gets_its_table_and_pareto_plots(trained_run, tmp_path):
+    """`behemoth compress` leaves compressed/compress.json; the report draws its rows, measured from the files."""
+    copy = tmp_path / "rep"
+    shutil.copytree(trained_run, copy, ignore=shutil.ignore_patterns("report", "explain"))
+    run("compress", str(copy), "--recipe", "prune=0.5,schedule=oneshot,retrain_epochs=0,quant=dynamic,code=zstd",
+        "compress.latency_repeats=3", "--no-progress", cwd=tmp_path)
+    html_path, summary_path = build_report(copy)
+    summary = json.loads(summary_path.read_text())
+    assert summary["sections"] == ["overview", "config", "data", "training", "evaluation", "compress"]
+    rows = summary["compression"]
+    assert [r["step"] for r in rows] == ["baseline", "pruned", "quantized", "coded"]
+    assert rows[-1]["bytes"] == (copy / "compressed" / "model.bhm").stat().st_size < rows[0]["bytes"]
+    page = html_path.read_text()
+    assert 'alt="compression trade-offs"' in page and f"{rows[-1]['bytes']:,}" in page and "ms, batch 256" in page
+
+
 def test_a_line_cut_off_by_a_killed_run_does_not_break_the_report(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"kind": "train", "step": 1, "train.loss": 2.0}\n{"kind": "train", "st')
@@ -80,35 +97,11 @@ def test_not_a_run_directory_is_one_line(tmp_path):
     assert result.returncode != 0 and result.stderr.strip().count("\n") == 0 and "no config.toml" in result.stderr
 
 
-@pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("chromedriver")),
-                    reason="needs the Debian packages chromium and chromium-driver (.ci/run installs them)")
+@needs_chromium
 def test_report_renders_in_headless_chromium(trained_run, tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
     html = trained_run / "report" / "report.html"
     if not html.is_file():
         build_report(trained_run)
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,1000"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
-    try:
-        driver.get(html.resolve().as_uri())
-        assert driver.title == "behemoth report: rep"
-        images = driver.execute_script(
-            "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth]);")
-        assert len(images) >= 5  # class balance, curves, per-class, confusion matrix, IG grid
-        assert all(complete and width > 0 for _, complete, width in images), images
-        errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
-        assert errors == []
-        height = driver.execute_script("return document.body.scrollHeight")
-        driver.set_window_size(1400, min(height, 12000))
-        shot = trained_run / "report" / "screenshot.png"
-        assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
-    finally:
-        driver.quit()
+    images = check_in_chromium(html, "behemoth report: rep", tmp_path / "profile",
+                               trained_run / "report" / "screenshot.png")
+    assert len(images) >= 5  # class balance, curves, per-class, confusion matrix, IG grid

@@ -33,12 +33,8 @@ def preview(
 
     Each cell is titled with its label; mixup/cutmix cells show the two classes and their shares.
     """
-    import torch
-
     from behemoth.data import load_data
-    from behemoth.data.augment.preview import augment_rounds, describe_ops, preview_grid
-    from behemoth.data.feeds import augment_for
-    from behemoth.data.shards import StreamedSplit
+    from behemoth.data.augment.preview import write_preview
     from behemoth.pipeline import set_threads
     from behemoth.runs import run_path
 
@@ -51,17 +47,9 @@ def preview(
         raise BehemothError("data.augment has no ops: nothing to preview (add one, e.g. data.augment.rotate.p=1)")
     set_threads(cfg.train.threads)
     data = load_data(cfg.data)
-    augment = augment_for(cfg, data)
-    if isinstance(data.train, StreamedSplit):  # the first shard is enough to look at
-        x_all, y_all = data.train.shards.to_tensors(*data.train.shards.read(0))
-    else:
-        x_all, y_all = data.train.x, data.train.y
-    rows = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(seed))[:samples]
-    x, y = x_all[rows], y_all[rows]
-    heading = (f"{cfg.name}: {data.name} training samples (top row) and {rounds} draws of data.augment (rows below)\n"
-               f"{describe_ops(cfg.data.augment)}")
-    preview_grid(x, y, augment_rounds(augment, x, y, rounds, seed), augment, data.class_names, heading, out)
-    console.print(f"written {out} ({len(x)} samples x {rounds} augmented rows)")
+    if write_preview(cfg, data, out, samples, rounds, seed) is None:
+        raise BehemothError(f"data.name = {cfg.data.name!r}: the training inputs are not images; nothing to preview")
+    console.print(f"written {out} ({samples} samples x {rounds} augmented rows)")
 
 
 @data_app.command(no_args_is_help=True)

@@ -48,8 +48,7 @@ def federate(
     if show_partition:
         print_partition(cfg)
         return
-    from behemoth.federate.metrics import attach_run_log  # flwr and torch load only when the command runs
-    from behemoth.federate.state import load_latest
+    from behemoth.federate.state import load_latest  # flwr and torch load only when the command runs
 
     if resume is not None:
         saved = load_latest(run_dir)
@@ -59,7 +58,16 @@ def federate(
         if done >= cfg.federate.rounds or reached:
             raise RunDirError(f"{run_dir} already finished after {done} rounds"
                               + ("" if reached else "; raise federate.rounds to continue"))
-    else:
+    run_federation(cfg, run_dir, resume=resume is not None, deploy=deploy, overwrite=overwrite, verbose=verbose)
+    print_summary(run_dir)
+
+
+def run_federation(cfg, run_dir: Path, *, resume: bool = False, deploy: bool = False, overwrite: bool = False,
+                   verbose: bool = False) -> None:
+    """Start (or continue) the federated run in `run_dir`: simulation, or a loopback deployment."""
+    from behemoth.federate.metrics import attach_run_log  # flwr and torch load only when a run starts
+
+    if not resume:
         from behemoth.data import load_data
 
         data = load_data(cfg.data)  # fails on bad data before anything is written
@@ -70,12 +78,11 @@ def federate(
     if deploy:
         from behemoth.federate.deploy import run_deployed
 
-        run_deployed(cfg, run_dir, resume is not None, show=console.print, verbose=verbose, echo=console.file)
+        run_deployed(cfg, run_dir, resume, show=console.print, verbose=verbose, echo=console.file)
     else:
         from behemoth.federate.simulate import run_simulated
 
-        run_simulated(cfg, run_dir, resume is not None, verbose=verbose)
-    print_summary(run_dir)
+        run_simulated(cfg, run_dir, resume, verbose=verbose)
 
 
 def print_partition(cfg) -> None:

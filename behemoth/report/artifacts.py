@@ -21,6 +21,7 @@ class RunArtifacts:
     evaluation: dict[str, Any] | None = None  # eval.json (behemoth evaluate)
     explanations: list[dict[str, Any]] = field(default_factory=list)  # explain/<method>/attributions.json
     federated: dict[str, Any] | None = None  # {"dir", "summary", "rounds"}: this run's or a nested run's rounds
+    compression: dict[str, Any] | None = None  # compressed/compress.json (behemoth compress)
 
 
 def read_json(path: Path) -> Any | None:
@@ -80,4 +81,5 @@ def collect(run_dir: Path) -> RunArtifacts:
         evaluation=read_json(run_dir / "eval.json"),
         explanations=read_explanations(run_dir),
         federated=read_federated(run_dir, metrics),
+        compression=read_json(run_dir / "compressed" / "compress.json"),
     )

@@ -33,7 +33,18 @@ def summarise(art: RunArtifacts, sections: list[Section]) -> dict[str, Any]:
         "evaluation": art.evaluation,
         "explanations": [{"method": r["method"], "samples": r["samples"], "fidelity": r["fidelity"]["summary"],
                           "attributions_per_second": r.get("attributions_per_second")} for r in art.explanations],
+        "compression": (art.compression or {}).get("rows"),
+        "federated": federated_summary(art.federated),
     }
+
+
+def federated_summary(fed: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not fed:
+        return None
+    last = fed["rounds"][-1]
+    return {"dir": fed["dir"], "rounds": last["round"], "test_acc": last.get("test.acc"),
+            "epsilon": last.get("epsilon"), **{k: v for k, v in (fed["summary"] or {}).items()
+                                               if k in ("strategy", "clients", "partition", "stop_reason")}}
 
 
 def build_report(run_dir: Path) -> tuple[Path, Path]:

@@ -136,6 +136,7 @@ def federated_rounds(rounds: list[dict[str, Any]]) -> bytes:
         axes[2].plot([r["round"] for r in traffic], [r["bytes.received"] / 2**20 for r in traffic], "s--",
                      color="C2", label="received from clients")
         axes[2].set_ylabel("traffic per round (MiB)")
+        axes[2].set_ylim(bottom=0)  # the same model every round: a flat line, not a zoomed-in wiggle
         axes[2].set_title("communication")
     axes[0].set_title("global test accuracy")
     axes[1].set_title("global test loss")
@@ -145,3 +146,44 @@ def federated_rounds(rounds: list[dict[str, Any]]) -> bytes:
         ax.grid(alpha=0.3)
         ax.legend()
     return to_png(fig)
+
+
+MARKERS = ("o", "s", "D", "^", "v", "P")
+
+
+def compression_pareto(rows: list[dict[str, Any]]) -> bytes:
+    """Each compression step as a point: test accuracy against file size on disk (log scale) and against CPU
+    latency at batch 256; the dashed line links the points no other step beats on both axes (Pareto front)."""
+    have_latency = all("latency_ms_b256" in r for r in rows)
+    fig, axes = plt.subplots(1, 2 if have_latency else 1, figsize=(13 if have_latency else 6.5, 4.2), squeeze=False)
+    panels = [("bytes", 1 / 1024, "file size on disk (KiB, log scale)", "accuracy vs size", True)]
+    if have_latency:
+        panels.append(("latency_ms_b256", 1.0, "latency at batch 256 on this CPU (ms)", "accuracy vs latency", False))
+    for ax, (key, scale, xlabel, title, log) in zip(axes[0], panels):
+        xs = [r[key] * scale for r in rows]
+        accs = [100 * r["acc"] for r in rows]
+        for i, (x, acc, row) in enumerate(zip(xs, accs, rows)):  # steps often sit close: told apart by legend
+            ax.plot(x, acc, MARKERS[i % len(MARKERS)], color=f"C{i}", markersize=9, alpha=0.85,
+                    label=row["step"] if i == 0 else f"{row['step']} ({row['compression']:.1f}x smaller)")
+        front = pareto_front(xs, accs)
+        ax.plot([xs[i] for i in front], [accs[i] for i in front], "--", color="0.5", zorder=0, label="Pareto front")
+        if log:
+            ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3, which="both")
+        ax.margins(x=0.15, y=0.25)
+    axes[0][-1].legend(fontsize=8, loc="lower right")
+    return to_png(fig)
+
+
+def pareto_front(costs: list[float], accuracies: list[float]) -> list[int]:
+    """Indices of the points that no other point beats on both cost (lower) and accuracy (higher), by cost."""
+    order = sorted(range(len(costs)), key=lambda i: (costs[i], -accuracies[i]))
+    front, best = [], float("-inf")
+    for i in order:
+        if accuracies[i] > best:
+            front.append(i)
+            best = accuracies[i]
+    return front

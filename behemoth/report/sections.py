@@ -85,13 +85,21 @@ def data(art: RunArtifacts) -> Section | None:
         blocks.append(image(figures.class_balance(described["class_counts"], names),
                             "Share of each class in each split.", "class balance"))
     data_cfg = art.config.get("data", {})
-    used = {k: data_cfg[k] for k in ("sampling", "augment") if data_cfg.get(k)}
+    sampling, augment = data_cfg.get("sampling") or {}, data_cfg.get("augment") or {}
+    ops = {k: v for k, v in augment.items() if isinstance(v, dict)}  # each op is a table; "fill" is not
+    used = {}
+    if sampling.get("kind", "shuffle") != "shuffle" or sampling.get("size") or sampling.get("fraction"):
+        used["sampling"] = sampling
+    if ops:
+        used["augment"] = augment
     if used:
         blocks.append({"kind": "heading", "text": "Sampling and augmentation"})
         blocks.append({"kind": "pre", "text": "\n".join(f"{k} = {v}" for k, v in used.items())})
     preview = art.run_dir / "data_preview.png"
     if preview.is_file():
-        blocks.append(image(preview.read_bytes(), "Original (top) vs augmented samples.", "augmentation preview"))
+        caption = ("Training samples (top row) and draws of the configured augmentation (rows below)."
+                   if ops else "Training samples as the model sees them (after normalisation).")
+        blocks.append(image(preview.read_bytes(), caption, "training samples preview"))
     return Section("data", "Data", blocks)
 
 
@@ -102,8 +110,11 @@ def training(art: RunArtifacts) -> Section | None:
     blocks: list[dict[str, Any]] = []
     curves = figures.training_curves(art.metrics)
     if curves:
+        smoothing = art.config.get("train", {}).get("label_smoothing", 0.0)
+        note = (f" The training loss includes label smoothing ({smoothing:g}), so it sits above the validation loss."
+                if smoothing else "")
         blocks.append(image(curves, "Training loss and accuracy per logged step (train: the current batch; "
-                                    "validation: the whole validation split), and the learning rate.",
+                                    "validation: the whole validation split), and the learning rate." + note,
                             "training curves"))
     if summary:
         train_cfg = art.config.get("train", {})
@@ -204,7 +215,43 @@ def federated(art: RunArtifacts) -> Section | None:
     return Section("federated", "Federated learning", blocks)
 
 
+def compression(art: RunArtifacts) -> Section | None:
+    result = art.compression
+    if not result or not result.get("rows"):
+        return None
+    rows = result["rows"]
+    recipe = result.get("recipe") or {}
+    steps = ", ".join(f"{k} = {recipe[k]}" for k in ("structured", "prune", "schedule", "quant", "code")
+                      if k in recipe and recipe[k] not in (0, 0.0, "none", None))
+    blocks: list[dict[str, Any]] = [{"kind": "text", "text": (
+        f"`behemoth compress` ({steps or 'packing only'}): every step's model was written as a .bhm file, loaded "
+        "back and measured from that file — size is its bytes on disk, accuracy is the reloaded model's on the "
+        "test split, latency the median forward time on this CPU (all steps timed interleaved).")}]
+    blocks.append(image(figures.compression_pareto(rows), "Test accuracy against file size and against latency "
+                        "at batch 256, one point per step; the dashed line is the Pareto front.",
+                        "compression trade-offs"))
+    has_latency = all("latency_ms_b1" in r for r in rows)
+    header = ["step", "parameters", "nonzeros", "file bytes", "compression ×", "test accuracy", "test error"]
+    header += ["ms, batch 1", "ms, batch 256"] if has_latency else []
+    table_rows = []
+    for r in rows:
+        cells = [r["step"], fmt(r["parameters"]), fmt(r["nonzeros"]), fmt(r["bytes"]), f"{r['compression']:.1f}",
+                 f"{100 * r['acc']:.2f}%", f"{100 * r['error']:.2f}%"]
+        if has_latency:
+            cells += [f"{r['latency_ms_b1']:.3f}", f"{r['latency_ms_b256']:.2f}"]
+        table_rows.append(cells)
+    blocks.append(table(header, table_rows))
+    layers = result.get("layers") or {}
+    if layers:
+        blocks.append({"kind": "heading", "text": "Per layer (final model)"})
+        blocks.append(table(["layer", "weights", "nonzero", "sparsity", "bits"],
+                            [[name, fmt(info["weights"]), fmt(info["weights"] - info["zeros"]),
+                              f"{100 * info['sparsity']:.1f}%", str(info.get("bits", 32))]
+                             for name, info in layers.items()]))
+    return Section("compress", "Compression", blocks)
+
+
 # in page order; later stages append their builders here
 BUILDERS: list[Callable[[RunArtifacts], Section | None]] = [
-    overview, configuration, data, training, evaluation, explanations, federated,
+    overview, configuration, data, training, evaluation, compression, explanations, federated,
 ]

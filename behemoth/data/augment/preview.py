@@ -8,7 +8,9 @@ from pathlib import Path
 
 import torch
 
-from behemoth.data.augment.compose import Augment
+from behemoth.config import RunConfig
+from behemoth.data.augment.compose import Augment, channel_range
+from behemoth.data.bundle import DataBundle
 from behemoth.data.pipeline_config import AugmentConfig
 from behemoth.train.feed import step_generator
 
@@ -48,10 +50,11 @@ def to_display(x: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.
 
 
 def preview_grid(
-    x: torch.Tensor, y: torch.Tensor, rounds: list[tuple[torch.Tensor, torch.Tensor]], augment: Augment,
-    class_names: list[str], heading: str, path: Path,
+    x: torch.Tensor, y: torch.Tensor, rounds: list[tuple[torch.Tensor, torch.Tensor]], low: torch.Tensor,
+    high: torch.Tensor, class_names: list[str], heading: str, path: Path,
 ) -> None:
-    """Columns: samples; rows: the originals, then each augmentation round; every cell titled with its label."""
+    """Columns: samples; rows: the originals, then each augmentation round; every cell titled with its label.
+    `low`, `high` (C,): each channel's value range, drawn black to white."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, never a window
@@ -60,7 +63,7 @@ def preview_grid(
     rows, cols = 1 + len(rounds), len(x)
     fig, axes = plt.subplots(rows, cols, figsize=(1.35 * cols + 0.9, 1.6 * rows + 0.9), squeeze=False)
     for row, (images, targets) in enumerate([(x, y)] + rounds):
-        pictures = to_display(images.detach().float().cpu(), augment.low, augment.high)
+        pictures = to_display(images.detach().float().cpu(), low, high)
         for col in range(cols):
             ax = axes[row, col]
             picture = pictures[col].numpy()
@@ -82,3 +85,32 @@ def preview_grid(
         plt.close(fig)
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def write_preview(cfg: RunConfig, data: DataBundle, path: Path, samples: int = 8, rounds: int = 3,
+                  seed: int = 0) -> Path | None:
+    """The grid for `cfg`'s training images: originals, plus `rounds` draws of data.augment when it has ops.
+    None (nothing written) when the training inputs are not images."""
+    from behemoth.data.feeds import augment_for
+    from behemoth.data.shards import StreamedSplit
+
+    if isinstance(data.train, StreamedSplit):  # the first shard is enough to look at
+        x_all, y_all = data.train.shards.to_tensors(*data.train.shards.read(0))
+    else:
+        x_all, y_all = data.train.x, data.train.y
+    if x_all.ndim != 4 or not x_all.is_floating_point():
+        return None
+    picked = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(seed))[:samples]
+    x, y = x_all[picked], y_all[picked]
+    augment = augment_for(cfg, data)
+    if augment is not None:
+        low, high = augment.low, augment.high
+        drawn = augment_rounds(augment, x, y, rounds, seed)
+        heading = (f"{cfg.name}: {data.name} training samples (top row) and {rounds} draws of data.augment "
+                   f"(rows below)\n{describe_ops(cfg.data.augment)}")
+    else:
+        low, high = channel_range(x_all)
+        drawn = []
+        heading = f"{cfg.name}: {len(x)} {data.name} training samples as the model sees them (no data.augment)"
+    preview_grid(x, y, drawn, low, high, data.class_names, heading, path)
+    return path
