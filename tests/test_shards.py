@@ -278,3 +278,12 @@ def test_streamed_augmented_run_resumes_bit_for_bit(packed_digits, tmp_path):
     run(resumed, "b", resume_from=latest)
     for key, value in straight.state_dict().items():
         assert torch.equal(resumed.state_dict()[key], value), key
+
+
+def test_table_lookup_decodes_every_channel_to_the_same_bits_as_the_float_ops():
+    from behemoth.data.shards.format import Decode
+
+    decode = Decode(255.0, [0.49, 0.48, 0.45], [0.25, 0.24, 0.26])
+    pixels = torch.randint(0, 256, (5, 3, 7, 9), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    looked_up, computed = decode(pixels), decode.compute(pixels)
+    assert looked_up.dtype == computed.dtype == torch.float32 and torch.equal(looked_up, computed)

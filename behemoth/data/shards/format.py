@@ -50,7 +50,27 @@ class Decode:
     mean: list[float]
     std: list[float]
 
+    def __post_init__(self) -> None:
+        self._table: np.ndarray | None = None  # an attribute, not a field: the index JSON never holds it
+
     def __call__(self, stored: torch.Tensor) -> torch.Tensor:
+        if stored.dtype == torch.uint8 and stored.ndim == 4:
+            return self.look_up(stored)
+        return self.compute(stored)
+
+    def look_up(self, stored: torch.Tensor) -> torch.Tensor:
+        """8-bit images through a (channels, 256) table of `compute`'s own results: the same bits, ~3x faster
+        than the four float passes (what a streamed epoch spends most of its time on)."""
+        if self._table is None:
+            levels = torch.arange(256, dtype=torch.uint8).view(256, 1).expand(256, len(self.mean)).contiguous()
+            self._table = np.ascontiguousarray(self.compute(levels).numpy().T)  # (C, 256)
+        pixels = stored.numpy()
+        out = np.empty(pixels.shape, np.float32)
+        for channel, table in enumerate(self._table):  # np.take indexes with uint8 directly (torch needs int64)
+            np.take(table, pixels[:, channel], out=out[:, channel], mode="clip")
+        return torch.from_numpy(out)
+
+    def compute(self, stored: torch.Tensor) -> torch.Tensor:
         # the same float32 operations, in the same order, as behemoth.data.assemble (to_float + normaliser),
         # so the result is bit for bit what the original loader produced
         x = stored.to(torch.float32)
