@@ -137,3 +137,43 @@ def test_cli_error_is_one_line(digits_run):
                           text=True, env=subprocess_env(), timeout=120)
     assert done.returncode == 1 and done.stderr.strip().count("\n") == 0
     assert done.stderr.startswith("behemoth: error: --method deeplift: unknown method")
+
+
+def compressed_copy(digits_run, tmp_path, recipe: str):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(digits_run, copy, ignore=shutil.ignore_patterns("explain", "report"))
+    result = runner.invoke(app, ["compress", str(copy), "--recipe", recipe, "--no-latency", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    return copy
+
+
+def compression_rho(run_dir, method: str) -> dict:
+    record = json.loads((run_dir / "explain" / f"{method}-compressed" / "attributions.json").read_text())
+    assert record["model"] == str(run_dir / "compressed" / "model.bhm")
+    return record["fidelity"]["summary"]
+
+
+def test_packed_but_unchanged_weights_explain_exactly_alike(digits_run, tmp_path):
+    run_dir = compressed_copy(digits_run, tmp_path, "code=zstd")  # packing only: the same float weights
+    explain(run_dir, "--compressed", "--method", "ig", "--samples", "4")
+    summary = compression_rho(run_dir, "ig")
+    assert summary["compression_spearman"]["mean"] == pytest.approx(1.0)
+    assert summary["completeness_error"]["max"] < 0.01  # IG through the packed model is still complete
+
+
+def test_pruned_model_attributions_are_compared_with_the_uncompressed_ones(digits_run, tmp_path):
+    run_dir = compressed_copy(digits_run, tmp_path, "prune=0.6,schedule=oneshot,retrain_epochs=0,code=huffman")
+    explain(run_dir, "--compressed", "--method", "saliency", "--samples", "4")
+    rho = compression_rho(run_dir, "saliency")["compression_spearman"]
+    assert 0.2 < rho["mean"] < 0.999  # related, not identical: 60% of the weights are gone
+
+
+def test_int8_model_takes_perturbation_methods_and_refuses_gradient_ones(digits_run, tmp_path):
+    run_dir = compressed_copy(digits_run, tmp_path, "quant=int8,code=zstd")
+    error = error_of(run_dir, "--compressed", "--method", "ig")
+    assert "int8 kernels" in str(error) and "occlusion" in str(error)
+    explain(run_dir, "--compressed", "--method", "occlusion", "--samples", "3")
+    summary = compression_rho(run_dir, "occlusion")
+    assert summary["compression_spearman"]["mean"] > 0.5 and summary["randomization_spearman"] is None

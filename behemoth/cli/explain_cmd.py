@@ -24,13 +24,17 @@ def explain(
     samples: int = typer.Option(None, min=1, help="How many samples of the split to explain (the first N)."),
     target: str = typer.Option(None, help="Explain the predicted class (pred) or the true label (label)."),
     split: str = typer.Option(None, help="test, val or train."),
+    packed: Path = typer.Option(None, "--packed", help="Explain this compressed model (.bhm from `behemoth "
+                                "compress`) instead, and compare its attributions with the run's (rank correlation)."),
+    compressed: bool = typer.Option(False, "--compressed", help="Shorthand for --packed RUN/compressed/model.bhm."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Attribute predictions to inputs (Captum), draw them, and report how faithful they are.
 
     Writes <run>/explain/<method>/attributions.json and grid.png (images), tokens.html (text) or
     features.png (tables). Fidelity: IG completeness error, deletion/insertion AUC, infidelity and a
-    model-randomization check.
+    model-randomization check. With --packed/--compressed: <run>/explain/<method>-compressed/, plus the
+    Spearman rank correlation of each sample's attributions before vs after compression.
     """
     if method is not None and method not in METHODS:
         raise BehemothError(f"--method {method}: unknown method; known: {', '.join(METHODS)}")
@@ -38,13 +42,18 @@ def explain(
     extra = [f"explain.{key}={value!r}" if isinstance(value, str) else f"explain.{key}={value}"
              for key, value in flags.items() if value is not None]
     run_dir, cfg = open_run(run, list(overrides or []) + extra)
+    if compressed and packed is None:
+        packed = run_dir / "compressed" / "model.bhm"
+        if not packed.is_file():
+            raise BehemothError(f"{packed} not found: compress the run first (behemoth compress {run_dir})")
     set_threads(cfg.train.threads)
     from behemoth.explain.run import explain_run  # torch and captum load only when the command runs
 
     with Progress(TextColumn("explain"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, disable=not progress, transient=True) as bar:
         task = bar.add_task("explain", total=cfg.explain.samples)
-        record = explain_run(run_dir, cfg, cfg.explain, lambda done, total: bar.update(task, completed=done))
+        record = explain_run(run_dir, cfg, cfg.explain, lambda done, total: bar.update(task, completed=done),
+                             packed=packed)
     print_fidelity(record)
     console.print(f"written {record['out_dir']}/attributions.json and {record['picture']}")
 
@@ -63,6 +72,8 @@ def print_fidelity(record: dict) -> None:
         "infidelity": "lower is better",
         "randomization_spearman": "low: weights matter",
     }
+    if "compression_spearman" in summary:
+        reads["compression_spearman"] = "vs uncompressed: 1 = same ranking"
     for key, text in reads.items():  # one row per figure; names shortened to fit 80 columns
         row = summary.get(key)
         if row is None:
@@ -70,7 +81,7 @@ def print_fidelity(record: dict) -> None:
             continue
         fmt = (lambda v: "—" if v is None else f"{v:.2%}") if key == "completeness_error" else \
               (lambda v: "—" if v is None else f"{v:.4g}")
-        table.add_row(key.replace("randomization_spearman", "random_spearman"), fmt(row["mean"]), fmt(row["median"]), fmt(row["max"]), text)
+        table.add_row(key.replace("randomization_spearman", "random_spearman").replace("compression_", "compressed_"), fmt(row["mean"]), fmt(row["median"]), fmt(row["max"]), text)
     console.print(table)
     if record["n_steps_used"] is not None:
         steps = record["n_steps_used"]

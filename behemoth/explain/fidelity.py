@@ -14,7 +14,7 @@ import copy
 
 import numpy as np
 import torch
-from behemoth.explain.methods import Explained, attribute, predict
+from behemoth.explain.methods import Explained, attribute, predict, runs_on_int8_kernels
 
 EPS = 1e-9
 RANDOM_SEED_OFFSET = 7919
@@ -34,9 +34,10 @@ def completeness_error(
     target_model: Explained, attr: torch.Tensor, inputs: torch.Tensor, baselines: torch.Tensor,
     target: torch.Tensor,
 ) -> torch.Tensor:
-    """(B,) relative completeness error of IG attributions, end points from a float64 copy of the model."""
-    model64 = _float64(target_model)
-    cast = (lambda t: t) if target_model.kind == "tokens" else (lambda t: t.double())
+    """(B,) relative completeness error of IG attributions, end points from a float64 copy of the model
+    (int8 models: from the model itself, whose kernels take float32 only)."""
+    model64 = target_model if runs_on_int8_kernels(target_model.model) else _float64(target_model)
+    cast = (lambda t: t) if target_model.kind == "tokens" or model64 is target_model else (lambda t: t.double())
     gap = target_scores(model64, cast(inputs), target) - target_scores(model64, cast(baselines), target)  # (B,)
     total = attr.double().flatten(1).sum(1)  # (B,)
     return (total - gap).abs() / gap.abs().clamp_min(EPS)

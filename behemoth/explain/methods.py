@@ -57,6 +57,11 @@ def explained(model: nn.Module, task: str, input_shape: tuple[int, ...]) -> Expl
     return Explained(model, kind, model.tok_emb if kind == "tokens" else None)
 
 
+def runs_on_int8_kernels(model: nn.Module) -> bool:
+    """True for models from torch.ao's quantized modules (a .bhm with an int8 runtime): no gradients, float32 only."""
+    return any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in model.modules())
+
+
 def check_method(method: str, kind: Kind) -> None:
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")

@@ -18,10 +18,10 @@ from behemoth.data import load_data
 from behemoth.errors import BehemothError
 from behemoth.explain import fidelity as fid
 from behemoth.explain import pictures
-from behemoth.explain.config import COMPLETE_METHODS, ExplainConfig
+from behemoth.explain.config import COMPLETE_METHODS, GRADIENT_METHODS, ExplainConfig
 from behemoth.data.tokenizers import load_run_tokenizer
 from behemoth.explain.methods import (SPACE_TOKEN, Explained, attribute, check_method, default_baselines, explained,
-                                      kind_of, predict)
+                                      kind_of, predict, runs_on_int8_kernels)
 from behemoth.pipeline import load_trained_model
 from behemoth.runs import read_spec, write_json
 
@@ -86,15 +86,37 @@ def measure(tm: Explained, x, attr, baselines, target, ecfg: ExplainConfig) -> d
     }
 
 
+def load_packed_model(path: Path, spec, method: str) -> torch.nn.Module:
+    """A compressed model (.bhm) to explain in place of the run's own; checked against the run's data."""
+    from behemoth.compress.pack import load_packed, read_packed  # the compress stage's file format
+
+    packed_spec = read_packed(path).spec
+    if tuple(packed_spec.input_shape) != tuple(spec.input_shape) or packed_spec.num_classes != spec.num_classes:
+        raise BehemothError(f"{path}: a model for inputs {tuple(packed_spec.input_shape)} and {packed_spec.num_classes} "
+                            f"classes; the run's data has {tuple(spec.input_shape)} and {spec.num_classes}")
+    model = load_packed(path)
+    if method in GRADIENT_METHODS and runs_on_int8_kernels(model):
+        raise BehemothError(f"{path} runs on int8 kernels (torch.ao quantized), which have no gradients: "
+                            f"--method {method} needs them; use occlusion, kernel_shap or lime (or explain a pruned "
+                            "or k-means artifact, which keeps float weights)")
+    return model
+
+
 def explain_run(run_dir: Path, cfg: RunConfig, ecfg: ExplainConfig, progress: Progress | None = None,
-                out_dir: Path | None = None) -> dict[str, Any]:
-    """Explain `ecfg.samples` inputs of a trained run with `ecfg.method`; write and return the record."""
+                out_dir: Path | None = None, packed: Path | None = None) -> dict[str, Any]:
+    """Explain `ecfg.samples` inputs of a trained run with `ecfg.method`; write and return the record.
+
+    With `packed` (a .bhm from `behemoth compress`), the compressed model is explained instead, and each
+    sample's attributions are compared with the uncompressed run's (Spearman rank correlation, same targets).
+    """
     spec, class_names, meta = read_spec(run_dir)
     try:
         check_method(ecfg.method, kind_of(spec.task, spec.input_shape))
     except ValueError as exc:
         raise BehemothError(str(exc)) from None
-    model = load_trained_model(run_dir, cfg).float()
+    model = load_trained_model(run_dir, cfg).float() if packed is None else load_packed_model(packed, spec, ecfg.method)
+    if packed is not None and runs_on_int8_kernels(model):
+        ecfg = ecfg.model_copy(update={"sanity_check": False})  # int8 weights cannot be re-initialised in place
     tm = explained(model, spec.task, spec.input_shape)
     x, labels = pick_samples(cfg, ecfg, spec.task)
     predictions = predict(tm, x).argmax(-1)
@@ -112,17 +134,24 @@ def explain_run(run_dir: Path, cfg: RunConfig, ecfg: ExplainConfig, progress: Pr
     attr, steps = attribute_all(tm, x, target, baselines, ecfg, progress)
     seconds = time.perf_counter() - started
     fidelity = measure(tm, x, attr, baselines, target, ecfg)
+    if packed is not None:
+        dense = explained(load_trained_model(run_dir, cfg).float(), spec.task, spec.input_shape)
+        dense_attr, _ = attribute_all(dense, x, target, baselines, ecfg, None)
+        rho = fid.spearman(attr, dense_attr)  # signed: same evidence, same direction
+        fidelity["per_sample"]["compression_spearman"] = rho.tolist()
+        fidelity["summary"]["compression_spearman"] = fid.summarise(rho)
 
-    out = out_dir or run_dir / "explain" / ecfg.method
+    out = out_dir or run_dir / "explain" / (ecfg.method if packed is None else f"{ecfg.method}-compressed")
     out.mkdir(parents=True, exist_ok=True)
     names = class_names or [token_text(i) for i in range(spec.num_classes)]
     titles = [f"#{i}  label {names[l]}  pred {names[p]}  target {names[t]}"
               for i, (l, p, t) in enumerate(zip(labels.tolist(), predictions.tolist(), target.tolist()))]
-    heading = heading_for(ecfg, fidelity["summary"], steps)
+    heading = heading_for(ecfg, fidelity["summary"], steps, packed)
     picture = draw(tm.kind, x, attr, titles, heading, meta, out, token_text)
     record = {
         "method": ecfg.method, "target": ecfg.target, "split": ecfg.split, "samples": len(x),
         "kind": tm.kind, "baseline": baseline_description(tm.kind, ecfg.baseline),
+        "model": str(packed) if packed is not None else "the run's trained weights",
         "seconds": seconds, "attributions_per_second": len(x) / seconds,
         "n_steps_used": steps.tolist() if steps is not None else None,
         "labels": labels.tolist(), "predictions": predictions.tolist(), "targets": target.tolist(),
@@ -142,13 +171,15 @@ def baseline_description(kind: str, how: str) -> str:
     return "zeros in normalised space (the training mean)"
 
 
-def heading_for(ecfg: ExplainConfig, summary: dict, steps: torch.Tensor | None) -> str:
-    parts = [f"{ecfg.method} (target: {ecfg.target})"]
+def heading_for(ecfg: ExplainConfig, summary: dict, steps: torch.Tensor | None, packed: Path | None = None) -> str:
+    parts = [f"{ecfg.method} (target: {ecfg.target})" + (f" of {packed.name}" if packed is not None else "")]
     if steps is not None:
         parts.append(f"steps {int(steps.min())}-{int(steps.max())}")
     if ecfg.method in COMPLETE_METHODS:  # elsewhere the sum of attributions is not meant to equal f(x) - f(x')
         parts.append(f"completeness err median {summary['completeness_error']['median']:.2%}")
     parts.append(f"deletion AUC {summary['deletion_auc']['mean']:.3f}, insertion AUC {summary['insertion_auc']['mean']:.3f}")
+    if summary.get("compression_spearman"):
+        parts.append(f"rank corr. with uncompressed {summary['compression_spearman']['mean']:.2f}")
     return " | ".join(parts)
 
 

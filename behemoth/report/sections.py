@@ -158,7 +158,8 @@ def evaluation(art: RunArtifacts) -> Section | None:
 
 FIDELITY_ROWS = (("completeness_error", "completeness error (IG/SHAP: ≈ 0)"), ("deletion_auc", "deletion AUC (lower is better)"),
                  ("insertion_auc", "insertion AUC (higher is better)"), ("infidelity", "infidelity (lower is better)"),
-                 ("randomization_spearman", "randomization Spearman ρ (low: depends on the weights)"))
+                 ("randomization_spearman", "randomization Spearman ρ (low: depends on the weights)"),
+                 ("compression_spearman", "Spearman ρ with the uncompressed model (1: same ranking)"))
 
 
 def explanations(art: RunArtifacts) -> Section | None:
@@ -167,7 +168,7 @@ def explanations(art: RunArtifacts) -> Section | None:
     blocks: list[dict[str, Any]] = [{"kind": "text", "text": "Attributions from Captum; red raises the target "
                                      "score, blue lowers it. Each method's fidelity figures (means over its samples) "
                                      "say how far to trust its picture."}]
-    methods = [r["method"] for r in art.explanations]
+    methods = [r["method"] + (" (compressed)" if r.get("model", "").endswith(".bhm") else "") for r in art.explanations]
     header = ["figure", *methods]
     rows = []
     for key, label in FIDELITY_ROWS:
@@ -178,7 +179,8 @@ def explanations(art: RunArtifacts) -> Section | None:
     blocks.append(table(header, rows))
     for record in art.explanations:
         path = Path(record["picture_path"])
-        blocks.append({"kind": "heading", "text": f"{record['method']} — {record['samples']} {record['split']} "
+        of = f" of {Path(record['model']).name}" if record.get("model", "").endswith(".bhm") else ""
+        blocks.append({"kind": "heading", "text": f"{record['method']}{of} — {record['samples']} {record['split']} "
                                                    f"samples, target: {record['target']}"})
         if not path.is_file():
             blocks.append({"kind": "text", "text": f"picture missing: {path}"})
