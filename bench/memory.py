@@ -31,7 +31,6 @@ import argparse
 import ctypes
 import gc
 import json
-import math
 import re
 import subprocess
 import sys

@@ -108,7 +108,7 @@ def main() -> None:
         speedup, drop = base["b256"] / static["b256"], 100 * (base["acc"] - static["acc"])
         ok = speedup >= 2.0 and drop <= 0.3
         verdicts.append(ok)
-        print(f"structured pruning kept units: " + ", ".join(f"{k} {a}->{b}" for k, (a, b) in rows["changes"].items()))
+        print("structured pruning kept units: " + ", ".join(f"{k} {a}->{b}" for k, (a, b) in rows["changes"].items()))
         print(f"int8 static vs fp32 at batch 256: {speedup:.2f}x faster, accuracy drop {drop:+.2f} points "
               f"(target >= 2x, <= 0.3): {'PASS' if ok else 'FAIL'}")
     print("\nreproduce: .venv/bin/python bench/quant_latency.py " + " ".join(sys.argv[1:]))

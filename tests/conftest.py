@@ -41,6 +41,22 @@ def mlp(inputs: int = 64, hidden: int = 32, classes: int = 10, seed: int = 0) ->
     return torch.nn.Sequential(torch.nn.Linear(inputs, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, classes))
 
 
+@pytest.fixture(scope="module")
+def trained_mlp(digits_bundle) -> torch.nn.Module:
+    """A 64-unit MLP trained 6 epochs on digits (the compression tests' subject)."""
+    from behemoth.train import train
+
+    model = mlp(hidden=64)
+    train(model, digits_bundle, quick_train_config(epochs=6), batch_size=32)
+    return model.eval()
+
+
+def clone(model: torch.nn.Module) -> torch.nn.Module:
+    copy = mlp(hidden=model[0].out_features)
+    copy.load_state_dict(model.state_dict())
+    return copy.eval()
+
+
 def quick_train_config(**overrides) -> TrainConfig:
     base = dict(epochs=2, optimizer="sgd", lr=0.1, momentum=0.9, log_every=10)
     base.update(overrides)

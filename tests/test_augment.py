@@ -64,7 +64,6 @@ def test_geometry_matches_exact_pixel_maps(digit_images):
 
 def test_one_warp_combines_the_ops_in_order():
     """flip, then scale, shear, rotate and shift compose into the single matrix given to the warp."""
-    x = torch.rand(3, 1, 16, 16)
     theta = matrices(3, angle=30.0, scale=1.2, translate=(0.1, -0.05), shear=(10.0, 0.0), flip=(-1.0, 1.0),
                      size=(16, 16))
     # the forward map, written as 3x3 matrices on centred pixel coordinates

@@ -9,20 +9,7 @@ from torch.profiler import ProfilerActivity, profile
 from behemoth.compress import kmeans, prune, quantize
 from behemoth.compress.measure import accuracy
 from behemoth.train import train
-from tests.conftest import mlp, quick_train_config
-
-
-@pytest.fixture(scope="module")
-def trained_mlp(digits_bundle):
-    model = mlp(hidden=64)
-    train(model, digits_bundle, quick_train_config(epochs=6), batch_size=32)
-    return model.eval()
-
-
-def clone(model: nn.Module) -> nn.Module:
-    copy = mlp(hidden=model[0].out_features)
-    copy.load_state_dict(model.state_dict())
-    return copy.eval()
+from tests.conftest import clone, quick_train_config
 
 
 def ops_run(model: nn.Module, x: torch.Tensor) -> set[str]:

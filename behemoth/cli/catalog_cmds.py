@@ -1,6 +1,5 @@
 """`behemoth datasets` and `behemoth models`: what is available here."""
 
-import typer
 from rich.console import Console
 from rich.table import Table
 

@@ -1,6 +1,5 @@
 """`behemoth evaluate` and `behemoth predict`: use a trained run."""
 
-import json
 import time
 from pathlib import Path
 

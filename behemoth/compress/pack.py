@@ -14,9 +14,7 @@ entropy-coded. Nothing is unpickled on load: JSON and raw arrays only.
 """
 
 import json
-import os
 import struct
-import tempfile
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +27,7 @@ from torch import nn
 from behemoth.compress import coding
 from behemoth.compress.kmeans import Codebook
 from behemoth.errors import BehemothError
+from behemoth.files import atomic_write_bytes
 from behemoth.spec import DataSpec
 
 MAGIC = b"BHM1"
@@ -73,26 +72,6 @@ class PackedModel:
 
 
 # ----- writing -----
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Temp file in the same folder + fsync + rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
 
 class _Payload:
     def __init__(self) -> None:

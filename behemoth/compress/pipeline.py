@@ -19,7 +19,8 @@ from behemoth.compress import kmeans, prune, quantize, structured
 from behemoth.compress.config import CompressConfig
 from behemoth.compress.distill import DistillationLoss, load_teacher
 from behemoth.compress.measure import accuracy, latencies, summary_row
-from behemoth.compress.pack import atomic_write_bytes, load_packed, save_packed
+from behemoth.compress.pack import load_packed, save_packed
+from behemoth.files import atomic_write_bytes
 from behemoth.compress.rebuild import shapes_of, to_packed
 from behemoth.config import EarlyStopConfig, RunConfig
 from behemoth.data import DataBundle, load_data

@@ -156,13 +156,18 @@ def qconfig_for(engine_name: str, per_channel: bool, qat: bool = False) -> tq.QC
 
 def prepared_static(model: nn.Module, engine_name: str = "x86", per_channel: bool = True) -> nn.Module:
     """A copy of `model`, fused and wrapped (quant -> model -> dequant), with observers attached."""
-    wrapped = tq.QuantWrapper(copy.deepcopy(model).eval())
+    return _prepared(model, engine_name, per_channel, qat=False)
+
+
+def _prepared(model: nn.Module, engine_name: str, per_channel: bool, qat: bool) -> nn.Module:
+    """Fuse, wrap and attach observers (static) or fake-quant modules (QAT) to a copy of `model`."""
+    wrapped = tq.QuantWrapper(copy.deepcopy(model).train(qat))
     with quiet():
         groups = fusion_groups(wrapped.module)
         if groups:
-            tq.fuse_modules(wrapped.module, groups, inplace=True)
-        wrapped.qconfig = qconfig_for(engine_name, per_channel)
-        tq.prepare(wrapped, inplace=True)
+            (tq.fuse_modules_qat if qat else tq.fuse_modules)(wrapped.module, groups, inplace=True)
+        wrapped.qconfig = qconfig_for(engine_name, per_channel, qat=qat)
+        (tq.prepare_qat if qat else tq.prepare)(wrapped, inplace=True)
     return wrapped
 
 
@@ -202,14 +207,7 @@ def quantize_dynamic(model: nn.Module, engine_name: str = "x86") -> nn.Module:
 
 def prepare_qat(model: nn.Module, engine_name: str = "x86", per_channel: bool = True) -> nn.Module:
     """A fused copy with fake-quant on weights and activations, ready to train (straight-through grads)."""
-    wrapped = tq.QuantWrapper(copy.deepcopy(model).train())
-    with quiet():
-        groups = fusion_groups(wrapped.module)
-        if groups:
-            tq.fuse_modules_qat(wrapped.module, groups, inplace=True)
-        wrapped.qconfig = qconfig_for(engine_name, per_channel, qat=True)
-        tq.prepare_qat(wrapped, inplace=True)
-    return wrapped
+    return _prepared(model, engine_name, per_channel, qat=True)
 
 
 def convert_qat(trained: nn.Module, engine_name: str, example: torch.Tensor) -> nn.Module:
