@@ -31,6 +31,7 @@ PARTITIONS = {"iid": "IID", "shards": "non-IID"}
 
 def row_config(row: str, partition: str, args: argparse.Namespace) -> dict:
     model, epochs, batch, lr, target, _, _ = ROWS[row]
+    lr = args.lr or lr
     cnn = model is CNN
     return {
         "name": f"fedavg-{row}-{partition}", "runs_dir": args.runs_dir,
@@ -76,6 +77,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--fraction", type=float, default=0.1)
     parser.add_argument("--precision", default="bf16", help="CNN client steps: bf16 (fast on CPU) or fp32")
+    parser.add_argument("--lr", type=float, default=None, help="client learning rate for every row (default: the row's;"
+                        " the paper picked each row's best from a grid)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs-dir", default=str(Path(tempfile.gettempdir()) / "behemoth-bench-fedavg"))
     parser.add_argument("--out", default=None, help="also write the results as JSON here (updated after each row)")
@@ -94,6 +97,7 @@ def main() -> None:
     for item, res in results.items():
         row, partition = item.split(":")
         _, epochs, batch, lr, target, paper_iid, paper_non = ROWS[row]
+        lr = args.lr or lr
         ours = str(res["rounds_to_target"]) if res["rounds_to_target"] else f"> {res['rounds_run']}"
         paper = paper_iid if partition == "iid" else paper_non
         print(f"{row:12} {PARTITIONS[partition]:8} {epochs:2d} {batch or 'inf':>4} {lr:5.2f} {target:6.2%} "

@@ -93,7 +93,8 @@ def test_show_partition_prints_histograms_and_writes_nothing(tmp_path):
 
 
 @pytest.mark.parametrize("overrides,fragment", [
-    (["federate.secagg=true"], "federate.secagg = true: Flower 1.41 runs SecAgg+ only in its legacy API"),
+    (["federate.secagg=true", "federate.strategy=krum"], "so it needs strategy = 'fedavg'"),
+    (["federate.secagg=true", "federate.secagg_shares=5"], "only 4 are sampled per round"),
     (["federate.strategy=krum", "federate.clients=4", "federate.fraction=1.0", "federate.krum_malicious=1"],
      "needs more than 4 clients per round"),
     (["federate.dp.mode=client", "federate.strategy=fedprox"], "would drop the proximal term"),

@@ -2,12 +2,17 @@
 
 A train message carries the global weights and a ConfigRecord with the run config (JSON) and the round's
 settings; the node's `partition-id` (node config) picks its slice of the training data. The reply holds the
-updated weights and a MetricRecord whose `num-examples` weights the average.
+updated weights and a MetricRecord whose `num-examples` weights the average. `train_round` and
+`evaluate_round` hold the work itself, which the SecAgg+ ClientApp (secagg_client.py) shares.
 """
 
 import functools
 import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -45,45 +50,67 @@ def client_split(cfg_json: str, context: Context) -> tuple[RunConfig, DataBundle
     return cfg, data, TensorSplit(data.train.x[rows], data.train.y[rows]), pid
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
-    config = msg.content["config"]
+@dataclass
+class ClientUpdate:
+    """One client's round, whichever ClientApp carries it (message API, or SecAgg+'s legacy FitRes)."""
+
+    start: dict[str, torch.Tensor]  # the global weights received
+    weights: dict[str, torch.Tensor]  # after local training (and any simulated poisoning)
+    metrics: dict[str, int | float]  # num-examples (FedAvg's weight), training figures, DP bookkeeping
+    seed: int  # this client's seed for the round (local shuffles, DP noise)
+
+
+def train_round(config: Mapping[str, Any], context: Context, arrays: ArrayRecord | Sequence[np.ndarray]
+                ) -> ClientUpdate:
+    """Local training on this node's partition from the global `arrays`, as the round's `config` says:
+    seeds, DP-SGD noise, FedProx's mu, a simulated failure, poisoned replies (federate.faults)."""
     cfg, data, split, pid = client_split(str(config[CONFIG_KEY]), context)
     fed = cfg.federate
     torch.set_num_threads(fed.client_threads)
     server_round = int(config["server-round"])
     model = federated_model(cfg, data.spec)
-    load_arrays(model, msg.content["arrays"])
+    load_arrays(model, arrays)
     global_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
     fail_after = int(config["fail-after-steps"]) if "fail-after-steps" in config else None
     noise = float(config["dp-noise"]) if fed.dp.mode == "client" else None
-    result = local_train(model, split, data.spec, cfg, client_seed(fed.seed, server_round, pid),
-                         proximal_mu=float(config.get("proximal-mu", 0.0)), noise_multiplier=noise,
-                         fail_after=fail_after)
+    seed = client_seed(fed.seed, server_round, pid)
+    result = local_train(model, split, data.spec, cfg, seed, proximal_mu=float(config.get("proximal-mu", 0.0)),
+                         noise_multiplier=noise, fail_after=fail_after)
     weights = result.weights
     if pid in fed.faults.scaled_clients:
         weights = poison_update(global_weights, weights, "scale", fed.faults.poison_scale)
     if pid in fed.faults.nan_clients:
         weights = poison_update(global_weights, weights, "nan", 0.0)
-    metrics = MetricRecord({
+    metrics = {
         "num-examples": result.examples, "train-loss": result.loss, "train-acc": result.acc,
         "local-steps": result.steps, "partition-id": pid, "dp-steps": result.dp_steps,
         "dp-sample-rate": result.sample_rate,
-    })
-    content = RecordDict({"arrays": ArrayRecord.from_torch_state_dict(weights), "metrics": metrics})
+    }
+    return ClientUpdate(global_weights, weights, metrics, seed)
+
+
+def evaluate_round(config: Mapping[str, Any], context: Context, arrays: ArrayRecord | Sequence[np.ndarray]
+                   ) -> dict[str, int | float]:
+    """The global model on this client's own partition (federate.fraction_evaluate > 0): how well one
+    model fits every silo, which is what non-IID data makes hard."""
+    cfg, data, split, _ = client_split(str(config[CONFIG_KEY]), context)
+    torch.set_num_threads(cfg.federate.client_threads)
+    model = federated_model(cfg, data.spec)
+    load_arrays(model, arrays)
+    result = evaluate(model, split, data.spec, cfg.data.eval_batch_size, cfg.train.precision,
+                      resolve_device(cfg.train.device), cfg.train.channels_last)
+    return {"num-examples": len(split), "local-loss": result["loss"], "local-acc": result["acc"]}
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    update = train_round(msg.content["config"], context, msg.content["arrays"])
+    content = RecordDict({"arrays": ArrayRecord.from_torch_state_dict(update.weights),
+                          "metrics": MetricRecord(update.metrics)})
     return Message(content=content, reply_to=msg)
 
 
 @app.evaluate()
 def evaluate_local(msg: Message, context: Context) -> Message:
-    """The global model on this client's own partition (federate.fraction_evaluate > 0): how well one
-    model fits every silo, which is what non-IID data makes hard."""
-    config = msg.content["config"]
-    cfg, data, split, pid = client_split(str(config[CONFIG_KEY]), context)
-    torch.set_num_threads(cfg.federate.client_threads)
-    model = federated_model(cfg, data.spec)
-    load_arrays(model, msg.content["arrays"])
-    result = evaluate(model, split, data.spec, cfg.data.eval_batch_size, cfg.train.precision,
-                      resolve_device(cfg.train.device), cfg.train.channels_last)
-    metrics = MetricRecord({"num-examples": len(split), "local-loss": result["loss"], "local-acc": result["acc"]})
-    return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+    metrics = evaluate_round(msg.content["config"], context, msg.content["arrays"])
+    return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

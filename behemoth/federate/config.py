@@ -12,6 +12,7 @@ al. 2017: K clients, a fraction C of them sampled per round, E local epochs of b
     strategy = "fedavg"    # fedavg | fedprox | fedadam | fedmedian | fedtrimmedavg | krum
     target_accuracy = 0.99 # stop once the global model reaches it on the test split
     partition = "shards"   # iid | shards (sort by label, 2 per client) | dirichlet (alpha)
+    secagg = true          # SecAgg+ (fedavg): the server sees only the sum of the masked updates
 
     [federate.dp]          # differential privacy: off | client (Opacus DP-SGD) | server (Flower's wrapper)
     mode = "client"
@@ -101,7 +102,10 @@ class FederateConfig(_Section):
     client_cpus: float = Field(1.0, gt=0.0)  # Ray CPUs per client: cores / client_cpus clients train at once
     client_threads: int = Field(1, ge=1)  # torch threads inside each client
 
-    secagg: bool = False  # SecAgg+: refused, see _check
+    # secure aggregation (fedavg only): the server sees only the sum of the round's masked updates
+    secagg: bool = False  # SecAgg+ (Bell et al. 2020) through Flower's SecAggPlusWorkflow and secaggplus_mod
+    secagg_shares: int = Field(3, ge=2)  # each client's keys are split among this many clients (itself included)
+    secagg_threshold: int = Field(2, ge=2)  # shares that rebuild a key: dropouts are recovered while this many remain
     dp: DPConfig = DPConfig()
     faults: FaultsConfig = FaultsConfig()
     deploy: DeployConfig = DeployConfig()
@@ -114,9 +118,6 @@ class FederateConfig(_Section):
     @model_validator(mode="after")
     def _check(self) -> "FederateConfig":
         """Combinations no single field can judge; raised as ConfigError so the line names the fields."""
-        if self.secagg:
-            raise ConfigError("federate.secagg = true: Flower 1.41 runs SecAgg+ only in its legacy API "
-                              "(LegacyContext, fitres records), not with the message strategies used here")
         if self.min_clients > self.clients:
             raise ConfigError(f"federate.min_clients = {self.min_clients}: more than federate.clients = {self.clients}")
         for name in ("scaled_clients", "nan_clients"):
@@ -133,4 +134,33 @@ class FederateConfig(_Section):
         if self.dp.mode == "server" and self.strategy not in ("fedavg", "fedprox", "fedadam"):
             raise ConfigError(f"federate.dp.mode = 'server' with strategy = {self.strategy!r}: the noise is "
                               "calibrated to an average of clipped updates (fedavg, fedprox, fedadam)")
+        if self.secagg:
+            _check_secagg(self)
         return self
+
+
+SECAGG_MAX_CLIENTS = 1023  # each masked value is a 22-bit integer summed modulo 2**32 (Flower's defaults)
+
+
+def _check_secagg(fed: FederateConfig) -> None:
+    """What SecAgg+ needs from the rest of the section; each line names the field it cannot live with."""
+    m = fed.sampled_clients
+    if fed.strategy != "fedavg":
+        raise ConfigError(f"federate.secagg = true: SecAgg+ sums masked updates, so it needs strategy = 'fedavg' "
+                          f"(got {fed.strategy!r}; robust strategies must see each update)")
+    if fed.dp.mode == "server":
+        raise ConfigError("federate.secagg = true with dp.mode = 'server': server-side DP clips each update, which "
+                          "the server never sees under SecAgg+; use dp.mode = 'client'")
+    if fed.secagg_threshold > fed.secagg_shares:
+        raise ConfigError(f"federate.secagg_threshold = {fed.secagg_threshold}: more than federate.secagg_shares = "
+                          f"{fed.secagg_shares} (a key cannot need more shares than it was split into)")
+    if fed.secagg_shares > m:
+        raise ConfigError(f"federate.secagg_shares = {fed.secagg_shares}: SecAgg+ shares each key among clients of "
+                          f"the same round, but only {m} are sampled per round (clients * fraction, at least "
+                          "min_clients)")
+    if fed.secagg_shares < m and fed.secagg_shares % 2 == 0:
+        raise ConfigError(f"federate.secagg_shares = {fed.secagg_shares}: must be odd, or equal to the {m} clients "
+                          "per round (a client shares with itself and as many neighbours on each side)")
+    if m > SECAGG_MAX_CLIENTS:
+        raise ConfigError(f"federate.secagg = true with {m} clients per round: the masked sum overflows above "
+                          f"{SECAGG_MAX_CLIENTS}")

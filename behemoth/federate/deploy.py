@@ -2,8 +2,9 @@
 
 One `flower-superlink` (TLS with a CA generated for the run, SuperNode authentication), one
 `flower-supernode` per client (its `partition-id` as node config), and `flwr run` submitting the Flower
-app whose ServerApp/ClientApp are behemoth.federate.server_app:app / client_app:app: the same code the
-simulation runs. Every process we start (and anything it spawned) is stopped on the way out, error or not.
+app whose ServerApp/ClientApp are behemoth.federate.server_app:app / client_app:app (secagg_client:app with
+federate.secagg): the same code the simulation runs. Every process we start (and anything it spawned) is
+stopped on the way out, error or not.
 Logs stay in <run>/deploy/; keys and certificates live in a temporary folder deleted at the end.
 """
 
@@ -45,12 +46,19 @@ publisher = "behemoth"
 
 [tool.flwr.app.components]
 serverapp = "behemoth.federate.server_app:app"
-clientapp = "behemoth.federate.client_app:app"
+clientapp = "{clientapp}"
 
 [tool.flwr.app.config]
 run-dir = ""
 resume = false
 """
+CLIENT_APPS = {False: "behemoth.federate.client_app:app", True: "behemoth.federate.secagg_client:app"}
+
+
+def app_pyproject(cfg: RunConfig) -> str:
+    """The app's pyproject.toml: SecAgg+ needs its own ClientApp (Flower's mod on a legacy client); the
+    ServerApp reads federate.secagg from the run's config and picks its workflow itself."""
+    return APP_PYPROJECT.replace("{clientapp}", CLIENT_APPS[cfg.federate.secagg])
 
 
 def free_port(host: str) -> int:
@@ -196,7 +204,7 @@ def _deploy(cfg: RunConfig, run_dir: Path, resume: bool, secrets: Path, processe
                                       + "".join(f"{k} = {json.dumps(v)}\n" for k, v in connection.items()))
     app_dir = secrets / "app"
     app_dir.mkdir()
-    (app_dir / "pyproject.toml").write_text(APP_PYPROJECT)
+    (app_dir / "pyproject.toml").write_text(app_pyproject(cfg))
     (secrets / "run-config.toml").write_text(f"run-dir = {json.dumps(str(run_dir))}\nresume = {str(resume).lower()}\n")
 
     link = ["flower-superlink", "--host", host, "--port", str(port), "--disable-runtime-dependency-installation"]

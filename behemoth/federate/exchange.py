@@ -4,7 +4,9 @@ ArrayRecord (one named array per state_dict entry)."""
 
 import json
 import zlib
+from collections.abc import Iterable, Sequence
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord
 from torch import nn
@@ -39,10 +41,20 @@ def to_arrays(model: nn.Module) -> ArrayRecord:
     return ArrayRecord.from_torch_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
 
 
-def load_arrays(model: nn.Module, arrays: ArrayRecord) -> None:
-    """Copy the arrays into the model; copy_ casts back where aggregation made a buffer float
-    (e.g. batch norm's num_batches_tracked averaged)."""
+def named_arrays(keys: Iterable[str], ndarrays: Sequence[np.ndarray]) -> ArrayRecord:
+    """Flower's legacy Parameters (a plain list, in state_dict order) as an ArrayRecord keyed like the state_dict."""
+    keys = list(keys)
+    if len(keys) != len(ndarrays):
+        raise ValueError(f"got {len(ndarrays)} arrays for a state_dict of {len(keys)} entries")
+    return ArrayRecord.from_torch_state_dict({k: torch.from_numpy(np.asarray(a)) for k, a in zip(keys, ndarrays)})
+
+
+def load_arrays(model: nn.Module, arrays: ArrayRecord | Sequence[np.ndarray]) -> None:
+    """Copy the arrays (an ArrayRecord, or a legacy list in state_dict order) into the model; copy_ casts back
+    where aggregation made a buffer float (e.g. batch norm's num_batches_tracked averaged)."""
     state = model.state_dict()
+    if not isinstance(arrays, ArrayRecord):
+        arrays = named_arrays(state, arrays)
     if set(arrays.keys()) != set(state):
         missing = sorted(set(state) ^ set(arrays.keys()))
         raise ValueError(f"the arrays do not match the model's state_dict (first difference: {missing[0]!r})")

@@ -8,7 +8,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, Callable, Protocol, TextIO
 
 from flwr.app import ArrayRecord, MetricRecord
 from torch import nn
@@ -17,7 +17,7 @@ from behemoth.data.bundle import TensorSplit
 from behemoth.errors import BehemothError
 from behemoth.federate.exchange import load_arrays
 from behemoth.federate.privacy import PrivacyLedger
-from behemoth.federate.strategies import GuardedStrategy, RoundStats
+from behemoth.federate.strategies import RoundStats
 from behemoth.spec import DataSpec
 from behemoth.train import evaluate
 from behemoth.train.checkpoint import atomic_write_text
@@ -64,20 +64,30 @@ def trim_records(path: Path, last_round: int) -> None:
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
+class RoundSource(Protocol):
+    """What the recorder reads from a strategy: rounds numbered after a resume, and each round's facts
+    (GuardedStrategy, SecAggStrategy)."""
+
+    offset: int
+    stats: dict[int, RoundStats]
+
+
 class RoundRecorder:
     """Flower's `evaluate_fn`: called with the global arrays before the first round and after each round.
 
-    Evaluates on the test split, writes the round's record, hands the round to `on_round` (checkpoint),
-    and ends the run early at the target accuracy.
+    Evaluates on the test split, writes the round's record (with `tags` such as {"secagg": True}), hands
+    the round to `on_round` (checkpoint), and ends the run early at the target accuracy.
     """
 
     def __init__(self, run_dir: Path, model: nn.Module, test: TensorSplit, spec: DataSpec, settings: dict[str, Any],
-                 strategy: GuardedStrategy, ledger: PrivacyLedger, total_rounds: int,
-                 target: float | None, crash_after: int | None, on_round: Callable[[int, ArrayRecord], None]) -> None:
+                 strategy: RoundSource, ledger: PrivacyLedger, total_rounds: int,
+                 target: float | None, crash_after: int | None, on_round: Callable[[int, ArrayRecord], None],
+                 tags: dict[str, Any] | None = None) -> None:
         self.path = run_dir / "metrics.jsonl"
         self.model, self.test, self.spec, self.settings = model, test, spec, settings
         self.strategy, self.ledger, self.total = strategy, ledger, total_rounds
         self.target, self.crash_after, self.on_round = target, crash_after, on_round
+        self.tags = dict(tags or {})
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         r = server_round + self.strategy.offset
@@ -102,7 +112,7 @@ class RoundRecorder:
 
     def record(self, r: int, result: dict[str, float], stats: RoundStats | None, eval_seconds: float) -> dict[str, Any]:
         record: dict[str, Any] = {"kind": "round", "round": r, "step": r, "test.loss": result["loss"],
-                                  "test.acc": result["acc"], "eval_seconds": eval_seconds}
+                                  "test.acc": result["acc"], "eval_seconds": eval_seconds, **self.tags}
         if stats is not None:
             record.update({
                 "seconds": time.perf_counter() - stats.started, "clients.sampled": stats.sampled,

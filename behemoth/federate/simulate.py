@@ -17,8 +17,12 @@ def run_simulated(cfg: RunConfig, run_dir: Path, resume: bool, verbose: bool = F
     os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
     from flwr.simulation import run_simulation
 
-    from behemoth.federate.client_app import app as client_app
     from behemoth.federate.server_app import make_server_app
+
+    if cfg.federate.secagg:
+        from behemoth.federate.secagg_client import app as client_app
+    else:
+        from behemoth.federate.client_app import app as client_app
 
     if not verbose:
         # our log lines say per round what failed and why; Flower would add a traceback per failed client

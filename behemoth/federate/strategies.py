@@ -11,8 +11,9 @@ facts that metrics.py writes.
 import logging
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -32,14 +33,45 @@ class FederationStalled(BehemothError):
     """Rounds keep ending without a single usable update (every client failed or was rejected)."""
 
 
+def weighted_means(rows: list[tuple[float, Mapping[str, Any]]], keys: Iterable[str]) -> dict[str, float]:
+    """`keys` averaged over (weight, metrics) rows, weighted by examples; `num-examples` their sum."""
+    total = sum(weight for weight, _ in rows)
+    out: dict[str, float] = {"num-examples": int(total)}
+    for key in keys:
+        out[key] = sum(float(m[key]) * weight for weight, m in rows) / max(total, 1.0)
+    return out
+
+
 def aggregate_train_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
     """Clients' training loss/accuracy averaged by examples; the examples summed."""
     rows = [next(iter(r.metric_records.values())) for r in records]
-    total = sum(float(m[weight_key]) for m in rows)
-    out = MetricRecord({"num-examples": int(total)})
-    for key in ("train-loss", "train-acc"):
-        out[key] = sum(float(m[key]) * float(m[weight_key]) for m in rows) / max(total, 1.0)
-    return out
+    return MetricRecord(weighted_means([(float(m[weight_key]), m) for m in rows], ("train-loss", "train-acc")))
+
+
+def dropout_picks(fed: FederateConfig, r: int, sampled: int) -> set[int]:
+    """Which of round r's `sampled` clients are told to fail (federate.faults.dropout), by seed and round."""
+    count = int(fed.faults.dropout * sampled + 0.5)
+    return set(random.Random(f"dropout/{fed.seed}/{r}").sample(range(sampled), count)) if count else set()
+
+
+def failure_line(reply: Message) -> str:
+    """"node N: reason" for a failed reply: the client's own exception message where Flower quotes one
+    (after its traceback), else the reason's tail."""
+    reason = " ".join(str(reply.error.reason).split())  # Ray's reasons span lines
+    if "Message: " in reason:
+        reason = reason.rsplit("Message: ", 1)[1].rstrip("'>")
+    return f"node {reply.metadata.src_node_id}: {reason[-200:]}"
+
+
+def log_failures(r: int, stats: "RoundStats") -> None:
+    """A warning per round with failed clients (each reason on its own line) and per rejected update."""
+    if stats.failed:
+        log.warning("round %d: %d of %d sampled clients failed; aggregating the %d that replied",
+                    r, len(stats.failed), stats.sampled, stats.replied - len(stats.rejected))
+        for line in stats.failed:
+            log.info("round %d: failed %s", r, line)
+    for line in stats.rejected:
+        log.warning("round %d: rejected update from %s", r, line)
 
 
 def base_strategy(fed: FederateConfig) -> Strategy:
@@ -90,7 +122,17 @@ class RoundStats:
 
 def payload_bytes(content: RecordDict) -> int:
     """Bytes of a message's records (arrays, metrics, configs), Flower's count_bytes; no transport overhead."""
-    return sum(record.count_bytes() for record in content.values())
+    return sum(_record_bytes(record) for record in content.values())
+
+
+def _record_bytes(record: Any) -> int:
+    """Flower's count_bytes fails on an empty list or string in a ConfigRecord (SecAgg+ sends "no dropped
+    clients" as []): those count as their key."""
+    empty = [k for k, v in record.items() if v in ([], b"", "")] if isinstance(record, ConfigRecord) else []
+    if not empty:
+        return record.count_bytes()
+    rest = ConfigRecord({k: v for k, v in record.items() if k not in empty})
+    return rest.count_bytes() + sum(len(k) for k in empty)
 
 
 def non_finite(content: RecordDict) -> str | None:
@@ -127,11 +169,10 @@ class GuardedStrategy(Strategy):
 
     def _mark_dropouts(self, r: int, messages: list[Message]) -> list[Message]:
         """Tell round(dropout * sampled) of the sampled clients, chosen by seed and round, to fail mid-round."""
-        count = int(self.fed.faults.dropout * len(messages) + 0.5)
-        if count == 0:
+        chosen = dropout_picks(self.fed, r, len(messages))
+        if not chosen:
             return messages
-        chosen = set(random.Random(f"dropout/{self.fed.seed}/{r}").sample(range(len(messages)), count))
-        self.stats[r].told_to_fail = count
+        self.stats[r].told_to_fail = len(chosen)
         out = []
         for i, message in enumerate(messages):
             if i in chosen:
@@ -152,8 +193,7 @@ class GuardedStrategy(Strategy):
         stats.sampled = stats.sampled or len(replies)  # configure_train ran elsewhere (e.g. before a restart)
         for reply in replies:
             if reply.has_error():
-                reason = " ".join(str(reply.error.reason).split())  # Ray's reasons span lines
-                stats.failed.append(f"node {reply.metadata.src_node_id}: {reason[-200:]}")
+                stats.failed.append(failure_line(reply))
                 continue
             stats.bytes_received += payload_bytes(reply.content)
             metrics = next(iter(reply.content.metric_records.values()))
@@ -166,7 +206,7 @@ class GuardedStrategy(Strategy):
                 continue
             usable.append(reply)
         stats.replied = len(usable) + len(stats.rejected)
-        self._log_round(r, stats)
+        log_failures(r, stats)
         if not usable:
             log.warning("round %d: no usable update; the global model stays as it was", r)
             self.empty_rounds += 1
@@ -181,15 +221,6 @@ class GuardedStrategy(Strategy):
             self.ledger.releases += 1
         stats.train_metrics = {k: float(v) for k, v in (metrics or {}).items() if not isinstance(v, list)}
         return arrays, metrics
-
-    def _log_round(self, r: int, stats: RoundStats) -> None:
-        if stats.failed:
-            log.warning("round %d: %d of %d sampled clients failed; aggregating the %d that replied",
-                        r, len(stats.failed), stats.sampled, stats.replied - len(stats.rejected))
-            for line in stats.failed:
-                log.info("round %d: failed %s", r, line)
-        for line in stats.rejected:
-            log.warning("round %d: rejected update from %s", r, line)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
                            ) -> Iterable[Message]:
