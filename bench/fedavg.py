@@ -22,7 +22,7 @@ from pathlib import Path
 CNN = {"name": "cnn", "channels": [32, 64], "hidden": 512, "norm": "none"}  # the paper's CNN, 1,663,370 weights
 TWO_NN = {"name": "mlp", "preset": "784-200-200-10"}  # the paper's 2NN
 ROWS = {  # name: (model, E, B (0 = inf), lr, target, paper rounds IID, paper rounds non-IID)
-    "cnn-fedavg": (CNN, 5, 10, 0.1, 0.99, 20, 229),
+    "cnn-fedavg": (CNN, 5, 10, 0.05, 0.99, 20, 229),
     "cnn-fedsgd": (CNN, 1, 0, 0.2, 0.99, 626, 483),
     "2nn-fedavg": (TWO_NN, 1, 10, 0.1, 0.97, 87, 664),
 }
