@@ -39,7 +39,7 @@ from behemoth.federate.metrics import TargetReached, log
 from behemoth.federate.privacy import PrivacyLedger
 from behemoth.federate.server_app import announce, checkpointer, finish, prepare, shared_config
 from behemoth.federate.strategies import (
-    FederationStalled, RoundStats, dropout_picks, failure_line, log_failures, payload_bytes, weighted_means,
+    RoundStats, count_empty_round, dropout_picks, failure_line, log_failures, payload_bytes, weighted_means,
 )
 
 
@@ -145,10 +145,7 @@ class SecAggStrategy(Strategy):
             return
         log.warning("round %d: SecAgg+ ended without a sum (fewer than secagg_threshold = %d clients left); "
                     "the global model stays as it was", r, self.fed.secagg_threshold)
-        self.empty_rounds += 1
-        if self.empty_rounds >= self.fed.max_empty_rounds:
-            raise FederationStalled(f"{self.empty_rounds} rounds in a row without an aggregate (round {r}; "
-                                    "federate.max_empty_rounds); see federate.log for why clients failed")
+        self.empty_rounds = count_empty_round(self.fed, self.empty_rounds, r)
 
 
 def _add(weights: np.ndarray, update: np.ndarray) -> np.ndarray:

@@ -48,6 +48,16 @@ def aggregate_train_metrics(records: list[RecordDict], weight_key: str) -> Metri
     return MetricRecord(weighted_means([(float(m[weight_key]), m) for m in rows], ("train-loss", "train-acc")))
 
 
+def count_empty_round(fed: FederateConfig, empty_rounds: int, r: int) -> int:
+    """Round r ended without an aggregate: the new count of such rounds in a row, or FederationStalled once it
+    reaches federate.max_empty_rounds."""
+    empty_rounds += 1
+    if empty_rounds >= fed.max_empty_rounds:
+        raise FederationStalled(f"{empty_rounds} rounds in a row without a usable update (round {r}; "
+                                "federate.max_empty_rounds); see federate.log for why clients failed")
+    return empty_rounds
+
+
 def dropout_picks(fed: FederateConfig, r: int, sampled: int) -> set[int]:
     """Which of round r's `sampled` clients are told to fail (federate.faults.dropout), by seed and round."""
     count = int(fed.faults.dropout * sampled + 0.5)
@@ -209,10 +219,7 @@ class GuardedStrategy(Strategy):
         log_failures(r, stats)
         if not usable:
             log.warning("round %d: no usable update; the global model stays as it was", r)
-            self.empty_rounds += 1
-            if self.empty_rounds >= self.fed.max_empty_rounds:
-                raise FederationStalled(f"{self.empty_rounds} rounds in a row without a usable update (round {r}; "
-                                        "federate.max_empty_rounds); see federate.log for why clients failed")
+            self.empty_rounds = count_empty_round(self.fed, self.empty_rounds, r)
             return None, None
         self.empty_rounds = 0
         arrays, metrics = self.inner.aggregate_train(r, usable)
