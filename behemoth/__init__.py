@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-_LAZY = {"load_packed": "behemoth.compress.pack"}  # name -> module; imported on first use (torch stays unloaded)
+_LAZY = {"load_packed": "behemoth.compression.pack"}  # name -> module; imported on first use (torch stays unloaded)
 
 
 def __getattr__(name: str):

@@ -18,7 +18,7 @@ from behemoth.distributed import DistEnv, barrier
 from behemoth.errors import RunDirError
 from behemoth.models import build_model, count_parameters
 from behemoth.runs import create_run_dir, read_spec, run_path, write_config, write_json, write_spec
-from behemoth.train import (
+from behemoth.training import (
     JsonlHook,
     ProgressHook,
     TensorBoardHook,
@@ -28,10 +28,10 @@ from behemoth.train import (
     resolve_device,
     train,
 )
-from behemoth.train.allocator import return_freed_memory
-from behemoth.train.checkpoint import checkpoint_weights, save_final_weights
-from behemoth.train.mfu import mfu_hooks
-from behemoth.train.precision import build_with_param_dtype
+from behemoth.training.allocator import return_freed_memory
+from behemoth.training.checkpoint import checkpoint_weights, save_final_weights
+from behemoth.training.mfu import mfu_hooks
+from behemoth.training.precision import build_with_param_dtype
 
 
 def seed_everything(seed: int) -> None:

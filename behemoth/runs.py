@@ -20,7 +20,7 @@ from typing import Any
 from behemoth.config import RunConfig, dump_config, load_config
 from behemoth.errors import RunDirError
 from behemoth.spec import DataSpec
-from behemoth.train.checkpoint import atomic_write_text
+from behemoth.training.checkpoint import atomic_write_text
 
 
 def run_path(cfg: RunConfig) -> Path:

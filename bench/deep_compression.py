@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from behemoth.cli.app import resolve_config  # noqa: E402
-from behemoth.compress.pipeline import compress_run  # noqa: E402
+from behemoth.compression.pipeline import compress_run  # noqa: E402
 from behemoth.config import load_config  # noqa: E402
 from behemoth.pipeline import run_training  # noqa: E402
 from behemoth.runs import open_run  # noqa: E402

@@ -27,13 +27,13 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from behemoth.compress.distill_run import distill_run  # noqa: E402
+from behemoth.compression.distill_run import distill_run  # noqa: E402
 from behemoth.config import config_from_dict  # noqa: E402
 from behemoth.pipeline import load_trained_model, prepare  # noqa: E402
 from behemoth.runs import create_run_dir, open_run, run_path, write_config, write_json, write_spec  # noqa: E402
-from behemoth.train import evaluate, train  # noqa: E402
-from behemoth.train.checkpoint import save_weights  # noqa: E402
-from behemoth.train.feed import TensorFeed  # noqa: E402
+from behemoth.training import evaluate, train  # noqa: E402
+from behemoth.training.checkpoint import save_weights  # noqa: E402
+from behemoth.training.feed import TensorFeed  # noqa: E402
 
 PAPER = {"teacher": 67, "student alone": 146, "distilled (T=20)": 74}
 

@@ -81,8 +81,8 @@ def row_config(name: str, clients: int, epochs: int | None, runs_dir: Path, seed
 
 def run_row(raw: dict) -> dict:
     from behemoth.config import config_from_dict
-    from behemoth.federate.metrics import attach_run_log, read_records
-    from behemoth.federate.simulate import run_simulated
+    from behemoth.federated.metrics import attach_run_log, read_records
+    from behemoth.federated.simulate import run_simulated
     from behemoth.runs import create_run_dir, run_path, write_config
 
     cfg = config_from_dict(raw)

@@ -19,8 +19,8 @@ import torch
 from behemoth.cli.app import resolve_config
 from behemoth.config import load_config
 from behemoth.data import load_data
-from behemoth.explain.fidelity import completeness_error, ig_until_complete
-from behemoth.explain.methods import default_baselines, explained
+from behemoth.explanations.fidelity import completeness_error, ig_until_complete
+from behemoth.explanations.methods import default_baselines, explained
 from behemoth.pipeline import load_trained_model, run_training
 from behemoth.runs import read_spec, run_path
 

@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from behemoth.config import DataConfig, TrainConfig  # noqa: E402
 from behemoth.data import load_data  # noqa: E402
 from behemoth.models import build_model  # noqa: E402
-from behemoth.train import train  # noqa: E402
-from behemoth.train.batching import epoch_order  # noqa: E402
+from behemoth.training import train  # noqa: E402
+from behemoth.training.batching import epoch_order  # noqa: E402
 
 MODEL = {"channels": [16, 32], "hidden": 128, "norm": "batch"}
 

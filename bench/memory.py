@@ -11,7 +11,7 @@ Method. Every measurement is a fresh subprocess (`--child`) that
   1. loads the data and trains a one-block GPT for a step with the same settings, so every lazily loaded
      library (oneDNN, torch.compile for torchao's optimizer) is in memory before the baseline;
   2. reads its resident set size (the baseline) and resets the kernel's peak counter (/proc/self/clear_refs);
-  3. builds the GPT (directly in bf16 when param_dtype is bf16) and trains 2 steps through behemoth.train.train;
+  3. builds the GPT (directly in bf16 when param_dtype is bf16) and trains 2 steps through behemoth.training.train;
   4. reports the peak RSS of step 2 (steady state: optimizer state allocated, compilation done) and of
      building + step 1 (what must fit for "one training step").
 bytes/param = (step-2 peak RSS - baseline) / parameters. It includes activations and temporaries, not only
@@ -92,10 +92,10 @@ def child(setting: str, k: int, threads: int) -> dict:
     from behemoth.config import DataConfig, TrainConfig
     from behemoth.data import load_data
     from behemoth.models.gpt import GPT, GPTOptions
-    from behemoth.train import BaseHook, train
-    from behemoth.train.allocator import return_freed_memory
-    from behemoth.train.optim import optimizer_state_bytes
-    from behemoth.train.precision import build_with_param_dtype
+    from behemoth.training import BaseHook, train
+    from behemoth.training.allocator import return_freed_memory
+    from behemoth.training.optim import optimizer_state_bytes
+    from behemoth.training.precision import build_with_param_dtype
 
     torch.set_num_threads(threads)
     options = SETTINGS[setting]

@@ -21,9 +21,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from behemoth.cli.app import resolve_config  # noqa: E402
-from behemoth.compress import quantize, structured  # noqa: E402
-from behemoth.compress.measure import accuracy, count_parameters, latencies  # noqa: E402
-from behemoth.compress.pipeline import calibration_batches, retrain  # noqa: E402
+from behemoth.compression import quantize, structured  # noqa: E402
+from behemoth.compression.measure import accuracy, count_parameters, latencies  # noqa: E402
+from behemoth.compression.pipeline import calibration_batches, retrain  # noqa: E402
 from behemoth.config import load_config  # noqa: E402
 from behemoth.data import load_data  # noqa: E402
 from behemoth.pipeline import load_trained_model, run_training  # noqa: E402

@@ -77,8 +77,8 @@ def gpu_worker(size: str, case: str, steps: int, batch: int) -> None:
     from behemoth.distributed.checkpointing import checkpoint_blocks
     from behemoth.distributed.fsdp import shard_model
     from behemoth.models.gpt import GPT, GPTOptions
-    from behemoth.train.metrics import task_loss
-    from behemoth.train.precision import autocast
+    from behemoth.training.metrics import task_loss
+    from behemoth.training.precision import autocast
 
     env = read_env().on_device("cuda")
     torch.cuda.set_device(env.device)

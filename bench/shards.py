@@ -30,7 +30,7 @@ from behemoth.data.feeds import ShardFeed  # noqa: E402
 from behemoth.data.pipeline_config import parse_size  # noqa: E402
 from behemoth.data.sampling import keyed_generator  # noqa: E402
 from behemoth.data.shards import ShardDataset, ShardSplit, pack_bundle  # noqa: E402
-from behemoth.train.feed import TensorFeed  # noqa: E402
+from behemoth.training.feed import TensorFeed  # noqa: E402
 
 CPU = torch.device("cpu")
 

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from behemoth.cli.app import resolve_config  # noqa: E402
 from behemoth.config import load_config  # noqa: E402
 from behemoth.pipeline import prepare  # noqa: E402
-from behemoth.train import BaseHook, evaluate, train  # noqa: E402
+from behemoth.training import BaseHook, evaluate, train  # noqa: E402
 
 TARGET = 0.99
 

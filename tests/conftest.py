@@ -44,7 +44,7 @@ def mlp(inputs: int = 64, hidden: int = 32, classes: int = 10, seed: int = 0) ->
 @pytest.fixture(scope="module")
 def trained_mlp(digits_bundle) -> torch.nn.Module:
     """A 64-unit MLP trained 6 epochs on digits (the compression tests' subject)."""
-    from behemoth.train import train
+    from behemoth.training import train
 
     model = mlp(hidden=64)
     train(model, digits_bundle, quick_train_config(epochs=6), batch_size=32)

@@ -17,7 +17,7 @@ from behemoth.data.feeds import build_feed
 from behemoth.data.pipeline_config import AugmentConfig
 from behemoth.errors import ConfigError
 from behemoth.spec import DataSpec
-from behemoth.train import BaseHook, train
+from behemoth.training import BaseHook, train
 
 SPEC = DataSpec("classification", (1, 8, 8), 10)
 

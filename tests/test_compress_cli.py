@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 import behemoth
 from behemoth.cli import app
 from behemoth.cli.app import resolve_config
-from behemoth.compress.measure import accuracy
-from behemoth.compress.quantize import QUANT_LAYER_TYPES, int8_layers
+from behemoth.compression.measure import accuracy
+from behemoth.compression.quantize import QUANT_LAYER_TYPES, int8_layers
 from behemoth.config import load_config
 from behemoth.errors import ConfigError
 from behemoth.data import load_data

@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from behemoth.compress.distill import DistillationLoss, distillation_loss
-from behemoth.compress.measure import accuracy
-from behemoth.train import train
+from behemoth.compression.distill import DistillationLoss, distillation_loss
+from behemoth.compression.measure import accuracy
+from behemoth.training import train
 from tests.conftest import mlp, quick_train_config
 
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from behemoth.compress import quantize
-from behemoth.compress.onnx_export import export_onnx, onnx_outputs, onnx_parity
+from behemoth.compression import quantize
+from behemoth.compression.onnx_export import export_onnx, onnx_outputs, onnx_parity
 from behemoth.errors import BehemothError
 from behemoth.models import build_model
 from behemoth.spec import DataSpec

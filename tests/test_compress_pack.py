@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import behemoth
-from behemoth.compress import coding, kmeans, prune, quantize, structured
-from behemoth.compress.pack import PackedFileError, packed_info, read_packed, save_packed
-from behemoth.compress.rebuild import shapes_of, to_packed
+from behemoth.compression import coding, kmeans, prune, quantize, structured
+from behemoth.compression.pack import PackedFileError, packed_info, read_packed, save_packed
+from behemoth.compression.rebuild import shapes_of, to_packed
 from behemoth.models import build_model
 from behemoth.spec import DataSpec
 

@@ -5,12 +5,12 @@ import pytest
 import torch
 from torch import nn
 
-from behemoth.compress import prune, structured
-from behemoth.compress.measure import accuracy, latencies
+from behemoth.compression import prune, structured
+from behemoth.compression.measure import accuracy, latencies
 from behemoth.data.bundle import DataBundle, TensorSplit
 from behemoth.models import build_model
 from behemoth.spec import DataSpec
-from behemoth.train import train
+from behemoth.training import train
 from tests.conftest import clone, quick_train_config
 
 

@@ -6,9 +6,9 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-from behemoth.compress import kmeans, prune, quantize
-from behemoth.compress.measure import accuracy
-from behemoth.train import train
+from behemoth.compression import kmeans, prune, quantize
+from behemoth.compression.measure import accuracy
+from behemoth.training import train
 from tests.conftest import clone, quick_train_config
 
 

@@ -18,7 +18,7 @@ from behemoth.errors import ConfigError, RunDirError
 from behemoth.models.cnn import CNN, CNNOptions
 from behemoth.models.gpt import GPT, GPTOptions
 from behemoth.models.vit import ViT, ViTOptions
-from behemoth.train.metrics import task_loss
+from behemoth.training.metrics import task_loss
 from tests.conftest import mlp
 
 

@@ -7,8 +7,8 @@ numbers; each row answers its own target; IG is complete (Σ attr = f(x) - f(x')
 import pytest
 import torch
 
-from behemoth.explain import fidelity as fid
-from behemoth.explain.methods import TOKEN_METHODS, attribute, default_baselines, explained
+from behemoth.explanations import fidelity as fid
+from behemoth.explanations.methods import TOKEN_METHODS, attribute, default_baselines, explained
 from behemoth.models import build_model
 from behemoth.spec import DataSpec
 

@@ -8,7 +8,7 @@ import torch
 
 from behemoth.config import load_config
 from behemoth.errors import ConfigError
-from behemoth.federate.partition import dirichlet, iid, label_histogram, label_skew, shards
+from behemoth.federated.partition import dirichlet, iid, label_histogram, label_skew, shards
 from tests.conftest import REPO, behemoth_cmd, subprocess_env
 
 
@@ -48,7 +48,7 @@ def test_shards_on_mnist_as_in_the_paper():
     """100 clients x 2 shards of 300 MNIST images: most clients hold exactly two digits."""
     cfg = load_config(REPO / "configs/federated-mnist.toml", ["federate.partition=shards"])
     from behemoth.data import load_data
-    from behemoth.federate.partition import partition
+    from behemoth.federated.partition import partition
 
     labels = load_data(cfg.data).train.y
     parts = partition(labels, cfg.federate)

@@ -12,10 +12,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MessageType, Met
 
 from behemoth.config import load_config
 from behemoth.data.bundle import TensorSplit
-from behemoth.federate.local import SimulatedClientFailure, local_train
-from behemoth.federate.privacy import DPSGDPlan, PoissonFeed, PrivacyLedger, rdp_epsilon
-from behemoth.federate.state import FederatedState, load_latest, rng_state, save_round, set_rng_state
-from behemoth.federate.strategies import GuardedStrategy, base_strategy
+from behemoth.federated.local import SimulatedClientFailure, local_train
+from behemoth.federated.privacy import DPSGDPlan, PoissonFeed, PrivacyLedger, rdp_epsilon
+from behemoth.federated.state import FederatedState, load_latest, rng_state, save_round, set_rng_state
+from behemoth.federated.strategies import GuardedStrategy, base_strategy
 from tests.conftest import REPO, mlp
 
 
@@ -81,7 +81,7 @@ def test_guard_rejects_non_finite_updates_and_failed_replies(flower_identity, ca
     nan = np.ones(50)
     nan[7] = np.nan
     replies = replies_for([np.full(50, 1.0), np.full(50, 2.0), np.full(50, 3.0), nan, None])
-    with caplog.at_level(logging.INFO, logger="behemoth.federate"):
+    with caplog.at_level(logging.INFO, logger="behemoth.federated"):
         arrays, metrics = guard.aggregate_train(4, replies)
     np.testing.assert_allclose(arrays["w"].numpy(), 2.0)  # the mean of the three good updates
     assert metrics["num-examples"] == 300
@@ -92,10 +92,10 @@ def test_guard_rejects_non_finite_updates_and_failed_replies(flower_identity, ca
     assert "round 4: 1 of 5 sampled clients failed; aggregating the 3 that replied" in text
     assert "client left" in text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="behemoth.federate"):
+    with caplog.at_level(logging.WARNING, logger="behemoth.federated"):
         assert guard.aggregate_train(5, replies_for([nan, None])) == (None, None)
     assert "round 5: no usable update; the global model stays as it was" in caplog.text
-    from behemoth.federate.strategies import FederationStalled
+    from behemoth.federated.strategies import FederationStalled
 
     assert guard.aggregate_train(6, replies_for([None])) == (None, None)
     with pytest.raises(FederationStalled, match="3 rounds in a row without a usable update"):
@@ -108,7 +108,7 @@ def test_server_dp_wrapper_gets_only_good_replies(flower_identity):
     cfg = load_config(REPO / "configs/federated-digits.toml", [
         "federate.clients=4", "federate.dp.mode=server", "federate.dp.noise_multiplier=0.5", "federate.dp.clip_norm=1",
     ])
-    from behemoth.federate.strategies import build_strategy
+    from behemoth.federated.strategies import build_strategy
 
     np.random.seed(0)
     ledger = PrivacyLedger("server", 0.5, 1e-5)
@@ -212,7 +212,7 @@ def test_federated_checkpoint_round_trip(tmp_path):
 
 def test_fedadam_moments_survive_a_checkpoint(flower_identity, tmp_path):
     """FedAdam's server moments go into the federated checkpoint and come back into a fresh strategy."""
-    from behemoth.federate.state import restore_strategy, strategy_state
+    from behemoth.federated.state import restore_strategy, strategy_state
 
     cfg = load_config(REPO / "configs/federated-digits.toml", ["federate.strategy=fedadam", "federate.clients=6"])
     strategy = base_strategy(cfg.federate)

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from behemoth.config import load_config
-from behemoth.federate.metrics import attach_run_log, read_records
-from behemoth.federate.partition import partition
-from behemoth.federate.privacy import DPSGDPlan, rdp_epsilon
+from behemoth.federated.metrics import attach_run_log, read_records
+from behemoth.federated.partition import partition
+from behemoth.federated.privacy import DPSGDPlan, rdp_epsilon
 from behemoth.runs import create_run_dir, run_path, write_config
 from tests.conftest import REPO, behemoth_cmd, subprocess_env
 
@@ -25,7 +25,7 @@ DIGITS = REPO / "configs/federated-digits.toml"
 
 def simulate(tmp_path: Path, name: str, overrides: list[str]) -> tuple[Path, list[dict]]:
     """A simulated federation in this process, as `behemoth federate` runs it; its round records."""
-    from behemoth.federate.simulate import run_simulated
+    from behemoth.federated.simulate import run_simulated
 
     cfg = load_config(DIGITS, [f"runs_dir={tmp_path}", f"name={name}", "federate.target_accuracy=1.0", *overrides])
     run_dir = create_run_dir(run_path(cfg), overwrite=False)
@@ -64,7 +64,7 @@ def test_poisoned_clients_under_dp_with_a_crash_and_resume(tmp_path):
     round 2; `behemoth federate --resume` runs round 3 from the checkpoint (global model, RNG, privacy
     ledger): the NaN update is rejected with a log line every round, accuracy holds, and epsilon keeps
     growing exactly as Opacus' RDP accountant counts the clients' steps."""
-    from behemoth.federate.metrics import SimulatedServerCrash
+    from behemoth.federated.metrics import SimulatedServerCrash
 
     with pytest.raises(SimulatedServerCrash, match="simulated server crash after round 2"):
         simulate(tmp_path, "robust", [

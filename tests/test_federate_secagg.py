@@ -91,7 +91,7 @@ def test_valid_secagg_configs_are_what_flowers_workflow_accepts(overrides, expec
     """Flower takes an int share count only above 2 and an int threshold only below it; 1.0 means all."""
     from flwr.server.workflow import SecAggPlusWorkflow
 
-    from behemoth.federate.secagg import workflow_shares
+    from behemoth.federated.secagg import workflow_shares
 
     fed = load_config(DIGITS, ["federate.secagg=true", *overrides]).federate
     assert workflow_shares(fed) == expected

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from behemoth.train import train
+from behemoth.training import train
 from tests.conftest import mlp, quick_train_config
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -33,7 +33,7 @@ def gpt_batch(seed: int = 0):
 
 
 def bf16_steps(step_module, params, x, steps: int = 6) -> list[float]:
-    from behemoth.train.metrics import task_loss
+    from behemoth.training.metrics import task_loss
 
     optimizer = torch.optim.AdamW(params, lr=3e-3)
     losses = []
@@ -72,7 +72,7 @@ def test_fsdp_on_cuda_with_nccl_tracks_one_process(one_rank_nccl_group, offload)
 
 def test_activation_checkpointing_on_cuda_is_exact():
     from behemoth.distributed.checkpointing import checkpoint_blocks
-    from behemoth.train.metrics import task_loss
+    from behemoth.training.metrics import task_loss
 
     grads = []
     for checkpointed in (False, True):

@@ -13,7 +13,7 @@ from behemoth.data.text import split_text
 from behemoth.lm import next_token, sample
 from behemoth.models.gpt import GPT, GPTOptions
 from behemoth.pipeline import run_training
-from behemoth.train.mfu import train_flops_per_sample
+from behemoth.training.mfu import train_flops_per_sample
 from behemoth.spec import DataSpec
 
 runner = CliRunner()

@@ -13,9 +13,9 @@ from behemoth.config import DataConfig, TrainConfig
 from behemoth.data import load_data
 from behemoth.errors import ConfigError
 from behemoth.models.gpt import GPT, GPTOptions
-from behemoth.train import BaseHook, latest_checkpoint, train
-from behemoth.train.optim import optimizer_for, optimizer_state_bytes
-from behemoth.train.precision import build_with_param_dtype
+from behemoth.training import BaseHook, latest_checkpoint, train
+from behemoth.training.optim import optimizer_for, optimizer_state_bytes
+from behemoth.training.precision import build_with_param_dtype
 
 STEPS = 20
 
@@ -159,7 +159,7 @@ def test_release_freed_memory_maps_temporaries_of_64k_and_more():
     import subprocess
     import sys
 
-    from behemoth.train import allocator
+    from behemoth.training import allocator
 
     mapped = {mode: int(subprocess.run([sys.executable, "-c", MALLOC_PROBE, mode, allocator.__file__],
                                        capture_output=True, text=True, check=True).stdout)

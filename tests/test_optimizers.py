@@ -8,7 +8,7 @@ import torch
 
 from behemoth.config import TrainConfig
 from behemoth.errors import ConfigError
-from behemoth.train import build_optimizer, parameter_groups
+from behemoth.training import build_optimizer, parameter_groups
 
 W0 = [0.5, -1.0, 2.0]
 C = torch.tensor([0.3, -0.2, 0.1])

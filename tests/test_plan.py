@@ -23,14 +23,14 @@ from behemoth.distributed.plan import (
     estimate, example_batch, measure_model, optimizer_bytes, parse_size, plan,
 )
 from behemoth.models.gpt import GPT, GPTOptions
-from behemoth.train.metrics import task_loss
+from behemoth.training.metrics import task_loss
 from tests.conftest import subprocess_env
 
 CHILD = """
 import ctypes, json, sys, torch
 from behemoth.distributed.checkpointing import checkpoint_blocks
 from behemoth.models.gpt import GPT, GPTOptions
-from behemoth.train.metrics import task_loss
+from behemoth.training.metrics import task_loss
 
 def rss(key):
     return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(key))

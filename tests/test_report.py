@@ -7,8 +7,8 @@ import subprocess
 
 import pytest
 
-from behemoth.report import build_report
-from behemoth.report.artifacts import read_jsonl
+from behemoth.reporting import build_report
+from behemoth.reporting.artifacts import read_jsonl
 from tests.browser import check_in_chromium, needs_chromium
 from tests.conftest import behemoth_cmd, failure_text, subprocess_env
 

@@ -8,7 +8,7 @@ from behemoth.config import load_config
 from behemoth.data.pipeline_config import SamplingConfig
 from behemoth.data.sampling import build_sampler, stratified_quota
 from behemoth.errors import ConfigError
-from behemoth.train.feed import TensorFeed
+from behemoth.training.feed import TensorFeed
 
 
 def sampler(labels, **options):

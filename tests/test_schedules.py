@@ -7,7 +7,7 @@ import torch
 
 from behemoth.config import TrainConfig
 from behemoth.errors import ConfigError
-from behemoth.train import build_optimizer, build_scheduler
+from behemoth.training import build_optimizer, build_scheduler
 
 
 def lrs(cfg: TrainConfig, total: int, steps: int | None = None) -> list[float]:

@@ -16,7 +16,7 @@ from behemoth.data.shards import ShardDataset, ShardSplit, StreamedSplit, pack_b
 from behemoth.errors import BehemothError, ConfigError, DataError
 from behemoth.pipeline import run_training
 from behemoth.spec import DataSpec
-from behemoth.train import BaseHook, train
+from behemoth.training import BaseHook, train
 
 
 def digits_config(*overrides: str):

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from behemoth.errors import ConfigError
-from behemoth.train import BaseHook, JsonlHook, ProgressHook, TensorBoardHook, evaluate, train
+from behemoth.training import BaseHook, JsonlHook, ProgressHook, TensorBoardHook, evaluate, train
 from tests.conftest import mlp, quick_train_config
 
 
@@ -226,7 +226,7 @@ class EveryOtherRow:
 
 
 def test_feed_sampler_and_transform_are_what_the_loop_trains_on(digits_bundle):
-    from behemoth.train.feed import TensorFeed
+    from behemoth.training.feed import TensorFeed
 
     seen: list[torch.Tensor] = []
 

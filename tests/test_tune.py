@@ -18,9 +18,9 @@ from behemoth.config import apply_overrides, config_from_dict, dump_config, load
 from behemoth.config.loader import read_toml
 from behemoth.errors import ConfigError
 from behemoth.pipeline import prepare
-from behemoth.tune.lr_finder import find_lr
-from behemoth.tune.space import check_values
-from behemoth.tune.study import TrialRunner, open_study, run_trials
+from behemoth.tuning.lr_finder import find_lr
+from behemoth.tuning.space import check_values
+from behemoth.tuning.study import TrialRunner, open_study, run_trials
 from tests.conftest import behemoth_cmd, subprocess_env
 
 runner = CliRunner()

@@ -66,7 +66,7 @@ def compress(
     """
     extra = ([f"compress.output={str(out)!r}"] if out else []) + (["compress.onnx=true"] if onnx else [])
     run_dir, cfg = compress_config(run, list(overrides or []) + extra, recipe, config)
-    from behemoth.compress.pipeline import compress_run  # torch loads only when the command runs
+    from behemoth.compression.pipeline import compress_run  # torch loads only when the command runs
 
     result = compress_run(run_dir, cfg, say=lambda text: console.print(text) if progress else None,
                           show_progress=progress, measure_latency=latency)
@@ -132,7 +132,7 @@ def distill(
     open_run(cfg.compress.teacher)  # a clear error if it is not a run
     if run_path(cfg).exists() and not overwrite:
         raise BehemothError(f"run directory {run_path(cfg)} exists: pass --overwrite, or pick another name (name=...)")
-    from behemoth.compress.distill_run import distill_run
+    from behemoth.compression.distill_run import distill_run
 
     summary = distill_run(cfg, overwrite=overwrite, progress=progress)
     if "test" in summary:

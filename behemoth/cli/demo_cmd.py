@@ -55,11 +55,11 @@ def demo(
     from behemoth.cli.federate_cmd import print_summary as print_federated
     from behemoth.cli.federate_cmd import run_federation
     from behemoth.cli.train_cmd import print_summary
-    from behemoth.compress.pipeline import compress_run
+    from behemoth.compression.pipeline import compress_run
     from behemoth.config import load_config
-    from behemoth.explain.run import explain_run
+    from behemoth.explanations.run import explain_run
     from behemoth.pipeline import run_training
-    from behemoth.report import build_report
+    from behemoth.reporting import build_report
 
     started = time.perf_counter()
     cfg = load_config(resolve_config("mnist-cnn"), ["name=demo", f"runs_dir={runs_dir!r}",

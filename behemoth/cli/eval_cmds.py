@@ -14,8 +14,8 @@ from behemoth.data import load_data
 from behemoth.errors import BehemothError, DataError
 from behemoth.pipeline import load_trained_model, set_threads
 from behemoth.runs import open_run, read_spec, write_json
-from behemoth.train import evaluate as evaluate_split
-from behemoth.train import resolve_device
+from behemoth.training import evaluate as evaluate_split
+from behemoth.training import resolve_device
 
 console = Console()
 

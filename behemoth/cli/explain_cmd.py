@@ -9,7 +9,7 @@ from rich.table import Table
 
 from behemoth.cli.app import app
 from behemoth.errors import BehemothError
-from behemoth.explain.config import COMPLETE_METHODS, METHODS
+from behemoth.explanations.config import COMPLETE_METHODS, METHODS
 from behemoth.pipeline import set_threads
 from behemoth.runs import open_run
 
@@ -47,7 +47,7 @@ def explain(
         if not packed.is_file():
             raise BehemothError(f"{packed} not found: compress the run first (behemoth compress {run_dir})")
     set_threads(cfg.train.threads)
-    from behemoth.explain.run import explain_run  # torch and captum load only when the command runs
+    from behemoth.explanations.run import explain_run  # torch and captum load only when the command runs
 
     with Progress(TextColumn("explain"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, disable=not progress, transient=True) as bar:

@@ -26,7 +26,7 @@ def export(
 
     from behemoth.models import build_model
     from behemoth.runs import open_run, read_spec
-    from behemoth.train.checkpoint import checkpoint_weights, latest_checkpoint, write_safetensors
+    from behemoth.training.checkpoint import checkpoint_weights, latest_checkpoint, write_safetensors
 
     run_dir, cfg = open_run(run)
     checkpoint = latest_checkpoint(run_dir) if step is None else run_dir / "checkpoints" / f"step-{step:08d}"

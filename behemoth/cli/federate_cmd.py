@@ -48,7 +48,7 @@ def federate(
     if show_partition:
         print_partition(cfg)
         return
-    from behemoth.federate.state import load_latest  # flwr and torch load only when the command runs
+    from behemoth.federated.state import load_latest  # flwr and torch load only when the command runs
 
     if resume is not None:
         saved = load_latest(run_dir)
@@ -65,7 +65,7 @@ def federate(
 def run_federation(cfg, run_dir: Path, *, resume: bool = False, deploy: bool = False, overwrite: bool = False,
                    verbose: bool = False) -> None:
     """Start (or continue) the federated run in `run_dir`: simulation, or a loopback deployment."""
-    from behemoth.federate.metrics import attach_run_log  # flwr and torch load only when a run starts
+    from behemoth.federated.metrics import attach_run_log  # flwr and torch load only when a run starts
 
     if not resume:
         from behemoth.data import load_data
@@ -76,11 +76,11 @@ def run_federation(cfg, run_dir: Path, *, resume: bool = False, deploy: bool = F
         write_spec(run_dir, data.spec, data.class_names, data.meta)
     attach_run_log(run_dir, stream=None if deploy else console.file)
     if deploy:
-        from behemoth.federate.deploy import run_deployed
+        from behemoth.federated.deploy import run_deployed
 
         run_deployed(cfg, run_dir, resume, show=console.print, verbose=verbose, echo=console.file)
     else:
-        from behemoth.federate.simulate import run_simulated
+        from behemoth.federated.simulate import run_simulated
 
         run_simulated(cfg, run_dir, resume, verbose=verbose)
 
@@ -88,7 +88,7 @@ def run_federation(cfg, run_dir: Path, *, resume: bool = False, deploy: bool = F
 def print_partition(cfg) -> None:
     """The label histogram per client: counts per class, total, and classes held."""
     from behemoth.data import load_data
-    from behemoth.federate.partition import label_histogram, label_skew, partition
+    from behemoth.federated.partition import label_histogram, label_skew, partition
 
     data = load_data(cfg.data)
     labels = data.train.y

@@ -28,7 +28,7 @@ def generate(
     from behemoth.lm.generate import generate_text
     from behemoth.pipeline import load_trained_model, set_threads
     from behemoth.runs import open_run, read_spec
-    from behemoth.train import resolve_device
+    from behemoth.training import resolve_device
 
     run_dir, cfg = open_run(run)
     spec, _, _ = read_spec(run_dir)

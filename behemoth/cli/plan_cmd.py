@@ -36,8 +36,8 @@ def plan(
     )
     from behemoth.distributed.plan import plan as make_plan
     from behemoth.pipeline import prepare
-    from behemoth.train.metrics import task_loss
-    from behemoth.train.precision import autocast
+    from behemoth.training.metrics import task_loss
+    from behemoth.training.precision import autocast
 
     config_arg, overrides = split_config_args(args or [])
     cfg = load_config(resolve_config(config_arg or "mnist-cnn"), overrides)

@@ -22,7 +22,7 @@ def report(
     scores, confusion matrix) and whatever later stages left in the run (explanations, ...). Sections
     for stages that did not run are left out.
     """
-    from behemoth.report import build_report
+    from behemoth.reporting import build_report
     from behemoth.runs import open_run
 
     run_dir, _ = open_run(run)

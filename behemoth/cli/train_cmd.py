@@ -12,7 +12,7 @@ from behemoth.distributed.launch import current_command, launch
 from behemoth.errors import BehemothError, RunDirError
 from behemoth.pipeline import run_training
 from behemoth.runs import open_run, run_path
-from behemoth.train import latest_checkpoint
+from behemoth.training import latest_checkpoint
 
 console = Console(stderr=False)
 

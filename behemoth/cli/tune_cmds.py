@@ -34,7 +34,7 @@ def lr_find(
     falls fastest. The model is trained from scratch and thrown away.
     """
     from behemoth.pipeline import prepare  # torch only once a command runs: --help stays fast
-    from behemoth.tune.lr_finder import find_lr, plot_lr_find
+    from behemoth.tuning.lr_finder import find_lr, plot_lr_find
 
     if not 0 < start < end:
         raise BehemothError(f"--start {start:g} --end {end:g}: need 0 < start < end")
@@ -82,8 +82,8 @@ def tune(
     """
     import torch
 
-    from behemoth.tune.space import check_values
-    from behemoth.tune.study import TrialRunner, open_study, run_trials, write_results
+    from behemoth.tuning.space import check_values
+    from behemoth.tuning.study import TrialRunner, open_study, run_trials, write_results
 
     config_arg, overrides = split_config_args(args or [])
     if resume is not None:

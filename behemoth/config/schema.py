@@ -9,10 +9,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from behemoth.data.pipeline_config import AugmentConfig, SamplingConfig, ShardsConfig
-from behemoth.compress.config import CompressConfig
-from behemoth.explain.config import ExplainConfig
-from behemoth.federate.config import FederateConfig
-from behemoth.tune.config import TuneConfig
+from behemoth.compression.config import CompressConfig
+from behemoth.explanations.config import ExplainConfig
+from behemoth.federated.config import FederateConfig
+from behemoth.tuning.config import TuneConfig
 
 PositiveInt = Field(ge=1)
 

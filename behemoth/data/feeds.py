@@ -16,9 +16,9 @@ from behemoth.data.sampling import build_sampler
 from behemoth.data.shards import ShardDataset, StreamedSplit
 from behemoth.distributed import DistEnv, shard
 from behemoth.errors import ConfigError
-from behemoth.train.batching import StepPlan
-from behemoth.train.feed import BatchTransform, Feed, MicroBatch, TensorFeed, step_generator
-from behemoth.train.loop import resolve_device
+from behemoth.training.batching import StepPlan
+from behemoth.training.feed import BatchTransform, Feed, MicroBatch, TensorFeed, step_generator
+from behemoth.training.loop import resolve_device
 
 
 class ShardFeed:

@@ -3,7 +3,7 @@
 Each sampler first *chooses* rows (random with or without replacement, systematic, stratified or
 class-balanced), then visits them in a fresh random order per epoch. The choice is drawn once from the
 seed (a fixed subset) or, with `resample`, afresh every epoch. Because nothing depends on state, a run
-resumed mid-epoch gets the same order back from (seed, epoch) alone (see behemoth.train.feed.Sampler).
+resumed mid-epoch gets the same order back from (seed, epoch) alone (see behemoth.training.feed.Sampler).
 """
 
 import zlib
@@ -68,7 +68,7 @@ def balanced_rows(labels: torch.Tensor, size: int, generator: torch.Generator) -
     return torch.multinomial(weights, size, replacement=True, generator=generator)
 
 
-# --- the Sampler (behemoth.train.feed.Sampler protocol) --------------------------------------------------
+# --- the Sampler (behemoth.training.feed.Sampler protocol) --------------------------------------------------
 
 @dataclass(frozen=True)
 class SubsetSampler:

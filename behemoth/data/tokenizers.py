@@ -63,7 +63,7 @@ class BPETokenizer:
         return self.tokenizer.to_str()
 
     def save(self, path: Path) -> None:
-        from behemoth.train.checkpoint import atomic_write_text
+        from behemoth.training.checkpoint import atomic_write_text
 
         atomic_write_text(path, self.to_json())
 

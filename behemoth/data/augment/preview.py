@@ -12,7 +12,7 @@ from behemoth.config import RunConfig
 from behemoth.data.augment.compose import Augment, channel_range
 from behemoth.data.bundle import DataBundle
 from behemoth.data.pipeline_config import AugmentConfig
-from behemoth.train.feed import step_generator
+from behemoth.training.feed import step_generator
 
 
 def describe_ops(cfg: AugmentConfig) -> str:

@@ -20,7 +20,7 @@ from behemoth.data.shards.format import (
     INDEX, SUFFIX, ShardIndex, ShardInfo, SplitInfo, compact_integers, pixels_if_exact, sha256,
 )
 from behemoth.errors import BehemothError
-from behemoth.train.checkpoint import atomic_write_text
+from behemoth.training.checkpoint import atomic_write_text
 
 CODECS = {"zstd": blosc2.Codec.ZSTD, "lz4": blosc2.Codec.LZ4, "lz4hc": blosc2.Codec.LZ4HC,
           "blosclz": blosc2.Codec.BLOSCLZ, "zlib": blosc2.Codec.ZLIB}

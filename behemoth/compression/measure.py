@@ -1,0 +1,87 @@
+"""What compression is judged by, measured rather than estimated: bytes on disk, parameters and nonzeros
+(int8 and packed weights included), test accuracy, and CPU latency at batch 1 and 256.
+
+Latencies of several models are measured interleaved (one round of every model, repeated) and reported
+as medians, so a noisy shared machine slows every model alike instead of whichever ran last.
+"""
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from behemoth.data.bundle import TensorSplit
+from behemoth.spec import DataSpec
+from behemoth.training.metrics import evaluate
+
+
+def file_bytes(path: str | Path) -> int:
+    """The size the artifact really takes: its bytes on disk."""
+    return Path(path).stat().st_size
+
+
+def weight_tensors(model: nn.Module) -> list[torch.Tensor]:
+    """Every parameter of `model` as a float tensor, int8 packed weights (torch.ao modules) included."""
+    tensors = [p.detach() for p in model.parameters()]
+    for module in model.modules():
+        weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
+        if callable(weight) and callable(bias) and hasattr(module, "_packed_params"):  # quantized Linear/Conv
+            tensors.append(weight().dequantize())
+            if bias() is not None:
+                tensors.append(bias().detach())
+    return tensors
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(t.numel() for t in weight_tensors(model))
+
+
+def count_nonzeros(model: nn.Module) -> int:
+    return sum(int((t != 0).sum()) for t in weight_tensors(model))
+
+
+def accuracy(model: nn.Module, split: TensorSplit, spec: DataSpec, batch_size: int = 1000) -> dict[str, float]:
+    """Test loss, accuracy, error and error count on `split` (fp32 or int8, on the CPU)."""
+    with torch.inference_mode():
+        result = evaluate(model, split, spec, batch_size, "fp32", torch.device("cpu"))
+    errors = round((1.0 - result["acc"]) * len(split))
+    return {"loss": result["loss"], "acc": result["acc"], "error": 1.0 - result["acc"], "errors": errors}
+
+
+def latencies(models: dict[str, nn.Module], example: torch.Tensor, batch_sizes: tuple[int, ...] = (1, 256),
+              repeats: int = 20, warmup: int = 3) -> dict[str, dict[int, float]]:
+    """Median forward time in milliseconds, {model: {batch: ms}}, measured interleaved on the CPU.
+
+    `example` holds at least max(batch_sizes) samples (repeated if fewer).
+    """
+    inputs = {}
+    for batch in batch_sizes:
+        reps = -(-batch // len(example))
+        inputs[batch] = example.repeat(reps, *[1] * (example.ndim - 1))[:batch].contiguous()
+    times: dict[str, dict[int, list[float]]] = {name: {b: [] for b in batch_sizes} for name in models}
+    for model in models.values():
+        model.eval()
+    with torch.inference_mode():
+        for round_index in range(warmup + repeats):
+            for name, model in models.items():
+                for batch, x in inputs.items():
+                    start = time.perf_counter()
+                    model(x)
+                    elapsed = time.perf_counter() - start
+                    if round_index >= warmup:
+                        times[name][batch].append(elapsed * 1000)
+    return {name: {b: statistics.median(v) for b, v in per.items()} for name, per in times.items()}
+
+
+def summary_row(step: str, model: nn.Module, path: Path, baseline_bytes: int, test: dict[str, float],
+                extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One line of the before/after table (latencies are filled in later, measured together)."""
+    size = file_bytes(path)
+    return {
+        "step": step, "file": str(path), "parameters": count_parameters(model), "nonzeros": count_nonzeros(model),
+        "bytes": size, "compression": baseline_bytes / size, "acc": test["acc"], "error": test["error"],
+        "errors": test["errors"], "loss": test["loss"], **(extra or {}),
+    }

@@ -1,0 +1,235 @@
+"""`compress_run`: a trained run -> structured pruning -> unstructured pruning -> quantization -> entropy
+coding, each step retrained through the training engine where it needs it, each step's model written as
+a .bhm and measured from that file (bytes on disk, test accuracy of the reloaded model, CPU latency).
+
+Output, in <run>/compressed/ (or beside compress.output):
+  model.bhm          the final artifact (load it with behemoth.load_packed)
+  steps/NN-step.bhm  the artifact after each step
+  compress.json      the table, per-layer sparsity and bits, the recipe; model.onnx with compress.onnx
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from behemoth.compression import kmeans, prune, quantize, structured
+from behemoth.compression.config import CompressConfig
+from behemoth.compression.distill import DistillationLoss, load_teacher
+from behemoth.compression.measure import accuracy, latencies, summary_row
+from behemoth.compression.pack import load_packed, save_packed
+from behemoth.files import atomic_write_bytes
+from behemoth.compression.rebuild import shapes_of, to_packed
+from behemoth.config import EarlyStopConfig, RunConfig
+from behemoth.data import DataBundle, load_data
+from behemoth.data.bundle import TensorSplit
+from behemoth.errors import BehemothError, ConfigError
+from behemoth.pipeline import load_trained_model, set_threads
+from behemoth.runs import read_spec, write_json
+from behemoth.training import BaseHook, ProgressHook, train
+from behemoth.training.checkpoint import save_weights
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class CompressResult:
+    rows: list[dict[str, Any]]  # the table: one row per step
+    layers: dict[str, dict[str, Any]]  # per-layer weights, zeros, sparsity, bits of the final model
+    artifact: Path
+    out_dir: Path
+    onnx: dict[str, Any] | None
+
+
+class KeepZeros(BaseHook):
+    """Re-zero pruned weights after every optimizer step (for training that swaps modules, e.g. QAT, where
+    torch.nn.utils.prune's masks cannot stay attached)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.masks = [(p, p.detach() != 0) for name, p in model.named_parameters()
+                      if name.endswith("weight") and p.ndim > 1 and bool((p == 0).any())]
+
+    def on_step_end(self, ctx: Any, metrics: dict[str, float]) -> None:
+        with torch.no_grad():
+            for param, mask in self.masks:
+                param.mul_(mask)
+
+
+def check_recipe(cc: CompressConfig) -> None:
+    if cc.prune > 0 and cc.schedule == "gradual" and cc.retrain_epochs == 0:
+        raise ConfigError("compress.schedule = 'gradual' prunes while retraining: needs compress.retrain_epochs >= 1"
+                          " (or compress.schedule = 'oneshot')")
+    if cc.quant == "qat" and cc.finetune_epochs == 0:
+        raise ConfigError("compress.quant = 'qat' trains with fake quantization: needs compress.finetune_epochs >= 1")
+    if cc.prune == 0 and cc.layer_sparsity:
+        raise ConfigError("compress.layer_sparsity is set but compress.prune = 0: set prune to turn pruning on")
+
+
+def retrain(model: nn.Module, data: DataBundle, cfg: RunConfig, epochs: int, hooks: list | None = None,
+            precision: str | None = None, show_progress: bool = False,
+            teacher: nn.Module | None = None, lr_scale: float | None = None) -> dict[str, float]:
+    """Train `model` further through the engine at the reduced learning rate (cosine to zero, no warmup);
+    with a `teacher`, the loss is the distillation loss (compress.temperature, compress.alpha)."""
+    cc = cfg.compress
+    lr_scale = cc.retrain_lr_scale if lr_scale is None else lr_scale
+    train_cfg = cfg.train.model_copy(update={
+        "epochs": epochs, "lr": cfg.train.lr * lr_scale, "warmup": 0, "max_steps": None,
+        "schedule": "cosine", "schedule_unit": "step", "min_lr": 0.0, "early_stop": EarlyStopConfig(),
+        "compile": False, "eval_every_steps": None, "precision": precision or cfg.train.precision,
+    })
+    loss_fn = DistillationLoss(teacher, cc.temperature, cc.alpha, train_cfg.precision) if teacher is not None else None
+    all_hooks = ([ProgressHook()] if show_progress else []) + list(hooks or [])
+    result = train(model, data, train_cfg, cfg.data.batch_size, cfg.data.eval_batch_size, None, all_hooks,
+                   loss_fn=loss_fn)
+    if result.diverged:
+        raise BehemothError(f"retraining diverged ({result.stop_reason}); lower compress.retrain_lr_scale")
+    model.eval()
+    return result.last_eval
+
+
+def calibration_batches(split: TensorSplit, samples: int, batch: int = 256) -> list[torch.Tensor]:
+    count = min(samples, len(split))
+    return [split.x[i:min(i + batch, count)] for i in range(0, count, batch)]
+
+
+class Recorder:
+    """Writes each step's .bhm, reloads it, and measures the reloaded model: one table row per step."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, test: TensorSplit, steps_dir: Path, say: Say) -> None:
+        self.cfg, self.test, self.steps_dir, self.say = cfg, test, steps_dir, say
+        self.spec, self.class_names, meta = read_spec(run_dir)
+        self.meta = {k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool, list))}
+        self.rows: list[dict[str, Any]] = []
+        self.models: dict[str, nn.Module] = {}
+        self.baseline_bytes = 0
+
+    def baseline(self, model: nn.Module, weights_file: Path) -> None:
+        self.baseline_bytes = weights_file.stat().st_size
+        self.rows.append(summary_row("baseline", model, weights_file, self.baseline_bytes,
+                                     accuracy(model, self.test, self.spec)))
+        self.models["baseline"] = model
+        self.say(f"baseline: {self.baseline_bytes:,} bytes, test accuracy {self.rows[0]['acc']:.4f}")
+
+    def step_path(self, step: str) -> Path:
+        return self.steps_dir / f"{len(self.rows):02d}-{step}.bhm"
+
+    def record(self, step: str, model: nn.Module, code: str = "none", path: Path | None = None,
+               codebooks: dict | None = None, float_model: nn.Module | None = None) -> None:
+        cc, path = self.cfg.compress, path or self.step_path(step)
+        packed = to_packed(model, self.cfg.model.name, self.cfg.model.options, self.spec,
+                           shapes=shapes_of(float_model if float_model is not None else model), codebooks=codebooks,
+                           engine_name=cc.engine, per_channel=cc.per_channel, class_names=self.class_names,
+                           meta=self.meta)
+        save_packed(path, packed, code)
+        reloaded = load_packed(path)  # every row is measured on what the file holds
+        self.rows.append(summary_row(step, reloaded, path, self.baseline_bytes,
+                                     accuracy(reloaded, self.test, self.spec), {"runtime": packed.runtime, "code": code}))
+        self.models[step] = reloaded
+        row = self.rows[-1]
+        self.say(f"{step}: {row['bytes']:,} bytes ({row['compression']:.1f}x), test accuracy {row['acc']:.4f}")
+
+
+def prune_with_retraining(model: nn.Module, data: DataBundle, cfg: RunConfig, teacher: nn.Module | None,
+                          show_progress: bool) -> None:
+    """Unstructured pruning to compress.prune: one-shot then retrain, or gradually while retraining."""
+    cc = cfg.compress
+    hooks = []
+    if cc.schedule == "oneshot":
+        prune.prune_magnitude(model, cc.prune, cc.scope, cc.layer_sparsity)
+    else:
+        steps_per_epoch = max(-(-len(data.train) // cfg.data.batch_size) // cfg.train.accumulate, 1)
+        every = cc.prune_every or prune.default_prune_every(steps_per_epoch)
+        end = int(cc.retrain_epochs * steps_per_epoch * cc.prune_end)
+        hooks.append(prune.GradualPruning(cc.prune, cc.scope, end, every, cc.layer_sparsity))
+    if cc.retrain_epochs:
+        retrain(model, data, cfg, cc.retrain_epochs, hooks, show_progress=show_progress, teacher=teacher)
+    prune.make_permanent(model)
+
+
+def quantize_model(model: nn.Module, data: DataBundle, cfg: RunConfig, teacher: nn.Module | None,
+                   example: torch.Tensor, show_progress: bool) -> tuple[nn.Module, dict | None]:
+    """compress.quant applied to `model`: (the model to pack, k-means codebooks or None)."""
+    cc = cfg.compress
+    if cc.kmeans_bits is not None:
+        kmeans.share_weights(model, cc.kmeans_bits, cc.conv_bits)
+        if cc.finetune_epochs:
+            retrain(model, data, cfg, cc.finetune_epochs, show_progress=show_progress, teacher=teacher,
+                    lr_scale=cc.centroid_lr_scale)
+        return model, kmeans.finalize_shared(model)
+    if cc.quant == "int8":
+        batches = calibration_batches(data.train, cc.calibration_samples)
+        return quantize.quantize_static(model, batches, cc.engine, cc.per_channel), None
+    if cc.quant == "dynamic":
+        return quantize.quantize_dynamic(model, cc.engine), None
+    prepared = quantize.prepare_qat(model, cc.engine, cc.per_channel)  # qat
+    retrain(prepared, data, cfg, cc.finetune_epochs, [KeepZeros(prepared)], precision="fp32",
+            show_progress=show_progress, teacher=teacher)
+    return quantize.convert_qat(prepared, cc.engine, example), None
+
+
+def compress_run(run_dir: Path, cfg: RunConfig, say: Say = lambda text: None, show_progress: bool = False,
+                 measure_latency: bool = True) -> CompressResult:
+    """Apply cfg.compress to the trained run in `run_dir`; write the artifacts; return the table."""
+    cc = cfg.compress
+    check_recipe(cc)
+    set_threads(cfg.train.threads)
+    data = load_data(cfg.data)
+    test = data.test if data.test is not None else data.val
+    if test is None:
+        raise BehemothError(f"{run_dir}: the dataset has no test or validation split to measure accuracy on")
+    artifact = Path(cc.output) if cc.output else run_dir / "compressed" / "model.bhm"
+    out_dir = artifact.parent
+    recorder = Recorder(cfg, run_dir, test, out_dir / "steps", say)
+    example = test.x[:2]
+
+    baseline = load_trained_model(run_dir, cfg)
+    weights_file = run_dir / "model.safetensors"
+    if not weights_file.is_file():  # trained weights only in a checkpoint: measure a fresh dense file
+        weights_file = out_dir / "steps" / "baseline.safetensors"
+        weights_file.parent.mkdir(parents=True, exist_ok=True)
+        save_weights(baseline, weights_file)
+    recorder.baseline(baseline, weights_file)
+    model = load_trained_model(run_dir, cfg)  # the copy that gets compressed
+    # compress.teacher: every retraining distils from that run (e.g. the uncompressed run itself)
+    teacher = load_teacher(cc.teacher) if cc.teacher else None
+
+    if cc.structured > 0:
+        changes = structured.prune_units(model, cc.structured, example)
+        say("structured: " + ", ".join(f"{k} {a}->{b}" for k, (a, b) in changes.items()))
+        if cc.retrain_epochs:
+            retrain(model, data, cfg, cc.retrain_epochs, show_progress=show_progress, teacher=teacher)
+        recorder.record("structured", model)
+    if cc.prune > 0:
+        prune_with_retraining(model, data, cfg, teacher, show_progress)
+        recorder.record("pruned", model)
+    layers = prune.sparsity_report(model)
+    final, books = model, None
+    if cc.quant != "none":
+        final, books = quantize_model(model, data, cfg, teacher, example, show_progress)
+        for name in layers:
+            layers[name]["bits"] = books[name].bits if books else 8
+        recorder.record("quantized", final, codebooks=books, float_model=model)
+    rows = recorder.rows
+    if cc.code != "none" or len(rows) == 1:
+        recorder.record("coded" if cc.code != "none" else "packed", final, cc.code, artifact, books, model)
+    else:  # nothing left to code: the artifact is the last step's file
+        atomic_write_bytes(artifact, Path(rows[-1]["file"]).read_bytes())
+        rows[-1]["file"] = str(artifact)
+
+    if measure_latency:
+        say("measuring latency (batch 1 and 256, interleaved) ...")
+        timing = latencies(recorder.models, test.x[:256], (1, 256), cc.latency_repeats)
+        for row in rows:
+            row["latency_ms_b1"], row["latency_ms_b256"] = timing[row["step"]][1], timing[row["step"]][256]
+    onnx = None
+    if cc.onnx:
+        from behemoth.compression.onnx_export import export_onnx, onnx_parity
+
+        final_model = recorder.models[rows[-1]["step"]]
+        path = export_onnx(final_model, example, out_dir / "model.onnx")
+        onnx = {"file": str(path), "bytes": path.stat().st_size, **onnx_parity(final_model, path, test.x[:256])}
+    write_json(out_dir / "compress.json", {"run": str(run_dir), "recipe": cc.model_dump(mode="json"), "rows": rows,
+                                           "layers": layers, "onnx": onnx})
+    return CompressResult(rows, layers, artifact, out_dir, onnx)
