@@ -1,8 +1,28 @@
-"""behemoth: make big neural models practical on limited resources."""
+"""behemoth: make big neural models practical on limited resources.
+
+The stage functions (`behemoth.train`, `evaluate`, `compress`, `explain`, `federate`, `tune`, `report`, ...)
+are loaded on first use, so `import behemoth` stays light (no torch until one is called).
+"""
 
 __version__ = "0.1.0"
 
-_LAZY = {"load_packed": "behemoth.compression.pack"}  # name -> module; imported on first use (torch stays unloaded)
+_API = (
+    "compress",
+    "distill",
+    "evaluate",
+    "explain",
+    "export",
+    "federate",
+    "generate",
+    "load_config",
+    "lr_find",
+    "plan",
+    "predict",
+    "report",
+    "train",
+    "tune",
+)
+_LAZY = {name: "behemoth.pipeline" for name in _API} | {"load_packed": "behemoth.compression.pack"}
 
 
 def __getattr__(name: str):
@@ -11,3 +31,7 @@ def __getattr__(name: str):
 
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'behemoth' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

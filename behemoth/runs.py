@@ -19,8 +19,8 @@ from typing import Any
 
 from behemoth.config import RunConfig, dump_config, load_config
 from behemoth.errors import RunDirError
+from behemoth.files import atomic_write_text
 from behemoth.spec import DataSpec
-from behemoth.training.checkpoint import atomic_write_text
 
 
 def run_path(cfg: RunConfig) -> Path:
@@ -31,7 +31,9 @@ def create_run_dir(path: Path, overwrite: bool) -> Path:
     """Make an empty run directory; an existing one is replaced only with overwrite."""
     if path.exists():
         if not overwrite:
-            raise RunDirError(f"run directory {path} exists: pass --overwrite, or pick another name (name=...)")
+            raise RunDirError(
+                f"run directory {path} exists: pass --overwrite, or pick another name (name=...)"
+            )
         if path.is_dir() and not (path / "config.toml").exists() and any(path.iterdir()):
             raise RunDirError(f"{path} is not a behemoth run (no config.toml): refusing to delete it")
         shutil.rmtree(path) if path.is_dir() else path.unlink()
@@ -55,7 +57,11 @@ def write_spec(path: Path, spec: DataSpec, class_names: list[str], meta: dict[st
 def read_spec(path: Path) -> tuple[DataSpec, list[str], dict[str, Any]]:
     raw = json.loads((path / "spec.json").read_text())
     spec = raw["spec"]
-    return DataSpec(spec["task"], tuple(spec["input_shape"]), spec["num_classes"]), raw["class_names"], raw["meta"]
+    return (
+        DataSpec(spec["task"], tuple(spec["input_shape"]), spec["num_classes"]),
+        raw["class_names"],
+        raw["meta"],
+    )
 
 
 def open_run(path: str | Path, overrides: list[str] | None = None) -> tuple[Path, RunConfig]:

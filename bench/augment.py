@@ -23,30 +23,44 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from behemoth.config import DataConfig  # noqa: E402
+from behemoth.config.data import AugmentConfig  # noqa: E402
 from behemoth.data import load_data  # noqa: E402
 from behemoth.data.augment import Augment  # noqa: E402
-from behemoth.data.pipeline_config import AugmentConfig  # noqa: E402
 
-GEOMETRY = dict(hflip={"p": 0.5}, rotate={"p": 1.0, "degrees": 15}, scale={"p": 1.0, "range": [0.9, 1.1]},
-                translate={"p": 1.0, "fraction": 0.1}, shear={"p": 1.0, "degrees": 10},
-                blur={"p": 0.5, "sigma": [0.1, 1.5], "kernel": 11})
-EXTRA = dict(brightness={"p": 0.5, "range": 0.2}, contrast={"p": 0.5, "range": [0.8, 1.2]},
-             erase={"p": 0.5, "area": [0.02, 0.25], "ratio": [0.3, 3.3]}, mixup={"p": 0.5, "alpha": 1.0},
-             cutmix={"p": 0.5, "alpha": 1.0})
+GEOMETRY = dict(
+    hflip={"p": 0.5},
+    rotate={"p": 1.0, "degrees": 15},
+    scale={"p": 1.0, "range": [0.9, 1.1]},
+    translate={"p": 1.0, "fraction": 0.1},
+    shear={"p": 1.0, "degrees": 10},
+    blur={"p": 0.5, "sigma": [0.1, 1.5], "kernel": 11},
+)
+EXTRA = dict(
+    brightness={"p": 0.5, "range": 0.2},
+    contrast={"p": 0.5, "range": [0.8, 1.2]},
+    erase={"p": 0.5, "area": [0.02, 0.25], "ratio": [0.3, 3.3]},
+    mixup={"p": 0.5, "alpha": 1.0},
+    cutmix={"p": 0.5, "alpha": 1.0},
+)
 
 
 def kornia_pipeline(ops: str):
     import kornia.augmentation as K
 
-    geometry = [K.RandomHorizontalFlip(p=0.5),
-                K.RandomAffine(degrees=15, translate=(0.1, 0.1), scale=(0.9, 1.1), shear=(-10, 10, -10, 10), p=1.0),
-                K.RandomGaussianBlur((11, 11), sigma=(0.1, 1.5), p=0.5)]
+    geometry = [
+        K.RandomHorizontalFlip(p=0.5),
+        K.RandomAffine(degrees=15, translate=(0.1, 0.1), scale=(0.9, 1.1), shear=(-10, 10, -10, 10), p=1.0),
+        K.RandomGaussianBlur((11, 11), sigma=(0.1, 1.5), p=0.5),
+    ]
     if ops == "geometry":
         sequence = torch.nn.Sequential(*geometry)
         return lambda x, y: (sequence(x), y)
-    photometric = torch.nn.Sequential(*geometry, K.RandomBrightness((0.8, 1.2), p=0.5),
-                                      K.RandomContrast((0.8, 1.2), p=0.5),
-                                      K.RandomErasing(scale=(0.02, 0.25), ratio=(0.3, 3.3), p=0.5))
+    photometric = torch.nn.Sequential(
+        *geometry,
+        K.RandomBrightness((0.8, 1.2), p=0.5),
+        K.RandomContrast((0.8, 1.2), p=0.5),
+        K.RandomErasing(scale=(0.02, 0.25), ratio=(0.3, 3.3), p=0.5),
+    )
     mix = K.RandomMixUpV2(p=0.5, data_keys=["input", "class"])
     cut = K.RandomCutMixV2(p=0.5, data_keys=["input", "class"])
 
@@ -59,10 +73,14 @@ def kornia_pipeline(ops: str):
 
 def per_sample_loop(augment: Augment):
     """What a Dataset.__getitem__ transform does: one image at a time, its own random parameters."""
+
     def run(x, y, generator):
-        out = [augment.apply(x[i:i + 1], y[i:i + 1], augment.draw(1, tuple(x.shape[1:]), generator))[0]
-               for i in range(len(x))]
+        out = [
+            augment.apply(x[i : i + 1], y[i : i + 1], augment.draw(1, tuple(x.shape[1:]), generator))[0]
+            for i in range(len(x))
+        ]
         return torch.cat(out), y
+
     return run
 
 
@@ -75,7 +93,9 @@ def timed(fn, batches) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--ops", choices=["geometry", "all"], default="geometry")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--batches", type=int, default=10, help="batches per implementation per round")
@@ -106,15 +126,19 @@ def main() -> None:
         for name, fn in runners.items():
             speeds[name].append(timed(fn, batches[:1] if name == "per-sample loop" else batches))
     medians = {name: statistics.median(values) for name, values in speeds.items()}
-    print(f"ops: {args.ops} ({', '.join(ops)}); batch {args.batch} of 1x28x28 MNIST; "
-          f"{torch.get_num_threads()} torch threads; {args.rounds} interleaved rounds, medians")
+    print(
+        f"ops: {args.ops} ({', '.join(ops)}); batch {args.batch} of 1x28x28 MNIST; "
+        f"{torch.get_num_threads()} torch threads; {args.rounds} interleaved rounds, medians"
+    )
     for name, value in medians.items():
         spread = f"{min(speeds[name]):,.0f}-{max(speeds[name]):,.0f}"
         print(f"  {name:16s} {value:>10,.0f} images/s   (rounds: {spread})")
     print(f"behemoth / kornia          = {medians['behemoth'] / medians['kornia']:.2f}x  (target >= 3)")
     print(f"behemoth / per-sample loop = {medians['behemoth'] / medians['per-sample loop']:.1f}x")
-    print(f"reproduce: .venv/bin/python bench/augment.py --ops {args.ops} --batch {args.batch} --rounds {args.rounds}"
-          + (f" --threads {args.threads}" if args.threads else ""))
+    print(
+        f"reproduce: .venv/bin/python bench/augment.py --ops {args.ops} --batch {args.batch} --rounds {args.rounds}"
+        + (f" --threads {args.threads}" if args.threads else "")
+    )
 
 
 if __name__ == "__main__":

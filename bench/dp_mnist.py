@@ -66,15 +66,24 @@ def row_config(name: str, clients: int, epochs: int | None, runs_dir: Path, seed
     dp = {"mode": "client", "clip_norm": clip, "delta": 1e-5}
     dp.update({"target_epsilon": eps} if epochs is not None else {"noise_multiplier": sigma})
     return {
-        "name": f"dp-mnist-{name}-k{clients}", "runs_dir": str(runs_dir),
+        "name": f"dp-mnist-{name}-k{clients}",
+        "runs_dir": str(runs_dir),
         "data": {"name": "mnist", "val_fraction": 0.0, "eval_batch_size": 2000},
         "model": {"name": "dp_mnist:sample_convnet"},
         "train": {"optimizer": "sgd", "lr": lr, "momentum": 0.0, "precision": "fp32", "seed": seed},
         "federate": {
-            "clients": clients, "fraction": 1.0, "min_clients": clients, "local_epochs": 1,
-            "local_batch": round(SAMPLE_RATE * rows_per_client), "rounds": epochs or paper_epochs,
-            "strategy": "fedavg", "partition": "iid", "seed": seed, "dp": dp,
-            "client_cpus": float(threads), "client_threads": threads,
+            "clients": clients,
+            "fraction": 1.0,
+            "min_clients": clients,
+            "local_epochs": 1,
+            "local_batch": round(SAMPLE_RATE * rows_per_client),
+            "rounds": epochs or paper_epochs,
+            "strategy": "fedavg",
+            "partition": "iid",
+            "seed": seed,
+            "dp": dp,
+            "client_cpus": float(threads),
+            "client_threads": threads,
         },
     }
 
@@ -92,33 +101,48 @@ def run_row(raw: dict) -> dict:
     started = time.perf_counter()
     run_simulated(cfg, run_dir, resume=False)
     rounds = [r for r in read_records(run_dir / "metrics.jsonl") if r["kind"] == "round"]
-    return {"run": str(run_dir), "rounds": rounds[-1]["round"], "acc": rounds[-1]["test.acc"],
-            "epsilon": rounds[-1]["epsilon"], "noise_multiplier": rounds[-1]["noise_multiplier"],
-            "seconds": time.perf_counter() - started}
+    return {
+        "run": str(run_dir),
+        "rounds": rounds[-1]["round"],
+        "acc": rounds[-1]["test.acc"],
+        "epsilon": rounds[-1]["epsilon"],
+        "noise_multiplier": rounds[-1]["noise_multiplier"],
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated rows: {', '.join(ROWS)}")
     parser.add_argument("--clients", type=int, default=1, help="silos (each holds 60000/K images)")
-    parser.add_argument("--epochs", type=int, default=None, help="rounds per row (default: the example's epochs)")
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="rounds per row (default: the example's epochs)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs-dir", default=str(Path(tempfile.gettempdir()) / "behemoth-bench-dp"))
     parser.add_argument("--out", default=None, help="also write the results as JSON here")
     args = parser.parse_args()
-    sys.path.insert(0, str(Path(__file__).resolve().parent))  # the model factory's module, for Ray's workers too
+    sys.path.insert(
+        0, str(Path(__file__).resolve().parent)
+    )  # the model factory's module, for Ray's workers too
     results = {}
     for name in args.rows.split(","):
         results[name] = run_row(row_config(name, args.clients, args.epochs, Path(args.runs_dir), args.seed))
         print(f"{name}: {json.dumps(results[name])}", file=sys.stderr, flush=True)
     command = " ".join(["python"] + sys.argv)
-    print(f"\nDP-SGD federated MNIST, {args.clients} client(s), sample rate {SAMPLE_RATE}, delta 1e-5   ({command})")
-    print(f"{'row':8} {'epochs':>6} {'sigma':>6} {'eps (ours)':>10} {'acc (ours)':>10} {'eps (Opacus)':>12} "
-          f"{'acc (Opacus)':>12} {'minutes':>8}")
+    print(
+        f"\nDP-SGD federated MNIST, {args.clients} client(s), sample rate {SAMPLE_RATE}, delta 1e-5   ({command})"
+    )
+    print(
+        f"{'row':8} {'epochs':>6} {'sigma':>6} {'eps (ours)':>10} {'acc (ours)':>10} {'eps (Opacus)':>12} "
+        f"{'acc (Opacus)':>12} {'minutes':>8}"
+    )
     for name, res in results.items():
         eps, epochs, _, _, _, acc = ROWS[name]
-        print(f"{name:8} {res['rounds']:6d} {res['noise_multiplier']:6.3f} {res['epsilon']:10.2f} {res['acc']:10.2%} "
-              f"{eps:12.2f} {acc:12.2%} {res['seconds'] / 60:8.1f}")
+        print(
+            f"{name:8} {res['rounds']:6d} {res['noise_multiplier']:6.3f} {res['epsilon']:10.2f} {res['acc']:10.2%} "
+            f"{eps:12.2f} {acc:12.2%} {res['seconds'] / 60:8.1f}"
+        )
     if args.out:
         Path(args.out).write_text(json.dumps({"command": command, "results": results}, indent=2))
 

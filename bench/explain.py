@@ -16,13 +16,14 @@ import time
 
 import torch
 
-from behemoth.cli.app import resolve_config
 from behemoth.config import load_config
 from behemoth.data import load_data
 from behemoth.explanations.fidelity import completeness_error, ig_until_complete
 from behemoth.explanations.methods import default_baselines, explained
-from behemoth.pipeline import load_trained_model, run_training
+from behemoth.pipeline import run_training
+from behemoth.pipeline.config import resolve_config
 from behemoth.runs import read_spec, run_path
+from behemoth.training.assembly import load_trained_model
 
 TOL = 0.01
 
@@ -42,8 +43,14 @@ def captum_defaults(model, x, baselines, target, n_steps: int, per_sample: bool)
     ig = IntegratedGradients(model)
     if not per_sample:
         return ig.attribute(x, baselines, target=target, n_steps=n_steps).detach()
-    return torch.cat([ig.attribute(x[i:i + 1], baselines[i:i + 1], target=target[i:i + 1], n_steps=n_steps).detach()
-                      for i in range(len(x))])
+    return torch.cat(
+        [
+            ig.attribute(
+                x[i : i + 1], baselines[i : i + 1], target=target[i : i + 1], n_steps=n_steps
+            ).detach()
+            for i in range(len(x))
+        ]
+    )
 
 
 def main() -> None:
@@ -55,8 +62,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:  # a LeNet-5 trained for one short epoch: seconds
-        cfg = load_config(resolve_config("lenet5"), [f"runs_dir={tmp!r}", "data.train_limit=2000", "train.epochs=1",
-                                                     "data.test_limit=200"])
+        cfg = load_config(
+            resolve_config("lenet5"),
+            [f"runs_dir={tmp!r}", "data.train_limit=2000", "train.epochs=1", "data.test_limit=200"],
+        )
         run_training(cfg, progress=False)
         run_dir = run_path(cfg)
         model = load_trained_model(run_dir, cfg)
@@ -76,19 +85,28 @@ def main() -> None:
             if errors.max() < TOL or steps >= 3200:
                 break
             steps *= 2
-        seconds, attr = best_time(lambda: captum_defaults(model, x, baselines, target, steps, per_sample), args.repeats)
+        seconds, attr = best_time(
+            lambda: captum_defaults(model, x, baselines, target, steps, per_sample), args.repeats
+        )
         errors = completeness_error(tm, attr, x, baselines, target)
         rows[name] = (seconds, errors, f"n_steps={steps} for all")
     seconds, (attr, used, errors) = best_time(
-        lambda: ig_until_complete(tm, x, target, baselines, n_steps=32, max_steps=512, tol=TOL,
-                                  internal_batch_size=512), args.repeats)
+        lambda: ig_until_complete(
+            tm, x, target, baselines, n_steps=32, max_steps=512, tol=TOL, internal_batch_size=512
+        ),
+        args.repeats,
+    )
     rows["behemoth batched + auto steps"] = (seconds, errors, f"n_steps {int(used.min())}-{int(used.max())}")
 
-    print(f"IG on LeNet-5 / MNIST, {args.samples} test images, {args.threads} thread(s), best of {args.repeats}, "
-          f"completeness tolerance {TOL:.0%}")
+    print(
+        f"IG on LeNet-5 / MNIST, {args.samples} test images, {args.threads} thread(s), best of {args.repeats}, "
+        f"completeness tolerance {TOL:.0%}"
+    )
     print(f"{'setting':32s} {'attr/s':>9s} {'median err':>11s} {'max err':>9s}  budget")
     for name, (seconds, errors, note) in rows.items():
-        print(f"{name:32s} {args.samples / seconds:9.1f} {float(errors.median()):11.3%} {float(errors.max()):9.3%}  {note}")
+        print(
+            f"{name:32s} {args.samples / seconds:9.1f} {float(errors.median()):11.3%} {float(errors.max()):9.3%}  {note}"
+        )
     ours = rows["behemoth batched + auto steps"][0]
     for name in ("captum defaults, per sample", "captum defaults, one batch"):
         print(f"ratio behemoth / {name}: {rows[name][0] / ours:.2f}x attributions per second")

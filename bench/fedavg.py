@@ -22,7 +22,12 @@ import tempfile
 import time
 from pathlib import Path
 
-CNN = {"name": "cnn", "channels": [32, 64], "hidden": 512, "norm": "none"}  # the paper's CNN, 1,663,370 weights
+CNN = {
+    "name": "cnn",
+    "channels": [32, 64],
+    "hidden": 512,
+    "norm": "none",
+}  # the paper's CNN, 1,663,370 weights
 TWO_NN = {"name": "mlp", "preset": "784-200-200-10"}  # the paper's 2NN
 ROWS = {  # name: (model, E, B (0 = inf), lr, target, paper rounds IID, paper rounds non-IID)
     "cnn-fedavg": (CNN, 5, 10, 0.07, 0.99, 20, 229),
@@ -37,16 +42,31 @@ def row_config(row: str, partition: str, seed: int, args: argparse.Namespace) ->
     lr = args.lr or lr
     cnn = model is CNN
     return {
-        "name": f"fedavg-{row}-{partition}-seed{seed}", "runs_dir": args.runs_dir,
+        "name": f"fedavg-{row}-{partition}-seed{seed}",
+        "runs_dir": args.runs_dir,
         "data": {"name": "mnist", "val_fraction": 0.0, "eval_batch_size": 2000},
         "model": dict(model),
-        "train": {"optimizer": "sgd", "lr": lr, "momentum": 0.0, "seed": seed,
-                  "precision": args.precision if cnn else "fp32", "channels_last": cnn},
+        "train": {
+            "optimizer": "sgd",
+            "lr": lr,
+            "momentum": 0.0,
+            "seed": seed,
+            "precision": args.precision if cnn else "fp32",
+            "channels_last": cnn,
+        },
         "federate": {
-            "clients": args.clients, "fraction": args.fraction, "local_epochs": epochs, "local_batch": batch,
-            "rounds": args.max_rounds or 3 * ROWS[row][5 if partition == "iid" else 6], "strategy": "fedavg",
-            "partition": partition, "shards_per_client": 2, "target_accuracy": target, "seed": seed,
-            "client_cpus": 1.0, "client_threads": 1,
+            "clients": args.clients,
+            "fraction": args.fraction,
+            "local_epochs": epochs,
+            "local_batch": batch,
+            "rounds": args.max_rounds or 3 * ROWS[row][5 if partition == "iid" else 6],
+            "strategy": "fedavg",
+            "partition": partition,
+            "shards_per_client": 2,
+            "target_accuracy": target,
+            "seed": seed,
+            "client_cpus": 1.0,
+            "client_threads": 1,
         },
     }
 
@@ -66,25 +86,39 @@ def run_row(raw: dict) -> dict:
     rounds = [r for r in read_records(run_dir / "metrics.jsonl") if r["kind"] == "round"]
     target = cfg.federate.target_accuracy
     reached = next((r["round"] for r in rounds if r["test.acc"] >= target), None)
-    return {"run": str(run_dir), "rounds_run": rounds[-1]["round"], "rounds_to_target": reached,
-            "best_acc": max(r["test.acc"] for r in rounds), "final_acc": rounds[-1]["test.acc"],
-            "seconds": time.perf_counter() - started,
-            "median_round_seconds": sorted(r["seconds"] for r in rounds[1:])[len(rounds[1:]) // 2]}
+    return {
+        "run": str(run_dir),
+        "rounds_run": rounds[-1]["round"],
+        "rounds_to_target": reached,
+        "best_acc": max(r["test.acc"] for r in rounds),
+        "final_acc": rounds[-1]["test.acc"],
+        "seconds": time.perf_counter() - started,
+        "median_round_seconds": sorted(r["seconds"] for r in rounds[1:])[len(rounds[1:]) // 2],
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     every = ",".join(f"{row}:{part}" for row in ROWS for part in PARTITIONS)
     parser.add_argument("--rows", default=every, help=f"comma-separated ROW:PARTITION (default: {every})")
-    parser.add_argument("--max-rounds", type=int, default=None, help="cap per row (default: 3x the paper's rounds)")
+    parser.add_argument(
+        "--max-rounds", type=int, default=None, help="cap per row (default: 3x the paper's rounds)"
+    )
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--fraction", type=float, default=0.1)
     parser.add_argument("--precision", default="bf16", help="CNN client steps: bf16 (fast on CPU) or fp32")
-    parser.add_argument("--lr", type=float, default=None, help="client learning rate for every row (default: the row's;"
-                        " the paper picked each row's best from a grid)")
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="client learning rate for every row (default: the row's;"
+        " the paper picked each row's best from a grid)",
+    )
     parser.add_argument("--seeds", default="0", help="comma-separated seeds; each row runs once per seed")
     parser.add_argument("--runs-dir", default=str(Path(tempfile.gettempdir()) / "behemoth-bench-fedavg"))
-    parser.add_argument("--out", default=None, help="also write the results as JSON here (updated after each row)")
+    parser.add_argument(
+        "--out", default=None, help="also write the results as JSON here (updated after each row)"
+    )
     args = parser.parse_args()
     command = " ".join(["python"] + sys.argv)
     seeds = [int(seed) for seed in args.seeds.split(",")]
@@ -96,9 +130,13 @@ def main() -> None:
             print(f"{item} seed {seed}: {json.dumps(results[item][seed])}", file=sys.stderr, flush=True)
             if args.out:
                 Path(args.out).write_text(json.dumps({"command": command, "results": results}, indent=2))
-    print(f"\nFedAvg on MNIST, {args.clients} clients, C = {args.fraction}, {os.cpu_count()} cores   ({command})")
-    print(f"{'row':12} {'data':8} {'E':>2} {'B':>4} {'lr':>5} {'target':>6} {'rounds (ours)':>14} "
-          f"{'rounds (paper)':>14} {'best acc':>9} {'s/round':>8}")
+    print(
+        f"\nFedAvg on MNIST, {args.clients} clients, C = {args.fraction}, {os.cpu_count()} cores   ({command})"
+    )
+    print(
+        f"{'row':12} {'data':8} {'E':>2} {'B':>4} {'lr':>5} {'target':>6} {'rounds (ours)':>14} "
+        f"{'rounds (paper)':>14} {'best acc':>9} {'s/round':>8}"
+    )
     for item, by_seed in results.items():
         row, partition = item.split(":")
         _, epochs, batch, lr, target, paper_iid, paper_non = ROWS[row]
@@ -106,15 +144,20 @@ def main() -> None:
         paper = paper_iid if partition == "iid" else paper_non
         best = max(res["best_acc"] for res in by_seed.values())
         seconds = statistics.median(res["median_round_seconds"] for res in by_seed.values())
-        print(f"{row:12} {PARTITIONS[partition]:8} {epochs:2d} {batch or 'inf':>4} {lr:5.2f} {target:6.2%} "
-              f"{rounds_text(by_seed.values()):>14} {paper:>14} {best:9.4f} {seconds:8.1f}")
+        print(
+            f"{row:12} {PARTITIONS[partition]:8} {epochs:2d} {batch or 'inf':>4} {lr:5.2f} {target:6.2%} "
+            f"{rounds_text(by_seed.values()):>14} {paper:>14} {best:9.4f} {seconds:8.1f}"
+        )
 
 
 def rounds_text(results) -> str:
     """Median rounds to target over the seeds (a seed that never reached the target counts as more than it
     ran), followed by each seed's count when there are several."""
     counts = [res["rounds_to_target"] or float("inf") for res in results]
-    each = [str(res["rounds_to_target"]) if res["rounds_to_target"] else f">{res['rounds_run']}" for res in results]
+    each = [
+        str(res["rounds_to_target"]) if res["rounds_to_target"] else f">{res['rounds_run']}"
+        for res in results
+    ]
     median = statistics.median(counts)
     text = f"{median:g}" if median != float("inf") else f"> {max(res['rounds_run'] for res in results)}"
     return text if len(each) == 1 else f"{text} ({', '.join(each)})"

@@ -37,7 +37,7 @@ def hand_written(model, x_all, y_all, steps: int, batch: int, precision: str) ->
     model.train()
     start = time.perf_counter()
     for step in range(steps):
-        idx = order[step * batch:(step + 1) * batch]
+        idx = order[step * batch : (step + 1) * batch]
         x = x_all[idx].contiguous(memory_format=torch.channels_last)
         y = y_all[idx]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
@@ -51,8 +51,16 @@ def hand_written(model, x_all, y_all, steps: int, batch: int, precision: str) ->
 
 
 def behemoth_loop(model, data, steps: int, batch: int, precision: str) -> float:
-    cfg = TrainConfig(epochs=1, max_steps=steps, optimizer="sgd", lr=0.05, momentum=0.9, precision=precision,
-                      channels_last=True, log_every=10**9)
+    cfg = TrainConfig(
+        epochs=1,
+        max_steps=steps,
+        optimizer="sgd",
+        lr=0.05,
+        momentum=0.9,
+        precision=precision,
+        channels_last=True,
+        log_every=10**9,
+    )
     result = train(model, data, cfg, batch_size=batch)
     return result.seconds
 
@@ -71,7 +79,9 @@ def main() -> None:
     behemoth_loop(fresh_model(data.spec), data, 20, args.batch, args.precision)
     hand, ours = [], []
     for repeat in range(args.repeats):
-        hand.append(hand_written(fresh_model(data.spec), x_all, y_all, args.steps, args.batch, args.precision))
+        hand.append(
+            hand_written(fresh_model(data.spec), x_all, y_all, args.steps, args.batch, args.precision)
+        )
         ours.append(behemoth_loop(fresh_model(data.spec), data, args.steps, args.batch, args.precision))
         print(f"repeat {repeat + 1}: hand-written {hand[-1]:.3f}s  behemoth {ours[-1]:.3f}s", flush=True)
     ratio = statistics.median(ours) / statistics.median(hand)

@@ -52,9 +52,17 @@ SETTINGS: dict[str, dict] = {
     "bf16 params": {"param_dtype": "bf16"},
     "adamw8bit": {"optimizer": "adamw8bit"},
     "release freed": {"release_freed_memory": True},  # glibc keeps freed temporaries resident otherwise
-    "best, glibc default": {"param_dtype": "bf16", "optimizer": "adamw8bit", "activation_checkpointing": True},
-    "best": {"param_dtype": "bf16", "optimizer": "adamw8bit", "activation_checkpointing": True,
-             "release_freed_memory": True},
+    "best, glibc default": {
+        "param_dtype": "bf16",
+        "optimizer": "adamw8bit",
+        "activation_checkpointing": True,
+    },
+    "best": {
+        "param_dtype": "bf16",
+        "optimizer": "adamw8bit",
+        "activation_checkpointing": True,
+        "release_freed_memory": True,
+    },
 }
 SIZE_SETTINGS = ("plain", "best, glibc default", "best")
 ZERO_MODEL_STATE = {"plain": 16.0, "best": 2 + 2 + 2 + 8 / 256}  # bytes/param: 2 moments x (1 + 4/256 scale)
@@ -66,7 +74,9 @@ def gpt_shape(k: int) -> dict:
 
 def gpt_params(k: int) -> int:
     c = 64 * k
-    return k * (12 * c * c + 13 * c) + 256 * c + SEQ * c + 2 * c  # blocks (with biases, LNs), embeddings, ln_f
+    return (
+        k * (12 * c * c + 13 * c) + 256 * c + SEQ * c + 2 * c
+    )  # blocks (with biases, LNs), embeddings, ln_f
 
 
 def memory_status() -> dict[str, int]:
@@ -102,9 +112,20 @@ def child(setting: str, k: int, threads: int) -> dict:
     if options.get("release_freed_memory"):
         return_freed_memory()  # what behemoth.pipeline.prepare does for train.release_freed_memory = true
     accumulate = options.get("accumulate", 1)
-    cfg = TrainConfig(**{"epochs": 1, "max_steps": 2, "optimizer": "adamw", "lr": 1e-4, "weight_decay": 0.1,
-                         "log_every": 10**9, **options})
-    data = load_data(DataConfig(name="kjv", block_size=SEQ, val_fraction=0.0, train_limit=2 * BATCH, test_limit=1))
+    cfg = TrainConfig(
+        **{
+            "epochs": 1,
+            "max_steps": 2,
+            "optimizer": "adamw",
+            "lr": 1e-4,
+            "weight_decay": 0.1,
+            "log_every": 10**9,
+            **options,
+        }
+    )
+    data = load_data(
+        DataConfig(name="kjv", block_size=SEQ, val_fraction=0.0, train_limit=2 * BATCH, test_limit=1)
+    )
 
     def build(size: int):
         torch.manual_seed(0)
@@ -123,7 +144,9 @@ def child(setting: str, k: int, threads: int) -> dict:
             model = ctx.model
             self.state = {
                 "params": sum(p.numel() * p.element_size() for p in model.parameters()),
-                "grads": sum(p.grad.numel() * p.grad.element_size() for p in model.parameters() if p.grad is not None),
+                "grads": sum(
+                    p.grad.numel() * p.grad.element_size() for p in model.parameters() if p.grad is not None
+                ),
                 "optimizer": optimizer_state_bytes(ctx.optimizer),
             }
             reset_peak()
@@ -142,9 +165,17 @@ def child(setting: str, k: int, threads: int) -> dict:
     probe = Probe()
     train(model, data, cfg, BATCH // accumulate, hooks=[probe])
     params = sum(p.numel() for p in model.parameters())
-    return {"setting": setting, "k": k, "params": params, "baseline": baseline, "peak_step1": probe.peaks[0],
-            "peak_step2": probe.peaks[1], "model_state": probe.state, "build_seconds": build_seconds,
-            "step_seconds": probe.times}
+    return {
+        "setting": setting,
+        "k": k,
+        "params": params,
+        "baseline": baseline,
+        "peak_step1": probe.peaks[0],
+        "peak_step2": probe.peaks[1],
+        "model_state": probe.state,
+        "build_seconds": build_seconds,
+        "step_seconds": probe.times,
+    }
 
 
 # the parent: runs children, prints tables
@@ -155,7 +186,12 @@ def measure(setting: str, k: int, threads: int) -> dict:
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["(no output)"]
-        return {"setting": setting, "k": k, "params": gpt_params(k), "failed": f"exit {done.returncode}: {tail[0]}"}
+        return {
+            "setting": setting,
+            "k": k,
+            "params": gpt_params(k),
+            "failed": f"exit {done.returncode}: {tail[0]}",
+        }
     result = json.loads(done.stdout.strip().splitlines()[-1])
     result["bytes_per_param"] = (result["peak_step2"] - result["baseline"]) / result["params"]
     result["state_per_param"] = sum(result["model_state"].values()) / result["params"]
@@ -168,8 +204,10 @@ def gib(n: float) -> str:
 
 
 def size_table(results: dict[tuple[str, int], dict], sizes: list[int]) -> None:
-    print("\nPeak training memory per parameter (steady state: step 2; RSS above the process baseline; "
-          "state = parameters + gradients + optimizer state, counted from the tensors)")
+    print(
+        "\nPeak training memory per parameter (steady state: step 2; RSS above the process baseline; "
+        "state = parameters + gradients + optimizer state, counted from the tensors)"
+    )
     head = f"{'k':>3} {'layers x width':>15} {'params':>8}"
     for setting in SIZE_SETTINGS:
         head += f" | {setting[:20]:>20} {'GiB':>5} {'state':>5}"
@@ -178,19 +216,26 @@ def size_table(results: dict[tuple[str, int], dict], sizes: list[int]) -> None:
         row = f"{k:>3} {f'{k} x {64 * k}':>15} {gpt_params(k) / 1e6:>7.1f}M"
         for setting in SIZE_SETTINGS:
             r = results[(setting, k)]
-            row += (f" | {'failed':>20} {'':>5} {'':>5}" if "failed" in r else
-                    f" | {r['bytes_per_param']:>14.2f} B/par {gib(r['peak_step2'] - r['baseline']):>5} "
-                    f"{r['state_per_param']:>5.2f}")
+            row += (
+                f" | {'failed':>20} {'':>5} {'':>5}"
+                if "failed" in r
+                else f" | {r['bytes_per_param']:>14.2f} B/par {gib(r['peak_step2'] - r['baseline']):>5} "
+                f"{r['state_per_param']:>5.2f}"
+            )
         plain, best = results[("plain", k)], results[("best", k)]
         if "failed" not in plain and "failed" not in best:
             row += f" | {plain['bytes_per_param'] / best['bytes_per_param']:>9.2f}x"
         print(row)
-    print(f"ZeRO's accounting of model state: plain fp32 Adam {ZERO_MODEL_STATE['plain']:.0f} B/param "
-          f"(as mixed-precision Adam); bf16 + 8-bit AdamW {ZERO_MODEL_STATE['best']:.2f}. Target for best: <= 8.")
+    print(
+        f"ZeRO's accounting of model state: plain fp32 Adam {ZERO_MODEL_STATE['plain']:.0f} B/param "
+        f"(as mixed-precision Adam); bf16 + 8-bit AdamW {ZERO_MODEL_STATE['best']:.2f}. Target for best: <= 8."
+    )
 
 
 def saver_table(results: dict[tuple[str, int], dict], k: int) -> None:
-    print(f"\nEach saver alone (k = {k}, {gpt_params(k) / 1e6:.1f}M parameters, {BATCH} x {SEQ} tokens per step)")
+    print(
+        f"\nEach saver alone (k = {k}, {gpt_params(k) / 1e6:.1f}M parameters, {BATCH} x {SEQ} tokens per step)"
+    )
     print(f"{'setting':>20} {'B/param':>8} {'state':>6} {'vs plain':>9} {'step 2 s':>9}")
     plain = results[("plain", k)]
     for setting in SETTINGS:
@@ -200,8 +245,10 @@ def saver_table(results: dict[tuple[str, int], dict], k: int) -> None:
         if "failed" in r:
             print(f"{setting:>20} failed: {r['failed']}")
             continue
-        print(f"{setting:>20} {r['bytes_per_param']:>8.2f} {r['state_per_param']:>6.2f} "
-              f"{r['bytes_per_param'] / plain['bytes_per_param']:>8.2f}x {r['step_seconds'][1]:>9.2f}")
+        print(
+            f"{setting:>20} {r['bytes_per_param']:>8.2f} {r['state_per_param']:>6.2f} "
+            f"{r['bytes_per_param'] / plain['bytes_per_param']:>8.2f}x {r['step_seconds'][1]:>9.2f}"
+        )
 
 
 def predicted_peak(points: list[dict], k: int) -> float:
@@ -224,12 +271,16 @@ def search(setting: str, points: list[dict], cap: float, limit: float, threads: 
         mid = (lo + hi) // 2
         guard = min(cap, limit, mem_available() - 2 * GIB)
         if predicted_peak(ok, mid) > guard:
-            probes.append(f"k={mid}: predicted {gib(predicted_peak(ok, mid))} GiB > {gib(guard)} GiB: not run")
+            probes.append(
+                f"k={mid}: predicted {gib(predicted_peak(ok, mid))} GiB > {gib(guard)} GiB: not run"
+            )
             hi = mid
             continue
         r = measure(setting, mid, threads)
         fits = "failed" not in r and r["peak"] <= min(cap, limit)
-        probes.append(f"k={mid}: " + (r.get("failed") or f"peak {gib(r['peak'])} GiB") + (" fits" if fits else ""))
+        probes.append(
+            f"k={mid}: " + (r.get("failed") or f"peak {gib(r['peak'])} GiB") + (" fits" if fits else "")
+        )
         print(f"  search {setting}: {probes[-1]}", flush=True)
         if fits:
             ok.append(r)
@@ -240,13 +291,22 @@ def search(setting: str, points: list[dict], cap: float, limit: float, threads: 
     slope = (best["peak"] - best["baseline"]) / best["params"]
     at_limit = (limit - best["baseline"]) / slope
     k_at_limit = max(k for k in range(1, 200) if gpt_params(k) <= at_limit)
-    return {"setting": setting, "measured": best, "probes": probes, "slope": slope, "params_at_limit": at_limit,
-            "k_at_limit": k_at_limit, "extrapolated": best["peak"] < limit - 0.5 * GIB}
+    return {
+        "setting": setting,
+        "measured": best,
+        "probes": probes,
+        "slope": slope,
+        "params_at_limit": at_limit,
+        "k_at_limit": k_at_limit,
+        "extrapolated": best["peak"] < limit - 0.5 * GIB,
+    }
 
 
 def search_table(found: list[dict], limit: float, cap: float) -> None:
-    print(f"\nLargest GPT that trains one step within {gib(limit)} GiB (runs capped at {gib(cap)} GiB on this shared "
-          "machine)")
+    print(
+        f"\nLargest GPT that trains one step within {gib(limit)} GiB (runs capped at {gib(cap)} GiB on this shared "
+        "machine)"
+    )
     print(f"{'setting':>8} | {'largest run that fit':>32} | {'at ' + gib(limit) + ' GiB':>30}")
     for f in found:
         m = f["measured"]
@@ -255,12 +315,20 @@ def search_table(found: list[dict], limit: float, cap: float) -> None:
         at = f"{f['params_at_limit'] / 1e9:.2f}B params (k={f['k_at_limit']}), {how}"
         print(f"{f['setting']:>8} | {run:>32} | {at:>30}")
     if len(found) == 2:
-        print(f"best / plain: {found[1]['params_at_limit'] / found[0]['params_at_limit']:.2f}x the parameters in the "
-              "same memory")
+        print(
+            f"best / plain: {found[1]['params_at_limit'] / found[0]['params_at_limit']:.2f}x the parameters in the "
+            "same memory"
+        )
     for f in found:
-        print(f"  {f['setting']} probes: " + "; ".join(f["probes"]) if f["probes"] else f"  {f['setting']}: no probes")
-    print(f"extrapolated = (limit - baseline) / (bytes per parameter of the largest run that fit, "
-          f"activations at {BATCH} x {SEQ} tokens included)")
+        print(
+            f"  {f['setting']} probes: " + "; ".join(f["probes"])
+            if f["probes"]
+            else f"  {f['setting']}: no probes"
+        )
+    print(
+        f"extrapolated = (limit - baseline) / (bytes per parameter of the largest run that fit, "
+        f"activations at {BATCH} x {SEQ} tokens included)"
+    )
 
 
 def main() -> None:
@@ -269,8 +337,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="small sizes, no search")
     parser.add_argument("--no-search", action="store_true", help="skip the largest-model search")
-    parser.add_argument("--cap-gib", type=float, default=18.0, help="never run a size predicted above this RSS")
-    parser.add_argument("--limit-gib", type=float, default=20.0, help="the memory the largest model must fit in")
+    parser.add_argument(
+        "--cap-gib", type=float, default=18.0, help="never run a size predicted above this RSS"
+    )
+    parser.add_argument(
+        "--limit-gib", type=float, default=20.0, help="the memory the largest model must fit in"
+    )
     parser.add_argument("--out", type=Path, help="also write every measurement as JSON here")
     args = parser.parse_args()
     if args.child:
@@ -280,7 +352,9 @@ def main() -> None:
     sizes = [4, 6, 8] if args.quick else [8, 12, 16]
     saver_k = sizes[1]
     results: dict[tuple[str, int], dict] = {}
-    jobs = [(s, k) for k in sizes for s in SIZE_SETTINGS] + [(s, saver_k) for s in SETTINGS if s not in SIZE_SETTINGS]
+    jobs = [(s, k) for k in sizes for s in SIZE_SETTINGS] + [
+        (s, saver_k) for s in SETTINGS if s not in SIZE_SETTINGS
+    ]
     for setting, k in jobs:
         results[(setting, k)] = r = measure(setting, k, args.threads)
         shown = r.get("failed") or f"{r['bytes_per_param']:.2f} B/param, peak {gib(r['peak'])} GiB"
@@ -295,9 +369,13 @@ def main() -> None:
             found.append(search(setting, points, cap, limit, args.threads))
         search_table(found, limit, cap)
     if args.out:
-        args.out.write_text(json.dumps({"sizes": [results[key] for key in results], "search": found}, indent=1))
-    print(f"\ncommand: {' '.join([Path(sys.executable).name, 'bench/memory.py', *sys.argv[1:]])}  "
-          f"(threads {args.threads}; {BATCH} x {SEQ} tokens per step)")
+        args.out.write_text(
+            json.dumps({"sizes": [results[key] for key in results], "search": found}, indent=1)
+        )
+    print(
+        f"\ncommand: {' '.join([Path(sys.executable).name, 'bench/memory.py', *sys.argv[1:]])}  "
+        f"(threads {args.threads}; {BATCH} x {SEQ} tokens per step)"
+    )
 
 
 if __name__ == "__main__":

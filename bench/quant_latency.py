@@ -20,14 +20,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from behemoth.cli.app import resolve_config  # noqa: E402
 from behemoth.compression import quantize, structured  # noqa: E402
 from behemoth.compression.measure import accuracy, count_parameters, latencies  # noqa: E402
 from behemoth.compression.pipeline import calibration_batches, retrain  # noqa: E402
 from behemoth.config import load_config  # noqa: E402
 from behemoth.data import load_data  # noqa: E402
-from behemoth.pipeline import load_trained_model, run_training  # noqa: E402
+from behemoth.pipeline import run_training
+from behemoth.pipeline.config import resolve_config  # noqa: E402
 from behemoth.runs import open_run  # noqa: E402
+from behemoth.training.assembly import load_trained_model  # noqa: E402
 
 MODELS = {"LeNet-300-100 (mlp)": "mnist-mlp", "LeNet Caffe 20-50-500 (lenet_caffe)": "lenet-caffe"}
 
@@ -46,7 +47,9 @@ def trained(recipe: str, args) -> tuple[Path, object]:
     if not (args.reuse and (run_dir / "model.safetensors").is_file()):
         started = time.perf_counter()
         run_training(cfg, overwrite=True, progress=False)
-        print(f"  trained {recipe} for {args.epochs} epochs in {time.perf_counter() - started:.0f}s", flush=True)
+        print(
+            f"  trained {recipe} for {args.epochs} epochs in {time.perf_counter() - started:.0f}s", flush=True
+        )
     return run_dir, cfg
 
 
@@ -60,27 +63,45 @@ def bench_model(label: str, recipe: str, args) -> dict:
     pruned = load_trained_model(run_dir, cfg)
     changes = structured.prune_units(pruned, args.structured, data.test.x[:2])
     if args.retrain_epochs:
-        retrain(pruned, data, cfg.model_copy(update={"compress": cfg.compress.model_copy(
-            update={"retrain_lr_scale": 0.1})}), args.retrain_epochs)
-    models = {"fp32": fp32, "int8 static": static, "int8 dynamic": dynamic,
-              f"structured {args.structured:.0%} fp32": pruned}
+        retrain(
+            pruned,
+            data,
+            cfg.model_copy(update={"compress": cfg.compress.model_copy(update={"retrain_lr_scale": 0.1})}),
+            args.retrain_epochs,
+        )
+    models = {
+        "fp32": fp32,
+        "int8 static": static,
+        "int8 dynamic": dynamic,
+        f"structured {args.structured:.0%} fp32": pruned,
+    }
     timing = latencies(models, data.test.x[:256], (1, 256), args.repeats)
     rows = {}
     for name, model in models.items():
         acc = accuracy(model, data.test, data.spec)["acc"]
-        rows[name] = {"acc": acc, "b1": timing[name][1], "b256": timing[name][256],
-                      "params": count_parameters(model)}
+        rows[name] = {
+            "acc": acc,
+            "b1": timing[name][1],
+            "b256": timing[name][256],
+            "params": count_parameters(model),
+        }
     rows["changes"] = changes
     return rows
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="6000 training images, 1 epoch, 10 repeats")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default 4; quick 1)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed rounds per model (default 50; quick 10)")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="timed rounds per model (default 50; quick 10)"
+    )
     parser.add_argument("--structured", type=float, default=0.5, help="fraction of units removed")
-    parser.add_argument("--retrain-epochs", type=int, default=None, help="after structured pruning (default 1)")
+    parser.add_argument(
+        "--retrain-epochs", type=int, default=None, help="after structured pruning (default 1)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs-dir", default="runs")
     parser.add_argument("--reuse", action="store_true", help="reuse trained bench runs if present")
@@ -97,20 +118,29 @@ def main() -> None:
     for label, rows in results.items():
         base = rows["fp32"]
         print(f"\n{label}  (median ms over {args.repeats} interleaved rounds)")
-        print(f"{'model':<26}{'params':>10}{'test acc':>10}{'Δ points':>10}{'ms b=1':>9}{'ms b=256':>10}"
-              f"{'speed-up b=256':>16}")
+        print(
+            f"{'model':<26}{'params':>10}{'test acc':>10}{'Δ points':>10}{'ms b=1':>9}{'ms b=256':>10}"
+            f"{'speed-up b=256':>16}"
+        )
         for name, row in rows.items():
             if name == "changes":
                 continue
-            print(f"{name:<26}{row['params']:>10,}{row['acc']:>10.4f}{100 * (row['acc'] - base['acc']):>+10.2f}"
-                  f"{row['b1']:>9.3f}{row['b256']:>10.3f}{base['b256'] / row['b256']:>15.2f}x")
+            print(
+                f"{name:<26}{row['params']:>10,}{row['acc']:>10.4f}{100 * (row['acc'] - base['acc']):>+10.2f}"
+                f"{row['b1']:>9.3f}{row['b256']:>10.3f}{base['b256'] / row['b256']:>15.2f}x"
+            )
         static = rows["int8 static"]
         speedup, drop = base["b256"] / static["b256"], 100 * (base["acc"] - static["acc"])
         ok = speedup >= 2.0 and drop <= 0.3
         verdicts.append(ok)
-        print("structured pruning kept units: " + ", ".join(f"{k} {a}->{b}" for k, (a, b) in rows["changes"].items()))
-        print(f"int8 static vs fp32 at batch 256: {speedup:.2f}x faster, accuracy drop {drop:+.2f} points "
-              f"(target >= 2x, <= 0.3): {'PASS' if ok else 'FAIL'}")
+        print(
+            "structured pruning kept units: "
+            + ", ".join(f"{k} {a}->{b}" for k, (a, b) in rows["changes"].items())
+        )
+        print(
+            f"int8 static vs fp32 at batch 256: {speedup:.2f}x faster, accuracy drop {drop:+.2f} points "
+            f"(target >= 2x, <= 0.3): {'PASS' if ok else 'FAIL'}"
+        )
     print("\nreproduce: .venv/bin/python bench/quant_latency.py " + " ".join(sys.argv[1:]))
     sys.exit(0 if all(verdicts) else 1)
 

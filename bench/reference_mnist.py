@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -88,8 +88,7 @@ def load_mnist_arrays() -> dict[str, np.ndarray]:
     store = ZipStore(str(p), mode="r")
     try:
         g = zarr.open_group(store, mode="r")
-        out = {k: np.asarray(g[k][:]) for k in
-               ("train_images", "train_labels", "test_images", "test_labels")}
+        out = {k: np.asarray(g[k][:]) for k in ("train_images", "train_labels", "test_images", "test_labels")}
     finally:
         store.close()
     return out
@@ -167,8 +166,7 @@ class MNISTDataset(torch.utils.data.Dataset):
         return img, target
     """
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, transform=None,
-                 target_transform=None):
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform=None, target_transform=None):
         # torchvision keeps data as a uint8 tensor (N,28,28) and targets as int64.
         self.data = torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8))
         self.targets = torch.from_numpy(np.asarray(labels).astype(np.int64))
@@ -251,10 +249,15 @@ def test(model, device, test_loader):
 # --------------------------------------------------------------------------
 # benchmark entry point
 # --------------------------------------------------------------------------
-def train_reference(target_acc: float = 0.99, max_epochs: int = 14, seed: int = 1,
-                    threads: int | None = None, train_limit: int | None = None,
-                    log: Callable[[str], None] | None = print,
-                    arrays: dict[str, np.ndarray] | None = None) -> dict:
+def train_reference(
+    target_acc: float = 0.99,
+    max_epochs: int = 14,
+    seed: int = 1,
+    threads: int | None = None,
+    train_limit: int | None = None,
+    log: Callable[[str], None] | None = print,
+    arrays: dict[str, np.ndarray] | None = None,
+) -> dict:
     """Train the upstream MNIST example on CPU until test accuracy >= ``target_acc``.
 
     Returns ``{"seconds_to_target", "epochs_to_target", "history"}`` where each
@@ -293,9 +296,11 @@ def train_reference(target_acc: float = 0.99, max_epochs: int = 14, seed: int = 
     optimizer = optim.Adadelta(model.parameters(), lr=1.0)
     scheduler = StepLR(optimizer, step_size=1, gamma=0.7)
 
-    log(f"reference_mnist: torch {torch.__version__}, threads={torch.get_num_threads()}, "
+    log(
+        f"reference_mnist: torch {torch.__version__}, threads={torch.get_num_threads()}, "
         f"train={len(dataset1)}, test={len(dataset2)}, "
-        f"pillow={'yes' if Image is not None else 'no'}")
+        f"pillow={'yes' if Image is not None else 'no'}"
+    )
 
     # ---- timed ----
     history = []
@@ -309,20 +314,19 @@ def train_reference(target_acc: float = 0.99, max_epochs: int = 14, seed: int = 
         test_loss, acc, correct = test(model, device, test_loader)
         te2 = time.perf_counter()
         elapsed = te2 - t0
-        history.append({"epoch": epoch, "seconds": elapsed, "test_acc": acc,
-                        "test_loss": test_loss})
-        log(f"epoch {epoch:2d}: train {te1 - te0:7.2f}s  eval {te2 - te1:6.2f}s  "
+        history.append({"epoch": epoch, "seconds": elapsed, "test_acc": acc, "test_loss": test_loss})
+        log(
+            f"epoch {epoch:2d}: train {te1 - te0:7.2f}s  eval {te2 - te1:6.2f}s  "
             f"cumulative {elapsed:8.2f}s  test loss {test_loss:.4f}  "
-            f"acc {correct}/{len(dataset2)} ({100.0 * acc:.2f}%)")
+            f"acc {correct}/{len(dataset2)} ({100.0 * acc:.2f}%)"
+        )
         if acc >= target_acc:
             seconds_to_target = elapsed
             epochs_to_target = epoch
             break
         scheduler.step()
 
-    return {"seconds_to_target": seconds_to_target,
-            "epochs_to_target": epochs_to_target,
-            "history": history}
+    return {"seconds_to_target": seconds_to_target, "epochs_to_target": epochs_to_target, "history": history}
 
 
 def main(argv=None):
@@ -333,14 +337,20 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--train-limit", type=int, default=None)
     args = ap.parse_args(argv)
-    res = train_reference(target_acc=args.target_acc, max_epochs=args.max_epochs,
-                          seed=args.seed, threads=args.threads,
-                          train_limit=args.train_limit)
+    res = train_reference(
+        target_acc=args.target_acc,
+        max_epochs=args.max_epochs,
+        seed=args.seed,
+        threads=args.threads,
+        train_limit=args.train_limit,
+    )
     if res["seconds_to_target"] is None:
         print(f"target {100 * args.target_acc:.2f}% not reached in {args.max_epochs} epochs")
     else:
-        print(f"seconds_to_target: {res['seconds_to_target']:.2f} "
-              f"(epoch {res['epochs_to_target']}, target {100 * args.target_acc:.2f}%)")
+        print(
+            f"seconds_to_target: {res['seconds_to_target']:.2f} "
+            f"(epoch {res['epochs_to_target']}, target {100 * args.target_acc:.2f}%)"
+        )
     return res
 
 

@@ -29,22 +29,54 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-CPU_GPT = ["data.block_size=64", "data.train_limit=2048", "data.val_fraction=0.002", "data.test_limit=64",
-           "data.batch_size=32", "model.n_layer=4", "model.n_embd=128", "model.n_head=4", "model.block_size=64",
-           "model.dropout=0", "train.precision=fp32", "train.schedule=constant", "train.warmup=0",
-           "train.max_steps=40", "train.eval_every_steps=1000", "train.log_every=1000", "train.clip_norm=1.0"]
+CPU_GPT = [
+    "data.block_size=64",
+    "data.train_limit=2048",
+    "data.val_fraction=0.002",
+    "data.test_limit=64",
+    "data.batch_size=32",
+    "model.n_layer=4",
+    "model.n_embd=128",
+    "model.n_head=4",
+    "model.block_size=64",
+    "model.dropout=0",
+    "train.precision=fp32",
+    "train.schedule=constant",
+    "train.warmup=0",
+    "train.max_steps=40",
+    "train.eval_every_steps=1000",
+    "train.log_every=1000",
+    "train.clip_norm=1.0",
+]
 # (label, processes, threads per process, strategy): 1 process with 2 threads uses the same 2 cores as
 # 2 processes with 1 thread; 1 process with 1 thread is the scaling baseline (OpenMP threads degrade badly
 # when other work shares the cores, processes less so)
-CPU_CASES = [("1 proc x 1 thr", 1, 1, "single"), ("1 proc x 2 thr", 1, 2, "single"), ("2 x ddp", 2, 1, "ddp"),
-             ("2 x fsdp", 2, 1, "fsdp"), ("2 x pipeline", 2, 1, "pipeline")]
+CPU_CASES = [
+    ("1 proc x 1 thr", 1, 1, "single"),
+    ("1 proc x 2 thr", 1, 2, "single"),
+    ("2 x ddp", 2, 1, "ddp"),
+    ("2 x fsdp", 2, 1, "fsdp"),
+    ("2 x pipeline", 2, 1, "pipeline"),
+]
 GPU_SIZES = {"124M": (12, 768, 12), "350M": (24, 1024, 16), "774M": (36, 1280, 20)}  # layers, width, heads
 GPU_CASES = ["single", "ddp", "fsdp", "fsdp+offload", "fsdp+ac"]
 
 
 def cpu_run(runs: Path, name: str, nproc: int, threads: int, strategy: str) -> float:
-    cmd = [sys.executable, "-m", "behemoth", "train", "gpt-text", *CPU_GPT, f"runs_dir={str(runs)!r}", f"name={name}",
-           f"train.strategy={strategy}", f"train.threads={threads}", "--overwrite", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "behemoth",
+        "train",
+        "gpt-text",
+        *CPU_GPT,
+        f"runs_dir={str(runs)!r}",
+        f"name={name}",
+        f"train.strategy={strategy}",
+        f"train.threads={threads}",
+        "--overwrite",
+        "--no-progress",
+    ]
     if nproc > 1:
         cmd += ["--nproc", str(nproc)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
@@ -59,7 +91,9 @@ def cpu_table(repeats: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(repeats):  # interleaved: load from other work hits every case alike
             for label, nproc, threads, strategy in CPU_CASES:
-                rates[label].append(cpu_run(Path(tmp), f"run{nproc}{threads}{strategy}", nproc, threads, strategy))
+                rates[label].append(
+                    cpu_run(Path(tmp), f"run{nproc}{threads}{strategy}", nproc, threads, strategy)
+                )
     base = statistics.median(rates["1 proc x 1 thr"])
     print(f"\nCPU, GPT 4x128 on KJV (T=64, global batch 32), {os.cpu_count()} cores, medians of {repeats}")
     print(f"{'case':<16}{'samples/s':>10}{'vs 1x1':>8}")
@@ -112,30 +146,59 @@ def gpu_worker(size: str, case: str, steps: int, batch: int) -> None:
     peak = torch.cuda.max_memory_allocated(env.device)
     step_s = statistics.median(times[3:])
     if env.is_main:
-        print(json.dumps({"size": size, "case": case, "world": env.world_size, "step_ms": 1000 * step_s,
-                          "tokens_per_s": batch * 1024 * env.world_size / step_s, "peak_gib": peak / 2**30}))
+        print(
+            json.dumps(
+                {
+                    "size": size,
+                    "case": case,
+                    "world": env.world_size,
+                    "step_ms": 1000 * step_s,
+                    "tokens_per_s": batch * 1024 * env.world_size / step_s,
+                    "peak_gib": peak / 2**30,
+                }
+            )
+        )
     dist.destroy_process_group()
 
 
 def gpu_table(sizes: list[str], steps: int, batch: int) -> None:
     gpus = torch.cuda.device_count()
-    print(f"\nGPU: {torch.cuda.get_device_name(0)} x {gpus}, GPT-2 shapes (T=1024, vocab 50304), bf16, AdamW, "
-          f"{batch} sequences per GPU, median of {steps} steps")
+    print(
+        f"\nGPU: {torch.cuda.get_device_name(0)} x {gpus}, GPT-2 shapes (T=1024, vocab 50304), bf16, AdamW, "
+        f"{batch} sequences per GPU, median of {steps} steps"
+    )
     print(f"{'size':<6}{'case':<14}{'GPUs':>5}{'step ms':>10}{'tokens/s':>12}{'peak GiB':>10}")
     for size in sizes:
         for case in GPU_CASES:
             world = 1 if case == "single" else gpus
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}",
-                   __file__, "--gpu-worker", size, case, "--steps", str(steps), "--batch", str(batch)]
-            result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+            cmd = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                f"--nproc-per-node={world}",
+                __file__,
+                "--gpu-worker",
+                size,
+                case,
+                "--steps",
+                str(steps),
+                "--batch",
+                str(batch),
+            ]
+            result = subprocess.run(
+                cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}
+            )
             lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
             if result.returncode or not lines:
                 tail = (result.stderr.strip().splitlines() or ["?"])[-1]
                 print(f"{size:<6}{case:<14}{world:>5}  failed: {tail[:100]}")
                 continue
             row = json.loads(lines[-1])
-            print(f"{size:<6}{case:<14}{world:>5}{row['step_ms']:>10.1f}{row['tokens_per_s']:>12,.0f}"
-                  f"{row['peak_gib']:>10.2f}")
+            print(
+                f"{size:<6}{case:<14}{world:>5}{row['step_ms']:>10.1f}{row['tokens_per_s']:>12,.0f}"
+                f"{row['peak_gib']:>10.2f}"
+            )
 
 
 def main() -> None:

@@ -24,13 +24,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from behemoth.config import DataConfig  # noqa: E402
+from behemoth.config import (
+    DataConfig,  # noqa: E402
+    parse_size,  # noqa: E402
+)
 from behemoth.data import load_data  # noqa: E402
-from behemoth.data.feeds import ShardFeed  # noqa: E402
-from behemoth.data.pipeline_config import parse_size  # noqa: E402
 from behemoth.data.sampling import keyed_generator  # noqa: E402
 from behemoth.data.shards import ShardDataset, ShardSplit, pack_bundle  # noqa: E402
 from behemoth.training.feed import TensorFeed  # noqa: E402
+from behemoth.training.feeds import ShardFeed  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -45,13 +47,14 @@ def stream_epoch(stream: ShardDataset, epoch: int, batch: int, decode: bool) -> 
     return count / (time.perf_counter() - start)
 
 
-def memory_epoch(split: ShardSplit, x_all: np.ndarray, y_all: np.ndarray, epoch: int, batch: int,
-                 decode: bool) -> float:
+def memory_epoch(
+    split: ShardSplit, x_all: np.ndarray, y_all: np.ndarray, epoch: int, batch: int, decode: bool
+) -> float:
     """Samples per second through one epoch of the same stored arrays held in memory, shuffled per epoch."""
     start = time.perf_counter()
     order = torch.randperm(len(x_all), generator=keyed_generator(0, "memory", epoch)).numpy()
     for first in range(0, len(order), batch):
-        rows = order[first:first + batch]
+        rows = order[first : first + batch]
         x, y = x_all[rows], y_all[rows]
         if decode:
             split.to_tensors(x, y)
@@ -66,7 +69,9 @@ def feed_epoch(feed, epoch: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--codecs", nargs="+", default=["zstd", "lz4", "blosclz"])
     parser.add_argument("--level", type=int, default=5)
     parser.add_argument("--shard-size", default="8MiB")
@@ -79,9 +84,11 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     data = load_data(DataConfig(name="mnist", val_fraction=0.0))  # 60000 train + 10000 test
     float_bytes = data.train.x.numel() * 4 + data.train.y.numel() * 8
-    print(f"MNIST train: {len(data.train):,} samples, {float_bytes / 2**20:.1f} MiB as float32 tensors; shards of "
-          f"{args.shard_size}, level {args.level}, shuffle filter; batch {args.batch}; {torch.get_num_threads()} "
-          f"torch threads; {args.epochs} interleaved epochs, medians (samples/s)")
+    print(
+        f"MNIST train: {len(data.train):,} samples, {float_bytes / 2**20:.1f} MiB as float32 tensors; shards of "
+        f"{args.shard_size}, level {args.level}, shuffle filter; batch {args.batch}; {torch.get_num_threads()} "
+        f"torch threads; {args.epochs} interleaved epochs, medians (samples/s)"
+    )
     header = f"{'codec':8s} {'packed':>9s} {'ratio':>6s} {'vs f32':>7s} {'pack s':>6s}"
     for name in ("bytes", "decoded", "feed"):
         header += f" | {name + ' stream':>15s} {'memory':>10s} {'ratio':>5s}"
@@ -91,7 +98,9 @@ def main() -> None:
         for codec in args.codecs:
             out = Path(tmp) / codec
             started = time.perf_counter()
-            index = pack_bundle(data, out, codec=codec, level=args.level, shard_size=parse_size(args.shard_size))
+            index = pack_bundle(
+                data, out, codec=codec, level=args.level, shard_size=parse_size(args.shard_size)
+            )
             pack_seconds = time.perf_counter() - started
             info = index.splits["train"]
             split = ShardSplit(out, "train", info)
@@ -117,16 +126,22 @@ def main() -> None:
                 for name, run in runs.items():
                     speeds[name].append(run(epoch))
             m = {name: statistics.median(values) for name, values in speeds.items()}
-            row = (f"{codec:8s} {info.bytes / 2**20:6.2f}MiB {info.raw_bytes / info.bytes:5.2f}x "
-                   f"{float_bytes / info.bytes:6.1f}x {pack_seconds:6.2f}")
+            row = (
+                f"{codec:8s} {info.bytes / 2**20:6.2f}MiB {info.raw_bytes / info.bytes:5.2f}x "
+                f"{float_bytes / info.bytes:6.1f}x {pack_seconds:6.2f}"
+            )
             for name in ("bytes", "decoded", "feed"):
                 stream_speed, memory_speed = m[f"{name} stream"], m[f"{name} memory"]
                 row += f" | {stream_speed:15,.0f} {memory_speed:10,.0f} {stream_speed / memory_speed:5.0%}"
             print(row, flush=True)
-    print(f"ratio: stored uint8 bytes / packed bytes ({info.raw_bytes / 2**20:.1f} MiB stored); vs f32: the float32 "
-          "tensors a run holds in memory / packed bytes")
-    print(f"reproduce: .venv/bin/python bench/shards.py --codecs {' '.join(args.codecs)} --shard-size {args.shard_size}"
-          f" --epochs {args.epochs}" + (f" --threads {args.threads}" if args.threads else ""))
+    print(
+        f"ratio: stored uint8 bytes / packed bytes ({info.raw_bytes / 2**20:.1f} MiB stored); vs f32: the float32 "
+        "tensors a run holds in memory / packed bytes"
+    )
+    print(
+        f"reproduce: .venv/bin/python bench/shards.py --codecs {' '.join(args.codecs)} --shard-size {args.shard_size}"
+        f" --epochs {args.epochs}" + (f" --threads {args.threads}" if args.threads else "")
+    )
 
 
 if __name__ == "__main__":

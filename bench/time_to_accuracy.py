@@ -15,10 +15,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from behemoth.cli.app import resolve_config  # noqa: E402
 from behemoth.config import load_config  # noqa: E402
-from behemoth.pipeline import prepare  # noqa: E402
+from behemoth.pipeline.config import resolve_config  # noqa: E402
 from behemoth.training import BaseHook, evaluate, train  # noqa: E402
+from behemoth.training.assembly import prepare  # noqa: E402
 
 TARGET = 0.99
 
@@ -33,10 +33,21 @@ class TestEveryEpoch(BaseHook):
         self.start = time.perf_counter()
 
     def on_epoch_end(self, ctx, metrics) -> None:
-        acc = evaluate(ctx.model, self.data.test, self.data.spec, self.eval_batch_size, ctx.cfg.precision,
-                       ctx.device, ctx.cfg.channels_last)["acc"]
-        self.history.append({"epoch": ctx.epoch, "seconds": time.perf_counter() - self.start, "test_acc": acc})
-        print(f"behemoth epoch {ctx.epoch}: {self.history[-1]['seconds']:.1f}s test acc {acc:.4f}", flush=True)
+        acc = evaluate(
+            ctx.model,
+            self.data.test,
+            self.data.spec,
+            self.eval_batch_size,
+            ctx.cfg.precision,
+            ctx.device,
+            ctx.cfg.channels_last,
+        )["acc"]
+        self.history.append(
+            {"epoch": ctx.epoch, "seconds": time.perf_counter() - self.start, "test_acc": acc}
+        )
+        print(
+            f"behemoth epoch {ctx.epoch}: {self.history[-1]['seconds']:.1f}s test acc {acc:.4f}", flush=True
+        )
         if acc >= TARGET:
             ctx.stop_reason = "target reached"
 
@@ -50,8 +61,11 @@ def run_behemoth(recipe: str, overrides: list[str]) -> dict:
     cfg.train.epochs = max(cfg.train.epochs, 1)
     train(model, data, cfg.train, cfg.data.batch_size, cfg.data.eval_batch_size, hooks=[hook])
     reached = next((h for h in hook.history if h["test_acc"] >= TARGET), None)
-    return {"seconds_to_target": reached["seconds"] if reached else None, "setup_seconds": setup,
-            "history": hook.history}
+    return {
+        "seconds_to_target": reached["seconds"] if reached else None,
+        "setup_seconds": setup,
+        "history": hook.history,
+    }
 
 
 def main() -> None:
@@ -63,8 +77,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     ours = run_behemoth(args.recipe, args.overrides)
-    print(f"behemoth ({args.recipe}): {ours['seconds_to_target']}s to {TARGET:.1%} "
-          f"(+{ours['setup_seconds']:.1f}s data loading and model build)")
+    print(
+        f"behemoth ({args.recipe}): {ours['seconds_to_target']}s to {TARGET:.1%} "
+        f"(+{ours['setup_seconds']:.1f}s data loading and model build)"
+    )
     if args.skip_reference:
         return
     from reference_mnist import train_reference

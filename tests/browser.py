@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
-needs_chromium = pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("chromedriver")),
-                                    reason="needs the Debian packages chromium and chromium-driver (.ci/run installs them)")
+needs_chromium = pytest.mark.skipif(
+    not (shutil.which("chromium") and shutil.which("chromedriver")),
+    reason="needs the Debian packages chromium and chromium-driver (.ci/run installs them)",
+)
 
 
 def check_in_chromium(html: Path, title: str, profile: Path, screenshot: Path) -> list[str]:
@@ -17,9 +19,18 @@ def check_in_chromium(html: Path, title: str, profile: Path, screenshot: Path) -
 
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={profile}", "--window-size=1400,1000"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--window-size=1400,1000",
+    ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
@@ -27,7 +38,8 @@ def check_in_chromium(html: Path, title: str, profile: Path, screenshot: Path) -
         driver.get(html.resolve().as_uri())
         assert driver.title == title
         images = driver.execute_script(
-            "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth]);")
+            "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth]);"
+        )
         assert all(complete and width > 0 for _, complete, width in images), images
         errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
         assert errors == []

@@ -38,7 +38,9 @@ def digits_bundle() -> DataBundle:
 
 def mlp(inputs: int = 64, hidden: int = 32, classes: int = 10, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(inputs, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, classes))
+    return torch.nn.Sequential(
+        torch.nn.Linear(inputs, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, classes)
+    )
 
 
 @pytest.fixture(scope="module")

@@ -6,18 +6,25 @@ import torch
 import torch.nn.functional as F
 
 from behemoth.config import load_config
+from behemoth.config.data import AugmentConfig
 from behemoth.data import load_data
 from behemoth.data.augment import (
-    Augment, adjust_brightness_contrast, affine_matrices, build_augment, channel_range, cutmix, gaussian_blur, mixup,
+    Augment,
+    adjust_brightness_contrast,
+    affine_matrices,
+    build_augment,
+    channel_range,
+    cutmix,
+    gaussian_blur,
+    mixup,
     warp,
 )
 from behemoth.data.augment.geometry import affine_grid
 from behemoth.data.augment.photometric import gaussian_kernels
-from behemoth.data.feeds import build_feed
-from behemoth.data.pipeline_config import AugmentConfig
 from behemoth.errors import ConfigError
 from behemoth.spec import DataSpec
 from behemoth.training import BaseHook, train
+from behemoth.training.assembly import build_feed
 
 SPEC = DataSpec("classification", (1, 8, 8), 10)
 
@@ -34,7 +41,9 @@ def augmenter(images, **ops) -> Augment:
     return Augment(AugmentConfig.model_validate(ops), low, high, 10)
 
 
-def matrices(batch, angle=0.0, scale=1.0, translate=(0.0, 0.0), shear=(0.0, 0.0), flip=(1.0, 1.0), size=(8, 8)):
+def matrices(
+    batch, angle=0.0, scale=1.0, translate=(0.0, 0.0), shear=(0.0, 0.0), flip=(1.0, 1.0), size=(8, 8)
+):
     full = lambda v: torch.tensor([v] * batch, dtype=torch.float64)  # noqa: E731
     return affine_matrices(full(flip), full(angle), full(scale), full(translate), full(shear), *size)
 
@@ -59,17 +68,22 @@ def test_geometry_matches_exact_pixel_maps(digit_images):
     fill = x.amin()
     shifted = warp(x, matrices(4, translate=(0.25, 0.0)), "black", fill.view(1))
     torch.testing.assert_close(shifted[..., 2:], x[..., :-2], atol=1e-5, rtol=0)
-    torch.testing.assert_close(shifted[..., :2], torch.full_like(shifted[..., :2], float(fill)), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        shifted[..., :2], torch.full_like(shifted[..., :2], float(fill)), atol=1e-5, rtol=0
+    )
 
 
 def test_one_warp_combines_the_ops_in_order():
     """flip, then scale, shear, rotate and shift compose into the single matrix given to the warp."""
-    theta = matrices(3, angle=30.0, scale=1.2, translate=(0.1, -0.05), shear=(10.0, 0.0), flip=(-1.0, 1.0),
-                     size=(16, 16))
+    theta = matrices(
+        3, angle=30.0, scale=1.2, translate=(0.1, -0.05), shear=(10.0, 0.0), flip=(-1.0, 1.0), size=(16, 16)
+    )
     # the forward map, written as 3x3 matrices on centred pixel coordinates
     rad = torch.deg2rad(torch.tensor(30.0, dtype=torch.float64))
     sx = torch.tan(torch.deg2rad(torch.tensor(10.0, dtype=torch.float64)))
-    rotate = torch.tensor([[rad.cos(), rad.sin(), 0], [-rad.sin(), rad.cos(), 0], [0, 0, 1]], dtype=torch.float64)
+    rotate = torch.tensor(
+        [[rad.cos(), rad.sin(), 0], [-rad.sin(), rad.cos(), 0], [0, 0, 1]], dtype=torch.float64
+    )
     shear = torch.tensor([[1, sx, 0], [0, 1, 0], [0, 0, 1]], dtype=torch.float64)
     scale_flip = torch.diag(torch.tensor([-1.2, 1.2, 1.0], dtype=torch.float64))
     shift = torch.tensor([[1, 0, 1.6], [0, 1, -0.8], [0, 0, 1]], dtype=torch.float64)
@@ -84,10 +98,10 @@ def test_blur_matches_a_per_sample_convolution():
     sigma = torch.tensor([0.3, 0.7, 1.0, 1.5, 2.5])
     got = gaussian_blur(x, sigma, 7)
     for i in range(5):
-        kernel = gaussian_kernels(sigma[i:i + 1], 7)[0]
+        kernel = gaussian_kernels(sigma[i : i + 1], 7)[0]
         kernel2d = torch.outer(kernel, kernel).expand(3, 1, 7, 7)
-        expected = F.conv2d(F.pad(x[i:i + 1], (3, 3, 3, 3), mode="reflect"), kernel2d, groups=3)
-        torch.testing.assert_close(got[i:i + 1], expected, atol=1e-5, rtol=0)
+        expected = F.conv2d(F.pad(x[i : i + 1], (3, 3, 3, 3), mode="reflect"), kernel2d, groups=3)
+        torch.testing.assert_close(got[i : i + 1], expected, atol=1e-5, rtol=0)
     constant = torch.full((2, 1, 8, 8), 0.7)
     torch.testing.assert_close(gaussian_blur(constant, torch.tensor([0.5, 2.0]), 9), constant)
 
@@ -135,8 +149,20 @@ def test_parameters_are_per_sample_and_probabilities_hold(digit_images):
 def test_deterministic_for_a_generator_and_the_input_is_not_modified(digit_images):
     x, y = digit_images.train.x[:64], digit_images.train.y[:64]
     before = x.clone()
-    augment = augmenter(x, hflip={}, rotate={}, scale={}, translate={}, shear={}, blur={}, brightness={},
-                        contrast={}, erase={"value": "random"}, mixup={}, cutmix={})
+    augment = augmenter(
+        x,
+        hflip={},
+        rotate={},
+        scale={},
+        translate={},
+        shear={},
+        blur={},
+        brightness={},
+        contrast={},
+        erase={"value": "random"},
+        mixup={},
+        cutmix={},
+    )
     first = augment(x, y, torch.Generator().manual_seed(3))
     again = augment(x, y, torch.Generator().manual_seed(3))
     other = augment(x, y, torch.Generator().manual_seed(4))
@@ -150,16 +176,30 @@ def test_deterministic_for_a_generator_and_the_input_is_not_modified(digit_image
 def test_batched_equals_a_per_sample_loop(digit_images):
     """The batch path computes what one sample at a time would, with the same parameters."""
     x, y = digit_images.train.x[:32], digit_images.train.y[:32]
-    augment = augmenter(x, hflip={}, rotate={}, scale={}, translate={}, shear={}, blur={}, brightness={},
-                        contrast={}, erase={})
+    augment = augmenter(
+        x,
+        hflip={},
+        rotate={},
+        scale={},
+        translate={},
+        shear={},
+        blur={},
+        brightness={},
+        contrast={},
+        erase={},
+    )
     params = augment.draw(32, (1, 8, 8), torch.Generator().manual_seed(0))
     batched, _ = augment.apply(x, y, params)
-    looped = torch.cat([augment.apply(x[i:i + 1], y[i:i + 1], params.select(torch.tensor([i])))[0] for i in range(32)])
+    looped = torch.cat(
+        [augment.apply(x[i : i + 1], y[i : i + 1], params.select(torch.tensor([i])))[0] for i in range(32)]
+    )
     torch.testing.assert_close(batched, looped, atol=1e-5, rtol=0)
 
 
 def test_config_errors_name_the_op():
-    with pytest.raises(ConfigError, match=r"data.augment.rotate.degrees = \[10, -10\]: Value error, low is above high"):
+    with pytest.raises(
+        ConfigError, match=r"data.augment.rotate.degrees = \[10, -10\]: Value error, low is above high"
+    ):
         load_config(None, ["data.augment.rotate.degrees=[10, -10]"])
     with pytest.raises(ConfigError, match="data.augment.rotat"):
         load_config(None, ["data.augment.rotat.p=1"])
@@ -169,7 +209,9 @@ def test_config_errors_name_the_op():
     with pytest.raises(ConfigError, match=r"data.augment.rotate: needs images"):
         build_augment(cfg, DataSpec("classification", (64,), 10), None, None)
     with pytest.raises(ConfigError, match="classification"):
-        build_augment(AugmentConfig.model_validate({"mixup": {}}), DataSpec("language_model", (32,), 256), None, None)
+        build_augment(
+            AugmentConfig.model_validate({"mixup": {}}), DataSpec("language_model", (32,), 256), None, None
+        )
     assert load_config(None, ["data.augment.rotate.degrees=15"]).data.augment.rotate.degrees == (-15.0, 15.0)
 
 
@@ -184,17 +226,42 @@ class Stopper(BaseHook):
 
 def test_augmented_sampled_run_resumes_bit_for_bit(digit_images, tmp_path):
     """The in-process resume pattern of test_train_loop, with sampling + every augmentation op on."""
-    cfg = load_config(None, [
-        "data.name=digits", "data.batch_size=32", "train.epochs=3", "train.lr=0.05", "train.momentum=0.9",
-        "data.sampling.kind=stratified", "data.sampling.fraction=0.8", "train.checkpoint.every_steps=7",
-        "data.augment.hflip.p=0.5", "data.augment.rotate.p=0.5", "data.augment.blur.p=0.3",
-        "data.augment.brightness.p=0.3", "data.augment.erase.p=0.3", "data.augment.mixup.p=0.3",
-        "data.augment.cutmix.p=0.3",
-    ])
+    cfg = load_config(
+        None,
+        [
+            "data.name=digits",
+            "data.batch_size=32",
+            "train.epochs=3",
+            "train.lr=0.05",
+            "train.momentum=0.9",
+            "data.sampling.kind=stratified",
+            "data.sampling.fraction=0.8",
+            "train.checkpoint.every_steps=7",
+            "data.augment.hflip.p=0.5",
+            "data.augment.rotate.p=0.5",
+            "data.augment.blur.p=0.3",
+            "data.augment.brightness.p=0.3",
+            "data.augment.erase.p=0.3",
+            "data.augment.mixup.p=0.3",
+            "data.augment.cutmix.p=0.3",
+        ],
+    )
     model = lambda: torch.nn.Sequential(  # noqa: E731 dropout makes the RNG state matter too
-        torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Dropout(0.2), torch.nn.Linear(32, 10))
-    run = lambda m, d, **kw: train(m, digit_images, cfg.train, 32, run_dir=tmp_path / d,  # noqa: E731
-                                   feed=build_feed(cfg, digit_images), **kw)
+        torch.nn.Flatten(),
+        torch.nn.Linear(64, 32),
+        torch.nn.ReLU(),
+        torch.nn.Dropout(0.2),
+        torch.nn.Linear(32, 10),
+    )
+    run = lambda m, d, **kw: train(
+        m,
+        digit_images,
+        cfg.train,
+        32,
+        run_dir=tmp_path / d,  # noqa: E731
+        feed=build_feed(cfg, digit_images),
+        **kw,
+    )
     torch.manual_seed(0)
     straight = model()
     run(straight, "a")
@@ -215,8 +282,20 @@ def test_augmented_sampled_run_resumes_bit_for_bit(digit_images, tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_matches_cpu(digit_images):
     x, y = digit_images.train.x[:64], digit_images.train.y[:64]
-    augment = augmenter(x, hflip={}, rotate={}, scale={}, translate={}, shear={}, blur={}, brightness={},
-                        contrast={}, erase={"value": "random"}, mixup={}, cutmix={})
+    augment = augmenter(
+        x,
+        hflip={},
+        rotate={},
+        scale={},
+        translate={},
+        shear={},
+        blur={},
+        brightness={},
+        contrast={},
+        erase={"value": "random"},
+        mixup={},
+        cutmix={},
+    )
     on_cpu = augment(x, y, torch.Generator().manual_seed(0))
     on_gpu = augment(x.cuda(), y.cuda(), torch.Generator().manual_seed(0))
     assert on_gpu[0].is_cuda

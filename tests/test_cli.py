@@ -9,8 +9,8 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from behemoth.cli import app
-from behemoth.cli.app import recipe_names
 from behemoth.config import load_config
+from behemoth.pipeline.config import recipe_names
 from tests.conftest import behemoth_cmd, subprocess_env
 
 runner = CliRunner()
@@ -23,7 +23,9 @@ def invoke(*args: str):
 
 
 def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(behemoth_cmd(*args), capture_output=True, text=True, timeout=timeout, env=subprocess_env())
+    return subprocess.run(
+        behemoth_cmd(*args), capture_output=True, text=True, timeout=timeout, env=subprocess_env()
+    )
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +77,9 @@ def test_predict_on_an_array(digits_run, tmp_path):
     x = raw.images[:20].reshape((20, *shape)).astype(np.float32)
     x = (x - mean.reshape(1, -1, *[1] * (x.ndim - 2))) / std.reshape(1, -1, *[1] * (x.ndim - 2))
     np.save(tmp_path / "x.npy", x.astype(np.float32))
-    invoke("predict", str(run_dir), str(tmp_path / "x.npy"), "--out", str(tmp_path / "p.json"), "--top-k", "2")
+    invoke(
+        "predict", str(run_dir), str(tmp_path / "x.npy"), "--out", str(tmp_path / "p.json"), "--top-k", "2"
+    )
     rows = json.loads((tmp_path / "p.json").read_text())
     predicted = [int(r["classes"][0]) for r in rows]
     assert len(rows) == 20 and len(rows[0]["classes"]) == 2
@@ -102,14 +106,25 @@ def test_refuses_to_overwrite_and_keeps_the_old_run(digits_run):
     assert (run_dir / "model.safetensors").read_bytes() == before  # bad input: nothing overwritten
 
 
-@pytest.mark.parametrize("args,code,fragment", [
-    (["train", "digits", "train.lrr=1"], 2, "train.lrr = 1: unknown key"),
-    (["train", "no-such-config.toml"], 2, "config file not found: no-such-config.toml"),
-    (["train", "digits", "data.name=imagenet"], 1, "imagenet"),
-    (["train", "USER_MODEL_CONFIG", "model.name=tests.models_fixtures.tiny:wrong_classes"], 1, "output shape (2, 11)"),
-    (["train", "digits", "model.name=tests.models_fixtures.tiny:build"], 1, "factory rejected its options ['hidden']"),
-    (["evaluate", "/nonexistent/run"], 1, "not a behemoth run directory"),
-])
+@pytest.mark.parametrize(
+    "args,code,fragment",
+    [
+        (["train", "digits", "train.lrr=1"], 2, "train.lrr = 1: unknown key"),
+        (["train", "no-such-config.toml"], 2, "config file not found: no-such-config.toml"),
+        (["train", "digits", "data.name=imagenet"], 1, "imagenet"),
+        (
+            ["train", "USER_MODEL_CONFIG", "model.name=tests.models_fixtures.tiny:wrong_classes"],
+            1,
+            "output shape (2, 11)",
+        ),
+        (
+            ["train", "digits", "model.name=tests.models_fixtures.tiny:build"],
+            1,
+            "factory rejected its options ['hidden']",
+        ),
+        (["evaluate", "/nonexistent/run"], 1, "not a behemoth run directory"),
+    ],
+)
 def test_errors_are_one_line_with_exit_code(args, code, fragment, tmp_path):
     config = tmp_path / "user.toml"
     config.write_text('[data]\nname = "digits"\n[model]\nname = "tests.models_fixtures.tiny:build"\n')
@@ -123,8 +138,10 @@ def test_errors_are_one_line_with_exit_code(args, code, fragment, tmp_path):
 
 def test_user_model_trains(tmp_path):
     config = tmp_path / "user.toml"
-    config.write_text('name = "user"\n[data]\nname = "digits"\n[model]\nname = "tests.models_fixtures.tiny:build"\n'
-                      'hidden = 48\n[train]\nepochs = 6\noptimizer = "adam"\nlr = 0.01\n')
+    config.write_text(
+        'name = "user"\n[data]\nname = "digits"\n[model]\nname = "tests.models_fixtures.tiny:build"\n'
+        'hidden = 48\n[train]\nepochs = 6\noptimizer = "adam"\nlr = 0.01\n'
+    )
     invoke("train", str(config), f"runs_dir={str(tmp_path)!r}", "--no-progress")
     summary = json.loads((tmp_path / "user" / "summary.json").read_text())
     assert summary["parameters"] == 64 * 48 + 48 + 48 * 10 + 10 and summary["test"]["acc"] > 0.85
@@ -140,18 +157,34 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_exact(tmp_path):
     weights, bit for bit, as an uninterrupted run (default recipe path: CNN, bf16, channels_last)."""
     import time
 
-    common = ["mnist-cnn", f"runs_dir={str(tmp_path)!r}", "data.train_limit=3000", "data.batch_size=32",
-              "train.threads=1", "train.epochs=2", "train.checkpoint.every_steps=10", "--no-progress"]
+    common = [
+        "mnist-cnn",
+        f"runs_dir={str(tmp_path)!r}",
+        "data.train_limit=3000",
+        "data.batch_size=32",
+        "train.threads=1",
+        "train.epochs=2",
+        "train.checkpoint.every_steps=10",
+        "--no-progress",
+    ]
     steps_per_epoch = 3000 // 32
     straight = run_cli("train", *common, "name=straight")
     assert straight.returncode == 0, straight.stderr
 
-    process = subprocess.Popen(behemoth_cmd("train", *common, "name=killed"), env=subprocess_env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        behemoth_cmd("train", *common, "name=killed"),
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     latest = tmp_path / "killed" / "checkpoints" / "latest"
     deadline = time.time() + 240
     while time.time() < deadline and process.poll() is None:
-        if latest.is_file() and (step := int(latest.read_text().split("-")[1])) >= 20 and step % steps_per_epoch:
+        if (
+            latest.is_file()
+            and (step := int(latest.read_text().split("-")[1])) >= 20
+            and step % steps_per_epoch
+        ):
             process.kill()  # SIGKILL: no cleanup, no final save
             break
         time.sleep(0.01)
@@ -173,26 +206,47 @@ RECIPES = recipe_names()  # every shipped recipe, including the ones later stage
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_every_recipe_trains_a_few_steps(recipe, tmp_path):
-    from behemoth.cli.app import resolve_config
     from behemoth.data import list_datasets
     from behemoth.pipeline import run_training
+    from behemoth.pipeline.config import resolve_config
 
-    cfg = load_config(resolve_config(recipe), [f"runs_dir={str(tmp_path)!r}", "train.max_steps=3",
-                                               "train.warmup=0", "data.train_limit=256", "data.test_limit=64"])
+    cfg = load_config(
+        resolve_config(recipe),
+        [
+            f"runs_dir={str(tmp_path)!r}",
+            "train.max_steps=3",
+            "train.warmup=0",
+            "data.train_limit=256",
+            "data.test_limit=64",
+        ],
+    )
     if not {d.name: d.available for d in list_datasets()}[cfg.data.name]:
         pytest.skip(f"{cfg.data.name} is not installed here")
     summary = run_training(cfg, progress=False)
     assert summary["steps"] == 3 and not summary["diverged"]
     assert 0.0 <= summary["test"]["acc"] <= 1.0 and summary["test"]["loss"] > 0
     images = len(json.loads((tmp_path / cfg.name / "spec.json").read_text())["spec"]["input_shape"]) == 3
-    assert (tmp_path / cfg.name / "data_preview.png").is_file() == images  # image runs show what the model sees
+    assert (
+        tmp_path / cfg.name / "data_preview.png"
+    ).is_file() == images  # image runs show what the model sees
 
 
 def test_divergence_is_reported_and_keeps_the_last_good_checkpoint(tmp_path):
     from behemoth.cli.train_cmd import TrainingDiverged
 
-    result = runner.invoke(app, ["train", "digits", f"runs_dir={str(tmp_path)!r}", "name=diverge", "train.lr=1e12",
-                                 "train.optimizer=sgd", "train.checkpoint.every_steps=1", "--no-progress"])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "digits",
+            f"runs_dir={str(tmp_path)!r}",
+            "name=diverge",
+            "train.lr=1e12",
+            "train.optimizer=sgd",
+            "train.checkpoint.every_steps=1",
+            "--no-progress",
+        ],
+    )
     assert isinstance(result.exception, TrainingDiverged)
     assert "non-finite loss" in str(result.exception) and "last good checkpoint kept" in str(result.exception)
     latest = (tmp_path / "diverge" / "checkpoints" / "latest").read_text()

@@ -43,7 +43,11 @@ def test_soft_term_gradient_is_t_times_the_probability_gap():
     teacher = torch.randn(4, 7)
     temperature = 5.0
     distillation_loss(student, teacher, torch.zeros(4, dtype=torch.long), temperature, 1.0).backward()
-    expected = temperature * (torch.softmax(student.detach() / temperature, -1) - torch.softmax(teacher / temperature, -1)) / 4
+    expected = (
+        temperature
+        * (torch.softmax(student.detach() / temperature, -1) - torch.softmax(teacher / temperature, -1))
+        / 4
+    )
     assert torch.allclose(student.grad, expected, atol=1e-6)
 
 
@@ -52,7 +56,9 @@ def test_identical_logits_cost_nothing_but_the_label_term():
     labels = torch.tensor([0, 1, 2])
     assert distillation_loss(logits, logits, labels, 3.0, 1.0).item() == pytest.approx(0.0, abs=1e-6)
     ce = torch.nn.functional.cross_entropy(logits, labels)
-    assert distillation_loss(logits, logits, labels, 3.0, 0.25).item() == pytest.approx(0.75 * ce.item(), rel=1e-5)
+    assert distillation_loss(logits, logits, labels, 3.0, 0.25).item() == pytest.approx(
+        0.75 * ce.item(), rel=1e-5
+    )
 
 
 def test_student_learns_from_the_teacher_alone_through_the_engine(digits_bundle):
@@ -72,7 +78,9 @@ def test_student_learns_from_the_teacher_alone_through_the_engine(digits_bundle)
     student_acc = accuracy(student.eval(), digits_bundle.test, digits_bundle.spec)["acc"]
     assert seen and seen[0] == (32, 64)
     assert teacher_acc > 0.9 and student_acc > teacher_acc - 0.08
-    agreement = (student(digits_bundle.test.x).argmax(-1) == teacher(digits_bundle.test.x).argmax(-1)).float().mean()
+    agreement = (
+        (student(digits_bundle.test.x).argmax(-1) == teacher(digits_bundle.test.x).argmax(-1)).float().mean()
+    )
     assert agreement > 0.9
 
 

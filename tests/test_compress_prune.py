@@ -92,8 +92,13 @@ def image_digits(bundle: DataBundle) -> DataBundle:
     def as_images(split: TensorSplit) -> TensorSplit:
         return TensorSplit(split.x.view(-1, 1, 8, 8), split.y)
 
-    return DataBundle("digits", DataSpec("classification", (1, 8, 8), 10), as_images(bundle.train),
-                      as_images(bundle.val), as_images(bundle.test))
+    return DataBundle(
+        "digits",
+        DataSpec("classification", (1, 8, 8), 10),
+        as_images(bundle.train),
+        as_images(bundle.val),
+        as_images(bundle.test),
+    )
 
 
 def test_structured_pruning_shrinks_conv_batchnorm_and_flatten(digits_bundle):
@@ -103,7 +108,11 @@ def test_structured_pruning_shrinks_conv_batchnorm_and_flatten(digits_bundle):
     train(model, data, quick_train_config(epochs=2, lr=0.05), batch_size=64)
     params_before = sum(p.numel() for p in model.parameters())
     changes = structured.prune_units(model.eval(), 0.5, data.test.x[:2])
-    assert changes == {"features.block1.conv": (8, 4), "features.block2.conv": (16, 8), "classifier.fc1": (32, 16)}
+    assert changes == {
+        "features.block1.conv": (8, 4),
+        "features.block2.conv": (16, 8),
+        "classifier.fc1": (32, 16),
+    }
     assert model.features.block1.norm.num_features == 4 and model.features.block2.conv.in_channels == 4
     assert model.classifier.fc1.in_features == 8 * 2 * 2  # 8 channels x 2x2 map after the flatten
     assert sum(p.numel() for p in model.parameters()) < params_before / 2.5

@@ -41,7 +41,10 @@ def test_affine_math_matches_torch_quantizer():
     observer(w)
     scale, zero_point = observer.calculate_qparams()
     mine = quantize.choose_qparams(w, symmetric=False, signed=False)
-    assert mine.scale.item() == pytest.approx(scale.item(), rel=1e-6) and mine.zero_point.item() == zero_point.item()
+    assert (
+        mine.scale.item() == pytest.approx(scale.item(), rel=1e-6)
+        and mine.zero_point.item() == zero_point.item()
+    )
 
 
 def test_per_channel_beats_per_tensor_on_uneven_rows():
@@ -69,7 +72,10 @@ def test_static_int8_runs_int8_kernels_and_keeps_accuracy(trained_mlp, digits_bu
     assert quantize.int8_layers(model) == {"module.0": "LinearReLU", "module.2": "Linear"}
     assert not quantize.float_compute_layers(model)
     ops = ops_run(model, digits_bundle.test.x[:8])
-    assert {"quantized::linear_relu", "quantized::linear"} <= ops and not {"aten::addmm", "aten::linear"} & ops
+    assert {"quantized::linear_relu", "quantized::linear"} <= ops and not {
+        "aten::addmm",
+        "aten::linear",
+    } & ops
     fp32 = accuracy(trained_mlp, digits_bundle.test, digits_bundle.spec)["acc"]
     int8 = accuracy(model, digits_bundle.test, digits_bundle.spec)["acc"]
     assert int8 >= fp32 - 0.02
@@ -127,7 +133,9 @@ def test_kmeans_1d_finds_separated_clusters():
 def test_centroid_gradient_is_the_sum_over_its_cluster():
     layer = nn.Linear(6, 2, bias=False)
     with torch.no_grad():
-        layer.weight.copy_(torch.tensor([[1.0, 1.1, -1.0, -0.9, 0.0, 1.05], [-1.05, 0.95, 0.0, -1.1, 1.0, 0.9]]))
+        layer.weight.copy_(
+            torch.tensor([[1.0, 1.1, -1.0, -0.9, 0.0, 1.05], [-1.05, 0.95, 0.0, -1.1, 1.0, 0.9]])
+        )
     kmeans.share_weights(layer, bits=1)  # two clusters: around -1 and around +1 (zeros are pruned)
     shared = layer.parametrizations.weight[0]
     x = torch.randn(5, 6)
@@ -145,7 +153,10 @@ def test_centroid_fine_tuning_through_the_engine_keeps_the_codebook(trained_mlp,
     model = clone(trained_mlp)
     kmeans.share_weights(model, bits=2)
     coarse = accuracy(model, digits_bundle.test, digits_bundle.spec)["acc"]
-    before = {n: m.parametrizations.weight[0].centroids.detach().clone() for n, m in prune.prunable_layers(model).items()}
+    before = {
+        n: m.parametrizations.weight[0].centroids.detach().clone()
+        for n, m in prune.prunable_layers(model).items()
+    }
     train(model, digits_bundle, quick_train_config(epochs=2, lr=0.01), batch_size=32)
     books = kmeans.finalize_shared(model)
     for name, layer in prune.prunable_layers(model).items():

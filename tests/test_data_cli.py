@@ -20,14 +20,28 @@ def invoke(*args: str):
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(behemoth_cmd(*args), capture_output=True, text=True, timeout=300, env=subprocess_env())
+    return subprocess.run(
+        behemoth_cmd(*args), capture_output=True, text=True, timeout=300, env=subprocess_env()
+    )
 
 
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "digits"
-    output = invoke("data", "pack", "digits", str(out), "data.val_fraction=0.1", "--codec", "lz4", "--level", "7",
-                    "--shard-size", "8KiB", "--no-progress").output
+    output = invoke(
+        "data",
+        "pack",
+        "digits",
+        str(out),
+        "data.val_fraction=0.1",
+        "--codec",
+        "lz4",
+        "--level",
+        "7",
+        "--shard-size",
+        "8KiB",
+        "--no-progress",
+    ).output
     return out, output
 
 
@@ -73,14 +87,27 @@ def test_inspect_names_a_corrupted_shard_in_one_line(packed, tmp_path):
 def test_lossy_codec_is_refused_in_one_line(tmp_path):
     result = run_cli("data", "pack", "digits", str(tmp_path / "x"), "--codec", "zfp_acc")
     assert result.returncode == 1 and not (tmp_path / "x").exists()
-    assert result.stderr.strip() == ("behemoth: error: --codec zfp_acc: codec 'zfp_acc' is lossy; shards are lossless: "
-                                     "use one of zstd, lz4, lz4hc, blosclz, zlib")
+    assert result.stderr.strip() == (
+        "behemoth: error: --codec zfp_acc: codec 'zfp_acc' is lossy; shards are lossless: "
+        "use one of zstd, lz4, lz4hc, blosclz, zlib"
+    )
 
 
 def test_preview_writes_a_picture(tmp_path):
     out = tmp_path / "preview.png"
-    shown = invoke("data", "preview", "digits", "data.augment.rotate.p=1", "data.augment.mixup.p=0.5",
-                   "--out", str(out), "--samples", "6", "--rounds", "2").output
+    shown = invoke(
+        "data",
+        "preview",
+        "digits",
+        "data.augment.rotate.p=1",
+        "data.augment.mixup.p=0.5",
+        "--out",
+        str(out),
+        "--samples",
+        "6",
+        "--rounds",
+        "2",
+    ).output
     assert "written" in shown
     with Image.open(out) as picture:
         assert picture.format == "PNG" and picture.size[0] > 600 and picture.size[1] > 300
@@ -90,8 +117,17 @@ def test_preview_writes_a_picture(tmp_path):
 
 def test_train_from_a_shard_directory(packed, tmp_path):
     out, _ = packed
-    shown = invoke("train", "digits", "data.name=shards", f"data.path={str(out)!r}", f"runs_dir={str(tmp_path)!r}",
-                   "name=s", "train.epochs=5", "data.augment.translate.p=0.5", "--no-progress").output
+    shown = invoke(
+        "train",
+        "digits",
+        "data.name=shards",
+        f"data.path={str(out)!r}",
+        f"runs_dir={str(tmp_path)!r}",
+        "name=s",
+        "train.epochs=5",
+        "data.augment.translate.p=0.5",
+        "--no-progress",
+    ).output
     assert "test accuracy" in shown
     summary = json.loads((tmp_path / "s" / "summary.json").read_text())
     assert summary["train_samples"] == 1294 and summary["test"]["acc"] > 0.85

@@ -5,7 +5,7 @@ import gzip
 import numpy as np
 import pytest
 
-from behemoth.config.schema import DataConfig
+from behemoth.config import DataConfig
 from behemoth.data import load_data, sources
 from behemoth.data.idx import read_idx
 from behemoth.errors import DataError
@@ -30,10 +30,17 @@ def test_unknown_dataset_lists_the_known_ones():
 def test_missing_path(name, tmp_path):
     fails("data.path is not set", repr(name), name=name, label_column="y")
     absent = tmp_path / "absent"
-    fails(f"data.path = {str(absent)!r}", "no such file or folder", name=name, path=str(absent), label_column="y")
+    fails(
+        f"data.path = {str(absent)!r}",
+        "no such file or folder",
+        name=name,
+        path=str(absent),
+        label_column="y",
+    )
 
 
 # table
+
 
 @pytest.fixture
 def csv(tmp_path):
@@ -47,20 +54,48 @@ def test_table_needs_a_label_column(csv):
 
 
 def test_table_unknown_label_column_lists_the_columns(csv):
-    fails(str(csv), "no column 'target'", "data.label_column", "columns: a, b, label",
-          name="table", path=str(csv), label_column="target")
+    fails(
+        str(csv),
+        "no column 'target'",
+        "data.label_column",
+        "columns: a, b, label",
+        name="table",
+        path=str(csv),
+        label_column="target",
+    )
 
 
 def test_table_non_numeric_feature_names_column_and_value(csv):
-    fails(str(csv), "column 'b' is not numeric", "'six'", "row 2", name="table", path=str(csv), label_column="label")
+    fails(
+        str(csv),
+        "column 'b' is not numeric",
+        "'six'",
+        "row 2",
+        name="table",
+        path=str(csv),
+        label_column="label",
+    )
 
 
 def test_table_missing_values(tmp_path):
     path = tmp_path / "gaps.csv"
     path.write_text("a,b,label\n1,2,x\n3,,y\n5,6,x\n")
-    fails(str(path), "column 'b' has a missing value", "row 1", name="table", path=str(path), label_column="label")
+    fails(
+        str(path),
+        "column 'b' has a missing value",
+        "row 1",
+        name="table",
+        path=str(path),
+        label_column="label",
+    )
     path.write_text("a,b,label\n1,2,x\n3,4,\n5,6,y\n")
-    fails(str(path), "label column 'label' has a missing value", name="table", path=str(path), label_column="label")
+    fails(
+        str(path),
+        "label column 'label' has a missing value",
+        name="table",
+        path=str(path),
+        label_column="label",
+    )
 
 
 def test_table_unreadable_file(tmp_path):
@@ -70,6 +105,7 @@ def test_table_unreadable_file(tmp_path):
 
 
 # image folder
+
 
 def test_mixed_image_sizes_name_both_files(tmp_path):
     from PIL import Image
@@ -104,6 +140,7 @@ def test_empty_class_folder_and_no_classes(tmp_path):
 
 # arrays
 
+
 def test_arrays_label_problems(tmp_path):
     x = np.random.default_rng(0).standard_normal((6, 3)).astype(np.float32)
     np.savez(tmp_path / "neg.npz", x=x, y=np.array([0, 1, -1, 0, 1, 1]))
@@ -118,7 +155,12 @@ def test_arrays_label_problems(tmp_path):
 
 def test_arrays_shape_problems(tmp_path):
     np.savez(tmp_path / "len.npz", x=np.zeros((5, 3)), y=np.zeros(4, dtype=int))
-    fails(str(tmp_path / "len.npz"), "x has 5 samples but y has 4", name="arrays", path=str(tmp_path / "len.npz"))
+    fails(
+        str(tmp_path / "len.npz"),
+        "x has 5 samples but y has 4",
+        name="arrays",
+        path=str(tmp_path / "len.npz"),
+    )
     np.savez(tmp_path / "nox.npz", y=np.zeros(5, dtype=int))
     fails(str(tmp_path / "nox.npz"), "no array 'x'", name="arrays", path=str(tmp_path / "nox.npz"))
     np.savez(tmp_path / "half.npz", x=np.zeros((5, 3)), y=np.arange(5) % 2, x_test=np.zeros((2, 3)))
@@ -139,6 +181,7 @@ def test_arrays_nan_feature(tmp_path):
 
 # built-in datasets whose files are missing or damaged
 
+
 def idx_bytes(magic: int, dims: tuple[int, ...], payload: int | None = None) -> bytes:
     header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in dims)
     return gzip.compress(header + bytes(int(np.prod(dims)) if payload is None else payload))
@@ -152,14 +195,18 @@ def test_fashion_missing_says_how_to_install(monkeypatch, tmp_path):
 def test_fashion_with_wrong_counts_is_refused(tmp_path):
     for name in sources.FASHION_FILES.values():
         images = "images" in name
-        (tmp_path / name).write_bytes(idx_bytes(0x803 if images else 0x801, (100, 28, 28) if images else (100,)))
+        (tmp_path / name).write_bytes(
+            idx_bytes(0x803 if images else 0x801, (100, 28, 28) if images else (100,))
+        )
     fails(str(tmp_path), "expected 60000 train images, found 100", name="fashion_mnist", path=str(tmp_path))
 
 
 def test_idx_magic_and_length_are_checked(tmp_path):
     path = tmp_path / "labels.gz"
     path.write_bytes(idx_bytes(0x801, (100,), payload=10))
-    with pytest.raises(DataError, match=r"labels.gz: header says shape \(100,\) \(100 bytes\) but the file holds 10"):
+    with pytest.raises(
+        DataError, match=r"labels.gz: header says shape \(100,\) \(100 bytes\) but the file holds 10"
+    ):
         read_idx(path, 1)
     with pytest.raises(DataError, match=r"labels.gz: not an IDX file of 3-d bytes \(magic number 0x00000801"):
         read_idx(path, 3)
@@ -190,6 +237,7 @@ def test_missing_packages_say_what_to_install(monkeypatch):
 
 
 # text
+
 
 def test_text_too_short_for_a_block(tmp_path):
     path = tmp_path / "short.txt"

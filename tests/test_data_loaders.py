@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from behemoth.config.schema import DataConfig
+from behemoth.config import DataConfig
 from behemoth.data import DataBundle, DatasetInfo, TensorSplit, list_datasets, load_data, sources
 from behemoth.data.text import ByteTokenizer
 from behemoth.spec import DataSpec
@@ -44,13 +44,19 @@ def test_mnist_counts_shapes_and_dtypes(mnist):
     assert mnist.train.x.shape == (54000, 1, 28, 28) and mnist.val.x.shape == (6000, 1, 28, 28)
     assert mnist.test.x.shape == (10000, 1, 28, 28)
     for split in mnist.splits().values():
-        assert split.x.dtype == torch.float32 and split.y.dtype == torch.int64 and split.y.shape == (len(split),)
+        assert (
+            split.x.dtype == torch.float32 and split.y.dtype == torch.int64 and split.y.shape == (len(split),)
+        )
         assert split.y.min() == 0 and split.y.max() == 9
     assert mnist.class_names == [str(i) for i in range(10)]
 
 
 def test_mnist_uses_the_classic_normalisation(mnist):
-    assert mnist.meta["mean"] == [0.1307] and mnist.meta["std"] == [0.3081] and mnist.meta["input_scale"] == 255.0
+    assert (
+        mnist.meta["mean"] == [0.1307]
+        and mnist.meta["std"] == [0.3081]
+        and mnist.meta["input_scale"] == 255.0
+    )
     assert abs(mnist.train.x.mean().item()) < 0.01 and abs(mnist.train.x.std().item() - 1) < 0.01
     assert mnist.train.x.min().item() == pytest.approx(-0.1307 / 0.3081, abs=1e-5)  # black pixels
     assert mnist.train.x.max().item() == pytest.approx((1 - 0.1307) / 0.3081, abs=1e-5)  # white pixels
@@ -80,15 +86,21 @@ def test_limits_and_no_val():
     assert set(data.splits()) == {"train", "test"}
 
 
-@pytest.mark.skipif(bool(sources.fashion_missing()),
-                    reason="Fashion-MNIST files absent: sudo apt-get install dataset-fashion-mnist")
+@pytest.mark.skipif(
+    bool(sources.fashion_missing()),
+    reason="Fashion-MNIST files absent: sudo apt-get install dataset-fashion-mnist",
+)
 def test_fashion_mnist():
     data = load_data(DataConfig(name="fashion_mnist", val_fraction=0.0))
     assert data.train.x.shape == (60000, 1, 28, 28) and data.test.x.shape == (10000, 1, 28, 28)
     assert data.train.x.dtype == torch.float32 and data.train.y.dtype == torch.int64
     assert torch.bincount(data.train.y).tolist() == [6000] * 10  # Fashion-MNIST is exactly balanced
     assert torch.bincount(data.test.y).tolist() == [1000] * 10
-    assert data.class_names[0] == "T-shirt/top" and data.class_names[9] == "Ankle boot" and len(data.class_names) == 10
+    assert (
+        data.class_names[0] == "T-shirt/top"
+        and data.class_names[9] == "Ankle boot"
+        and len(data.class_names) == 10
+    )
     assert abs(data.train.x.mean().item()) < 1e-3 and abs(data.train.x.std().item() - 1) < 1e-3
     assert data.meta["mean"][0] == pytest.approx(0.2860, abs=1e-3)  # the published Fashion-MNIST statistics
     assert data.meta["std"][0] == pytest.approx(0.3530, abs=1e-3)
@@ -105,28 +117,45 @@ def test_digits_split_counts_and_normalisation(raw_digits):
     data = load_data(DataConfig(name="digits", val_fraction=0.1, split_seed=0))
     assert data.spec.input_shape == (1, 8, 8) and data.spec.num_classes == 10
     assert len(data.test) == 359 and len(data.train) + len(data.val) == 1797 - 359
-    test_share = torch.bincount(data.test.y, minlength=10).float() / torch.from_numpy(np.bincount(raw_digits.target))
+    test_share = torch.bincount(data.test.y, minlength=10).float() / torch.from_numpy(
+        np.bincount(raw_digits.target)
+    )
     assert ((test_share - 0.2).abs() < 0.01).all()  # stratified: 20% of every class
     assert abs(data.train.x.mean().item()) < 1e-4 and abs(data.train.x.std(correction=0).item() - 1) < 1e-4
     mean, std = data.meta["mean"][0], data.meta["std"][0]
     assert 0 < mean < 16 and 0 < std < 16  # kept in the source's units (0..16), as predict expects
     everything = np.concatenate([pixels(s, mean, std, 1.0) for s in data.splits().values()])
-    assert np.array_equal(fingerprints(everything), fingerprints(raw_digits.images))  # a partition of all 1797
+    assert np.array_equal(
+        fingerprints(everything), fingerprints(raw_digits.images)
+    )  # a partition of all 1797
 
 
 def test_digits_test_split_is_disjoint_and_seeded(raw_digits):
     a = load_data(DataConfig(name="digits", val_fraction=0.2, split_seed=5))
     b = load_data(DataConfig(name="digits", val_fraction=0.2, split_seed=5))
     c = load_data(DataConfig(name="digits", val_fraction=0.2, split_seed=6))
-    assert torch.equal(a.test.x, b.test.x) and torch.equal(a.val.x, b.val.x) and torch.equal(a.train.y, b.train.y)
+    assert (
+        torch.equal(a.test.x, b.test.x)
+        and torch.equal(a.val.x, b.val.x)
+        and torch.equal(a.train.y, b.train.y)
+    )
     assert not torch.equal(a.test.x, c.test.x) and not torch.equal(a.val.x, c.val.x)
-    unique = {row.tobytes() for row, n in zip(*np.unique(raw_digits.images.reshape(1797, -1), axis=0,
-                                                          return_counts=True)) if n == 1}
+    unique = {
+        row.tobytes()
+        for row, n in zip(*np.unique(raw_digits.images.reshape(1797, -1), axis=0, return_counts=True))
+        if n == 1
+    }
     mean, std = a.meta["mean"][0], a.meta["std"][0]
-    rows = {name: {r.tobytes() for r in pixels(s, mean, std, 1.0).reshape(len(s), -1).astype(np.float64)} & unique
-            for name, s in a.splits().items()}
+    rows = {
+        name: {r.tobytes() for r in pixels(s, mean, std, 1.0).reshape(len(s), -1).astype(np.float64)} & unique
+        for name, s in a.splits().items()
+    }
     assert rows["train"] and rows["val"] and rows["test"]
-    assert not rows["train"] & rows["test"] and not rows["val"] & rows["test"] and not rows["train"] & rows["val"]
+    assert (
+        not rows["train"] & rows["test"]
+        and not rows["val"] & rows["test"]
+        and not rows["train"] & rows["val"]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +166,9 @@ def kjv_text() -> str:
 
 def test_kjv_shapes_vocab_and_shift(kjv_text):
     data = load_data(DataConfig(name="kjv", block_size=64, val_fraction=0.05))
-    assert data.spec.task == "language_model" and data.spec.input_shape == (64,) and data.spec.num_classes == 256
+    assert (
+        data.spec.task == "language_model" and data.spec.input_shape == (64,) and data.spec.num_classes == 256
+    )
     assert data.meta["tokenizer"] == "byte" and data.meta["vocab_size"] == 256
     for split in data.splits().values():
         assert split.x.shape == split.y.shape == (len(split), 64)
@@ -159,9 +190,11 @@ def test_kjv_splits_are_contiguous_and_in_order(kjv_text):
     val_start = test_start - data.meta["val_tokens"]
     assert data.meta["test_tokens"] == round(0.1 * len(text))  # the last 10%: no overlap with train
     assert data.meta["val_tokens"] == round(0.05 * test_start) and data.meta["train_tokens"] == val_start
-    assert tok.decode(data.test.x[0]) == text[test_start: test_start + 64].decode()
-    assert tok.decode(data.val.x[0]) == text[val_start: val_start + 64].decode()
-    assert tok.decode(data.train.x[0]).startswith("In the beginning God created the heaven and the earth.\nAnd")
+    assert tok.decode(data.test.x[0]) == text[test_start : test_start + 64].decode()
+    assert tok.decode(data.val.x[0]) == text[val_start : val_start + 64].decode()
+    assert tok.decode(data.train.x[0]).startswith(
+        "In the beginning God created the heaven and the earth.\nAnd"
+    )
     assert len(data.train) == val_start // 65 and len(data.test) == data.meta["test_tokens"] // 65
 
 
@@ -175,8 +208,17 @@ def test_byte_tokenizer_round_trip():
 
 def test_listing_says_what_is_available():
     infos = {info.name: info for info in list_datasets()}
-    assert set(infos) == {"mnist", "fashion_mnist", "digits", "kjv", "text", "folder", "table", "arrays",
-                          "shards"}
+    assert set(infos) == {
+        "mnist",
+        "fashion_mnist",
+        "digits",
+        "kjv",
+        "text",
+        "folder",
+        "table",
+        "arrays",
+        "shards",
+    }
     assert all(isinstance(info, DatasetInfo) and info.summary for info in infos.values())
     assert infos["mnist"].available and infos["kjv"].available and infos["digits"].available
     assert infos["fashion_mnist"].available == (not sources.fashion_missing())

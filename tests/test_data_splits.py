@@ -26,7 +26,9 @@ def test_stratified_split_holds_out_each_class_in_proportion():
     assert len(set(y[held[:5]].tolist())) > 1  # classes interleaved, not one class after another
 
 
-@pytest.mark.parametrize("n,fraction,expected", [(10, 0.0, 0), (10, 0.1, 1), (10, 0.01, 1), (1, 0.5, 0), (7, 0.99, 6)])
+@pytest.mark.parametrize(
+    "n,fraction,expected", [(10, 0.0, 0), (10, 0.1, 1), (10, 0.01, 1), (1, 0.5, 0), (7, 0.99, 6)]
+)
 def test_split_count(n, fraction, expected):
     assert split_count(n, fraction) == expected
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from behemoth.config.schema import DataConfig
+from behemoth.config import DataConfig
 from behemoth.data import load_data, sources
 from behemoth.data.text import ByteTokenizer
 
@@ -53,15 +53,16 @@ def test_text_folder_is_read_in_sorted_order(tmp_path):
     assert tok.decode(data.train.x[0]) == "first file first"
     assert torch.equal(data.train.x[:, 1:], data.train.y[:, :-1])
     test_start = len(text) - data.meta["test_tokens"]
-    assert bytes(data.test.x[0].tolist()) == text[test_start: test_start + 16]
+    assert bytes(data.test.x[0].tolist()) == text[test_start : test_start + 16]
     assert len(data.val) >= 1 and data.val.x.dtype == torch.int64
 
 
 def test_single_text_file_and_limits(tmp_path):
     path = tmp_path / "one.txt"
     path.write_text("".join(f"line {i}\n" for i in range(400)))
-    data = load_data(DataConfig(name="text", path=str(path), block_size=8, val_fraction=0.0,
-                                train_limit=5, test_limit=3))
+    data = load_data(
+        DataConfig(name="text", path=str(path), block_size=8, val_fraction=0.0, train_limit=5, test_limit=3)
+    )
     assert data.val is None and len(data.train) == 5 and len(data.test) == 3
     assert ByteTokenizer().decode(data.train.x[0]) == "line 0\nl"
 
@@ -69,7 +70,9 @@ def test_single_text_file_and_limits(tmp_path):
 # image folder
 
 
-def write_pngs(root, images: np.ndarray, labels: np.ndarray, classes=(0, 1, 2), per_class=25, mode="L") -> np.ndarray:
+def write_pngs(
+    root, images: np.ndarray, labels: np.ndarray, classes=(0, 1, 2), per_class=25, mode="L"
+) -> np.ndarray:
     """Save `per_class` images of each class as PNG under root/digit_<c>/; return what was written."""
     from PIL import Image
 
@@ -134,7 +137,10 @@ def test_table_from_sklearn_digits(tmp_path, digits, suffix):
     data = load_data(DataConfig(name="table", path=str(path), label_column="digit", val_fraction=0.1))
     assert data.spec.input_shape == (64,) and data.spec.num_classes == 10
     assert data.class_names == [f"d{i}" for i in range(10)] and data.meta["feature_names"][0] == "px0"
-    assert len(data.test) == pytest.approx(120, abs=5) and len(data.train) + len(data.val) + len(data.test) == 600
+    assert (
+        len(data.test) == pytest.approx(120, abs=5)
+        and len(data.train) + len(data.val) + len(data.test) == 600
+    )
     assert data.train.x.dtype == torch.float32 and data.train.y.dtype == torch.int64
     assert torch.isfinite(data.train.x).all()  # constant (all-zero) pixel columns become 0, not NaN
     varying = torch.tensor(data.meta["std"]) != 1.0
@@ -143,15 +149,19 @@ def test_table_from_sklearn_digits(tmp_path, digits, suffix):
     rows = np.concatenate([undo(s, data.meta) for s in data.splits().values()])
     labels = torch.cat([s.y for s in data.splits().values()]).numpy()
     expected = digits.data[:600].astype(np.int64)
-    assert np.array_equal(sorted_rows(np.column_stack([rows, labels])),
-                          sorted_rows(np.column_stack([expected, digits.target[:600]])))  # label mapping is right
+    assert np.array_equal(
+        sorted_rows(np.column_stack([rows, labels])),
+        sorted_rows(np.column_stack([expected, digits.target[:600]])),
+    )  # label mapping is right
 
 
 def test_table_numeric_labels_sort_numerically(tmp_path, digits):
     frame = digits_frame(digits, 300)
     frame["digit"] = digits.target[:300] * 5  # 0, 5, ..., 45: numeric, so 10 < 5 must not happen
     frame.to_csv(tmp_path / "t.csv", index=False)
-    data = load_data(DataConfig(name="table", path=str(tmp_path / "t.csv"), label_column="digit", val_fraction=0.0))
+    data = load_data(
+        DataConfig(name="table", path=str(tmp_path / "t.csv"), label_column="digit", val_fraction=0.0)
+    )
     assert data.class_names == [str(5 * i) for i in range(10)]
 
 
@@ -160,8 +170,13 @@ def test_table_numeric_labels_sort_numerically(tmp_path, digits):
 
 def test_arrays_npz_with_official_test(tmp_path, mnist_sample):
     images, labels = mnist_sample
-    np.savez(tmp_path / "d.npz", x=images[:500].astype(np.float32) / 255, y=labels[:500],
-             x_test=images[500:].astype(np.float32) / 255, y_test=labels[500:])
+    np.savez(
+        tmp_path / "d.npz",
+        x=images[:500].astype(np.float32) / 255,
+        y=labels[:500],
+        x_test=images[500:].astype(np.float32) / 255,
+        y_test=labels[500:],
+    )
     data = load_data(DataConfig(name="arrays", path=str(tmp_path / "d.npz"), val_fraction=0.1))
     assert data.spec.input_shape == (1, 28, 28) and data.spec.num_classes == 10
     assert len(data.train) == 450 and len(data.val) == 50 and len(data.test) == 100
@@ -181,7 +196,9 @@ def test_arrays_folder_of_npy_tabular(tmp_path, digits):
 
 def test_arrays_uint8_images_and_class_names(tmp_path, mnist_sample):
     images, labels = mnist_sample
-    np.savez(tmp_path / "u8.npz", x=images[:, None], y=labels, class_names=np.array([f"n{i}" for i in range(10)]))
+    np.savez(
+        tmp_path / "u8.npz", x=images[:, None], y=labels, class_names=np.array([f"n{i}" for i in range(10)])
+    )
     data = load_data(DataConfig(name="arrays", path=str(tmp_path / "u8.npz"), val_fraction=0.0))
     assert data.spec.input_shape == (1, 28, 28) and data.class_names[3] == "n3"
     assert data.meta["input_scale"] == 255.0 and 0 < data.meta["mean"][0] < 1

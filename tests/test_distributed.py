@@ -8,11 +8,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from behemoth.cli.app import resolve_config
 from behemoth.config import load_config
 from behemoth.distributed import DistEnv, shard, shard_rows
 from behemoth.distributed.launch import strip_launch_options, torchrun_args
 from behemoth.pipeline import run_training
+from behemoth.pipeline.config import resolve_config
 from tests.conftest import behemoth_cmd, failure_text, subprocess_env
 
 # digits MLP, no early stopping, a constant lr so a resumed run may extend the number of epochs
@@ -25,8 +25,10 @@ def run(cmd: list[str]) -> None:
 
 
 def single_process(tmp_path, name: str, epochs: int) -> dict:
-    cfg = load_config(resolve_config("digits"), [*COMMON, f"runs_dir={str(tmp_path)!r}", f"name={name}",
-                                                 f"train.epochs={epochs}"])
+    cfg = load_config(
+        resolve_config("digits"),
+        [*COMMON, f"runs_dir={str(tmp_path)!r}", f"name={name}", f"train.epochs={epochs}"],
+    )
     run_training(cfg, progress=False)
     return load_file(str(tmp_path / name / "model.safetensors"))
 
@@ -47,18 +49,34 @@ def test_shards_partition_each_global_batch():
 
 def test_launcher_arguments():
     assert strip_launch_options(["train", "digits", "--nproc", "2", "--max-restarts=3", "train.lr=1"]) == [
-        "train", "digits", "train.lr=1"]
+        "train",
+        "digits",
+        "train.lr=1",
+    ]
     args = torchrun_args(2, ["train", "digits"], max_restarts=1)
     assert args[:3] == ["--nproc-per-node=2", "--max-restarts=1", "--standalone"]
     assert args[-4:] == ["-m", "behemoth", "train", "digits"]
     multi = torchrun_args(4, ["train"], nnodes="2", node_rank=1, rdzv_endpoint="10.0.0.1:29400")
-    assert "--rdzv-endpoint=10.0.0.1:29400" in multi and "--node-rank=1" in multi and "--standalone" not in multi
+    assert (
+        "--rdzv-endpoint=10.0.0.1:29400" in multi and "--node-rank=1" in multi and "--standalone" not in multi
+    )
 
 
 def test_ddp_two_processes_match_single_process(tmp_path):
     single = single_process(tmp_path, "single", epochs=3)
-    run(behemoth_cmd("train", "digits", *COMMON, f"runs_dir={str(tmp_path)!r}", "name=ddp", "train.epochs=3",
-                     "--nproc", "2", "--no-progress"))
+    run(
+        behemoth_cmd(
+            "train",
+            "digits",
+            *COMMON,
+            f"runs_dir={str(tmp_path)!r}",
+            "name=ddp",
+            "train.epochs=3",
+            "--nproc",
+            "2",
+            "--no-progress",
+        )
+    )
     assert_same_weights(load_file(str(tmp_path / "ddp" / "model.safetensors")), single)
     lines = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == len((tmp_path / "single" / "metrics.jsonl").read_text().splitlines())  # rank 0 only
@@ -67,15 +85,39 @@ def test_ddp_two_processes_match_single_process(tmp_path):
 def test_resume_across_world_sizes(tmp_path):
     straight = single_process(tmp_path, "straight", epochs=2)
     # world size 2 (plain torchrun) for epoch 1, then world size 1 for epoch 2
-    run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "behemoth",
-         "train", "digits", *COMMON, f"runs_dir={str(tmp_path)!r}", "name=two_then_one", "train.epochs=1",
-         "--no-progress"])
+    run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node=2",
+            "-m",
+            "behemoth",
+            "train",
+            "digits",
+            *COMMON,
+            f"runs_dir={str(tmp_path)!r}",
+            "name=two_then_one",
+            "train.epochs=1",
+            "--no-progress",
+        ]
+    )
     run(behemoth_cmd("train", "--resume", str(tmp_path / "two_then_one"), "train.epochs=2", "--no-progress"))
     assert_same_weights(load_file(str(tmp_path / "two_then_one" / "model.safetensors")), straight)
     # and the other way: world size 1, then 2
     single_process(tmp_path, "one_then_two", epochs=1)
-    run(behemoth_cmd("train", "--resume", str(tmp_path / "one_then_two"), "train.epochs=2", "--nproc", "2",
-                     "--no-progress"))
+    run(
+        behemoth_cmd(
+            "train",
+            "--resume",
+            str(tmp_path / "one_then_two"),
+            "train.epochs=2",
+            "--nproc",
+            "2",
+            "--no-progress",
+        )
+    )
     assert_same_weights(load_file(str(tmp_path / "one_then_two" / "model.safetensors")), straight)
 
 
@@ -91,10 +133,24 @@ def test_early_stopping_stops_every_rank_together(tmp_path):
     import json
 
     # min_delta is unreachable: the first evaluation sets the best, the next one stops the run
-    run(behemoth_cmd("train", "digits", f"runs_dir={str(tmp_path)!r}", "name=es", "train.epochs=20",
-                     "train.early_stop.patience=1", "train.early_stop.min_delta=100", "--nproc", "2", "--no-progress"))
+    run(
+        behemoth_cmd(
+            "train",
+            "digits",
+            f"runs_dir={str(tmp_path)!r}",
+            "name=es",
+            "train.epochs=20",
+            "train.early_stop.patience=1",
+            "train.early_stop.min_delta=100",
+            "--nproc",
+            "2",
+            "--no-progress",
+        )
+    )
     summary = json.loads((tmp_path / "es" / "summary.json").read_text())
-    assert summary["epochs"] == 2 and "early stopping" in summary["stop_reason"] and summary["world_size"] == 2
+    assert (
+        summary["epochs"] == 2 and "early stopping" in summary["stop_reason"] and summary["world_size"] == 2
+    )
 
 
 def worker_pids(launcher_pid: int) -> list[int]:
@@ -115,12 +171,26 @@ def test_killed_rank_is_restarted_and_the_run_resumes(tmp_path):
     import signal
     import time
 
-    common = ["mnist-cnn", f"runs_dir={str(tmp_path)!r}", "data.train_limit=3000", "data.batch_size=32",
-              "train.epochs=2", "train.precision=fp32", "train.checkpoint.every_steps=10", "--nproc", "2",
-              "--no-progress"]
+    common = [
+        "mnist-cnn",
+        f"runs_dir={str(tmp_path)!r}",
+        "data.train_limit=3000",
+        "data.batch_size=32",
+        "train.epochs=2",
+        "train.precision=fp32",
+        "train.checkpoint.every_steps=10",
+        "--nproc",
+        "2",
+        "--no-progress",
+    ]
     run(behemoth_cmd("train", *common, "name=straight"))
-    launcher = subprocess.Popen(behemoth_cmd("train", *common, "name=killed", "--max-restarts", "1"),
-                                env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    launcher = subprocess.Popen(
+        behemoth_cmd("train", *common, "name=killed", "--max-restarts", "1"),
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     latest = tmp_path / "killed" / "checkpoints" / "latest"
     killed = None
     deadline = time.time() + 240
@@ -134,6 +204,10 @@ def test_killed_rank_is_restarted_and_the_run_resumes(tmp_path):
     _, stderr = launcher.communicate(timeout=300)
     assert killed is not None, "the run ended before a rank could be killed"
     assert launcher.returncode == 0, failure_text(stderr)
-    assert "failed (exitcode: -9)" in stderr  # torchrun saw the killed worker, restarted the group, and it finished
-    assert_same_weights(load_file(str(tmp_path / "killed" / "model.safetensors")),
-                        load_file(str(tmp_path / "straight" / "model.safetensors")))
+    assert (
+        "failed (exitcode: -9)" in stderr
+    )  # torchrun saw the killed worker, restarted the group, and it finished
+    assert_same_weights(
+        load_file(str(tmp_path / "killed" / "model.safetensors")),
+        load_file(str(tmp_path / "straight" / "model.safetensors")),
+    )

@@ -38,13 +38,22 @@ def one_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[
 def test_activation_checkpointing_gives_the_same_loss_gradients_and_buffers(name):
     torch.manual_seed(0)
     if name == "gpt":
-        model, x = gpt(dropout=0.2), torch.randint(0, 64, (4, 8))  # dropout: the recomputation replays the RNG
+        model, x = (
+            gpt(dropout=0.2),
+            torch.randint(0, 64, (4, 8)),
+        )  # dropout: the recomputation replays the RNG
         y = torch.randint(0, 64, (4, 8))
     elif name == "vit":
-        model, x = ViT((1, 28, 28), 10, ViTOptions(dim=16, depth=2, heads=2, dropout=0.1)), torch.randn(4, 1, 28, 28)
+        model, x = (
+            ViT((1, 28, 28), 10, ViTOptions(dim=16, depth=2, heads=2, dropout=0.1)),
+            torch.randn(4, 1, 28, 28),
+        )
         y = torch.randint(0, 10, (4,))
     else:  # batch norm: recomputing must not count the batch twice in the running statistics
-        model, x = CNN((1, 28, 28), 10, CNNOptions(channels=(4, 8), hidden=16, norm="batch")), torch.randn(4, 1, 28, 28)
+        model, x = (
+            CNN((1, 28, 28), 10, CNNOptions(channels=(4, 8), hidden=16, norm="batch")),
+            torch.randn(4, 1, 28, 28),
+        )
         y = torch.randint(0, 10, (4,))
     checkpointed = copy.deepcopy(model)
     assert checkpoint_blocks(checkpointed) == 2
@@ -59,7 +68,9 @@ def test_activation_checkpointing_gives_the_same_loss_gradients_and_buffers(name
 
 
 def test_activation_checkpointing_needs_blocks():
-    with pytest.raises(ConfigError, match="train.activation_checkpointing = true: model Sequential has no blocks"):
+    with pytest.raises(
+        ConfigError, match="train.activation_checkpointing = true: model Sequential has no blocks"
+    ):
         checkpoint_blocks(mlp())
 
 
@@ -73,7 +84,9 @@ def test_pipeline_split_keeps_names_and_gives_each_stage_its_blocks():
     assert blocks == [["0"], ["1", "2"], ["3"]]
     assert {"tok_emb.weight", "pos_emb.weight"} <= stages[0] and "ln_f.weight" not in stages[0]
     assert stages[1] == {k for k in stages[1] if k.startswith("blocks.")}
-    assert {"tok_emb.weight", "lm_head.weight", "ln_f.weight"} <= stages[2] and "pos_emb.weight" not in stages[2]
+    assert {"tok_emb.weight", "lm_head.weight", "ln_f.weight"} <= stages[
+        2
+    ] and "pos_emb.weight" not in stages[2]
     assert set().union(*stages) == set(gpt(layers=4).state_dict())  # nothing lost, names unchanged
 
 
@@ -121,7 +134,9 @@ def test_strategies_refuse_what_they_cannot_do():
         check_strategy("ddp", TrainConfig(strategy="ddp", fsdp_offload=True))
     with pytest.raises(ConfigError, match="splits GPT blocks only, not Sequential"):
         pipeline_model(mlp(), two, 4, "1f1b")
-    with pytest.raises(ConfigError, match="train.pipeline_microbatches = 1: the 1f1b schedule needs at least one"):
+    with pytest.raises(
+        ConfigError, match="train.pipeline_microbatches = 1: the 1f1b schedule needs at least one"
+    ):
         pipeline_model(gpt(), two, 1, "1f1b")
     with pytest.raises(ConfigError, match="model.n_layer = 2 is less than the 3 stages"):
         split_gpt(gpt(), 0, 3)

@@ -15,10 +15,16 @@ from behemoth.spec import DataSpec
 MODELS = {
     "image": ("lenet5", DataSpec("classification", (1, 8, 8), 10), {}),
     "table": ("mlp", DataSpec("classification", (13,), 3), {"hidden": [16]}),
-    "tokens": ("gpt", DataSpec("language_model", (12,), 256), dict(n_layer=1, n_head=2, n_embd=16, block_size=12)),
+    "tokens": (
+        "gpt",
+        DataSpec("language_model", (12,), 256),
+        dict(n_layer=1, n_head=2, n_embd=16, block_size=12),
+    ),
 }
 ALL_METHODS = ("ig", "saliency", "gradient_shap", "kernel_shap", "lime", "occlusion")
-CASES = [(method, kind) for kind in MODELS for method in ALL_METHODS if kind != "tokens" or method in TOKEN_METHODS]
+CASES = [
+    (method, kind) for kind in MODELS for method in ALL_METHODS if kind != "tokens" or method in TOKEN_METHODS
+]
 DETERMINISTIC = ("ig", "saliency", "occlusion")  # no sampling: a row's answer cannot depend on its batch
 BUDGET = dict(n_steps=16, n_samples=24, internal_batch_size=256)
 

@@ -80,9 +80,21 @@ def test_partition_errors_name_the_field(digits_bundle):
 
 
 def test_show_partition_prints_histograms_and_writes_nothing(tmp_path):
-    done = subprocess.run(behemoth_cmd("federate", "federated-digits", "--show-partition", f"runs_dir={tmp_path}",
-                                       "federate.partition=shards", "federate.clients=5"),
-                          capture_output=True, text=True, env=subprocess_env(), cwd=tmp_path, timeout=120)
+    done = subprocess.run(
+        behemoth_cmd(
+            "federate",
+            "federated-digits",
+            "--show-partition",
+            f"runs_dir={tmp_path}",
+            "federate.partition=shards",
+            "federate.clients=5",
+        ),
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stdout.splitlines() if line.startswith("│")]
     assert len(lines) == 5  # one row per client
@@ -92,16 +104,29 @@ def test_show_partition_prints_histograms_and_writes_nothing(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("overrides,fragment", [
-    (["federate.secagg=true", "federate.strategy=krum"], "so it needs strategy = 'fedavg'"),
-    (["federate.secagg=true", "federate.secagg_shares=5"], "only 4 are sampled per round"),
-    (["federate.strategy=krum", "federate.clients=4", "federate.fraction=1.0", "federate.krum_malicious=1"],
-     "needs more than 4 clients per round"),
-    (["federate.dp.mode=client", "federate.strategy=fedprox"], "would drop the proximal term"),
-    (["federate.faults.nan_clients=[7]", "federate.clients=4"], "federate.faults.nan_clients: 7 is not a partition"),
-    (["federate.fraction=0"], "federate.fraction = 0: Input should be greater than 0"),
-    (["federate.strategy=fedsgd"], "federate.strategy = 'fedsgd'"),
-])
+@pytest.mark.parametrize(
+    "overrides,fragment",
+    [
+        (["federate.secagg=true", "federate.strategy=krum"], "so it needs strategy = 'fedavg'"),
+        (["federate.secagg=true", "federate.secagg_shares=5"], "only 4 are sampled per round"),
+        (
+            [
+                "federate.strategy=krum",
+                "federate.clients=4",
+                "federate.fraction=1.0",
+                "federate.krum_malicious=1",
+            ],
+            "needs more than 4 clients per round",
+        ),
+        (["federate.dp.mode=client", "federate.strategy=fedprox"], "would drop the proximal term"),
+        (
+            ["federate.faults.nan_clients=[7]", "federate.clients=4"],
+            "federate.faults.nan_clients: 7 is not a partition",
+        ),
+        (["federate.fraction=0"], "federate.fraction = 0: Input should be greater than 0"),
+        (["federate.strategy=fedsgd"], "federate.strategy = 'fedsgd'"),
+    ],
+)
 def test_bad_federate_config_fails_at_load(overrides, fragment):
     with pytest.raises(ConfigError) as info:
         load_config(REPO / "configs/federated-digits.toml", overrides)
@@ -112,5 +137,9 @@ def test_recipes_load():
     digits = load_config(REPO / "configs/federated-digits.toml")
     assert digits.federate.clients == 4 and digits.federate.sampled_clients == 4
     mnist = load_config(REPO / "configs/federated-mnist.toml")
-    assert (mnist.federate.clients, mnist.federate.sampled_clients, mnist.federate.local_epochs,
-            mnist.federate.local_batch) == (100, 10, 5, 10)
+    assert (
+        mnist.federate.clients,
+        mnist.federate.sampled_clients,
+        mnist.federate.local_epochs,
+        mnist.federate.local_batch,
+    ) == (100, 10, 5, 10)

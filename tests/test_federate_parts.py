@@ -9,13 +9,16 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedProx, FedTrimmedAvg, Krum
 
 from behemoth.config import load_config
+from behemoth.config.federate import STRATEGIES
 from behemoth.data.bundle import TensorSplit
+from behemoth.errors import ConfigError
 from behemoth.federated.local import SimulatedClientFailure, local_train
 from behemoth.federated.privacy import DPSGDPlan, PoissonFeed, PrivacyLedger, rdp_epsilon
 from behemoth.federated.state import FederatedState, load_latest, rng_state, save_round, set_rng_state
-from behemoth.federated.strategies import GuardedStrategy, base_strategy
+from behemoth.federated.strategies import STRATEGY_REGISTRY, GuardedStrategy, base_strategy, strategy_entry
 from tests.conftest import REPO, mlp
 
 
@@ -34,15 +37,28 @@ def replies_for(updates: list[np.ndarray | None], partitions: list[int] | None =
     """One reply per update (None: a failed client), each answering its own train instruction."""
     out = []
     for i, update in enumerate(updates):
-        ins = Message(content=RecordDict({"config": ConfigRecord({"server-round": 1})}),
-                      message_type=MessageType.TRAIN, dst_node_id=100 + i)
+        ins = Message(
+            content=RecordDict({"config": ConfigRecord({"server-round": 1})}),
+            message_type=MessageType.TRAIN,
+            dst_node_id=100 + i,
+        )
         if update is None:
             out.append(Message(Error(code=0, reason="client left"), reply_to=ins))
             continue
-        metrics = MetricRecord({"num-examples": 100, "train-loss": 0.5, "train-acc": 0.9,
-                                "partition-id": (partitions or list(range(len(updates))))[i]})
-        out.append(Message(content=RecordDict({"arrays": ArrayRecord({"w": _array(update)}), "metrics": metrics}),
-                           reply_to=ins))
+        metrics = MetricRecord(
+            {
+                "num-examples": 100,
+                "train-loss": 0.5,
+                "train-acc": 0.9,
+                "partition-id": (partitions or list(range(len(updates))))[i],
+            }
+        )
+        out.append(
+            Message(
+                content=RecordDict({"arrays": ArrayRecord({"w": _array(update)}), "metrics": metrics}),
+                reply_to=ins,
+            )
+        )
     return out
 
 
@@ -59,13 +75,67 @@ def poisoned_round(seed: int = 0) -> list[Message]:
     return replies_for(honest + [np.full(50, -10.0)])
 
 
-@pytest.mark.parametrize("strategy,robust", [
-    ("fedavg", False), ("fedmedian", True), ("fedtrimmedavg", True), ("krum", True),
-])
+# one row per registered strategy: (name, overrides, Flower's class, attributes its options must reach)
+STRATEGY_CASES = [
+    ("fedavg", [], FedAvg, {}),
+    ("fedprox", ["federate.proximal_mu=0.5"], FedProx, {"proximal_mu": 0.5}),
+    (
+        "fedadam",
+        ["federate.server_lr=0.1", "federate.server_betas=[0.8, 0.9]", "federate.server_tau=0.01"],
+        FedAdam,
+        {"eta": 0.1, "eta_l": 1.0, "beta_1": 0.8, "beta_2": 0.9, "tau": 0.01},
+    ),
+    ("fedmedian", [], FedMedian, {}),
+    ("fedtrimmedavg", ["federate.trim_beta=0.3"], FedTrimmedAvg, {"beta": 0.3}),
+    ("krum", ["federate.krum_malicious=1", "federate.clients=12"], Krum, {"num_malicious_nodes": 1}),
+]
+
+
+def test_strategy_registry_builds_exactly_the_names_the_config_accepts():
+    assert list(STRATEGY_REGISTRY) == list(STRATEGIES)  # config's list: flwr-free, checked at load
+    assert [name for name, *_ in STRATEGY_CASES] == list(STRATEGY_REGISTRY)
+    assert all(name == entry.name for name, entry in STRATEGY_REGISTRY.items())
+    with pytest.raises(ConfigError, match="federate.strategy = 'fedsgd': unknown strategy .known: fedavg, "):
+        strategy_entry("fedsgd")
+    with pytest.raises(ConfigError, match="federate.strategy = 'fedsgd': Value error, unknown strategy"):
+        load_config(REPO / "configs/federated-digits.toml", ["federate.strategy=fedsgd"])
+
+
+@pytest.mark.parametrize("name,overrides,cls,options", STRATEGY_CASES, ids=[c[0] for c in STRATEGY_CASES])
+def test_each_strategy_is_built_with_its_options(name, overrides, cls, options):
+    cfg = load_config(
+        REPO / "configs/federated-digits.toml",
+        [f"federate.strategy={name}", "federate.fraction=0.5", "federate.min_clients=2", *overrides],
+    )
+    strategy = base_strategy(cfg.federate)
+    assert type(strategy) is cls  # not a subclass: FedProx is a FedAvg
+    assert (strategy.fraction_train, strategy.min_train_nodes, strategy.min_available_nodes) == (
+        0.5,
+        2,
+        cfg.federate.clients,
+    )
+    assert {key: getattr(strategy, key) for key in options} == options
+
+
+@pytest.mark.parametrize(
+    "strategy,robust",
+    [
+        ("fedavg", False),
+        ("fedmedian", True),
+        ("fedtrimmedavg", True),
+        ("krum", True),
+    ],
+)
 def test_robust_strategies_resist_a_scaled_update(flower_identity, strategy, robust):
-    cfg = load_config(REPO / "configs/federated-digits.toml", [
-        f"federate.strategy={strategy}", "federate.clients=6", "federate.fraction=1.0", "federate.krum_malicious=1",
-    ])
+    cfg = load_config(
+        REPO / "configs/federated-digits.toml",
+        [
+            f"federate.strategy={strategy}",
+            "federate.clients=6",
+            "federate.fraction=1.0",
+            "federate.krum_malicious=1",
+        ],
+    )
     arrays, _ = base_strategy(cfg.federate).aggregate_train(1, poisoned_round())
     error = float(np.abs(arrays["w"].numpy() - 1.0).mean())
     if robust:
@@ -75,7 +145,9 @@ def test_robust_strategies_resist_a_scaled_update(flower_identity, strategy, rob
 
 
 def test_guard_rejects_non_finite_updates_and_failed_replies(flower_identity, caplog):
-    cfg = load_config(REPO / "configs/federated-digits.toml", ["federate.clients=5", "federate.strategy=fedavg"])
+    cfg = load_config(
+        REPO / "configs/federated-digits.toml", ["federate.clients=5", "federate.strategy=fedavg"]
+    )
     ledger = PrivacyLedger("off", 0.0, 1e-5)
     guard = GuardedStrategy(base_strategy(cfg.federate), cfg.federate, ledger)
     nan = np.ones(50)
@@ -105,9 +177,15 @@ def test_guard_rejects_non_finite_updates_and_failed_replies(flower_identity, ca
 def test_server_dp_wrapper_gets_only_good_replies(flower_identity):
     """Flower's DP wrapper skips a whole round when any reply is an error; behind the guard it aggregates
     the rest, clipped and noised, and the ledger counts the release."""
-    cfg = load_config(REPO / "configs/federated-digits.toml", [
-        "federate.clients=4", "federate.dp.mode=server", "federate.dp.noise_multiplier=0.5", "federate.dp.clip_norm=1",
-    ])
+    cfg = load_config(
+        REPO / "configs/federated-digits.toml",
+        [
+            "federate.clients=4",
+            "federate.dp.mode=server",
+            "federate.dp.noise_multiplier=0.5",
+            "federate.dp.clip_norm=1",
+        ],
+    )
     from behemoth.federated.strategies import build_strategy
 
     np.random.seed(0)
@@ -127,9 +205,15 @@ def test_client_dp_epsilon_matches_opacus_privacy_engine(digits_bundle):
     reports give the epsilon Opacus' PrivacyEngine reports for the same training."""
     from opacus import PrivacyEngine
 
-    cfg = load_config(REPO / "configs/federated-digits.toml", [
-        "federate.dp.mode=client", "federate.dp.clip_norm=1.0", "federate.local_epochs=2", "federate.local_batch=16",
-    ])
+    cfg = load_config(
+        REPO / "configs/federated-digits.toml",
+        [
+            "federate.dp.mode=client",
+            "federate.dp.clip_norm=1.0",
+            "federate.local_epochs=2",
+            "federate.local_batch=16",
+        ],
+    )
     split = TensorSplit(digits_bundle.train.x[:320], digits_bundle.train.y[:320])
     model = mlp()
     before = [p.detach().clone() for p in model.parameters()]
@@ -145,8 +229,13 @@ def test_client_dp_epsilon_matches_opacus_privacy_engine(digits_bundle):
     reference = mlp()
     engine = PrivacyEngine(accountant="rdp")
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(split.x, split.y), batch_size=16)
-    reference, optimizer, loader = engine.make_private(module=reference, optimizer=torch.optim.SGD(
-        reference.parameters(), lr=0.05), data_loader=loader, noise_multiplier=1.1, max_grad_norm=1.0)
+    reference, optimizer, loader = engine.make_private(
+        module=reference,
+        optimizer=torch.optim.SGD(reference.parameters(), lr=0.05),
+        data_loader=loader,
+        noise_multiplier=1.1,
+        max_grad_norm=1.0,
+    )
     for _ in range(2):
         for x, y in loader:
             if len(x) == 0:
@@ -192,15 +281,22 @@ def test_federated_checkpoint_round_trip(tmp_path):
     rng = rng_state()
     expected = (random.random(), float(np.random.rand()))
     weights = {"w": torch.randn(3, 4), "b": torch.zeros(4)}
-    moments = {"m_t": {"w": np.ones((3, 4)), "b": np.zeros(4)}, "v_t": {"w": np.full((3, 4), 2.0), "b": np.ones(4)}}
+    moments = {
+        "m_t": {"w": np.ones((3, 4)), "b": np.zeros(4)},
+        "v_t": {"w": np.full((3, 4), 2.0), "b": np.ones(4)},
+    }
     ledger = PrivacyLedger("client", 1.0, 1e-5)
     ledger.record_client(3, 40, 0.05)
     for r in (1, 2, 3):
-        save_round(tmp_path, FederatedState(r, weights, moments, {"rng": rng, "privacy": ledger.state_dict()}))
+        save_round(
+            tmp_path, FederatedState(r, weights, moments, {"rng": rng, "privacy": ledger.state_dict()})
+        )
     (tmp_path / "federated" / ".tmp-half-written").mkdir()  # a crash mid-save leaves only a temp folder
     state = load_latest(tmp_path)
     assert state.round == 3 and sorted(p.name for p in (tmp_path / "federated").glob("round-*")) == [
-        "round-0002", "round-0003"]
+        "round-0002",
+        "round-0003",
+    ]
     assert all(torch.equal(state.weights[k], weights[k]) for k in weights)
     np.testing.assert_array_equal(state.strategy["v_t"]["w"], moments["v_t"]["w"])
     set_rng_state(state.meta["rng"])
@@ -214,13 +310,17 @@ def test_fedadam_moments_survive_a_checkpoint(flower_identity, tmp_path):
     """FedAdam's server moments go into the federated checkpoint and come back into a fresh strategy."""
     from behemoth.federated.state import restore_strategy, strategy_state
 
-    cfg = load_config(REPO / "configs/federated-digits.toml", ["federate.strategy=fedadam", "federate.clients=6"])
+    cfg = load_config(
+        REPO / "configs/federated-digits.toml", ["federate.strategy=fedadam", "federate.clients=6"]
+    )
     strategy = base_strategy(cfg.federate)
     strategy.current_arrays = {"w": np.zeros(50, dtype=np.float32)}  # what configure_train records
     strategy.aggregate_train(1, poisoned_round())
     saved = strategy_state(strategy)
     assert set(saved) == {"m_t", "v_t"}
-    save_round(tmp_path, FederatedState(1, {"w": torch.zeros(50)}, saved, {"rng": rng_state(), "privacy": {}}))
+    save_round(
+        tmp_path, FederatedState(1, {"w": torch.zeros(50)}, saved, {"rng": rng_state(), "privacy": {}})
+    )
     fresh = base_strategy(cfg.federate)
     restore_strategy(fresh, load_latest(tmp_path).strategy)
     for name in ("m_t", "v_t"):

@@ -27,7 +27,9 @@ def simulate(tmp_path: Path, name: str, overrides: list[str]) -> tuple[Path, lis
     """A simulated federation in this process, as `behemoth federate` runs it; its round records."""
     from behemoth.federated.simulate import run_simulated
 
-    cfg = load_config(DIGITS, [f"runs_dir={tmp_path}", f"name={name}", "federate.target_accuracy=1.0", *overrides])
+    cfg = load_config(
+        DIGITS, [f"runs_dir={tmp_path}", f"name={name}", "federate.target_accuracy=1.0", *overrides]
+    )
     run_dir = create_run_dir(run_path(cfg), overwrite=False)
     write_config(run_dir, cfg)
     attach_run_log(run_dir, stream=None)
@@ -42,18 +44,35 @@ def simulate(tmp_path: Path, name: str, overrides: list[str]) -> tuple[Path, lis
 
 
 def test_a_third_of_the_clients_fail_mid_round_and_the_round_completes(tmp_path):
-    run_dir, records = simulate(tmp_path, "dropout", [
-        "federate.clients=10", "federate.min_clients=1", "federate.fraction=1.0", "federate.rounds=2",
-        "federate.faults.dropout=0.3", "federate.faults.dropout_after_steps=1", "federate.client_cpus=2",
-    ])
+    run_dir, records = simulate(
+        tmp_path,
+        "dropout",
+        [
+            "federate.clients=10",
+            "federate.min_clients=1",
+            "federate.fraction=1.0",
+            "federate.rounds=2",
+            "federate.faults.dropout=0.3",
+            "federate.faults.dropout_after_steps=1",
+            "federate.client_cpus=2",
+        ],
+    )
     assert [r["round"] for r in records] == [0, 1, 2]
     for r in records[1:]:
-        assert (r["clients.sampled"], r["clients.told_to_fail"], r["clients.failed"], r["clients.replied"]) == (10, 3, 3, 7)
+        assert (
+            r["clients.sampled"],
+            r["clients.told_to_fail"],
+            r["clients.failed"],
+            r["clients.replied"],
+        ) == (10, 3, 3, 7)
         assert r["aggregated"] and r["bytes.received"] < r["bytes.sent"]
     assert records[2]["test.acc"] > 0.85 > records[0]["test.acc"]
     log = (run_dir / "federate.log").read_text()
     assert "round 1: 3 of 10 sampled clients failed; aggregating the 7 that replied" in log
-    assert "round 2: 3 of 10 sampled clients failed" in log and "simulated client failure after 1 local steps" in log
+    assert (
+        "round 2: 3 of 10 sampled clients failed" in log
+        and "simulated client failure after 1 local steps" in log
+    )
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["client_failures"] == 6 and summary["rounds"] == 2
 
@@ -67,16 +86,34 @@ def test_poisoned_clients_under_dp_with_a_crash_and_resume(tmp_path):
     from behemoth.federated.metrics import SimulatedServerCrash
 
     with pytest.raises(SimulatedServerCrash, match="simulated server crash after round 2"):
-        simulate(tmp_path, "robust", [
-            "federate.clients=5", "federate.min_clients=5", "federate.rounds=3", "federate.strategy=fedmedian",
-            "federate.dp.mode=client", "federate.dp.noise_multiplier=0.8", "federate.dp.clip_norm=1.0",
-            "federate.faults.scaled_clients=[0]", "federate.faults.poison_scale=-10.0",
-            "federate.faults.nan_clients=[1]", "federate.faults.crash_after_round=2", "federate.client_cpus=2",
-        ])
+        simulate(
+            tmp_path,
+            "robust",
+            [
+                "federate.clients=5",
+                "federate.min_clients=5",
+                "federate.rounds=3",
+                "federate.strategy=fedmedian",
+                "federate.dp.mode=client",
+                "federate.dp.noise_multiplier=0.8",
+                "federate.dp.clip_norm=1.0",
+                "federate.faults.scaled_clients=[0]",
+                "federate.faults.poison_scale=-10.0",
+                "federate.faults.nan_clients=[1]",
+                "federate.faults.crash_after_round=2",
+                "federate.client_cpus=2",
+            ],
+        )
     run_dir = tmp_path / "robust"
     assert (run_dir / "federated" / "latest").read_text() == "round-0002"
-    resumed = subprocess.run(behemoth_cmd("federate", "--resume", str(run_dir)), capture_output=True, text=True,
-                             env=subprocess_env(), cwd=tmp_path, timeout=300)
+    resumed = subprocess.run(
+        behemoth_cmd("federate", "--resume", str(run_dir)),
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     log = (run_dir / "federate.log").read_text()
     assert "resuming after round 2 of 3" in log
@@ -90,11 +127,17 @@ def test_poisoned_clients_under_dp_with_a_crash_and_resume(tmp_path):
     cfg = load_config(run_dir / "config.toml")
     plans = [DPSGDPlan.for_partition(len(p), 16) for p in partition(_digits_train_labels(cfg), cfg.federate)]
     for r in records[1:]:  # every client (the rejected one too) released an update every round
-        expected = max(rdp_epsilon([(0.8, p.sample_rate, r["round"] * 2 * p.steps_per_epoch)], 1e-5) for p in plans)
+        expected = max(
+            rdp_epsilon([(0.8, p.sample_rate, r["round"] * 2 * p.steps_per_epoch)], 1e-5) for p in plans
+        )
         assert r["epsilon"] == pytest.approx(expected, rel=1e-9) and r["delta"] == 1e-5
     assert records[1]["epsilon"] < records[2]["epsilon"] < records[3]["epsilon"]
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["rounds"] == 3 and summary["epsilon"] == records[3]["epsilon"] and summary["rejected_updates"] == 3
+    assert (
+        summary["rounds"] == 3
+        and summary["epsilon"] == records[3]["epsilon"]
+        and summary["rejected_updates"] == 3
+    )
     assert "(epsilon, delta)" in resumed.stdout
 
 
@@ -105,11 +148,26 @@ def _digits_train_labels(cfg):
 
 
 def test_deployment_on_loopback_with_tls_and_node_auth(tmp_path):
-    done = subprocess.run(behemoth_cmd(
-        "federate", "federated-digits", "--deploy", f"runs_dir={tmp_path}", "name=deployed", "federate.clients=2",
-        "federate.min_clients=2", "federate.rounds=1", "federate.strategy=fedprox", "federate.proximal_mu=0.1",
-        "federate.target_accuracy=1.0",
-    ), capture_output=True, text=True, env=subprocess_env(), cwd=tmp_path, timeout=300)
+    done = subprocess.run(
+        behemoth_cmd(
+            "federate",
+            "federated-digits",
+            "--deploy",
+            f"runs_dir={tmp_path}",
+            "name=deployed",
+            "federate.clients=2",
+            "federate.min_clients=2",
+            "federate.rounds=1",
+            "federate.strategy=fedprox",
+            "federate.proximal_mu=0.1",
+            "federate.target_accuracy=1.0",
+        ),
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "round 1/1: test acc" in done.stdout  # our ServerApp's lines, streamed back through `flwr run`
     run_dir = tmp_path / "deployed"

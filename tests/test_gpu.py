@@ -12,16 +12,17 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 def test_trains_on_cuda(digits_bundle, precision):
     model = mlp()
-    result = train(model, digits_bundle, quick_train_config(epochs=4, precision=precision, device="cuda"),
-                   batch_size=32)
+    result = train(
+        model, digits_bundle, quick_train_config(epochs=4, precision=precision, device="cuda"), batch_size=32
+    )
     assert next(model.parameters()).is_cuda
     assert result.last_eval["val.acc"] > 0.9 and not result.diverged
     assert result.peak_memory_mb > 0
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-
 # ---- distributed paths on CUDA (NCCL, FSDP2 mixed precision and offload, activation checkpointing) ----
+
 
 def gpt_batch(seed: int = 0):
     from behemoth.models.gpt import GPT, GPTOptions
@@ -51,7 +52,9 @@ def bf16_steps(step_module, params, x, steps: int = 6) -> list[float]:
 def one_rank_nccl_group():
     import torch.distributed as dist
 
-    dist.init_process_group("nccl", store=dist.HashStore(), rank=0, world_size=1, device_id=torch.device("cuda", 0))
+    dist.init_process_group(
+        "nccl", store=dist.HashStore(), rank=0, world_size=1, device_id=torch.device("cuda", 0)
+    )
     yield
     dist.destroy_process_group()
 
@@ -96,13 +99,32 @@ def test_two_gpus_with_nccl_match_one(tmp_path, strategy):
 
     from tests.conftest import behemoth_cmd, failure_text, subprocess_env
 
-    gpt = ["gpt-text", f"runs_dir={str(tmp_path)!r}", "data.block_size=64", "data.train_limit=512",
-           "data.val_fraction=0.002", "data.test_limit=64", "data.batch_size=16", "model.n_layer=2", "model.n_embd=64",
-           "model.n_head=2", "model.block_size=64", "model.dropout=0", "train.precision=fp32", "train.max_steps=10",
-           "train.device=cuda", "--no-progress"]
+    gpt = [
+        "gpt-text",
+        f"runs_dir={str(tmp_path)!r}",
+        "data.block_size=64",
+        "data.train_limit=512",
+        "data.val_fraction=0.002",
+        "data.test_limit=64",
+        "data.batch_size=16",
+        "model.n_layer=2",
+        "model.n_embd=64",
+        "model.n_head=2",
+        "model.block_size=64",
+        "model.dropout=0",
+        "train.precision=fp32",
+        "train.max_steps=10",
+        "train.device=cuda",
+        "--no-progress",
+    ]
     for name, extra in (("one", []), ("two", [f"train.strategy={strategy}", "--nproc", "2"])):
-        result = subprocess.run(behemoth_cmd("train", *gpt, f"name={name}", *extra), capture_output=True, text=True,
-                                env=subprocess_env(), timeout=600)
+        result = subprocess.run(
+            behemoth_cmd("train", *gpt, f"name={name}", *extra),
+            capture_output=True,
+            text=True,
+            env=subprocess_env(),
+            timeout=600,
+        )
         assert result.returncode == 0, failure_text(result.stderr)
     one, two = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("one", "two"))
     for key in one:  # TF32 / cuBLAS reduction order: close, not bitwise

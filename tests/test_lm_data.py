@@ -10,7 +10,12 @@ from behemoth.config import DataConfig, load_config
 from behemoth.data import load_data, sources
 from behemoth.data.text import split_text
 from behemoth.data.tokenizers import (
-    BPETokenizer, ByteTokenizer, load_bpe, load_run_tokenizer, save_run_tokenizer, train_bpe,
+    BPETokenizer,
+    ByteTokenizer,
+    load_bpe,
+    load_run_tokenizer,
+    save_run_tokenizer,
+    train_bpe,
 )
 from behemoth.errors import ConfigError, RunDirError
 from behemoth.runs import write_spec
@@ -37,7 +42,9 @@ def test_bpe_round_trips_any_text_and_compresses(bpe, kjv_slice):
         assert ids.dtype == np.int64 and ids.min() >= 0 and ids.max() < 512
         assert bpe.decode(ids) == text and bpe.decode(torch.from_numpy(ids)) == text
     held_out = kjv_slice[-20000:]
-    assert len(bpe.encode(held_out)) < 0.45 * len(held_out.encode())  # merges learned from English text pay off
+    assert len(bpe.encode(held_out)) < 0.45 * len(
+        held_out.encode()
+    )  # merges learned from English text pay off
     assert ByteTokenizer().decode(ByteTokenizer().encode(UNICODE)) == UNICODE
 
 
@@ -64,8 +71,11 @@ def test_split_text_is_contiguous_and_cuts_between_characters():
 def test_bpe_text_data_packs_contiguous_splits(tmp_path, kjv_slice):
     path = tmp_path / "kjv.txt"
     path.write_text(kjv_slice, encoding="utf-8")
-    data = load_data(DataConfig(name="text", path=str(path), tokenizer="bpe", vocab_size=400, block_size=32,
-                                val_fraction=0.1))
+    data = load_data(
+        DataConfig(
+            name="text", path=str(path), tokenizer="bpe", vocab_size=400, block_size=32, val_fraction=0.1
+        )
+    )
     meta, tok = data.meta, data.meta["tokenizer_object"]
     assert data.spec.task == "language_model" and data.spec.num_classes == tok.vocab_size == 400
     assert meta["tokenizer"] == "bpe" and meta["tokenizer_file"] == "tokenizer.json"

@@ -7,17 +7,24 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from behemoth.cli.app import app, resolve_config
+from behemoth.cli.app import app
 from behemoth.config import load_config
 from behemoth.data.text import split_text
 from behemoth.lm import next_token, sample
 from behemoth.models.gpt import GPT, GPTOptions
 from behemoth.pipeline import run_training
-from behemoth.training.mfu import train_flops_per_sample
+from behemoth.pipeline.config import resolve_config
 from behemoth.spec import DataSpec
+from behemoth.training.mfu import train_flops_per_sample
 
 runner = CliRunner()
-TINY_GPT = ["model.n_layer=2", "model.n_head=2", "model.n_embd=64", "model.block_size=64", "model.dropout=0.0"]
+TINY_GPT = [
+    "model.n_layer=2",
+    "model.n_head=2",
+    "model.n_embd=64",
+    "model.block_size=64",
+    "model.dropout=0.0",
+]
 
 
 def records(run, kind):
@@ -29,11 +36,23 @@ def records(run, kind):
 def gpt_run(tmp_path_factory):
     """A tiny GPT trained for 150 steps on KJV bytes, validated every 50 steps."""
     runs = tmp_path_factory.mktemp("lm")
-    cfg = load_config(resolve_config("gpt-text"), [
-        f"runs_dir={str(runs)!r}", "name=tiny", "data.block_size=64", "data.batch_size=32", "data.val_fraction=0.002",
-        "data.test_limit=64", *TINY_GPT, "train.max_steps=150", "train.warmup=10", "train.lr=3e-3",
-        "train.eval_every_steps=50", "train.log_every=25",
-    ])
+    cfg = load_config(
+        resolve_config("gpt-text"),
+        [
+            f"runs_dir={str(runs)!r}",
+            "name=tiny",
+            "data.block_size=64",
+            "data.batch_size=32",
+            "data.val_fraction=0.002",
+            "data.test_limit=64",
+            *TINY_GPT,
+            "train.max_steps=150",
+            "train.warmup=10",
+            "train.lr=3e-3",
+            "train.eval_every_steps=50",
+            "train.log_every=25",
+        ],
+    )
     summary = run_training(cfg, progress=False)
     return runs / "tiny", summary
 
@@ -43,7 +62,9 @@ def test_gpt_learns_the_bible_and_validation_loss_falls(gpt_run):
     evals = [r["val.loss"] for r in records(run, "eval")]
     assert len(evals) >= 3 and evals[0] > evals[1] > evals[2]  # steps 50, 100, 150
     assert evals[-1] < 2.6 < 5.545  # uniform over 256 bytes would be ln(256) = 5.545
-    assert summary["val"]["perplexity"] == pytest.approx(torch.tensor(summary["val"]["loss"]).exp().item(), rel=1e-5)
+    assert summary["val"]["perplexity"] == pytest.approx(
+        torch.tensor(summary["val"]["loss"]).exp().item(), rel=1e-5
+    )
     assert summary["test"]["perplexity"] < 14
 
 
@@ -57,8 +78,18 @@ def test_mfu_is_measured_and_logged(gpt_run):
 
 def test_generate_cli_continues_the_prompt_reproducibly(gpt_run):
     run, _ = gpt_run
-    args = ["generate", str(run), "--prompt", "And God said", "--max-new-tokens", "80", "--top-k", "10",
-            "--seed", "3"]
+    args = [
+        "generate",
+        str(run),
+        "--prompt",
+        "And God said",
+        "--max-new-tokens",
+        "80",
+        "--top-k",
+        "10",
+        "--seed",
+        "3",
+    ]
     first, again = runner.invoke(app, args), runner.invoke(app, args)
     assert first.exit_code == 0, first.output
     text = first.output.rstrip("\n")
@@ -74,8 +105,10 @@ def test_generate_cli_continues_the_prompt_reproducibly(gpt_run):
 def test_generate_refuses_a_classifier_and_an_empty_prompt(gpt_run, tmp_path):
     run, _ = gpt_run
     assert "--prompt is empty" in str(runner.invoke(app, ["generate", str(run), "--prompt", ""]).exception)
-    cfg = load_config(resolve_config("digits"), [f"runs_dir={str(tmp_path)!r}", "name=clf", "train.max_steps=2",
-                                                 "train.epochs=1"])
+    cfg = load_config(
+        resolve_config("digits"),
+        [f"runs_dir={str(tmp_path)!r}", "name=clf", "train.max_steps=2", "train.epochs=1"],
+    )
     run_training(cfg, progress=False)
     result = runner.invoke(app, ["generate", str(tmp_path / "clf")])
     assert result.exit_code != 0 and "classification run" in str(result.exception)
@@ -87,37 +120,66 @@ def test_bpe_run_saves_its_tokenizer_and_generates_with_it(tmp_path):
     lines = sources.kjv_jsonl().read_text(encoding="utf-8").splitlines()[:600]
     text = "\n".join(json.loads(line)["text"] for line in lines)
     (tmp_path / "genesis.txt").write_text(text, encoding="utf-8")
-    cfg = load_config(resolve_config("gpt-bpe"), [
-        f"runs_dir={str(tmp_path)!r}", "name=bpe", "data.name=text", f"data.path={str(tmp_path / 'genesis.txt')!r}",
-        "data.vocab_size=320", "data.block_size=32", "data.batch_size=16", *TINY_GPT, "train.max_steps=5",
-        "train.warmup=0", "train.eval_every_steps=5",
-    ])
+    cfg = load_config(
+        resolve_config("gpt-bpe"),
+        [
+            f"runs_dir={str(tmp_path)!r}",
+            "name=bpe",
+            "data.name=text",
+            f"data.path={str(tmp_path / 'genesis.txt')!r}",
+            "data.vocab_size=320",
+            "data.block_size=32",
+            "data.batch_size=16",
+            *TINY_GPT,
+            "train.max_steps=5",
+            "train.warmup=0",
+            "train.eval_every_steps=5",
+        ],
+    )
     summary = run_training(cfg, progress=False)
     run = tmp_path / "bpe"
     meta = json.loads((run / "spec.json").read_text())["meta"]
-    assert meta["tokenizer"] == "bpe" and meta["vocab_size"] == 320 and (run / meta["tokenizer_file"]).is_file()
+    assert (
+        meta["tokenizer"] == "bpe" and meta["vocab_size"] == 320 and (run / meta["tokenizer_file"]).is_file()
+    )
     assert summary["steps"] == 5
-    result = runner.invoke(app, ["generate", str(run), "--prompt", "And the", "--max-new-tokens", "12", "--seed", "0"])
+    result = runner.invoke(
+        app, ["generate", str(run), "--prompt", "And the", "--max-new-tokens", "12", "--seed", "0"]
+    )
     assert result.exit_code == 0, result.output
     from behemoth.data.tokenizers import train_bpe
 
     tok = train_bpe(split_text(text, 0.1)["train"], 320)  # the very tokenizer the run trained and saved
     out = result.output.rstrip("\n")
-    assert out.startswith("And the") and len(tok.encode(out)) >= 12  # 2 prompt tokens + 12 sampled, re-encoded
+    assert (
+        out.startswith("And the") and len(tok.encode(out)) >= 12
+    )  # 2 prompt tokens + 12 sampled, re-encoded
 
 
 def test_rnn_baseline_trains_on_the_same_text_and_generates(tmp_path):
-    cfg = load_config(resolve_config("rnn-text"), [
-        f"runs_dir={str(tmp_path)!r}", "name=rnn", "data.block_size=32", "data.val_fraction=0.001",
-        "data.test_limit=32", "model.hidden_size=64", "train.max_steps=30", "train.warmup=0",
-        "train.eval_every_steps=10", "train.lr=1e-2",
-    ])
+    cfg = load_config(
+        resolve_config("rnn-text"),
+        [
+            f"runs_dir={str(tmp_path)!r}",
+            "name=rnn",
+            "data.block_size=32",
+            "data.val_fraction=0.001",
+            "data.test_limit=32",
+            "model.hidden_size=64",
+            "train.max_steps=30",
+            "train.warmup=0",
+            "train.eval_every_steps=10",
+            "train.lr=1e-2",
+        ],
+    )
     run_training(cfg, progress=False)
     evals = [r["val.loss"] for r in records(tmp_path / "rnn", "eval")]
     assert evals[-1] < evals[0] < 5.6
     assert "mfu" in records(tmp_path / "rnn", "train")[-1]  # 6N per token covers the LSTM too
-    result = runner.invoke(app, ["generate", str(tmp_path / "rnn"), "--prompt", "In", "--max-new-tokens", "20",
-                                 "--temperature", "0"])
+    result = runner.invoke(
+        app,
+        ["generate", str(tmp_path / "rnn"), "--prompt", "In", "--max-new-tokens", "20", "--temperature", "0"],
+    )
     assert result.exit_code == 0 and len(result.output.rstrip("\n").encode()) == 22
 
 

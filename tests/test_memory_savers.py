@@ -22,18 +22,29 @@ STEPS = 20
 
 @pytest.fixture(scope="module")
 def kjv_tiny():
-    return load_data(DataConfig(name="kjv", block_size=32, val_fraction=0.0, train_limit=16 * STEPS, test_limit=8))
+    return load_data(
+        DataConfig(name="kjv", block_size=32, val_fraction=0.0, train_limit=16 * STEPS, test_limit=8)
+    )
 
 
 def tiny_gpt(param_dtype: str = "fp32") -> GPT:
     torch.manual_seed(0)
-    return build_with_param_dtype(lambda: GPT(256, GPTOptions(n_layer=2, n_head=2, n_embd=64, block_size=32)),
-                                  param_dtype)
+    return build_with_param_dtype(
+        lambda: GPT(256, GPTOptions(n_layer=2, n_head=2, n_embd=64, block_size=32)), param_dtype
+    )
 
 
 def config(**overrides) -> TrainConfig:
-    base = dict(epochs=1, max_steps=STEPS, optimizer="adamw", lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1,
-                clip_norm=1.0, log_every=100)
+    base = dict(
+        epochs=1,
+        max_steps=STEPS,
+        optimizer="adamw",
+        lr=1e-3,
+        betas=(0.9, 0.95),
+        weight_decay=0.1,
+        clip_norm=1.0,
+        log_every=100,
+    )
     return TrainConfig(**{**base, **overrides})
 
 
@@ -71,7 +82,11 @@ SAVERS = {
     "bf16 parameters": (dict(param_dtype="bf16"), 16, 0.03, 0.15),
     "bf16 parameters + 8-bit AdamW": (dict(param_dtype="bf16", optimizer="adamw8bit"), 16, 0.03, 0.15),
     "all: bf16 + 8-bit + checkpointing": (
-        dict(param_dtype="bf16", optimizer="adamw8bit", activation_checkpointing=True), 16, 0.03, 0.15),
+        dict(param_dtype="bf16", optimizer="adamw8bit", activation_checkpointing=True),
+        16,
+        0.03,
+        0.15,
+    ),
 }
 
 
@@ -127,7 +142,9 @@ def test_8bit_state_survives_a_checkpoint_and_resumes_exactly(kjv_tiny, tmp_path
 
 def test_impossible_combinations_fail_with_the_field_name(kjv_tiny):
     model = tiny_gpt()
-    with pytest.raises(ConfigError, match=r"train.optimizer_impl = 'fused': torch.optim has no fused rmsprop"):
+    with pytest.raises(
+        ConfigError, match=r"train.optimizer_impl = 'fused': torch.optim has no fused rmsprop"
+    ):
         optimizer_for(model, config(optimizer="rmsprop", optimizer_impl="fused"))
     with pytest.raises(ConfigError, match=r"train.optimizer_impl = 'foreach': adamw8bit has one kernel"):
         optimizer_for(model, config(optimizer="adamw8bit", optimizer_impl="foreach"))
@@ -161,8 +178,16 @@ def test_release_freed_memory_maps_temporaries_of_64k_and_more():
 
     from behemoth.training import allocator
 
-    mapped = {mode: int(subprocess.run([sys.executable, "-c", MALLOC_PROBE, mode, allocator.__file__],
-                                       capture_output=True, text=True, check=True).stdout)
-              for mode in ("off", "on")}
+    mapped = {
+        mode: int(
+            subprocess.run(
+                [sys.executable, "-c", MALLOC_PROBE, mode, allocator.__file__],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
+        for mode in ("off", "on")
+    }
     assert mapped["off"] == 0  # glibc's default: the freed 1 MiB would stay resident in the heap
     assert mapped["on"] >= 1 << 20  # train.release_freed_memory: mmapped, so freeing it unmaps it

@@ -9,9 +9,10 @@ import importlib.resources
 import importlib.util
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import torch
@@ -57,7 +58,9 @@ def digits8(n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
 
 def rgb32() -> tuple[torch.Tensor, torch.Tensor]:
     x, y = mnist()
-    return F.pad(x, (2, 2, 2, 2), value=float(x.min())).expand(-1, 3, -1, -1).contiguous(), y  # (64, 3, 32, 32)
+    return F.pad(x, (2, 2, 2, 2), value=float(x.min())).expand(
+        -1, 3, -1, -1
+    ).contiguous(), y  # (64, 3, 32, 32)
 
 
 @functools.cache
@@ -66,7 +69,9 @@ def wine(n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     from sklearn.datasets import load_wine
 
     d = load_wine()
-    rows = torch.randperm(len(d.target), generator=torch.Generator().manual_seed(0))[:n]  # the file is sorted by class
+    rows = torch.randperm(len(d.target), generator=torch.Generator().manual_seed(0))[
+        :n
+    ]  # the file is sorted by class
     x = torch.tensor(d.data, dtype=torch.float32)[rows]
     return (x - x.mean(0)) / x.std(0), torch.tensor(d.target, dtype=torch.long)[rows]
 
@@ -106,25 +111,47 @@ class Case:
 
 CASES = [
     Case("mlp", {}, MNIST, mnist, lr=3e-3, id="mlp-default"),
-    Case("mlp", {"preset": "784-200-200-10", "activation": "tanh", "dropout": 0.2}, MNIST, mnist, lr=3e-3,
-         id="mlp-2nn"),
+    Case(
+        "mlp",
+        {"preset": "784-200-200-10", "activation": "tanh", "dropout": 0.2},
+        MNIST,
+        mnist,
+        lr=3e-3,
+        id="mlp-2nn",
+    ),
     Case("mlp", {"hidden": [32]}, WINE, wine, id="mlp-wine"),
     Case("lenet5", {}, MNIST, mnist, id="lenet5"),
     Case("lenet5", {"activation": "relu", "pool": "max"}, DIGITS8, digits8, id="lenet5-8x8"),
     Case("lenet_caffe", {}, MNIST, mnist, lr=3e-3, id="lenet_caffe"),
     Case("cnn", {}, MNIST, mnist, lr=3e-3, id="cnn-fedavg"),
-    Case("cnn", {"channels": [16, 32], "hidden": 128, "norm": "batch", "dropout": 0.1}, MNIST, mnist, lr=3e-3,
-         id="cnn-bn"),
+    Case(
+        "cnn",
+        {"channels": [16, 32], "hidden": 128, "norm": "batch", "dropout": 0.1},
+        MNIST,
+        mnist,
+        lr=3e-3,
+        id="cnn-bn",
+    ),
     Case("cnn", {"channels": [8, 16], "hidden": 32, "kernel_size": 3}, RGB32, rgb32, id="cnn-rgb"),
     Case("cnn", {"channels": [8, 16], "hidden": 32}, DIGITS8, digits8, lr=3e-2, id="cnn-8x8"),
     Case("rnn", {"hidden_size": 64}, MNIST, mnist, id="rnn-lstm-rows"),
-    Case("rnn", {"cell": "gru", "hidden_size": 32, "num_layers": 2, "bidirectional": True, "dropout": 0.1},
-         MNIST, mnist, id="rnn-gru-bi"),
+    Case(
+        "rnn",
+        {"cell": "gru", "hidden_size": 32, "num_layers": 2, "bidirectional": True, "dropout": 0.1},
+        MNIST,
+        mnist,
+        id="rnn-gru-bi",
+    ),
     Case("rnn", {"cell": "gru", "hidden_size": 32}, WINE, wine, lr=3e-2, id="rnn-wine"),
     Case("rnn", {"hidden_size": 64, "embed_dim": 32}, BYTES64, kjv, id="rnn-lm"),
     Case("gpt", {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 64}, BYTES64, kjv, id="gpt"),
-    Case("gpt", {"n_layer": 1, "n_head": 4, "n_embd": 32, "block_size": 96, "dropout": 0.1, "bias": False},
-         BYTES64, kjv, id="gpt-nobias"),
+    Case(
+        "gpt",
+        {"n_layer": 1, "n_head": 4, "n_embd": 32, "block_size": 96, "dropout": 0.1, "bias": False},
+        BYTES64,
+        kjv,
+        id="gpt-nobias",
+    ),
     Case("vit", {}, MNIST, mnist, lr=3e-3, id="vit"),
     Case("vit", {"patch_size": 4, "dim": 32, "depth": 1, "heads": 2}, DIGITS8, digits8, id="vit-8x8"),
 ]

@@ -19,8 +19,13 @@ import torch
 from typer.testing import CliRunner
 
 from behemoth.cli import app
+from behemoth.config import parse_size
 from behemoth.distributed.plan import (
-    estimate, example_batch, measure_model, optimizer_bytes, parse_size, plan,
+    estimate,
+    example_batch,
+    measure_model,
+    optimizer_bytes,
+    plan,
 )
 from behemoth.models.gpt import GPT, GPTOptions
 from behemoth.training.metrics import task_loss
@@ -66,25 +71,45 @@ def estimated(layers: int, width: int, batch: int, length: int, ac: bool) -> int
 
 def test_estimate_is_within_15_percent_of_the_measured_peak_on_cpu():
     env = {**subprocess_env(), "MALLOC_MMAP_THRESHOLD_": "65536"}
-    children = [subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(size)], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True, env=env) for size in SIZES]
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", CHILD, json.dumps(size)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for size in SIZES
+    ]
     for size, child in zip(SIZES, children):
         out, err = child.communicate(timeout=300)
         assert child.returncode == 0, err[-2000:]
         measured, guess = int(out.split()[-1]), estimated(*size)
-        assert abs(guess - measured) <= 0.15 * measured, f"{size}: estimated {guess / 2**20:.1f} MiB, " \
-                                                          f"measured {measured / 2**20:.1f} MiB"
+        assert abs(guess - measured) <= 0.15 * measured, (
+            f"{size}: estimated {guess / 2**20:.1f} MiB, measured {measured / 2**20:.1f} MiB"
+        )
 
 
 def test_options_and_recommendation():
     torch.manual_seed(0)
-    facts = measure_model(GPT(256, GPTOptions(n_layer=4, n_head=4, n_embd=64, block_size=64)),
-                          example_batch("language_model", (64,)), lambda out, y: task_loss(out, y))
+    facts = measure_model(
+        GPT(256, GPTOptions(n_layer=4, n_head=4, n_embd=64, block_size=64)),
+        example_batch("language_model", (64,)),
+        lambda out, y: task_loss(out, y),
+    )
     adam, sgd = optimizer_bytes(facts, "adamw"), optimizer_bytes(facts, "sgd", momentum=0.9)
     assert adam == 2 * facts.param_bytes and sgd == facts.param_bytes and optimizer_bytes(facts, "sgd") == 0
     rows, best = plan(facts, world=4, batch=64, optimizer=adam, memory=2**40)
-    assert [r.label for r in rows] == ["single", "single+ac", "ddp", "ddp+ac", "fsdp", "fsdp+ac", "fsdp+offload",
-                                       "fsdp+offload+ac"]
+    assert [r.label for r in rows] == [
+        "single",
+        "single+ac",
+        "ddp",
+        "ddp+ac",
+        "fsdp",
+        "fsdp+ac",
+        "fsdp+offload",
+        "fsdp+offload+ac",
+    ]
     assert best.label == "ddp"  # plenty of memory: the fastest
     by = {r.label: r for r in rows}
     assert by["fsdp"].params == facts.param_bytes // 4 and by["fsdp+offload"].params == 0
@@ -93,14 +118,28 @@ def test_options_and_recommendation():
     _, best = plan(facts, world=4, batch=64, optimizer=adam, memory=tight)
     assert best.label != "ddp" and best.peak <= tight
     assert plan(facts, world=4, batch=64, optimizer=adam, memory=2**10)[1] is None
-    assert parse_size("16GiB") == parse_size("16G") == 16 * 2**30 and parse_size("512MiB") == 2**29
-    with pytest.raises(ValueError, match="not a size"):
+    # one rule with the data shards: binary units are powers of 1024, k/M/G/T (with or without B) of 1000
+    assert parse_size("16GiB") == 16 * 2**30 and parse_size("512MiB") == 2**29
+    assert parse_size("16G") == parse_size("16GB") == 16 * 10**9 and parse_size("2e9") == 2 * 10**9
+    with pytest.raises(ValueError, match="expected a number of bytes"):
         parse_size("lots")
 
 
 def test_plan_command_prints_every_option_and_a_recommendation():
-    result = CliRunner().invoke(app, ["plan", "gpt-text", "--memory", "1GiB", "--nproc", "2",
-                                      "data.block_size=64", "model.n_layer=2", "model.n_embd=64"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "plan",
+            "gpt-text",
+            "--memory",
+            "1GiB",
+            "--nproc",
+            "2",
+            "data.block_size=64",
+            "model.n_layer=2",
+            "model.n_embd=64",
+        ],
+    )
     assert result.exit_code == 0, result.output
     for label in ("single", "ddp+ac", "fsdp+offload", "recommended: ddp"):
         assert label in result.output

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from behemoth.config import load_config
-from behemoth.data.pipeline_config import SamplingConfig
+from behemoth.config.data import SamplingConfig
 from behemoth.data.sampling import build_sampler, stratified_quota
 from behemoth.errors import ConfigError
 from behemoth.training.feed import TensorFeed
@@ -97,13 +97,19 @@ def test_feed_resumes_mid_epoch_exactly(digits_bundle, kind):
         assert step_a == step_b and all(torch.equal(a, b) for a, b in zip(ys_a, ys_b))
 
 
-@pytest.mark.parametrize("overrides,fragment", [
-    (["data.sampling.kind=random", "data.sampling.size=10", "data.sampling.fraction=0.1"], "size or fraction"),
-    (["data.sampling.kind=stratified", "data.sampling.replacement=true"], "replacement applies"),
-    (["data.sampling.kind=shuffle", "data.sampling.fraction=0.5"], "kind = 'random'"),
-    (["data.sampling.kind=stratified", "data.sampling.fraction=2.0"], "needs sampling with replacement"),
-    (["data.sampling.kind=clustered"], "data.sampling.kind"),
-])
+@pytest.mark.parametrize(
+    "overrides,fragment",
+    [
+        (
+            ["data.sampling.kind=random", "data.sampling.size=10", "data.sampling.fraction=0.1"],
+            "size or fraction",
+        ),
+        (["data.sampling.kind=stratified", "data.sampling.replacement=true"], "replacement applies"),
+        (["data.sampling.kind=shuffle", "data.sampling.fraction=0.5"], "kind = 'random'"),
+        (["data.sampling.kind=stratified", "data.sampling.fraction=2.0"], "needs sampling with replacement"),
+        (["data.sampling.kind=clustered"], "data.sampling.kind"),
+    ],
+)
 def test_bad_sampling_config_fails_at_load_with_its_path(overrides, fragment):
     with pytest.raises(ConfigError) as err:
         load_config(None, overrides)

@@ -51,8 +51,15 @@ def test_warmup_then_cosine():
 
 
 def test_onecycle_rises_to_lr_then_anneals():
-    cfg = TrainConfig(lr=1.0, schedule="onecycle", pct_start=0.3, div_factor=10, final_div_factor=100,
-                      optimizer="sgd", momentum=0.9)
+    cfg = TrainConfig(
+        lr=1.0,
+        schedule="onecycle",
+        pct_start=0.3,
+        div_factor=10,
+        final_div_factor=100,
+        optimizer="sgd",
+        momentum=0.9,
+    )
     got = lrs(cfg, 100)
     peak = max(range(100), key=lambda i: got[i])
     assert got[0] == pytest.approx(0.1)

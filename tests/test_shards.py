@@ -11,12 +11,13 @@ import torch
 from behemoth.config import load_config
 from behemoth.data import load_data
 from behemoth.data.bundle import DataBundle, TensorSplit
-from behemoth.data.feeds import ShardFeed, build_feed
 from behemoth.data.shards import ShardDataset, ShardSplit, StreamedSplit, pack_bundle, read_index
 from behemoth.errors import BehemothError, ConfigError, DataError
 from behemoth.pipeline import run_training
 from behemoth.spec import DataSpec
 from behemoth.training import BaseHook, train
+from behemoth.training.assembly import build_feed
+from behemoth.training.feeds import ShardFeed
 
 
 def digits_config(*overrides: str):
@@ -39,13 +40,17 @@ def numbered(count: int = 1000) -> DataBundle:
     """Samples whose single feature is their row number, so a stream's order and coverage can be read off."""
     x = torch.arange(count, dtype=torch.float32)[:, None]
     split = TensorSplit(x, torch.arange(count) % 10)
-    return DataBundle("numbered", DataSpec("classification", (1,), 10), split, None, None, [str(i) for i in range(10)])
+    return DataBundle(
+        "numbered", DataSpec("classification", (1,), 10), split, None, None, [str(i) for i in range(10)]
+    )
 
 
 @pytest.fixture()
 def packed_numbers(tmp_path):
     out = tmp_path / "numbers"
-    pack_bundle(numbered(), out, codec="lz4", shard_size=1000)  # 5 bytes per row: 200 rows per shard, 5 shards
+    pack_bundle(
+        numbered(), out, codec="lz4", shard_size=1000
+    )  # 5 bytes per row: 200 rows per shard, 5 shards
     return out
 
 
@@ -57,8 +62,11 @@ def test_round_trip_is_bit_exact_and_pixels_are_stored_as_uint8(digit_images, pa
     index = read_index(packed_digits)
     assert index.splits["train"].x_dtype == "uint8" and index.splits["train"].decode is not None
     assert len(index.splits["train"].shards) == 21 and index.splits["train"].count == len(digit_images.train)
-    loaded = load_data(digits_config("data.name=shards", f"data.path={str(packed_digits)!r}",
-                                     "data.shards.stream=false").data)
+    loaded = load_data(
+        digits_config(
+            "data.name=shards", f"data.path={str(packed_digits)!r}", "data.shards.stream=false"
+        ).data
+    )
     for name in ("train", "val", "test"):
         original, back = getattr(digit_images, name), getattr(loaded, name)
         assert torch.equal(original.x, back.x) and original.x.dtype == back.x.dtype == torch.float32
@@ -74,22 +82,35 @@ def test_features_that_are_not_pixels_stay_float32(digits_bundle, tmp_path):
     assert torch.equal(back.x, digits_bundle.train.x) and torch.equal(back.y, digits_bundle.train.y)
 
 
-@pytest.mark.parametrize("codec,filter", [("zstd", "shuffle"), ("lz4", "bitshuffle"), ("blosclz", "nofilter"),
-                                          ("zstd", "bytedelta"), ("lz4hc", "delta")])
+@pytest.mark.parametrize(
+    "codec,filter",
+    [
+        ("zstd", "shuffle"),
+        ("lz4", "bitshuffle"),
+        ("blosclz", "nofilter"),
+        ("zstd", "bytedelta"),
+        ("lz4hc", "delta"),
+    ],
+)
 def test_every_lossless_codec_round_trips(digit_images, tmp_path, codec, filter):
-    index = pack_bundle(digit_images, tmp_path / codec, codec=codec, level=3, filter=filter, shard_size=32 << 10)
+    index = pack_bundle(
+        digit_images, tmp_path / codec, codec=codec, level=3, filter=filter, shard_size=32 << 10
+    )
     assert index.codec == codec and index.filter == filter
     if codec == "zstd":
         assert index.splits["train"].bytes < 0.6 * index.splits["train"].raw_bytes  # it compressed
     assert torch.equal(train_split(tmp_path / codec).load().x, digit_images.train.x)
 
 
-@pytest.mark.parametrize("options,fragment", [
-    (dict(codec="zfp_acc"), "codec 'zfp_acc' is lossy"),
-    (dict(codec="ZFP_RATE"), "codec 'ZFP_RATE' is lossy"),
-    (dict(filter="trunc_prec"), "filter 'trunc_prec' is lossy"),
-    (dict(codec="snappy"), "unknown codec 'snappy'"),
-])
+@pytest.mark.parametrize(
+    "options,fragment",
+    [
+        (dict(codec="zfp_acc"), "codec 'zfp_acc' is lossy"),
+        (dict(codec="ZFP_RATE"), "codec 'ZFP_RATE' is lossy"),
+        (dict(filter="trunc_prec"), "filter 'trunc_prec' is lossy"),
+        (dict(codec="snappy"), "unknown codec 'snappy'"),
+    ],
+)
 def test_lossy_and_unknown_codecs_are_refused(digit_images, tmp_path, options, fragment):
     with pytest.raises(BehemothError, match=fragment):
         pack_bundle(digit_images, tmp_path / "x", **options)
@@ -128,7 +149,9 @@ def test_truncated_or_missing_shards_are_named(packed_digits, tmp_path):
     victim = broken / "test-00002.b2f"
     victim.write_bytes(victim.read_bytes()[:-10])
     cfg = digits_config("data.name=shards", f"data.path={str(broken)!r}")
-    with pytest.raises(DataError, match=r"shard .*test-00002\.b2f is truncated or changed: \d+ bytes, the index says"):
+    with pytest.raises(
+        DataError, match=r"shard .*test-00002\.b2f is truncated or changed: \d+ bytes, the index says"
+    ):
         load_data(cfg.data)  # the test split loads eagerly
     victim.unlink()
     with pytest.raises(DataError, match=r"test-00002\.b2f is missing"):
@@ -144,12 +167,16 @@ def collect(stream: ShardDataset, epoch: int, batch: int, start: int = 0) -> np.
 def test_stream_covers_every_sample_once_in_a_shuffled_order(packed_numbers):
     stream = ShardDataset(train_split(packed_numbers), seed=3, buffer=150)
     first, second = collect(stream, 0, 64), collect(stream, 1, 64)
-    assert np.array_equal(np.sort(first), np.arange(1000)) and np.array_equal(np.sort(second), np.arange(1000))
+    assert np.array_equal(np.sort(first), np.arange(1000)) and np.array_equal(
+        np.sort(second), np.arange(1000)
+    )
     assert not np.array_equal(first, second)  # a new order every epoch
     assert stream.shard_order(0) != stream.shard_order(1) or stream.shard_order(0) != stream.shard_order(2)
     window = first[:150]
     assert not np.array_equal(window, np.sort(window))  # shuffled within the window
-    assert np.array_equal(collect(ShardDataset(train_split(packed_numbers), seed=3, buffer=150), 0, 64), first)
+    assert np.array_equal(
+        collect(ShardDataset(train_split(packed_numbers), seed=3, buffer=150), 0, 64), first
+    )
 
 
 def test_a_stream_left_early_hands_its_buffers_on_intact(packed_numbers):
@@ -158,7 +185,9 @@ def test_a_stream_left_early_hands_its_buffers_on_intact(packed_numbers):
         if number == 5:
             break  # the background reader stops; the buffers go back to the dataset
     reused = collect(stream, 1, 64)
-    assert np.array_equal(reused, collect(ShardDataset(train_split(packed_numbers), seed=2, buffer=150), 1, 64))
+    assert np.array_equal(
+        reused, collect(ShardDataset(train_split(packed_numbers), seed=2, buffer=150), 1, 64)
+    )
 
 
 @pytest.mark.parametrize("start", [0, 1, 64, 149, 150, 201, 640, 999])
@@ -217,15 +246,29 @@ def test_pack_replaces_atomically_and_refuses_without_overwrite(digit_images, pa
 
 
 def test_train_from_streamed_shards_with_augmentation(packed_digits, tmp_path):
-    cfg = digits_config("data.name=shards", f"data.path={str(packed_digits)!r}", f"runs_dir={str(tmp_path)!r}",
-                        "name=sh", "model.name=mlp", "train.epochs=6", "train.optimizer=adam", "train.lr=0.003",
-                        "data.augment.rotate.p=0.5", "data.augment.rotate.degrees=10", "data.augment.mixup.p=0.2",
-                        "data.shards.shuffle_buffer=300")
+    cfg = digits_config(
+        "data.name=shards",
+        f"data.path={str(packed_digits)!r}",
+        f"runs_dir={str(tmp_path)!r}",
+        "name=sh",
+        "model.name=mlp",
+        "train.epochs=6",
+        "train.optimizer=adam",
+        "train.lr=0.003",
+        "data.augment.rotate.p=0.5",
+        "data.augment.rotate.degrees=10",
+        "data.augment.mixup.p=0.2",
+        "data.shards.shuffle_buffer=300",
+    )
     summary = run_training(cfg, progress=False)
     assert summary["train_samples"] == 1294 and summary["test"]["acc"] > 0.85
-    assert summary["data"]["class_counts"]["train"] == torch.bincount(
-        train_split(packed_digits).labels(), minlength=10).tolist()
-    with pytest.raises(ConfigError, match="data.sampling.kind = 'stratified': needs the training split in memory"):
+    assert (
+        summary["data"]["class_counts"]["train"]
+        == torch.bincount(train_split(packed_digits).labels(), minlength=10).tolist()
+    )
+    with pytest.raises(
+        ConfigError, match="data.sampling.kind = 'stratified': needs the training split in memory"
+    ):
         build_feed(load_config(None, ["data.sampling.kind=stratified"]), load_data(cfg.data))
 
 
@@ -237,7 +280,9 @@ def test_language_model_tokens_pack_compactly_and_stream(tmp_path):
     bundle = DataBundle("lm", DataSpec("language_model", (16,), 256), split, None, split)
     pack_bundle(bundle, tmp_path / "lm", shard_size=2048)
     info = read_index(tmp_path / "lm").splits["train"]
-    assert info.x_dtype == info.y_dtype == "uint8" and info.labels is None  # byte tokens: 8x smaller than int64
+    assert (
+        info.x_dtype == info.y_dtype == "uint8" and info.labels is None
+    )  # byte tokens: 8x smaller than int64
     data = load_data(load_config(None, ["data.name=shards", f"data.path={str(tmp_path / 'lm')!r}"]).data)
     assert describe(data)["tokens"]["train"] == 300 * 16  # statistics work on the streamed split
     feed = ShardFeed(ShardDataset(data.train.shards, seed=0, buffer=64), 50, 1, 0, torch.device("cpu"))
@@ -256,15 +301,36 @@ class Stopper(BaseHook):
 
 
 def test_streamed_augmented_run_resumes_bit_for_bit(packed_digits, tmp_path):
-    cfg = digits_config("data.name=shards", f"data.path={str(packed_digits)!r}", "train.epochs=3", "train.lr=0.05",
-                        "train.momentum=0.9", "train.checkpoint.every_steps=7", "data.shards.shuffle_buffer=200",
-                        "data.augment.rotate.p=0.5", "data.augment.erase.p=0.3", "data.augment.cutmix.p=0.3")
+    cfg = digits_config(
+        "data.name=shards",
+        f"data.path={str(packed_digits)!r}",
+        "train.epochs=3",
+        "train.lr=0.05",
+        "train.momentum=0.9",
+        "train.checkpoint.every_steps=7",
+        "data.shards.shuffle_buffer=200",
+        "data.augment.rotate.p=0.5",
+        "data.augment.erase.p=0.3",
+        "data.augment.cutmix.p=0.3",
+    )
     data = load_data(cfg.data)
     assert isinstance(data.train, StreamedSplit)
     model = lambda: torch.nn.Sequential(  # noqa: E731
-        torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Dropout(0.2), torch.nn.Linear(32, 10))
-    run = lambda m, d, **kw: train(m, data, cfg.train, 32, run_dir=tmp_path / d,  # noqa: E731
-                                   feed=build_feed(cfg, data), **kw)
+        torch.nn.Flatten(),
+        torch.nn.Linear(64, 32),
+        torch.nn.ReLU(),
+        torch.nn.Dropout(0.2),
+        torch.nn.Linear(32, 10),
+    )
+    run = lambda m, d, **kw: train(
+        m,
+        data,
+        cfg.train,
+        32,
+        run_dir=tmp_path / d,  # noqa: E731
+        feed=build_feed(cfg, data),
+        **kw,
+    )
     torch.manual_seed(0)
     straight = model()
     run(straight, "a")
@@ -284,6 +350,8 @@ def test_table_lookup_decodes_every_channel_to_the_same_bits_as_the_float_ops():
     from behemoth.data.shards.format import Decode
 
     decode = Decode(255.0, [0.49, 0.48, 0.45], [0.25, 0.24, 0.26])
-    pixels = torch.randint(0, 256, (5, 3, 7, 9), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    pixels = torch.randint(
+        0, 256, (5, 3, 7, 9), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
     looked_up, computed = decode(pixels), decode.compute(pixels)
     assert looked_up.dtype == computed.dtype == torch.float32 and torch.equal(looked_up, computed)

@@ -39,8 +39,12 @@ def test_accumulation_equals_large_batch(digits_bundle):
 def test_clip_norm_bounds_the_update(digits_bundle):
     model = mlp()
     before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
-    train(model, digits_bundle, quick_train_config(epochs=1, max_steps=1, lr=1.0, momentum=0.0, clip_norm=1e-3),
-          batch_size=32)
+    train(
+        model,
+        digits_bundle,
+        quick_train_config(epochs=1, max_steps=1, lr=1.0, momentum=0.0, clip_norm=1e-3),
+        batch_size=32,
+    )
     after = torch.cat([p.detach().flatten() for p in model.parameters()])
     # plain SGD: update = lr * clipped gradient, whose global norm is exactly clip_norm here
     assert (after - before).norm().item() == pytest.approx(1e-3, rel=1e-3)
@@ -49,8 +53,12 @@ def test_clip_norm_bounds_the_update(digits_bundle):
 def test_clip_value_bounds_each_entry(digits_bundle):
     model = mlp()
     before = [p.detach().clone() for p in model.parameters()]
-    train(model, digits_bundle, quick_train_config(epochs=1, max_steps=1, lr=1.0, momentum=0.0, clip_value=1e-4),
-          batch_size=32)
+    train(
+        model,
+        digits_bundle,
+        quick_train_config(epochs=1, max_steps=1, lr=1.0, momentum=0.0, clip_value=1e-4),
+        batch_size=32,
+    )
     deltas = torch.cat([(p.detach() - b).flatten().abs() for p, b in zip(model.parameters(), before)])
     assert deltas.max().item() == pytest.approx(1e-4, rel=1e-4)
 
@@ -124,13 +132,18 @@ class Stopper(BaseHook):
             raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize("options", [
-    dict(optimizer="adam", lr=3e-3, schedule="cosine", warmup=5),
-    dict(optimizer="sgd", lr=0.1, momentum=0.9, schedule="onecycle", accumulate=2),
-], ids=["adam-cosine", "sgd-onecycle-accumulate"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(optimizer="adam", lr=3e-3, schedule="cosine", warmup=5),
+        dict(optimizer="sgd", lr=0.1, momentum=0.9, schedule="onecycle", accumulate=2),
+    ],
+    ids=["adam-cosine", "sgd-onecycle-accumulate"],
+)
 def test_resume_mid_epoch_is_bitwise_exact(digits_bundle, tmp_path, options):
     model_with_dropout = lambda: torch.nn.Sequential(  # noqa: E731 dropout makes RNG state matter
-        torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Dropout(0.3), torch.nn.Linear(32, 10))
+        torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Dropout(0.3), torch.nn.Linear(32, 10)
+    )
     cfg = quick_train_config(epochs=3, **options)
     cfg.checkpoint.every_steps = 7
     torch.manual_seed(0)
@@ -154,7 +167,11 @@ def test_logging_hooks_write_jsonl_tensorboard_and_plain_lines(digits_bundle, tm
     import io
 
     stream = io.StringIO()
-    hooks = [ProgressHook(stream=stream), JsonlHook(tmp_path / "metrics.jsonl"), TensorBoardHook(tmp_path / "tb")]
+    hooks = [
+        ProgressHook(stream=stream),
+        JsonlHook(tmp_path / "metrics.jsonl"),
+        TensorBoardHook(tmp_path / "tb"),
+    ]
     train(mlp(), digits_bundle, quick_train_config(epochs=2, log_every=10), batch_size=32, hooks=hooks)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     train_records = [r for r in records if r["kind"] == "train"]
@@ -177,7 +194,9 @@ def test_detailed_metrics_match_sklearn(digits_bundle):
         pred = model(digits_bundle.test.x).argmax(-1).numpy()
     true = digits_bundle.test.y.numpy()
     assert got["f1_macro"] == pytest.approx(f1_score(true, pred, average="macro"), abs=1e-5)
-    assert got["precision_macro"] == pytest.approx(precision_score(true, pred, average="macro", zero_division=0), abs=1e-5)
+    assert got["precision_macro"] == pytest.approx(
+        precision_score(true, pred, average="macro", zero_division=0), abs=1e-5
+    )
     assert got["recall_per_class"] == pytest.approx(list(recall_score(true, pred, average=None)), abs=1e-5)
     assert got["confusion_matrix"] == confusion_matrix(true, pred).tolist()
 
@@ -186,8 +205,12 @@ def test_torch_compile_option_trains_the_same_model(digits_bundle):
     """train.compile = true runs the step through torch.compile; the weights it trains are the model's own."""
     eager, compiled = mlp(), mlp()
     train(eager, digits_bundle, quick_train_config(epochs=1, max_steps=10, momentum=0.0), batch_size=64)
-    train(compiled, digits_bundle, quick_train_config(epochs=1, max_steps=10, momentum=0.0, compile=True),
-          batch_size=64)
+    train(
+        compiled,
+        digits_bundle,
+        quick_train_config(epochs=1, max_steps=10, momentum=0.0, compile=True),
+        batch_size=64,
+    )
     for key, value in eager.state_dict().items():
         torch.testing.assert_close(compiled.state_dict()[key], value, rtol=1e-4, atol=1e-5)
     assert not torch.equal(compiled.state_dict()["0.weight"], mlp().state_dict()["0.weight"])
@@ -211,7 +234,9 @@ def test_schedule_stepped_per_epoch_holds_lr_within_an_epoch(digits_bundle):
 
 def test_schedule_stepped_per_step_changes_every_step(digits_bundle):
     recorder = LrRecorder()
-    train(mlp(), digits_bundle, quick_train_config(epochs=1, schedule="cosine"), batch_size=64, hooks=[recorder])
+    train(
+        mlp(), digits_bundle, quick_train_config(epochs=1, schedule="cosine"), batch_size=64, hooks=[recorder]
+    )
     assert len(recorder.by_epoch[0]) == 1200 // 64
 
 
@@ -235,8 +260,15 @@ def test_feed_sampler_and_transform_are_what_the_loop_trains_on(digits_bundle):
         return -x, y
 
     cfg = quick_train_config(epochs=1)
-    feed = TensorFeed(digits_bundle.train, 50, 1, cfg.seed, torch.device("cpu"), sampler=EveryOtherRow(1200),
-                      transform=flip_sign)
+    feed = TensorFeed(
+        digits_bundle.train,
+        50,
+        1,
+        cfg.seed,
+        torch.device("cpu"),
+        sampler=EveryOtherRow(1200),
+        transform=flip_sign,
+    )
     model = mlp()
     result = train(model, digits_bundle, cfg, batch_size=50, feed=feed)
     assert result.steps == 600 // 50 and len(seen) == 12
@@ -245,7 +277,9 @@ def test_feed_sampler_and_transform_are_what_the_loop_trains_on(digits_bundle):
     optimizer = torch.optim.SGD(manual.parameters(), lr=0.1, momentum=0.9)
     for step in range(12):
         rows = torch.arange(100 * step, 100 * (step + 1), 2)
-        loss = torch.nn.functional.cross_entropy(manual(-digits_bundle.train.x[rows]), digits_bundle.train.y[rows])
+        loss = torch.nn.functional.cross_entropy(
+            manual(-digits_bundle.train.x[rows]), digits_bundle.train.y[rows]
+        )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -254,8 +288,21 @@ def test_feed_sampler_and_transform_are_what_the_loop_trains_on(digits_bundle):
     # transform generators are a function of (seed, epoch, step): a second run draws the same numbers
     first = [int(s) for s in seen]
     seen.clear()
-    train(mlp(), digits_bundle, cfg, batch_size=50, feed=TensorFeed(
-        digits_bundle.train, 50, 1, cfg.seed, torch.device("cpu"), sampler=EveryOtherRow(1200), transform=flip_sign))
+    train(
+        mlp(),
+        digits_bundle,
+        cfg,
+        batch_size=50,
+        feed=TensorFeed(
+            digits_bundle.train,
+            50,
+            1,
+            cfg.seed,
+            torch.device("cpu"),
+            sampler=EveryOtherRow(1200),
+            transform=flip_sign,
+        ),
+    )
     assert [int(s) for s in seen] == first and len(set(first)) > 1
 
 
@@ -268,6 +315,8 @@ def test_loss_fn_replaces_the_task_loss_and_soft_targets_train(digits_bundle):
         return torch.nn.functional.cross_entropy(logits, soft)
 
     model = mlp()
-    result = train(model, digits_bundle, quick_train_config(epochs=3), batch_size=32, loss_fn=soft_target_loss)
+    result = train(
+        model, digits_bundle, quick_train_config(epochs=3), batch_size=32, loss_fn=soft_target_loss
+    )
     assert len(calls) == result.steps and calls[0] == (32, 64)
     assert result.last_eval["val.acc"] > 0.9

@@ -13,11 +13,11 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from behemoth.cli import app
-from behemoth.cli.app import resolve_config
 from behemoth.config import apply_overrides, config_from_dict, dump_config, load_config
 from behemoth.config.loader import read_toml
 from behemoth.errors import ConfigError
-from behemoth.pipeline import prepare
+from behemoth.pipeline.config import resolve_config
+from behemoth.training.assembly import prepare
 from behemoth.tuning.lr_finder import find_lr
 from behemoth.tuning.space import check_values
 from behemoth.tuning.study import TrialRunner, open_study, run_trials
@@ -35,21 +35,40 @@ def invoke(*args: str):
 def tune_raw(tmp_path, *overrides: str) -> dict:
     """The digits-tune recipe, small: 3 epochs per trial, runs under tmp_path."""
     raw = read_toml(resolve_config("digits-tune"))
-    return apply_overrides(raw, [f"runs_dir={str(tmp_path)!r}", "train.epochs=3", "tune.objective='val.acc'",
-                                 *overrides])
+    return apply_overrides(
+        raw, [f"runs_dir={str(tmp_path)!r}", "train.epochs=3", "tune.objective='val.acc'", *overrides]
+    )
 
 
-@pytest.mark.parametrize("spec, message", [
-    ({"train.lr": {"log_uniform": [0, 1]}}, "tune.space.train.lr = {'log_uniform': [0, 1]}: log_uniform needs [low, high]"),
-    ({"train.lr": {"uniform": [1, 0.5]}}, "tune.space.train.lr = {'uniform': [1, 0.5]}: uniform needs [low, high], numbers with low < high"),
-    ({"train.lr": {"loguniform": [1e-3, 1]}}, "unknown kind 'loguniform'"),
-    ({"train.lrr": {"log_uniform": [1e-3, 1]}}, "tune.space.train.lrr = {'log_uniform': [0.001, 1]}: train has no key 'lrr' (did you mean 'lr'?)"),
-    ({"train.early_stop": {"choice": [1]}}, "train.early_stop is a section, not a value"),
-    ({"data.batch_size": {"int": [8.5, 64]}}, "tune.space.data.batch_size = {'int': [8.5, 64]}: int needs [low, high], integers"),
-    ({"train.optimizer": {"choice": []}}, "tune.space.train.optimizer = {'choice': []}: choice needs a non-empty list"),
-    ({"train.lr": {"log_uniform": [1e-3, 1], "uniform": [0, 1]}}, "tune.space.train.lr = "),
-    ({"tune.trials": {"int": [1, 5]}}, "cannot tune its own settings"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        (
+            {"train.lr": {"log_uniform": [0, 1]}},
+            "tune.space.train.lr = {'log_uniform': [0, 1]}: log_uniform needs [low, high]",
+        ),
+        (
+            {"train.lr": {"uniform": [1, 0.5]}},
+            "tune.space.train.lr = {'uniform': [1, 0.5]}: uniform needs [low, high], numbers with low < high",
+        ),
+        ({"train.lr": {"loguniform": [1e-3, 1]}}, "unknown kind 'loguniform'"),
+        (
+            {"train.lrr": {"log_uniform": [1e-3, 1]}},
+            "tune.space.train.lrr = {'log_uniform': [0.001, 1]}: train has no key 'lrr' (did you mean 'lr'?)",
+        ),
+        ({"train.early_stop": {"choice": [1]}}, "train.early_stop is a section, not a value"),
+        (
+            {"data.batch_size": {"int": [8.5, 64]}},
+            "tune.space.data.batch_size = {'int': [8.5, 64]}: int needs [low, high], integers",
+        ),
+        (
+            {"train.optimizer": {"choice": []}},
+            "tune.space.train.optimizer = {'choice': []}: choice needs a non-empty list",
+        ),
+        ({"train.lr": {"log_uniform": [1e-3, 1], "uniform": [0, 1]}}, "tune.space.train.lr = "),
+        ({"tune.trials": {"int": [1, 5]}}, "cannot tune its own settings"),
+    ],
+)
 def test_bad_space_fails_at_load_naming_the_key(spec, message):
     with pytest.raises(ConfigError) as info:
         config_from_dict({"tune": {"space": spec}})
@@ -59,7 +78,10 @@ def test_bad_space_fails_at_load_naming_the_key(spec, message):
 def test_values_the_schema_rejects_name_the_key():
     raw = {"data": {"name": "digits"}, "model": {"name": "mlp"}}
     for space, fragment in [
-        ({"data.batch_size": {"choice": [0, 64]}}, "tune.space.data.batch_size = {'choice': [0, 64]}: value 0 is not valid"),
+        (
+            {"data.batch_size": {"choice": [0, 64]}},
+            "tune.space.data.batch_size = {'choice': [0, 64]}: value 0 is not valid",
+        ),
         ({"train.momentum": {"uniform": [0.0, 1.0]}}, "tune.space.train.momentum"),
         ({"model.hiden": {"choice": [[64]]}}, "tune.space.model.hiden"),  # the mlp has no such option
     ]:
@@ -70,10 +92,26 @@ def test_values_the_schema_rejects_name_the_key():
 
 
 def test_nested_and_quoted_keys_agree_and_survive_a_round_trip(tmp_path):
-    dotted = config_from_dict({"tune": {"space": {"train.lr": {"log_uniform": [1e-4, 1.0]},
-                                                  "model.hidden": {"choice": [[64], [128, 64]]}}}})
-    nested = config_from_dict({"tune": {"space": {"train": {"lr": {"log_uniform": [1e-4, 1.0]}},
-                                                  "model": {"hidden": {"choice": [[64], [128, 64]]}}}}})
+    dotted = config_from_dict(
+        {
+            "tune": {
+                "space": {
+                    "train.lr": {"log_uniform": [1e-4, 1.0]},
+                    "model.hidden": {"choice": [[64], [128, 64]]},
+                }
+            }
+        }
+    )
+    nested = config_from_dict(
+        {
+            "tune": {
+                "space": {
+                    "train": {"lr": {"log_uniform": [1e-4, 1.0]}},
+                    "model": {"hidden": {"choice": [[64], [128, 64]]}},
+                }
+            }
+        }
+    )
     assert dotted.tune.space == nested.tune.space
     path = tmp_path / "c.toml"
     path.write_text(dump_config(dotted))
@@ -97,7 +135,9 @@ def test_find_lr_suggests_a_rate_on_the_descent():
 
 def test_lr_find_cli_prints_the_suggestion_and_writes_the_plot(tmp_path):
     out = tmp_path / "lr.png"
-    output = invoke("lr-find", "digits", "--steps", "60", "--start", "1e-5", "--out", str(out), "--no-progress").output
+    output = invoke(
+        "lr-find", "digits", "--steps", "60", "--start", "1e-5", "--out", str(out), "--no-progress"
+    ).output
     saved = json.loads(out.with_suffix(".json").read_text())
     assert out.stat().st_size > 10_000
     assert f"suggested lr {saved['suggestion']:.3g}" in output
@@ -107,11 +147,28 @@ def test_lr_find_cli_prints_the_suggestion_and_writes_the_plot(tmp_path):
 
 
 def test_tune_cli_writes_a_study_and_a_best_config_that_trains(tmp_path):
-    output = invoke("tune", "digits-tune", f"runs_dir={str(tmp_path)!r}", "train.epochs=3", "tune.pruner='none'",
-                    "tune.objective='val.acc'", "--trials", "4", "--jobs", "2").output
+    output = invoke(
+        "tune",
+        "digits-tune",
+        f"runs_dir={str(tmp_path)!r}",
+        "train.epochs=3",
+        "tune.pruner='none'",
+        "tune.objective='val.acc'",
+        "--trials",
+        "4",
+        "--jobs",
+        "2",
+    ).output
     run_dir = tmp_path / "digits-tune"
-    for name in ("config.toml", "study.sqlite3", "trials.csv", "best.toml", "best.json", "history.png",
-                 "importances.png"):
+    for name in (
+        "config.toml",
+        "study.sqlite3",
+        "trials.csv",
+        "best.toml",
+        "best.json",
+        "history.png",
+        "importances.png",
+    ):
         assert (run_dir / name).is_file(), name
     study = optuna.load_study(study_name="digits-tune", storage=f"sqlite:///{run_dir / 'study.sqlite3'}")
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 4
@@ -138,9 +195,19 @@ def test_median_pruner_stops_a_hopeless_trial_after_its_first_epoch(tmp_path):
     run_dir = tmp_path / "study"
     run_dir.mkdir()
     study = open_study(cfg, run_dir, resume=False)
-    good = {"train.lr": 3e-3, "train.optimizer": "adam", "train.momentum": 0.0, "train.weight_decay": 1e-5,
-            "data.batch_size": 32, "model.hidden": "[64]"}
-    for params in (good, good, {**good, "train.lr": 1e-4, "train.optimizer": "sgd"}):  # sgd at 1e-4: no learning
+    good = {
+        "train.lr": 3e-3,
+        "train.optimizer": "adam",
+        "train.momentum": 0.0,
+        "train.weight_decay": 1e-5,
+        "data.batch_size": 32,
+        "model.hidden": "[64]",
+    }
+    for params in (
+        good,
+        good,
+        {**good, "train.lr": 1e-4, "train.optimizer": "sgd"},
+    ):  # sgd at 1e-4: no learning
         study.enqueue_trial(params)
     run_trials(study, TrialRunner(cfg, raw, log=lambda line: None), trials=3, timeout=None, jobs=1)
     first, _, hopeless = study.trials
@@ -162,7 +229,9 @@ def test_resume_retries_a_trial_left_running_and_completes_the_count(tmp_path):
     assert resumed.trials[0].state == TrialState.FAIL
     assert resumed.trials[1].state == TrialState.WAITING
     assert resumed.trials[1].user_attrs["retry_of"] == 0
-    started = run_trials(resumed, TrialRunner(cfg, raw, log=lambda line: None), trials=2, timeout=None, jobs=1)
+    started = run_trials(
+        resumed, TrialRunner(cfg, raw, log=lambda line: None), trials=2, timeout=None, jobs=1
+    )
     assert started == 2
     assert resumed.trials[1].params["train.lr"] == pytest.approx(orphan.params["train.lr"])
     assert len(resumed.get_trials(states=(TrialState.COMPLETE,))) == 2
@@ -179,10 +248,23 @@ def _count(db, states=("COMPLETE", "PRUNED")) -> int:
 
 
 def test_a_killed_study_resumes_and_finishes(tmp_path):
-    args = ["tune", "digits-tune", f"runs_dir={str(tmp_path)!r}", "train.epochs=6", "tune.pruner='none'",
-            "--trials", "5", "--no-progress"]
-    proc = subprocess.Popen(behemoth_cmd(*args), env=subprocess_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    args = [
+        "tune",
+        "digits-tune",
+        f"runs_dir={str(tmp_path)!r}",
+        "train.epochs=6",
+        "tune.pruner='none'",
+        "--trials",
+        "5",
+        "--no-progress",
+    ]
+    proc = subprocess.Popen(
+        behemoth_cmd(*args),
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     db = tmp_path / "digits-tune" / "study.sqlite3"
     deadline = time.monotonic() + 60
     while _count(db) < 2 and proc.poll() is None and time.monotonic() < deadline:

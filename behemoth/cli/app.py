@@ -1,8 +1,6 @@
 """The `behemoth` Typer app and its error policy: user errors are one line on stderr, no traceback."""
 
 import sys
-from importlib import resources
-from pathlib import Path
 
 import typer
 
@@ -22,21 +20,6 @@ _debug = {"on": False}
 @app.callback()
 def _options(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
     _debug["on"] = debug
-
-
-def recipe_names() -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files("behemoth.configs").iterdir() if p.name.endswith(".toml"))
-
-
-def resolve_config(arg: str) -> Path:
-    """A config file path, or the name of a shipped recipe (e.g. `mnist-cnn`)."""
-    path = Path(arg)
-    if path.is_file():
-        return path
-    recipe = resources.files("behemoth.configs") / f"{arg}.toml"
-    if recipe.is_file():
-        return Path(str(recipe))
-    raise ConfigError(f"config file not found: {arg} (shipped recipes: {', '.join(recipe_names())})")
 
 
 def split_config_args(args: list[str]) -> tuple[str | None, list[str]]:

@@ -3,9 +3,10 @@
 from rich.console import Console
 from rich.table import Table
 
-from behemoth.cli.app import app, recipe_names
+from behemoth.cli.app import app
 from behemoth.data import list_datasets
 from behemoth.models import count_parameters, list_models
+from behemoth.pipeline.config import recipe_names
 
 console = Console()
 
@@ -32,8 +33,14 @@ def models() -> None:
     for entry in list_models():
         model = build_model(entry.name, {}, entry.example_spec)
         spec = entry.example_spec
-        table.add_row(entry.name, f"{count_parameters(model):,}",
-                      f"{spec.task} {spec.input_shape} -> {spec.num_classes}", entry.summary)
+        table.add_row(
+            entry.name,
+            f"{count_parameters(model):,}",
+            f"{spec.task} {spec.input_shape} -> {spec.num_classes}",
+            entry.summary,
+        )
     console.print(table)
-    console.print("Your own model: model.name = \"package.module:factory\" (a function returning an nn.Module).")
+    console.print(
+        'Your own model: model.name = "package.module:factory" (a function returning an nn.Module).'
+    )
     console.print(f"Recipes (behemoth train NAME): {', '.join(recipe_names())}")

@@ -8,44 +8,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from behemoth.cli.app import app, resolve_config, split_config_args
-from behemoth.config import apply_overrides, config_from_dict
-from behemoth.config.loader import read_toml
-from behemoth.errors import BehemothError, ConfigError
-from behemoth.runs import open_run, run_path
+from behemoth import pipeline
+from behemoth.cli.app import app, split_config_args
 
 console = Console(highlight=False, soft_wrap=True)
 TABLE_WIDTH = 110  # when not on a terminal (rich assumes 80, which squeezes the columns)
 
-RECIPE_HELP = ("Comma-separated compress.* settings, e.g. prune=0.92,quant=kmeans6,code=huffman "
-               "(keys: prune, scope, schedule, structured, retrain_epochs, quant = none|int8|dynamic|qat|kmeans<bits>, "
-               "conv_bits, finetune_epochs, code = none|huffman|zstd, ...).")
-
-
-def recipe_overrides(recipe: str | None) -> list[str]:
-    """`prune=0.92,quant=kmeans6` -> ["compress.prune=0.92", "compress.quant=kmeans6"]."""
-    if not recipe:
-        return []
-    out = []
-    for part in (p.strip() for p in recipe.split(",")):
-        key, sep, value = part.partition("=")
-        if not sep or not key.strip() or not value.strip():
-            raise ConfigError(f"--recipe {recipe!r}: {part!r} is not key=value (e.g. prune=0.92,quant=kmeans6)")
-        out.append(f"compress.{key.strip()}={value.strip()}")
-    return out
-
-
-def compress_config(run: Path, overrides: list[str], recipe: str | None, config: Path | None):
-    """The run's config, with [compress] from --config, then dotted overrides, then --recipe."""
-    run_dir, _ = open_run(run)  # checks it is a run
-    raw = read_toml(run_dir / "config.toml")
-    if config is not None:
-        section = read_toml(config).get("compress")
-        if not isinstance(section, dict):
-            raise ConfigError(f"{config}: no [compress] section")
-        raw["compress"] = {**raw.get("compress", {}), **section}
-    raw = apply_overrides(raw, list(overrides) + recipe_overrides(recipe))
-    return run_dir, config_from_dict(raw, source=str(config or run_dir / "config.toml"))
+RECIPE_HELP = (
+    "Comma-separated compress.* settings, e.g. prune=0.92,quant=kmeans6,code=huffman "
+    "(keys: prune, scope, schedule, structured, retrain_epochs, quant = none|int8|dynamic|qat|kmeans<bits>, "
+    "conv_bits, finetune_epochs, code = none|huffman|zstd, ...)."
+)
 
 
 @app.command()
@@ -54,9 +27,13 @@ def compress(
     overrides: list[str] = typer.Argument(None, help="Dotted overrides, e.g. compress.retrain_epochs=3."),
     recipe: str = typer.Option(None, "--recipe", "-r", help=RECIPE_HELP),
     config: Path = typer.Option(None, "--config", help="A TOML file whose compress section is the recipe."),
-    out: Path = typer.Option(None, "--out", help="Where to write the .bhm (default <run>/compressed/model.bhm)."),
+    out: Path = typer.Option(
+        None, "--out", help="Where to write the .bhm (default <run>/compressed/model.bhm)."
+    ),
     onnx: bool = typer.Option(False, "--onnx", help="Also export model.onnx and check it with onnxruntime."),
-    latency: bool = typer.Option(True, "--latency/--no-latency", help="Measure CPU latency at batch 1 and 256."),
+    latency: bool = typer.Option(
+        True, "--latency/--no-latency", help="Measure CPU latency at batch 1 and 256."
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars while retraining."),
 ) -> None:
     """Compress a trained run: pruning (magnitude, gradual, structured), int8 or k-means quantization,
@@ -65,18 +42,26 @@ def compress(
     test accuracy and error, and latency at batch 1 and 256 on this CPU.
     """
     extra = ([f"compress.output={str(out)!r}"] if out else []) + (["compress.onnx=true"] if onnx else [])
-    run_dir, cfg = compress_config(run, list(overrides or []) + extra, recipe, config)
-    from behemoth.compression.pipeline import compress_run  # torch loads only when the command runs
-
-    result = compress_run(run_dir, cfg, say=lambda text: console.print(text) if progress else None,
-                          show_progress=progress, measure_latency=latency)
-    print_table(result.rows, run_dir.name)
+    result = pipeline.compress(
+        run,
+        recipe,
+        list(overrides or []) + extra,
+        config=config,
+        progress=progress,
+        say=lambda text: console.print(text) if progress else None,
+        latency=latency,
+    )
+    print_table(result.rows, Path(run).name)
     print_layers(result.layers)
     if result.onnx:
         o = result.onnx
-        console.print(f"onnx: {o['file']} ({o['bytes']:,} bytes); onnxruntime vs torch: max |diff| "
-                      f"{o['max_abs_diff']:.2e}, argmax agreement {o['argmax_agreement']:.2%}")
-    console.print(f"written {result.artifact} ({result.rows[-1]['bytes']:,} bytes) and {result.out_dir}/compress.json")
+        console.print(
+            f"onnx: {o['file']} ({o['bytes']:,} bytes); onnxruntime vs torch: max |diff| "
+            f"{o['max_abs_diff']:.2e}, argmax agreement {o['argmax_agreement']:.2%}"
+        )
+    console.print(
+        f"written {result.artifact} ({result.rows[-1]['bytes']:,} bytes) and {result.out_dir}/compress.json"
+    )
 
 
 def print_table(rows: list[dict[str, Any]], name: str) -> None:
@@ -87,8 +72,13 @@ def print_table(rows: list[dict[str, Any]], name: str) -> None:
         table.add_column(column, justify="left" if column == "step" else "right")
     for row in rows:
         table.add_row(
-            row["step"], f"{row['parameters']:,}", f"{row['nonzeros']:,}", f"{row['bytes']:,}",
-            f"{row['compression']:.1f}", f"{row['acc']:.4f}", f"{row['error']:.2%}",
+            row["step"],
+            f"{row['parameters']:,}",
+            f"{row['nonzeros']:,}",
+            f"{row['bytes']:,}",
+            f"{row['compression']:.1f}",
+            f"{row['acc']:.4f}",
+            f"{row['error']:.2%}",
             f"{row['latency_ms_b1']:.3f}" if "latency_ms_b1" in row else "-",
             f"{row['latency_ms_b256']:.2f}" if "latency_ms_b256" in row else "-",
         )
@@ -102,18 +92,32 @@ def print_layers(layers: dict[str, dict[str, Any]]) -> None:
     for column in ("layer", "weights", "nonzero", "sparsity", "bits"):
         table.add_column(column, justify="left" if column == "layer" else "right")
     for name, info in layers.items():
-        table.add_row(name, f"{info['weights']:,}", f"{info['weights'] - info['zeros']:,}", f"{info['sparsity']:.1%}",
-                      str(info.get("bits", 32)))
+        table.add_row(
+            name,
+            f"{info['weights']:,}",
+            f"{info['weights'] - info['zeros']:,}",
+            f"{info['sparsity']:.1%}",
+            str(info.get("bits", 32)),
+        )
     console.print(table)
 
 
 @app.command(no_args_is_help=False)
 def distill(
-    args: list[str] = typer.Argument(None, help="The student's CONFIG (a .toml file or a recipe name) followed "
-                                     "by overrides like model.preset='2x800'"),
-    teacher: Path = typer.Option(None, "--teacher", help="The teacher's run directory (or compress.teacher)."),
-    temperature: float = typer.Option(None, "--temperature", "-T", help="Softmax temperature T (compress.temperature)."),
-    alpha: float = typer.Option(None, "--alpha", help="Weight of the soft-target term; 1 - alpha on the labels."),
+    args: list[str] = typer.Argument(
+        None,
+        help="The student's CONFIG (a .toml file or a recipe name) followed "
+        "by overrides like model.preset='2x800'",
+    ),
+    teacher: Path = typer.Option(
+        None, "--teacher", help="The teacher's run directory (or compress.teacher)."
+    ),
+    temperature: float = typer.Option(
+        None, "--temperature", "-T", help="Softmax temperature T (compress.temperature)."
+    ),
+    alpha: float = typer.Option(
+        None, "--alpha", help="Weight of the soft-target term; 1 - alpha on the labels."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace runs/<name> if it exists."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
 ) -> None:
@@ -123,19 +127,16 @@ def distill(
     """
     config_arg, overrides = split_config_args(args or [])
     flags = {"teacher": str(teacher) if teacher else None, "temperature": temperature, "alpha": alpha}
-    extra = [f"compress.{k}={v!r}" if isinstance(v, str) else f"compress.{k}={v}" for k, v in flags.items()
-             if v is not None]
-    raw = apply_overrides(read_toml(resolve_config(config_arg or "mnist-mlp")), overrides + extra)
-    cfg = config_from_dict(raw, source=config_arg or "mnist-mlp")
-    if cfg.compress.teacher is None:
-        raise ConfigError("compress.teacher is not set: pass --teacher RUN_DIR")
-    open_run(cfg.compress.teacher)  # a clear error if it is not a run
-    if run_path(cfg).exists() and not overwrite:
-        raise BehemothError(f"run directory {run_path(cfg)} exists: pass --overwrite, or pick another name (name=...)")
-    from behemoth.compression.distill_run import distill_run
-
-    summary = distill_run(cfg, overwrite=overwrite, progress=progress)
+    extra = [
+        f"compress.{k}={v!r}" if isinstance(v, str) else f"compress.{k}={v}"
+        for k, v in flags.items()
+        if v is not None
+    ]
+    cfg = pipeline.load_config(config_arg or "mnist-mlp", overrides + extra)
+    summary = pipeline.distill(cfg, overwrite=overwrite, progress=progress)
     if "test" in summary:
         s, t = summary["test"], summary["teacher_test"]
-        console.print(f"student {summary['run']}: test accuracy {s['acc']:.4f} ({s['errors']} errors); "
-                      f"teacher {summary['teacher']}: {t['acc']:.4f} ({t['errors']} errors)")
+        console.print(
+            f"student {summary['run']}: test accuracy {s['acc']:.4f} ({s['errors']} errors); "
+            f"teacher {summary['teacher']}: {t['acc']:.4f} ({t['errors']} errors)"
+        )

@@ -7,18 +7,23 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from behemoth.cli.app import app, resolve_config, split_config_args
-from behemoth.config import load_config
-from behemoth.data.pipeline_config import LOSSLESS_CODECS, LOSSLESS_FILTERS, check_lossless, parse_size
-from behemoth.errors import BehemothError
+from behemoth import pipeline
+from behemoth.cli.app import app, split_config_args
+from behemoth.config.data import LOSSLESS_CODECS, LOSSLESS_FILTERS
+from behemoth.pipeline.data import pack as pack_shards
+from behemoth.pipeline.data import verify as verify_shards
 
 console = Console(stderr=False, highlight=False)
-data_app = typer.Typer(help="Data pipeline tools: preview augmentation, pack compressed shards, inspect them.",
-                       no_args_is_help=True)
+data_app = typer.Typer(
+    help="Data pipeline tools: preview augmentation, pack compressed shards, inspect them.",
+    no_args_is_help=True,
+)
 app.add_typer(data_app, name="data")
 
-CONFIG_HELP = ("CONFIG (a .toml file or a recipe name such as mnist-augment) followed by overrides like "
-               "data.augment.rotate.p=1")
+CONFIG_HELP = (
+    "CONFIG (a .toml file or a recipe name such as mnist-augment) followed by overrides like "
+    "data.augment.rotate.p=1"
+)
 
 
 @data_app.command(no_args_is_help=True)
@@ -33,39 +38,40 @@ def preview(
 
     Each cell is titled with its label; mixup/cutmix cells show the two classes and their shares.
     """
-    from behemoth.data import load_data
-    from behemoth.data.augment.preview import write_preview
-    from behemoth.pipeline import set_threads
-    from behemoth.runs import run_path
-
     config_arg, overrides = split_config_args(args or [])
-    cfg = load_config(resolve_config(config_arg), overrides)
-    out = out or run_path(cfg).parent / f"{cfg.name}-preview" / "augment.png"
-    if out.suffix.lower() != ".png":
-        raise BehemothError(f"--out {out}: expected a .png path")
-    if not cfg.data.augment.enabled:
-        raise BehemothError("data.augment has no ops: nothing to preview (add one, e.g. data.augment.rotate.p=1)")
-    set_threads(cfg.train.threads)
-    data = load_data(cfg.data)
-    if write_preview(cfg, data, out, samples, rounds, seed) is None:
-        raise BehemothError(f"data.name = {cfg.data.name!r}: the training inputs are not images; nothing to preview")
+    out = pipeline.preview(pipeline.load_config(config_arg, overrides), out, samples, rounds, seed)
     console.print(f"written {out} ({samples} samples x {rounds} augmented rows)")
 
 
 @data_app.command(no_args_is_help=True)
 def pack(
-    source: str = typer.Argument(..., help="A dataset name (mnist, digits, arrays, ...), a config file or recipe, "
-                                 "or a shard directory to re-pack."),
+    source: str = typer.Argument(
+        ...,
+        help="A dataset name (mnist, digits, arrays, ...), a config file or recipe, "
+        "or a shard directory to re-pack.",
+    ),
     out: Path = typer.Argument(..., help="Directory to write (index.json + shard files)."),
-    overrides: list[str] = typer.Argument(None, help="Dotted overrides, e.g. data.train_limit=5000 data.path=x.npz."),
-    codec: str = typer.Option(None, "--codec", help=f"Lossless codec: {' | '.join(LOSSLESS_CODECS)} "
-                              "(default: data.shards.codec, zstd)."),
-    level: int = typer.Option(None, "--level", min=0, max=9,
-                              help="Compression level 0-9 (default: data.shards.level, 5)."),
-    filter: str = typer.Option(None, "--filter", help=f"Lossless filter: {' | '.join(LOSSLESS_FILTERS)} "
-                               "(default: data.shards.filter, shuffle)."),
-    shard_size: str = typer.Option(None, "--shard-size", help="Uncompressed bytes per shard, e.g. 64MiB, 512KiB "
-                                   "(default: data.shards.shard_size)."),
+    overrides: list[str] = typer.Argument(
+        None, help="Dotted overrides, e.g. data.train_limit=5000 data.path=x.npz."
+    ),
+    codec: str = typer.Option(
+        None,
+        "--codec",
+        help=f"Lossless codec: {' | '.join(LOSSLESS_CODECS)} (default: data.shards.codec, zstd).",
+    ),
+    level: int = typer.Option(
+        None, "--level", min=0, max=9, help="Compression level 0-9 (default: data.shards.level, 5)."
+    ),
+    filter: str = typer.Option(
+        None,
+        "--filter",
+        help=f"Lossless filter: {' | '.join(LOSSLESS_FILTERS)} (default: data.shards.filter, shuffle).",
+    ),
+    shard_size: str = typer.Option(
+        None,
+        "--shard-size",
+        help="Uncompressed bytes per shard, e.g. 64MiB, 512KiB (default: data.shards.shard_size).",
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it is a shard directory."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
@@ -74,51 +80,36 @@ def pack(
     Images a loader scaled from 8-bit pixels are stored as those pixels when that reproduces the loader's
     floats bit for bit; train with data.name = "shards" and data.path = OUT.
     """
-    from behemoth.data import load_data
-    from behemoth.data.shards import pack_bundle
-
-    for flag, value, kind in (("--codec", codec, "codec"), ("--filter", filter, "filter")):
-        if value is not None:
-            try:
-                check_lossless(value, kind)
-            except ValueError as exc:
-                raise BehemothError(f"{flag} {value}: {exc}") from None
-    if shard_size is not None:
-        try:
-            parse_size(shard_size)
-        except ValueError as exc:
-            raise BehemothError(f"--shard-size {shard_size}: {exc}") from None
-    cfg = load_config(*source_config(source, list(overrides or [])))
-    shards = cfg.data.shards
-    size = parse_size(shard_size or shards.shard_size)
-    with console.status(f"loading {cfg.data.name}"):
-        data = load_data(cfg.data)
-    with Progress(TextColumn("pack"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console,
-                  disable=not progress, transient=True) as bar:
+    with Progress(
+        TextColumn("pack"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not progress,
+        transient=True,
+    ) as bar:
         task = bar.add_task("pack", total=None)
-        index = pack_bundle(data, out, codec or shards.codec, shards.level if level is None else level,
-                            filter or shards.filter, size, overwrite,
-                            lambda done, total: bar.update(task, completed=done, total=total))
+        index = pack_shards(
+            source,
+            out,
+            list(overrides or []),
+            codec=codec,
+            level=level,
+            filter=filter,
+            shard_size=shard_size,
+            overwrite=overwrite,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
     print_index(out, index)
-
-
-def source_config(source: str, overrides: list[str]) -> tuple[Path | None, list[str]]:
-    """(config file, overrides) for `pack SOURCE`: a shard directory, a config/recipe, or a dataset name."""
-    from behemoth.data import dataset_names
-    from behemoth.data.shards import INDEX
-
-    path = Path(source)
-    if path.is_dir() and (path / INDEX).is_file():  # re-pack: read every shard (verified) into memory
-        return None, ["data.name=shards", f"data.path={str(path)!r}", "data.shards.stream=false", *overrides]
-    if path.is_file() or source not in dataset_names():
-        return resolve_config(source), overrides
-    return None, [f"data.name={source}", *overrides]
 
 
 @data_app.command(no_args_is_help=True)
 def inspect(
     directory: Path = typer.Argument(..., help="A shard directory written by `behemoth data pack`."),
-    verify: bool = typer.Option(False, "--verify", help="Also read every shard and check its size and sha256."),
+    verify: bool = typer.Option(
+        False, "--verify", help="Also read every shard and check its size and sha256."
+    ),
 ) -> None:
     """Print a shard directory's splits: samples, shards, compressed and raw sizes, compression ratio."""
     from behemoth.data.shards import read_index
@@ -126,19 +117,13 @@ def inspect(
     index = read_index(directory)
     print_index(directory, index)
     if verify:
-        from behemoth.data.shards import ShardSplit
-
-        splits = [ShardSplit(directory, name, info) for name, info in index.splits.items()]
-        total = sum(len(s.info.shards) for s in splits)
-        with Progress(TextColumn("verify"), BarColumn(), MofNCompleteColumn(), console=console, transient=True) as bar:
+        total = sum(len(split.shards) for split in index.splits.values())
+        with Progress(
+            TextColumn("verify"), BarColumn(), MofNCompleteColumn(), console=console, transient=True
+        ) as bar:
             task = bar.add_task("verify", total=total)
-            for split in splits:
-                for number in range(len(split.info.shards)):
-                    split.read(number)  # raises a DataError naming the shard on any mismatch
-                    bar.advance(task)
-                if split.info.labels is not None:
-                    split.labels()
-        console.print(f"verified {total} shards: sizes and sha256 match the index")
+            checked = verify_shards(directory, lambda: bar.advance(task))
+        console.print(f"verified {checked} shards: sizes and sha256 match the index")
 
 
 def print_index(directory: Path, index) -> None:
@@ -148,8 +133,16 @@ def print_index(directory: Path, index) -> None:
     for name, split in index.splits.items():
         stored = f"{split.x_dtype}{'*' if split.decode else ''} / {split.y_dtype}"
         ratio = split.raw_bytes / split.bytes if split.bytes else 0.0
-        table.add_row(name, f"{split.count:,}", str(len(split.shards)), stored, human(split.bytes),
-                      human(split.raw_bytes), f"{ratio:.2f}x", human(split.memory_bytes))
+        table.add_row(
+            name,
+            f"{split.count:,}",
+            str(len(split.shards)),
+            stored,
+            human(split.bytes),
+            human(split.raw_bytes),
+            f"{ratio:.2f}x",
+            human(split.memory_bytes),
+        )
     console.print(table)
     if any(split.decode for split in index.splits.values()):
         console.print("* 8-bit pixels that decode bit for bit to the loader's normalised float32")

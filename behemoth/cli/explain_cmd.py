@@ -7,11 +7,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from behemoth import pipeline
 from behemoth.cli.app import app
-from behemoth.errors import BehemothError
-from behemoth.explanations.config import COMPLETE_METHODS, METHODS
-from behemoth.pipeline import set_threads
-from behemoth.runs import open_run
+from behemoth.config.explain import COMPLETE_METHODS, METHODS
 
 console = Console()
 
@@ -20,13 +18,21 @@ console = Console()
 def explain(
     run: Path = typer.Argument(..., help="A run directory, e.g. runs/mnist-cnn."),
     overrides: list[str] = typer.Argument(None, help="Dotted overrides, e.g. explain.max_steps=1024."),
-    method: str = typer.Option(None, help=f"Attribution method: {' | '.join(METHODS)} (default: [explain] method)."),
+    method: str = typer.Option(
+        None, help=f"Attribution method: {' | '.join(METHODS)} (default: [explain] method)."
+    ),
     samples: int = typer.Option(None, min=1, help="How many samples of the split to explain (the first N)."),
     target: str = typer.Option(None, help="Explain the predicted class (pred) or the true label (label)."),
     split: str = typer.Option(None, help="test, val or train."),
-    packed: Path = typer.Option(None, "--packed", help="Explain this compressed model (.bhm from `behemoth "
-                                "compress`) instead, and compare its attributions with the run's (rank correlation)."),
-    compressed: bool = typer.Option(False, "--compressed", help="Shorthand for --packed RUN/compressed/model.bhm."),
+    packed: Path = typer.Option(
+        None,
+        "--packed",
+        help="Explain this compressed model (.bhm from `behemoth "
+        "compress`) instead, and compare its attributions with the run's (rank correlation).",
+    ),
+    compressed: bool = typer.Option(
+        False, "--compressed", help="Shorthand for --packed RUN/compressed/model.bhm."
+    ),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Attribute predictions to inputs (Captum), draw them, and report how faithful they are.
@@ -36,36 +42,42 @@ def explain(
     model-randomization check. With --packed/--compressed: <run>/explain/<method>-compressed/, plus the
     Spearman rank correlation of each sample's attributions before vs after compression.
     """
-    if method is not None and method not in METHODS:
-        raise BehemothError(f"--method {method}: unknown method; known: {', '.join(METHODS)}")
-    flags = {"method": method, "samples": samples, "target": target, "split": split}
-    extra = [f"explain.{key}={value!r}" if isinstance(value, str) else f"explain.{key}={value}"
-             for key, value in flags.items() if value is not None]
-    run_dir, cfg = open_run(run, list(overrides or []) + extra)
-    if compressed and packed is None:
-        packed = run_dir / "compressed" / "model.bhm"
-        if not packed.is_file():
-            raise BehemothError(f"{packed} not found: compress the run first (behemoth compress {run_dir})")
-    set_threads(cfg.train.threads)
-    from behemoth.explanations.run import explain_run  # torch and captum load only when the command runs
-
-    with Progress(TextColumn("explain"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, disable=not progress, transient=True) as bar:
-        task = bar.add_task("explain", total=cfg.explain.samples)
-        record = explain_run(run_dir, cfg, cfg.explain, lambda done, total: bar.update(task, completed=done),
-                             packed=packed)
+    with Progress(
+        TextColumn("explain"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not progress,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("explain", total=samples)
+        record = pipeline.explain(
+            run,
+            list(overrides or []),
+            method=method,
+            samples=samples,
+            target=target,
+            split=split,
+            packed=packed,
+            compressed=compressed,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
     print_fidelity(record)
     console.print(f"written {record['out_dir']}/attributions.json and {record['picture']}")
 
 
 def print_fidelity(record: dict) -> None:
     summary = record["fidelity"]["summary"]
-    table = Table(title=f"{record['method']} on {record['samples']} {record['split']} samples "
-                        f"(target: {record['target']}; {record['attributions_per_second']:.1f} attributions/s)")
+    table = Table(
+        title=f"{record['method']} on {record['samples']} {record['split']} samples "
+        f"(target: {record['target']}; {record['attributions_per_second']:.1f} attributions/s)"
+    )
     for column in ("figure", "mean", "median", "max", "reads"):
         table.add_column(column)
     reads = {
-        "completeness_error": "|Σattr−Δf|/|Δf| (IG: < tol)" if record["method"] in COMPLETE_METHODS
+        "completeness_error": "|Σattr−Δf|/|Δf| (IG: < tol)"
+        if record["method"] in COMPLETE_METHODS
         else "no completeness axiom",
         "deletion_auc": "lower is better",
         "insertion_auc": "higher is better",
@@ -79,12 +91,23 @@ def print_fidelity(record: dict) -> None:
         if row is None:
             table.add_row(key, "n/a", "", "", "not for tokens" if key == "infidelity" else "off")
             continue
-        fmt = (lambda v: "—" if v is None else f"{v:.2%}") if key == "completeness_error" else \
-              (lambda v: "—" if v is None else f"{v:.4g}")
-        table.add_row(key.replace("randomization_spearman", "random_spearman").replace("compression_", "compressed_"), fmt(row["mean"]), fmt(row["median"]), fmt(row["max"]), text)
+        fmt = (
+            (lambda v: "—" if v is None else f"{v:.2%}")
+            if key == "completeness_error"
+            else (lambda v: "—" if v is None else f"{v:.4g}")
+        )
+        table.add_row(
+            key.replace("randomization_spearman", "random_spearman").replace("compression_", "compressed_"),
+            fmt(row["mean"]),
+            fmt(row["median"]),
+            fmt(row["max"]),
+            text,
+        )
     console.print(table)
     if record["n_steps_used"] is not None:
         steps = record["n_steps_used"]
-        console.print(f"IG steps used per sample: min {min(steps)}, max {max(steps)} (baseline: {record['baseline']})")
+        console.print(
+            f"IG steps used per sample: min {min(steps)}, max {max(steps)} (baseline: {record['baseline']})"
+        )
     else:
         console.print(f"baseline: {record['baseline']}")

@@ -8,24 +8,36 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from behemoth.cli.app import app, resolve_config, split_config_args
-from behemoth.config import load_config
-from behemoth.errors import BehemothError, RunDirError
-from behemoth.runs import create_run_dir, open_run, run_path, write_config, write_spec
+from behemoth import pipeline
+from behemoth.cli.app import app, split_config_args
+from behemoth.errors import BehemothError
+from behemoth.runs import open_run, run_path
 
 console = Console(highlight=False, soft_wrap=True)
 
 
 @app.command(no_args_is_help=False)
 def federate(
-    args: list[str] = typer.Argument(None, help="CONFIG (a .toml file or a recipe such as federated-digits) "
-                                     "followed by overrides like federate.rounds=5"),
-    deploy: bool = typer.Option(False, "--deploy", help="Run a real deployment on this machine: flower-superlink "
-                                "(TLS, node authentication) and one flower-supernode per client, then shut down."),
-    show_partition: bool = typer.Option(False, "--show-partition", help="Print each client's label histogram "
-                                        "and the label skew, then stop (nothing is trained or written)."),
-    resume: Path = typer.Option(None, "--resume", help="Continue the federated run in this directory after "
-                                "its last completed round."),
+    args: list[str] = typer.Argument(
+        None,
+        help="CONFIG (a .toml file or a recipe such as federated-digits) "
+        "followed by overrides like federate.rounds=5",
+    ),
+    deploy: bool = typer.Option(
+        False,
+        "--deploy",
+        help="Run a real deployment on this machine: flower-superlink "
+        "(TLS, node authentication) and one flower-supernode per client, then shut down.",
+    ),
+    show_partition: bool = typer.Option(
+        False,
+        "--show-partition",
+        help="Print each client's label histogram "
+        "and the label skew, then stop (nothing is trained or written).",
+    ),
+    resume: Path = typer.Option(
+        None, "--resume", help="Continue the federated run in this directory after its last completed round."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace runs/<name> if it exists."),
     verbose: bool = typer.Option(False, "--verbose", help="Also show Flower's and Ray's own log lines."),
 ) -> None:
@@ -43,76 +55,53 @@ def federate(
             raise BehemothError("--resume takes the run directory; do not also pass a config file")
         run_dir, cfg = open_run(resume, overrides)
     else:
-        cfg = load_config(resolve_config(config_arg or "federated-digits"), overrides)
-        run_dir = run_path(cfg)
+        cfg = pipeline.load_config(config_arg or "federated-digits", overrides)
+        run_dir = None
     if show_partition:
         print_partition(cfg)
         return
-    from behemoth.federated.state import load_latest  # flwr and torch load only when the command runs
-
-    if resume is not None:
-        saved = load_latest(run_dir)
-        done = saved.round if saved is not None else 0
-        summary = run_dir / "summary.json"
-        reached = summary.is_file() and json.loads(summary.read_text()).get("stop_reason") == "target"
-        if done >= cfg.federate.rounds or reached:
-            raise RunDirError(f"{run_dir} already finished after {done} rounds"
-                              + ("" if reached else "; raise federate.rounds to continue"))
-    run_federation(cfg, run_dir, resume=resume is not None, deploy=deploy, overwrite=overwrite, verbose=verbose)
-    print_summary(run_dir)
-
-
-def run_federation(cfg, run_dir: Path, *, resume: bool = False, deploy: bool = False, overwrite: bool = False,
-                   verbose: bool = False) -> None:
-    """Start (or continue) the federated run in `run_dir`: simulation, or a loopback deployment."""
-    from behemoth.federated.metrics import attach_run_log  # flwr and torch load only when a run starts
-
-    if not resume:
-        from behemoth.data import load_data
-
-        data = load_data(cfg.data)  # fails on bad data before anything is written
-        create_run_dir(run_dir, overwrite)
-        write_config(run_dir, cfg)
-        write_spec(run_dir, data.spec, data.class_names, data.meta)
-    attach_run_log(run_dir, stream=None if deploy else console.file)
-    if deploy:
-        from behemoth.federated.deploy import run_deployed
-
-        run_deployed(cfg, run_dir, resume, show=console.print, verbose=verbose, echo=console.file)
-    else:
-        from behemoth.federated.simulate import run_simulated
-
-        run_simulated(cfg, run_dir, resume, verbose=verbose)
+    pipeline.federate(
+        cfg,
+        run_dir,
+        resume=resume is not None,
+        deploy=deploy,
+        overwrite=overwrite,
+        verbose=verbose,
+        show=console.print,
+        stream=console.file,
+    )
+    print_summary(run_dir or run_path(cfg))
 
 
 def print_partition(cfg) -> None:
     """The label histogram per client: counts per class, total, and classes held."""
-    from behemoth.data import load_data
-    from behemoth.federated.partition import label_histogram, label_skew, partition
-
-    data = load_data(cfg.data)
-    labels = data.train.y
-    histogram = label_histogram(labels, partition(labels, cfg.federate), data.spec.num_classes)
+    view = pipeline.partition_view(cfg)
     fed = cfg.federate
     detail = {"shards": f", {fed.shards_per_client} shards each", "dirichlet": f", alpha {fed.alpha:g}"}
-    table = Table(title=f"{cfg.data.name}: {len(labels)} training rows over {fed.clients} clients "
-                        f"({fed.partition}{detail.get(fed.partition, '')}, seed {fed.seed})")
+    table = Table(
+        title=f"{cfg.data.name}: {view.rows} training rows over {fed.clients} clients "
+        f"({fed.partition}{detail.get(fed.partition, '')}, seed {fed.seed})"
+    )
     table.add_column("#", justify="right")
-    for name in data.class_names or [str(k) for k in range(data.spec.num_classes)]:
+    for name in view.class_names:
         table.add_column(name[:8], justify="right")
     table.add_column("rows", justify="right")
     table.add_column("labels", justify="right")
-    for client, row in enumerate(histogram.tolist()):
-        table.add_row(str(client), *(str(v) if v else "." for v in row), str(sum(row)), str(sum(v > 0 for v in row)))
+    for client, row in enumerate(view.histogram):
+        table.add_row(
+            str(client), *(str(v) if v else "." for v in row), str(sum(row)), str(sum(v > 0 for v in row))
+        )
     console.print(table)
-    console.print(f"label skew (mean total-variation distance to the overall label mix): {label_skew(histogram):.3f}")
+    console.print(f"label skew (mean total-variation distance to the overall label mix): {view.skew:.3f}")
 
 
 def print_summary(run_dir: Path) -> None:
     summary = json.loads((run_dir / "summary.json").read_text())
-    line = (f"run {run_dir}: {summary['rounds']} rounds ({summary['stop_reason']}), test accuracy "
-            f"{summary['test']['acc']:.4f} loss {summary['test']['loss']:.4f}, {summary['seconds']:.1f}s, "
-            f"sent {summary['bytes_sent'] / 2**20:.1f} MiB, received {summary['bytes_received'] / 2**20:.1f} MiB")
+    line = (
+        f"run {run_dir}: {summary['rounds']} rounds ({summary['stop_reason']}), test accuracy "
+        f"{summary['test']['acc']:.4f} loss {summary['test']['loss']:.4f}, {summary['seconds']:.1f}s, "
+        f"sent {summary['bytes_sent'] / 2**20:.1f} MiB, received {summary['bytes_received'] / 2**20:.1f} MiB"
+    )
     if summary.get("rounds_to_target") is not None:
         line += f"; reached {summary['target_accuracy']:.4f} at round {summary['rounds_to_target']}"
     if "epsilon" in summary:

@@ -4,18 +4,26 @@ from pathlib import Path
 
 import typer
 
+from behemoth import pipeline
 from behemoth.cli.app import app
-from behemoth.errors import BehemothError
 
 
 @app.command()
 def generate(
     run: Path = typer.Argument(..., help="A language-model run directory, e.g. runs/gpt-text."),
-    prompt: str = typer.Option("\n", "--prompt", show_default=False,
-                               help="Text to continue (default: a newline, i.e. the start of a fresh line)."),
+    prompt: str = typer.Option(
+        "\n",
+        "--prompt",
+        show_default=False,
+        help="Text to continue (default: a newline, i.e. the start of a fresh line).",
+    ),
     max_new_tokens: int = typer.Option(200, "--max-new-tokens", min=1, help="How many tokens to sample."),
-    temperature: float = typer.Option(0.8, "--temperature", min=0.0,
-                                      help="Below 1 sharpens the distribution, above 1 flattens it; 0 is greedy."),
+    temperature: float = typer.Option(
+        0.8,
+        "--temperature",
+        min=0.0,
+        help="Below 1 sharpens the distribution, above 1 flattens it; 0 is greedy.",
+    ),
     top_k: int = typer.Option(None, "--top-k", min=1, help="Sample among the k likeliest tokens only."),
     seed: int = typer.Option(None, "--seed", help="Seed the sampler: the same seed gives the same text."),
 ) -> None:
@@ -24,21 +32,4 @@ def generate(
     The model reads at most data.block_size tokens of context (what it was trained on); the prompt is
     encoded and the output decoded with the run's tokenizer (bytes, or its tokenizer.json for BPE).
     """
-    from behemoth.data.tokenizers import load_run_tokenizer  # torch loads only when the command runs
-    from behemoth.lm.generate import generate_text
-    from behemoth.pipeline import load_trained_model, set_threads
-    from behemoth.runs import open_run, read_spec
-    from behemoth.training import resolve_device
-
-    run_dir, cfg = open_run(run)
-    spec, _, _ = read_spec(run_dir)
-    if spec.task != "language_model":
-        raise BehemothError(f"{run_dir} is a {spec.task} run: generate needs a language model (e.g. gpt-text)")
-    if not prompt:
-        raise BehemothError("--prompt is empty: give at least one character to continue")
-    set_threads(cfg.train.threads)
-    tokenizer = load_run_tokenizer(run_dir)
-    model = load_trained_model(run_dir, cfg).to(resolve_device(cfg.train.device))
-    text = generate_text(model, tokenizer, prompt, max_new_tokens, temperature, top_k,
-                         context=spec.input_shape[0], seed=seed)
-    typer.echo(text)
+    typer.echo(pipeline.generate(run, prompt, max_new_tokens, temperature, top_k, seed))

@@ -9,6 +9,6 @@ The adapters: `pipeline.compress_run` chains the techniques on a trained run for
 and config loading must not pull in torch.
 """
 
-from behemoth.compression.config import CompressConfig
+from behemoth.config.compress import CompressConfig
 
 __all__ = ["CompressConfig"]

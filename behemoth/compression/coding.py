@@ -17,6 +17,7 @@ MAX_CODE_BITS = 16  # Huffman codes are limited to this length (one table lookup
 
 # ----- fixed-width bit packing -----
 
+
 def bits_for(alphabet: int) -> int:
     """Bits needed to write symbols 0..alphabet-1 (at least 1)."""
     return max(1, int(alphabet - 1).bit_length())
@@ -41,6 +42,7 @@ def unpack_bits(data: bytes, bits: int, count: int) -> np.ndarray:
 
 
 # ----- sparse positions as relative indices (Deep Compression §2, with an escape instead of filler zeros) -----
+
 
 def relative_indices(positions: np.ndarray, bits: int) -> np.ndarray:
     """Sorted flat positions -> gap symbols of `bits` bits. A symbol s < E = 2^bits - 1 means "the next
@@ -73,6 +75,7 @@ def best_index_bits(positions: np.ndarray, value_bits: float, candidates: range 
 
 
 # ----- canonical Huffman -----
+
 
 def huffman_lengths(counts: np.ndarray, limit: int = MAX_CODE_BITS) -> np.ndarray:
     """Code length per symbol (0 for unused symbols), at most `limit` bits: when the optimal code is too
@@ -118,7 +121,7 @@ def huffman_encode(symbols: np.ndarray, alphabet: int) -> bytes:
     table = zlib.compress(lengths.astype(np.uint8).tobytes(), 9)
     chunks = []
     for start in range(0, symbols.size, 1 << 18):  # bounded memory: (chunk, 16) bit matrix
-        part = symbols[start:start + (1 << 18)]
+        part = symbols[start : start + (1 << 18)]
         lens, vals = lengths[part], codes[part]
         shifts = lens[:, None] - 1 - np.arange(MAX_CODE_BITS)[None, :]
         bits = (vals[:, None] >> np.clip(shifts, 0, None)) & 1
@@ -129,7 +132,7 @@ def huffman_encode(symbols: np.ndarray, alphabet: int) -> bytes:
 
 def huffman_decode(data: bytes, count: int) -> np.ndarray:
     alphabet, table_size = struct.unpack_from("<II", data)
-    lengths = np.frombuffer(zlib.decompress(data[8:8 + table_size]), dtype=np.uint8).astype(np.int64)
+    lengths = np.frombuffer(zlib.decompress(data[8 : 8 + table_size]), dtype=np.uint8).astype(np.int64)
     if lengths.size != alphabet:
         raise ValueError("Huffman table does not match its alphabet")
     if count == 0:
@@ -141,13 +144,13 @@ def huffman_decode(data: bytes, count: int) -> np.ndarray:
     for symbol in np.flatnonzero(lengths):
         shift = MAX_CODE_BITS - int(lengths[symbol])
         start = int(codes[symbol]) << shift
-        symbol_of[start:start + (1 << shift)] = symbol
-        length_of[start:start + (1 << shift)] = lengths[symbol]
-    bits = np.unpackbits(np.frombuffer(data[8 + table_size:], dtype=np.uint8)).astype(np.int64)
+        symbol_of[start : start + (1 << shift)] = symbol
+        length_of[start : start + (1 << shift)] = lengths[symbol]
+    bits = np.unpackbits(np.frombuffer(data[8 + table_size :], dtype=np.uint8)).astype(np.int64)
     padded = np.concatenate([bits, np.zeros(MAX_CODE_BITS, dtype=np.int64)])
     windows = np.zeros(bits.size, dtype=np.int64)  # windows[p]: the 16 bits starting at bit p
     for k in range(MAX_CODE_BITS):
-        windows = (windows << 1) | padded[k:k + bits.size]
+        windows = (windows << 1) | padded[k : k + bits.size]
     windows_list, symbols_list, lengths_list = windows.tolist(), symbol_of.tolist(), length_of.tolist()
     out, position, end = [0] * count, 0, bits.size
     for i in range(count):
@@ -160,6 +163,7 @@ def huffman_decode(data: bytes, count: int) -> np.ndarray:
 
 
 # ----- zstd (blosc2) -----
+
 
 def zstd_encode(data: bytes, typesize: int = 1) -> bytes:
     import blosc2
@@ -175,6 +179,7 @@ def zstd_decode(data: bytes) -> bytes:
 
 
 # ----- one entry point for symbol streams -----
+
 
 def encode_symbols(symbols: np.ndarray, alphabet: int, code: str) -> bytes:
     """Integer symbols in [0, alphabet) as bytes: bit-packed (code "none"), Huffman or zstd."""

@@ -12,20 +12,30 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from behemoth.runs import open_run
+from behemoth.training.assembly import load_trained_model
 from behemoth.training.precision import autocast
 
 
-def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
-                      temperature: float, alpha: float) -> torch.Tensor:
+def distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float,
+    alpha: float,
+) -> torch.Tensor:
     """The Hinton et al. loss for (B, K) logits and (B,) labels, or (B, T, V) next-token logits and (B, T)
     targets (every position is a sample); a scalar."""
     if student_logits.ndim == 3:  # (B, T, V) -> (B*T, V)
         student_logits, teacher_logits = student_logits.flatten(0, 1), teacher_logits.flatten(0, 1)
         targets = targets.flatten()
     student_logits, teacher_logits = student_logits.float(), teacher_logits.float()
-    soft = F.kl_div(F.log_softmax(student_logits / temperature, dim=-1),
-                    F.log_softmax(teacher_logits / temperature, dim=-1),
-                    reduction="batchmean", log_target=True)  # KL(teacher || student), mean over the batch
+    soft = F.kl_div(
+        F.log_softmax(student_logits / temperature, dim=-1),
+        F.log_softmax(teacher_logits / temperature, dim=-1),
+        reduction="batchmean",
+        log_target=True,
+    )  # KL(teacher || student), mean over the batch
     hard = F.cross_entropy(student_logits, targets) if alpha < 1.0 else student_logits.new_zeros(())
     return alpha * temperature**2 * soft + (1.0 - alpha) * hard
 
@@ -47,8 +57,5 @@ class DistillationLoss:
 
 def load_teacher(run_dir: str | Path) -> nn.Module:
     """A trained run's model, frozen, in eval mode (dropout off)."""
-    from behemoth.pipeline import load_trained_model
-    from behemoth.runs import open_run
-
     path, cfg = open_run(run_dir)
     return load_trained_model(path, cfg).eval().requires_grad_(False)

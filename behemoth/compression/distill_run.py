@@ -2,7 +2,7 @@
 with the distillation loss as its `loss_fn`. Writes a normal run directory (config, spec, metrics,
 model.safetensors, summary.json with the teacher's test figures beside the student's).
 
-It mirrors behemoth.pipeline.run_training for one process: that function does not take a `loss_fn`.
+Data, model and feed come from the one assembly path (behemoth.training.assembly), as for `behemoth train`.
 """
 
 from pathlib import Path
@@ -15,9 +15,9 @@ from behemoth.config import RunConfig
 from behemoth.data import DataBundle
 from behemoth.errors import ConfigError, ModelError
 from behemoth.models import count_parameters
-from behemoth.pipeline import prepare
 from behemoth.runs import create_run_dir, read_spec, run_path, write_config, write_json, write_spec
 from behemoth.training import JsonlHook, ProgressHook, TensorBoardHook, evaluate, resolve_device, train
+from behemoth.training.assembly import assemble
 from behemoth.training.checkpoint import save_weights
 from behemoth.training.feed import Feed
 
@@ -25,19 +25,29 @@ from behemoth.training.feed import Feed
 def check_teacher_fits(teacher_dir: Path, data: DataBundle) -> None:
     spec, _, _ = read_spec(teacher_dir)
     if spec.task != data.spec.task:
-        raise ModelError(f"teacher {teacher_dir} is a {spec.task} model; the student's data is {data.spec.task}")
+        raise ModelError(
+            f"teacher {teacher_dir} is a {spec.task} model; the student's data is {data.spec.task}"
+        )
     if tuple(spec.input_shape) != tuple(data.spec.input_shape) or spec.num_classes != data.spec.num_classes:
-        raise ModelError(f"teacher {teacher_dir} was trained on inputs {spec.input_shape} with {spec.num_classes} "
-                         f"classes; the student's data has {data.spec.input_shape} and {data.spec.num_classes}")
+        raise ModelError(
+            f"teacher {teacher_dir} was trained on inputs {spec.input_shape} with {spec.num_classes} "
+            f"classes; the student's data has {data.spec.input_shape} and {data.spec.num_classes}"
+        )
 
 
-def distill_run(cfg: RunConfig, overwrite: bool = False, progress: bool = True, feed: Feed | None = None,
-                teacher: nn.Module | None = None) -> dict[str, Any]:
+def distill_run(
+    cfg: RunConfig,
+    overwrite: bool = False,
+    progress: bool = True,
+    feed: Feed | None = None,
+    teacher: nn.Module | None = None,
+) -> dict[str, Any]:
     """Train cfg's student from cfg.compress.teacher into runs/<name>; returns the summary it writes."""
     cc = cfg.compress
     if cc.teacher is None and teacher is None:
         raise ConfigError("compress.teacher is not set: pass --teacher RUN_DIR (the teacher's run directory)")
-    data, student = prepare(cfg)
+    parts = assemble(cfg)
+    data, student = parts.data, parts.model
     if teacher is None:
         check_teacher_fits(Path(cc.teacher), data)
         teacher = load_teacher(cc.teacher)
@@ -47,23 +57,46 @@ def distill_run(cfg: RunConfig, overwrite: bool = False, progress: bool = True, 
     write_spec(run_dir, data.spec, data.class_names, data.meta)
     device = resolve_device(cfg.train.device)
     loss_fn = DistillationLoss(teacher.to(device), cc.temperature, cc.alpha, cfg.train.precision)
-    hooks = ([ProgressHook()] if progress else []) + [JsonlHook(run_dir / "metrics.jsonl"),
-                                                      TensorBoardHook(run_dir / "tb")]
-    result = train(student, data, cfg.train, cfg.data.batch_size, cfg.data.eval_batch_size, run_dir, hooks,
-                   feed=feed, loss_fn=loss_fn)
+    hooks = ([ProgressHook()] if progress else []) + [
+        JsonlHook(run_dir / "metrics.jsonl"),
+        TensorBoardHook(run_dir / "tb"),
+    ]
+    result = train(
+        student,
+        data,
+        cfg.train,
+        cfg.data.batch_size,
+        cfg.data.eval_batch_size,
+        run_dir,
+        hooks,
+        feed=feed or parts.feed,
+        loss_fn=loss_fn,
+    )
     save_weights(student, run_dir / "model.safetensors")
     summary: dict[str, Any] = {
-        "run": str(run_dir), "model": cfg.model.name, "parameters": count_parameters(student),
-        "teacher": cc.teacher, "teacher_parameters": count_parameters(teacher), "temperature": cc.temperature,
-        "alpha": cc.alpha, "dataset": data.name, "train_samples": len(data.train), "steps": result.steps,
-        "epochs": result.epochs, "stop_reason": result.stop_reason, "diverged": result.diverged,
-        "train_seconds": result.seconds, "samples_per_second": result.samples_per_second,
+        "run": str(run_dir),
+        "model": cfg.model.name,
+        "parameters": count_parameters(student),
+        "teacher": cc.teacher,
+        "teacher_parameters": count_parameters(teacher),
+        "temperature": cc.temperature,
+        "alpha": cc.alpha,
+        "dataset": data.name,
+        "train_samples": len(data.train),
+        "steps": result.steps,
+        "epochs": result.epochs,
+        "stop_reason": result.stop_reason,
+        "diverged": result.diverged,
+        "train_seconds": result.seconds,
+        "samples_per_second": result.samples_per_second,
         "peak_memory_mb": result.peak_memory_mb,
         "val": {k[4:]: v for k, v in result.last_eval.items() if k.startswith("val.")},
     }
     if data.test is not None and not result.diverged:
         for who, model in (("test", student), ("teacher_test", teacher)):
-            figures = evaluate(model, data.test, data.spec, cfg.data.eval_batch_size, cfg.train.precision, device)
+            figures = evaluate(
+                model, data.test, data.spec, cfg.data.eval_batch_size, cfg.train.precision, device
+            )
             summary[who] = {**figures, "errors": round((1 - figures["acc"]) * len(data.test))}
     write_json(run_dir / "summary.json", summary)
     return summary

@@ -79,7 +79,9 @@ def share_weights(model: nn.Module, bits: int, conv_bits: int | None = None) -> 
     """Cluster every Linear/Conv weight of `model` in place and attach trainable centroids; returns the books."""
     books = {}
     for name, module in prunable_layers(model).items():
-        layer_bits = conv_bits if conv_bits is not None and isinstance(module, nn.modules.conv._ConvNd) else bits
+        layer_bits = (
+            conv_bits if conv_bits is not None and isinstance(module, nn.modules.conv._ConvNd) else bits
+        )
         book = cluster_weight(module.weight, layer_bits)
         books[name] = book
         device = module.weight.device

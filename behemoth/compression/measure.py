@@ -43,7 +43,9 @@ def count_nonzeros(model: nn.Module) -> int:
     return sum(int((t != 0).sum()) for t in weight_tensors(model))
 
 
-def accuracy(model: nn.Module, split: TensorSplit, spec: DataSpec, batch_size: int = 1000) -> dict[str, float]:
+def accuracy(
+    model: nn.Module, split: TensorSplit, spec: DataSpec, batch_size: int = 1000
+) -> dict[str, float]:
     """Test loss, accuracy, error and error count on `split` (fp32 or int8, on the CPU)."""
     with torch.inference_mode():
         result = evaluate(model, split, spec, batch_size, "fp32", torch.device("cpu"))
@@ -51,8 +53,13 @@ def accuracy(model: nn.Module, split: TensorSplit, spec: DataSpec, batch_size: i
     return {"loss": result["loss"], "acc": result["acc"], "error": 1.0 - result["acc"], "errors": errors}
 
 
-def latencies(models: dict[str, nn.Module], example: torch.Tensor, batch_sizes: tuple[int, ...] = (1, 256),
-              repeats: int = 20, warmup: int = 3) -> dict[str, dict[int, float]]:
+def latencies(
+    models: dict[str, nn.Module],
+    example: torch.Tensor,
+    batch_sizes: tuple[int, ...] = (1, 256),
+    repeats: int = 20,
+    warmup: int = 3,
+) -> dict[str, dict[int, float]]:
     """Median forward time in milliseconds, {model: {batch: ms}}, measured interleaved on the CPU.
 
     `example` holds at least max(batch_sizes) samples (repeated if fewer).
@@ -76,12 +83,26 @@ def latencies(models: dict[str, nn.Module], example: torch.Tensor, batch_sizes: 
     return {name: {b: statistics.median(v) for b, v in per.items()} for name, per in times.items()}
 
 
-def summary_row(step: str, model: nn.Module, path: Path, baseline_bytes: int, test: dict[str, float],
-                extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def summary_row(
+    step: str,
+    model: nn.Module,
+    path: Path,
+    baseline_bytes: int,
+    test: dict[str, float],
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """One line of the before/after table (latencies are filled in later, measured together)."""
     size = file_bytes(path)
     return {
-        "step": step, "file": str(path), "parameters": count_parameters(model), "nonzeros": count_nonzeros(model),
-        "bytes": size, "compression": baseline_bytes / size, "acc": test["acc"], "error": test["error"],
-        "errors": test["errors"], "loss": test["loss"], **(extra or {}),
+        "step": step,
+        "file": str(path),
+        "parameters": count_parameters(model),
+        "nonzeros": count_nonzeros(model),
+        "bytes": size,
+        "compression": baseline_bytes / size,
+        "acc": test["acc"],
+        "error": test["error"],
+        "errors": test["errors"],
+        "loss": test["loss"],
+        **(extra or {}),
     }

@@ -25,8 +25,10 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path) -> Pa
     """Write `model` as ONNX to `path` (atomically); input "input" (batch dynamic), output "logits"."""
     path = Path(path)
     if any(isinstance(m, nnqd.Linear) for m in model.modules()):
-        raise BehemothError("ONNX export of a dynamic int8 model is not supported by torch.onnx "
-                            "(quantized::linear_dynamic); export the static int8 (quant = 'int8') or float model")
+        raise BehemothError(
+            "ONNX export of a dynamic int8 model is not supported by torch.onnx "
+            "(quantized::linear_dynamic); export the static int8 (quant = 'int8') or float model"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".onnx")
     os.close(fd)
@@ -35,12 +37,26 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path) -> Pa
         with quiet(), warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
             warnings.simplefilter("ignore")
             if is_int8(model):
-                torch.onnx.export(model, (example,), tmp, dynamo=False, input_names=["input"], output_names=["logits"],
-                                  dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17)
+                torch.onnx.export(
+                    model,
+                    (example,),
+                    tmp,
+                    dynamo=False,
+                    input_names=["input"],
+                    output_names=["logits"],
+                    dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                    opset_version=17,
+                )
             else:
-                program = torch.onnx.export(model, (example,), dynamo=True, input_names=["input"],
-                                            output_names=["logits"], verbose=False,
-                                            dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+                program = torch.onnx.export(
+                    model,
+                    (example,),
+                    dynamo=True,
+                    input_names=["input"],
+                    output_names=["logits"],
+                    verbose=False,
+                    dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+                )
                 program.save(tmp)
         os.replace(tmp, path)
     finally:

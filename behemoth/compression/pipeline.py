@@ -8,27 +8,28 @@ Output, in <run>/compressed/ (or beside compress.output):
   compress.json      the table, per-layer sparsity and bits, the recipe; model.onnx with compress.onnx
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from behemoth.compression import kmeans, prune, quantize, structured
-from behemoth.compression.config import CompressConfig
 from behemoth.compression.distill import DistillationLoss, load_teacher
 from behemoth.compression.measure import accuracy, latencies, summary_row
 from behemoth.compression.pack import load_packed, save_packed
-from behemoth.files import atomic_write_bytes
 from behemoth.compression.rebuild import shapes_of, to_packed
 from behemoth.config import EarlyStopConfig, RunConfig
-from behemoth.data import DataBundle, load_data
+from behemoth.config.compress import CompressConfig
+from behemoth.data import DataBundle
 from behemoth.data.bundle import TensorSplit
 from behemoth.errors import BehemothError, ConfigError
-from behemoth.pipeline import load_trained_model, set_threads
+from behemoth.files import atomic_write_bytes
 from behemoth.runs import read_spec, write_json
 from behemoth.training import BaseHook, ProgressHook, train
+from behemoth.training.assembly import build_feed, load_run_data, load_trained_model
 from behemoth.training.checkpoint import save_weights
 
 Say = Callable[[str], None]
@@ -48,8 +49,11 @@ class KeepZeros(BaseHook):
     torch.nn.utils.prune's masks cannot stay attached)."""
 
     def __init__(self, model: nn.Module) -> None:
-        self.masks = [(p, p.detach() != 0) for name, p in model.named_parameters()
-                      if name.endswith("weight") and p.ndim > 1 and bool((p == 0).any())]
+        self.masks = [
+            (p, p.detach() != 0)
+            for name, p in model.named_parameters()
+            if name.endswith("weight") and p.ndim > 1 and bool((p == 0).any())
+        ]
 
     def on_step_end(self, ctx: Any, metrics: dict[str, float]) -> None:
         with torch.no_grad():
@@ -59,30 +63,67 @@ class KeepZeros(BaseHook):
 
 def check_recipe(cc: CompressConfig) -> None:
     if cc.prune > 0 and cc.schedule == "gradual" and cc.retrain_epochs == 0:
-        raise ConfigError("compress.schedule = 'gradual' prunes while retraining: needs compress.retrain_epochs >= 1"
-                          " (or compress.schedule = 'oneshot')")
+        raise ConfigError(
+            "compress.schedule = 'gradual' prunes while retraining: needs compress.retrain_epochs >= 1"
+            " (or compress.schedule = 'oneshot')"
+        )
     if cc.quant == "qat" and cc.finetune_epochs == 0:
-        raise ConfigError("compress.quant = 'qat' trains with fake quantization: needs compress.finetune_epochs >= 1")
+        raise ConfigError(
+            "compress.quant = 'qat' trains with fake quantization: needs compress.finetune_epochs >= 1"
+        )
     if cc.prune == 0 and cc.layer_sparsity:
-        raise ConfigError("compress.layer_sparsity is set but compress.prune = 0: set prune to turn pruning on")
+        raise ConfigError(
+            "compress.layer_sparsity is set but compress.prune = 0: set prune to turn pruning on"
+        )
 
 
-def retrain(model: nn.Module, data: DataBundle, cfg: RunConfig, epochs: int, hooks: list | None = None,
-            precision: str | None = None, show_progress: bool = False,
-            teacher: nn.Module | None = None, lr_scale: float | None = None) -> dict[str, float]:
+def retrain(
+    model: nn.Module,
+    data: DataBundle,
+    cfg: RunConfig,
+    epochs: int,
+    hooks: list | None = None,
+    precision: str | None = None,
+    show_progress: bool = False,
+    teacher: nn.Module | None = None,
+    lr_scale: float | None = None,
+) -> dict[str, float]:
     """Train `model` further through the engine at the reduced learning rate (cosine to zero, no warmup);
     with a `teacher`, the loss is the distillation loss (compress.temperature, compress.alpha)."""
     cc = cfg.compress
     lr_scale = cc.retrain_lr_scale if lr_scale is None else lr_scale
-    train_cfg = cfg.train.model_copy(update={
-        "epochs": epochs, "lr": cfg.train.lr * lr_scale, "warmup": 0, "max_steps": None,
-        "schedule": "cosine", "schedule_unit": "step", "min_lr": 0.0, "early_stop": EarlyStopConfig(),
-        "compile": False, "eval_every_steps": None, "precision": precision or cfg.train.precision,
-    })
-    loss_fn = DistillationLoss(teacher, cc.temperature, cc.alpha, train_cfg.precision) if teacher is not None else None
+    train_cfg = cfg.train.model_copy(
+        update={
+            "epochs": epochs,
+            "lr": cfg.train.lr * lr_scale,
+            "warmup": 0,
+            "max_steps": None,
+            "schedule": "cosine",
+            "schedule_unit": "step",
+            "min_lr": 0.0,
+            "early_stop": EarlyStopConfig(),
+            "compile": False,
+            "eval_every_steps": None,
+            "precision": precision or cfg.train.precision,
+        }
+    )
+    loss_fn = (
+        DistillationLoss(teacher, cc.temperature, cc.alpha, train_cfg.precision)
+        if teacher is not None
+        else None
+    )
     all_hooks = ([ProgressHook()] if show_progress else []) + list(hooks or [])
-    result = train(model, data, train_cfg, cfg.data.batch_size, cfg.data.eval_batch_size, None, all_hooks,
-                   loss_fn=loss_fn)
+    result = train(
+        model,
+        data,
+        train_cfg,
+        cfg.data.batch_size,
+        cfg.data.eval_batch_size,
+        None,
+        all_hooks,
+        feed=build_feed(cfg, data),
+        loss_fn=loss_fn,
+    )
     if result.diverged:
         raise BehemothError(f"retraining diverged ({result.stop_reason}); lower compress.retrain_lr_scale")
     model.eval()
@@ -91,7 +132,7 @@ def retrain(model: nn.Module, data: DataBundle, cfg: RunConfig, epochs: int, hoo
 
 def calibration_batches(split: TensorSplit, samples: int, batch: int = 256) -> list[torch.Tensor]:
     count = min(samples, len(split))
-    return [split.x[i:min(i + batch, count)] for i in range(0, count, batch)]
+    return [split.x[i : min(i + batch, count)] for i in range(0, count, batch)]
 
 
 class Recorder:
@@ -107,32 +148,61 @@ class Recorder:
 
     def baseline(self, model: nn.Module, weights_file: Path) -> None:
         self.baseline_bytes = weights_file.stat().st_size
-        self.rows.append(summary_row("baseline", model, weights_file, self.baseline_bytes,
-                                     accuracy(model, self.test, self.spec)))
+        self.rows.append(
+            summary_row(
+                "baseline", model, weights_file, self.baseline_bytes, accuracy(model, self.test, self.spec)
+            )
+        )
         self.models["baseline"] = model
         self.say(f"baseline: {self.baseline_bytes:,} bytes, test accuracy {self.rows[0]['acc']:.4f}")
 
     def step_path(self, step: str) -> Path:
         return self.steps_dir / f"{len(self.rows):02d}-{step}.bhm"
 
-    def record(self, step: str, model: nn.Module, code: str = "none", path: Path | None = None,
-               codebooks: dict | None = None, float_model: nn.Module | None = None) -> None:
+    def record(
+        self,
+        step: str,
+        model: nn.Module,
+        code: str = "none",
+        path: Path | None = None,
+        codebooks: dict | None = None,
+        float_model: nn.Module | None = None,
+    ) -> None:
         cc, path = self.cfg.compress, path or self.step_path(step)
-        packed = to_packed(model, self.cfg.model.name, self.cfg.model.options, self.spec,
-                           shapes=shapes_of(float_model if float_model is not None else model), codebooks=codebooks,
-                           engine_name=cc.engine, per_channel=cc.per_channel, class_names=self.class_names,
-                           meta=self.meta)
+        packed = to_packed(
+            model,
+            self.cfg.model.name,
+            self.cfg.model.options,
+            self.spec,
+            shapes=shapes_of(float_model if float_model is not None else model),
+            codebooks=codebooks,
+            engine_name=cc.engine,
+            per_channel=cc.per_channel,
+            class_names=self.class_names,
+            meta=self.meta,
+        )
         save_packed(path, packed, code)
         reloaded = load_packed(path)  # every row is measured on what the file holds
-        self.rows.append(summary_row(step, reloaded, path, self.baseline_bytes,
-                                     accuracy(reloaded, self.test, self.spec), {"runtime": packed.runtime, "code": code}))
+        self.rows.append(
+            summary_row(
+                step,
+                reloaded,
+                path,
+                self.baseline_bytes,
+                accuracy(reloaded, self.test, self.spec),
+                {"runtime": packed.runtime, "code": code},
+            )
+        )
         self.models[step] = reloaded
         row = self.rows[-1]
-        self.say(f"{step}: {row['bytes']:,} bytes ({row['compression']:.1f}x), test accuracy {row['acc']:.4f}")
+        self.say(
+            f"{step}: {row['bytes']:,} bytes ({row['compression']:.1f}x), test accuracy {row['acc']:.4f}"
+        )
 
 
-def prune_with_retraining(model: nn.Module, data: DataBundle, cfg: RunConfig, teacher: nn.Module | None,
-                          show_progress: bool) -> None:
+def prune_with_retraining(
+    model: nn.Module, data: DataBundle, cfg: RunConfig, teacher: nn.Module | None, show_progress: bool
+) -> None:
     """Unstructured pruning to compress.prune: one-shot then retrain, or gradually while retraining."""
     cc = cfg.compress
     hooks = []
@@ -148,15 +218,28 @@ def prune_with_retraining(model: nn.Module, data: DataBundle, cfg: RunConfig, te
     prune.make_permanent(model)
 
 
-def quantize_model(model: nn.Module, data: DataBundle, cfg: RunConfig, teacher: nn.Module | None,
-                   example: torch.Tensor, show_progress: bool) -> tuple[nn.Module, dict | None]:
+def quantize_model(
+    model: nn.Module,
+    data: DataBundle,
+    cfg: RunConfig,
+    teacher: nn.Module | None,
+    example: torch.Tensor,
+    show_progress: bool,
+) -> tuple[nn.Module, dict | None]:
     """compress.quant applied to `model`: (the model to pack, k-means codebooks or None)."""
     cc = cfg.compress
     if cc.kmeans_bits is not None:
         kmeans.share_weights(model, cc.kmeans_bits, cc.conv_bits)
         if cc.finetune_epochs:
-            retrain(model, data, cfg, cc.finetune_epochs, show_progress=show_progress, teacher=teacher,
-                    lr_scale=cc.centroid_lr_scale)
+            retrain(
+                model,
+                data,
+                cfg,
+                cc.finetune_epochs,
+                show_progress=show_progress,
+                teacher=teacher,
+                lr_scale=cc.centroid_lr_scale,
+            )
         return model, kmeans.finalize_shared(model)
     if cc.quant == "int8":
         batches = calibration_batches(data.train, cc.calibration_samples)
@@ -164,18 +247,30 @@ def quantize_model(model: nn.Module, data: DataBundle, cfg: RunConfig, teacher: 
     if cc.quant == "dynamic":
         return quantize.quantize_dynamic(model, cc.engine), None
     prepared = quantize.prepare_qat(model, cc.engine, cc.per_channel)  # qat
-    retrain(prepared, data, cfg, cc.finetune_epochs, [KeepZeros(prepared)], precision="fp32",
-            show_progress=show_progress, teacher=teacher)
+    retrain(
+        prepared,
+        data,
+        cfg,
+        cc.finetune_epochs,
+        [KeepZeros(prepared)],
+        precision="fp32",
+        show_progress=show_progress,
+        teacher=teacher,
+    )
     return quantize.convert_qat(prepared, cc.engine, example), None
 
 
-def compress_run(run_dir: Path, cfg: RunConfig, say: Say = lambda text: None, show_progress: bool = False,
-                 measure_latency: bool = True) -> CompressResult:
+def compress_run(
+    run_dir: Path,
+    cfg: RunConfig,
+    say: Say = lambda text: None,
+    show_progress: bool = False,
+    measure_latency: bool = True,
+) -> CompressResult:
     """Apply cfg.compress to the trained run in `run_dir`; write the artifacts; return the table."""
     cc = cfg.compress
     check_recipe(cc)
-    set_threads(cfg.train.threads)
-    data = load_data(cfg.data)
+    data = load_run_data(cfg)
     test = data.test if data.test is not None else data.val
     if test is None:
         raise BehemothError(f"{run_dir}: the dataset has no test or validation split to measure accuracy on")
@@ -229,7 +324,19 @@ def compress_run(run_dir: Path, cfg: RunConfig, say: Say = lambda text: None, sh
 
         final_model = recorder.models[rows[-1]["step"]]
         path = export_onnx(final_model, example, out_dir / "model.onnx")
-        onnx = {"file": str(path), "bytes": path.stat().st_size, **onnx_parity(final_model, path, test.x[:256])}
-    write_json(out_dir / "compress.json", {"run": str(run_dir), "recipe": cc.model_dump(mode="json"), "rows": rows,
-                                           "layers": layers, "onnx": onnx})
+        onnx = {
+            "file": str(path),
+            "bytes": path.stat().st_size,
+            **onnx_parity(final_model, path, test.x[:256]),
+        }
+    write_json(
+        out_dir / "compress.json",
+        {
+            "run": str(run_dir),
+            "recipe": cc.model_dump(mode="json"),
+            "rows": rows,
+            "layers": layers,
+            "onnx": onnx,
+        },
+    )
     return CompressResult(rows, layers, artifact, out_dir, onnx)

@@ -46,7 +46,9 @@ def keep_top(scores: torch.Tensor, keep: int) -> torch.Tensor:
 
 
 def magnitude_masks(
-    weights: dict[str, torch.Tensor], sparsity: float, scope: str = "layer",
+    weights: dict[str, torch.Tensor],
+    sparsity: float,
+    scope: str = "layer",
     layer_sparsity: dict[str, float] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Masks that zero the smallest |w|: `sparsity` of each layer ("layer") or of all weights together
@@ -54,12 +56,19 @@ def magnitude_masks(
     layer_sparsity = dict(layer_sparsity or {})
     unknown = set(layer_sparsity) - set(weights)
     if unknown:
-        raise ValueError(f"layer_sparsity names unknown layers {sorted(unknown)} (prunable: {sorted(weights)})")
-    masks = {name: keep_top(w.abs(), w.numel() - round(layer_sparsity[name] * w.numel()))
-             for name, w in weights.items() if name in layer_sparsity}
+        raise ValueError(
+            f"layer_sparsity names unknown layers {sorted(unknown)} (prunable: {sorted(weights)})"
+        )
+    masks = {
+        name: keep_top(w.abs(), w.numel() - round(layer_sparsity[name] * w.numel()))
+        for name, w in weights.items()
+        if name in layer_sparsity
+    }
     rest = {name: w for name, w in weights.items() if name not in layer_sparsity}
     if scope == "layer":
-        masks.update({name: keep_top(w.abs(), w.numel() - round(sparsity * w.numel())) for name, w in rest.items()})
+        masks.update(
+            {name: keep_top(w.abs(), w.numel() - round(sparsity * w.numel())) for name, w in rest.items()}
+        )
     elif rest:
         flat = torch.cat([w.abs().flatten() for w in rest.values()])  # (total weights,)
         kept = keep_top(flat, flat.numel() - round(sparsity * flat.numel()))
@@ -80,13 +89,17 @@ def apply_masks(layers: dict[str, nn.Module], masks: dict[str, torch.Tensor]) ->
 
 
 def prune_magnitude(
-    model: nn.Module, sparsity: float, scope: str = "layer", layer_sparsity: dict[str, float] | None = None,
+    model: nn.Module,
+    sparsity: float,
+    scope: str = "layer",
+    layer_sparsity: dict[str, float] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Zero the smallest weights of `model`'s Linear/Conv layers (masks stay attached); returns the masks."""
     layers = prunable_layers(model)
     with torch.no_grad():
-        masks = magnitude_masks({n: current_weight(m).detach() for n, m in layers.items()}, sparsity, scope,
-                                layer_sparsity)
+        masks = magnitude_masks(
+            {n: current_weight(m).detach() for n, m in layers.items()}, sparsity, scope, layer_sparsity
+        )
     apply_masks(layers, masks)
     return masks
 
@@ -125,8 +138,14 @@ class GradualPruning(BaseHook):
     """Tightens the masks every `every` optimizer steps along the cubic schedule, reaching `sparsity`
     at step `end` of the retraining, then keeps the masks fixed while the rest of the retraining recovers."""
 
-    def __init__(self, sparsity: float, scope: str, end: int, every: int,
-                 layer_sparsity: dict[str, float] | None = None) -> None:
+    def __init__(
+        self,
+        sparsity: float,
+        scope: str,
+        end: int,
+        every: int,
+        layer_sparsity: dict[str, float] | None = None,
+    ) -> None:
         self.sparsity, self.scope, self.end, self.every = sparsity, scope, max(end, 1), max(every, 1)
         self.layer_sparsity = dict(layer_sparsity or {})
         self.history: list[tuple[int, float]] = []  # (step, target sparsity) at every mask update

@@ -16,8 +16,8 @@ int8 GEMMs, VNNI on CPUs that have it), never fake-quant at inference:
 import contextlib
 import copy
 import warnings
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
 import torch
 import torch.ao.nn.quantized as nnq
@@ -29,13 +29,19 @@ from behemoth.errors import BehemothError
 
 QUANT_LAYER_TYPES = (nnq.Linear, nnq.Conv1d, nnq.Conv2d, nnq.Conv3d)  # fused ReLU forms are subclasses
 FUSABLE = [
-    (nn.Conv2d, nn.BatchNorm2d, nn.ReLU), (nn.Conv2d, nn.BatchNorm2d), (nn.Conv2d, nn.ReLU),
-    (nn.Conv1d, nn.BatchNorm1d, nn.ReLU), (nn.Conv1d, nn.BatchNorm1d), (nn.Conv1d, nn.ReLU),
-    (nn.Linear, nn.BatchNorm1d), (nn.Linear, nn.ReLU),
+    (nn.Conv2d, nn.BatchNorm2d, nn.ReLU),
+    (nn.Conv2d, nn.BatchNorm2d),
+    (nn.Conv2d, nn.ReLU),
+    (nn.Conv1d, nn.BatchNorm1d, nn.ReLU),
+    (nn.Conv1d, nn.BatchNorm1d),
+    (nn.Conv1d, nn.ReLU),
+    (nn.Linear, nn.BatchNorm1d),
+    (nn.Linear, nn.ReLU),
 ]
 
 
 # ----- the math (pure functions on tensors) -----
+
 
 @dataclass
 class QParams:
@@ -54,8 +60,9 @@ class QParams:
         return self.scale.view(view), self.zero_point.view(view)
 
 
-def choose_qparams(x: torch.Tensor, bits: int = 8, symmetric: bool = True, axis: int | None = None,
-                   signed: bool = True) -> QParams:
+def choose_qparams(
+    x: torch.Tensor, bits: int = 8, symmetric: bool = True, axis: int | None = None, signed: bool = True
+) -> QParams:
     """Scale and zero point that map [min(x), max(x)] (always including 0) onto the integer range.
 
     Symmetric: Z = 0 and S = max|x| / qmax (zero exactly representable; what int8 weights use).
@@ -102,6 +109,7 @@ def fake_quantize(x: torch.Tensor, qp: QParams) -> torch.Tensor:
 
 # ----- int8 models on torch.ao's quantized kernels -----
 
+
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
     """torch.ao's eager API warns that it is deprecated in favour of torchao's pt2e flow on every call;
@@ -117,8 +125,10 @@ def quiet() -> Iterator[None]:
 def engine(name: str) -> Iterator[None]:
     """Select torch's quantized engine (x86 = fbgemm + oneDNN) for the duration."""
     if name not in torch.backends.quantized.supported_engines:
-        raise BehemothError(f"compress.engine = {name!r}: not available in this torch build "
-                            f"(available: {', '.join(torch.backends.quantized.supported_engines)})")
+        raise BehemothError(
+            f"compress.engine = {name!r}: not available in this torch build "
+            f"(available: {', '.join(torch.backends.quantized.supported_engines)})"
+        )
     previous = torch.backends.quantized.engine
     torch.backends.quantized.engine = name
     try:
@@ -137,8 +147,10 @@ def fusion_groups(model: nn.Module) -> list[list[str]]:
         i = 0
         while i < len(names):
             for pattern in FUSABLE:
-                window = names[i:i + len(pattern)]
-                if len(window) == len(pattern) and all(type(container._modules[n]) is t for n, t in zip(window, pattern)):
+                window = names[i : i + len(pattern)]
+                if len(window) == len(pattern) and all(
+                    type(container._modules[n]) is t for n, t in zip(window, pattern)
+                ):
                     groups.append([f"{prefix}.{n}" if prefix else n for n in window])
                     i += len(pattern) - 1
                     break
@@ -180,13 +192,16 @@ def convert(prepared: nn.Module, engine_name: str, example: torch.Tensor) -> nn.
                 quantized(example[:2])
         except (RuntimeError, NotImplementedError) as exc:
             first = str(exc).strip().splitlines()[0][:160]
-            raise BehemothError(f"static int8 needs a model whose layers all accept int8 tensors (mlp, lenet5, "
-                                f"lenet_caffe, cnn): {first}; use compress.quant = 'dynamic'") from None
+            raise BehemothError(
+                f"static int8 needs a model whose layers all accept int8 tensors (mlp, lenet5, "
+                f"lenet_caffe, cnn): {first}; use compress.quant = 'dynamic'"
+            ) from None
     return quantized
 
 
-def quantize_static(model: nn.Module, calibration: Iterable[torch.Tensor], engine_name: str = "x86",
-                    per_channel: bool = True) -> nn.Module:
+def quantize_static(
+    model: nn.Module, calibration: Iterable[torch.Tensor], engine_name: str = "x86", per_channel: bool = True
+) -> nn.Module:
     """Post-training static int8: observe activation ranges on `calibration` batches, then convert."""
     prepared = prepared_static(model, engine_name, per_channel)
     example = None
@@ -228,4 +243,3 @@ def float_compute_layers(model: nn.Module) -> list[str]:
 
 def is_int8(model: nn.Module) -> bool:
     return bool(int8_layers(model))
-

@@ -11,9 +11,15 @@ import torch.ao.quantization as tq
 from torch import nn
 
 from behemoth.compression.kmeans import Codebook
-from behemoth.compression.pack import Int8Weight, PackedFileError, PackedModel, Record
+from behemoth.compression.pack_format import PackedFileError, PackedModel
+from behemoth.compression.pack_records import Int8Weight, Record
 from behemoth.compression.quantize import (
-    QUANT_LAYER_TYPES, convert, engine, prepared_static, quantize_dynamic, quiet,
+    QUANT_LAYER_TYPES,
+    convert,
+    engine,
+    prepared_static,
+    quantize_dynamic,
+    quiet,
 )
 from behemoth.compression.structured import resize_to_shapes
 from behemoth.models import build_model
@@ -28,16 +34,28 @@ def shapes_of(model: nn.Module) -> dict[str, list[int]]:
 
 def int8_weight(qweight: torch.Tensor) -> Int8Weight:
     if qweight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
-        return Int8Weight(qweight.int_repr(), qweight.q_per_channel_scales().double(),
-                          qweight.q_per_channel_zero_points().to(torch.int64), int(qweight.q_per_channel_axis()))
-    return Int8Weight(qweight.int_repr(), torch.tensor([qweight.q_scale()], dtype=torch.float64),
-                      torch.tensor([qweight.q_zero_point()], dtype=torch.int64), None)
+        return Int8Weight(
+            qweight.int_repr(),
+            qweight.q_per_channel_scales().double(),
+            qweight.q_per_channel_zero_points().to(torch.int64),
+            int(qweight.q_per_channel_axis()),
+        )
+    return Int8Weight(
+        qweight.int_repr(),
+        torch.tensor([qweight.q_scale()], dtype=torch.float64),
+        torch.tensor([qweight.q_zero_point()], dtype=torch.int64),
+        None,
+    )
 
 
 def qweight_of(record: Int8Weight) -> torch.Tensor:
     if record.axis is None:
-        return torch._make_per_tensor_quantized_tensor(record.q, float(record.scales[0]), int(record.zero_points[0]))
-    return torch._make_per_channel_quantized_tensor(record.q, record.scales.double(), record.zero_points, record.axis)
+        return torch._make_per_tensor_quantized_tensor(
+            record.q, float(record.scales[0]), int(record.zero_points[0])
+        )
+    return torch._make_per_channel_quantized_tensor(
+        record.q, record.scales.double(), record.zero_points, record.axis
+    )
 
 
 def _static_records(model: nn.Module) -> tuple[dict[str, Record], dict[str, list[float]]]:
@@ -54,13 +72,17 @@ def _static_records(model: nn.Module) -> tuple[dict[str, Record], dict[str, list
             covered.update(k for k in model.state_dict() if k.startswith(f"module.{name}."))
     left = [k for k in model.state_dict() if k not in covered]
     if left:
-        raise PackedFileError(f"cannot pack this int8 model: state {left[0]!r} is of a kind .bhm does not store")
+        raise PackedFileError(
+            f"cannot pack this int8 model: state {left[0]!r} is of a kind .bhm does not store"
+        )
     return tensors, activations
 
 
 def _dynamic_records(model: nn.Module) -> dict[str, Record]:
     tensors: dict[str, Record] = {}
-    dynamic = {name for name, m in model.named_modules() if isinstance(m, nnqd.Linear)}
+    dynamic = [
+        name for name, m in model.named_modules() if isinstance(m, nnqd.Linear)
+    ]  # module order: same bytes each run
     for name in dynamic:
         module = model.get_submodule(name)
         tensors[f"{name}.weight"] = int8_weight(module.weight())
@@ -73,25 +95,42 @@ def _dynamic_records(model: nn.Module) -> dict[str, Record]:
 
 
 def to_packed(
-    model: nn.Module, model_name: str, model_options: dict[str, Any], spec: DataSpec, *,
-    shapes: dict[str, list[int]], codebooks: dict[str, Codebook] | None = None, engine_name: str = "x86",
-    per_channel: bool = True, class_names: list[str] | None = None, meta: dict[str, Any] | None = None,
+    model: nn.Module,
+    model_name: str,
+    model_options: dict[str, Any],
+    spec: DataSpec,
+    *,
+    shapes: dict[str, list[int]],
+    codebooks: dict[str, Codebook] | None = None,
+    engine_name: str = "x86",
+    per_channel: bool = True,
+    class_names: list[str] | None = None,
+    meta: dict[str, Any] | None = None,
 ) -> PackedModel:
     """Describe `model` (float, weight-shared via `codebooks`, static int8 or dynamic int8) as a PackedModel."""
-    common = dict(shapes=shapes, engine=engine_name, per_channel=per_channel, class_names=list(class_names or []),
-                  meta=dict(meta or {}))
+    common = dict(
+        shapes=shapes,
+        engine=engine_name,
+        per_channel=per_channel,
+        class_names=list(class_names or []),
+        meta=dict(meta or {}),
+    )
     if isinstance(model, tq.QuantWrapper) and isinstance(model.quant, nnq.Quantize):
         tensors, activations = _static_records(model)
-        return PackedModel(model_name, model_options, spec, tensors, runtime="int8_static", activations=activations,
-                           **common)
+        return PackedModel(
+            model_name, model_options, spec, tensors, runtime="int8_static", activations=activations, **common
+        )
     if any(isinstance(m, nnqd.Linear) for m in model.modules()):
-        return PackedModel(model_name, model_options, spec, _dynamic_records(model), runtime="int8_dynamic",
-                           **common)
+        return PackedModel(
+            model_name, model_options, spec, _dynamic_records(model), runtime="int8_dynamic", **common
+        )
     tensors: dict[str, Record] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     for layer, book in (codebooks or {}).items():
         key = f"{layer}.weight"
         if not torch.equal(book.weight(), tensors[key].float()):
-            raise ValueError(f"codebook of {layer} does not reproduce its weights (fine-tuned after clustering?)")
+            raise ValueError(
+                f"codebook of {layer} does not reproduce its weights (fine-tuned after clustering?)"
+            )
         tensors[key] = book
     return PackedModel(model_name, model_options, spec, tensors, **common)
 
@@ -119,19 +158,27 @@ def build_from_packed(packed: PackedModel) -> nn.Module:
         for name, module in quantized.named_modules():
             if isinstance(module, nnqd.Linear):
                 with engine(packed.engine):
-                    module.set_weight_bias(qweight_of(packed.tensors[f"{name}.weight"]),
-                                           packed.tensors.get(f"{name}.bias"))
+                    module.set_weight_bias(
+                        qweight_of(packed.tensors[f"{name}.weight"]), packed.tensors.get(f"{name}.bias")
+                    )
         return quantized.eval()
     if packed.runtime == "int8_static":
         with quiet():  # observers that saw no data warn; their values are replaced just below
-            quantized = convert(prepared_static(model, packed.engine, packed.per_channel), packed.engine,
-                                example_input(packed.spec))
+            quantized = convert(
+                prepared_static(model, packed.engine, packed.per_channel),
+                packed.engine,
+                example_input(packed.spec),
+            )
         with engine(packed.engine):
             for name, module in quantized.module.named_modules():
                 if isinstance(module, QUANT_LAYER_TYPES):
-                    module.set_weight_bias(qweight_of(packed.tensors[f"{name}.weight"]),
-                                           packed.tensors.get(f"{name}.bias"))
-                    module.scale, module.zero_point = packed.activations[name][0], int(packed.activations[name][1])
+                    module.set_weight_bias(
+                        qweight_of(packed.tensors[f"{name}.weight"]), packed.tensors.get(f"{name}.bias")
+                    )
+                    module.scale, module.zero_point = (
+                        packed.activations[name][0],
+                        int(packed.activations[name][1]),
+                    )
         scale, zero_point = packed.activations["<input>"]
         quantized.quant.scale.fill_(scale)
         quantized.quant.zero_point.fill_(int(zero_point))

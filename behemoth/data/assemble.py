@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from behemoth.config.schema import DataConfig
+from behemoth.config import DataConfig
 from behemoth.data.bundle import DataBundle, TensorSplit
 from behemoth.data.checks import check_finite, check_labels
 from behemoth.data.splits import random_split, stratified_split
@@ -61,7 +61,9 @@ def build_classification(name: str, raw: RawClassification, cfg: DataConfig) -> 
         meta["test_split"] = "official"
 
     train_idx, val_idx = random_split(len(y), cfg.val_fraction, cfg.split_seed)
-    meta["val_split"] = f"random {cfg.val_fraction:g} of train, by data.split_seed" if len(val_idx) else "none"
+    meta["val_split"] = (
+        f"random {cfg.val_fraction:g} of train, by data.split_seed" if len(val_idx) else "none"
+    )
     train_idx = train_idx[: cfg.train_limit]
 
     train_x = to_float(x[train_idx], raw.scale)
@@ -74,9 +76,13 @@ def build_classification(name: str, raw: RawClassification, cfg: DataConfig) -> 
     x_test, y_test = x_test[: cfg.test_limit], y_test[: cfg.test_limit]
     test = TensorSplit(normalise(to_float(x_test, raw.scale)), torch.from_numpy(np.ascontiguousarray(y_test)))
 
-    meta.update(mean=list(map(float, mean)), std=list(map(float, std)), input_scale=float(raw.scale),
-                layout="image" if train_x.ndim == 4 else "table",
-                normalisation="per channel" if train_x.ndim == 4 else "per feature")
+    meta.update(
+        mean=list(map(float, mean)),
+        std=list(map(float, std)),
+        input_scale=float(raw.scale),
+        layout="image" if train_x.ndim == 4 else "table",
+        normalisation="per channel" if train_x.ndim == 4 else "per feature",
+    )
     spec = DataSpec("classification", tuple(int(d) for d in train_x.shape[1:]), num_classes)
     return DataBundle(name, spec, train, val, test, list(raw.class_names), meta)
 

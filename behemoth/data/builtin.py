@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-from behemoth.config.schema import DataConfig
+from behemoth.config import DataConfig
 from behemoth.data import sources
 from behemoth.data.assemble import RawClassification, build_classification
 from behemoth.data.bundle import DataBundle
@@ -14,8 +14,18 @@ from behemoth.errors import DataError
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # the classic values, so results compare with the literature
 DIGIT_NAMES = [str(i) for i in range(10)]
-FASHION_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                 "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_NAMES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 
 
 def load_mnist(cfg: DataConfig) -> DataBundle:
@@ -34,8 +44,9 @@ def load_mnist(cfg: DataConfig) -> DataBundle:
     except Exception as exc:  # zarr raises many types for a damaged zip; name the file whatever it was
         raise DataError(f"cannot read MNIST from {path}: {type(exc).__name__}: {exc}") from None
     x, y, x_test, y_test = _checked_images(arrays, (60000, 10000), (28, 28), str(path))
-    raw = RawClassification(x, y, DIGIT_NAMES, str(path), x_test, y_test, scale=255.0,
-                            stats=([MNIST_MEAN], [MNIST_STD]))
+    raw = RawClassification(
+        x, y, DIGIT_NAMES, str(path), x_test, y_test, scale=255.0, stats=([MNIST_MEAN], [MNIST_STD])
+    )
     return build_classification("mnist", raw, cfg)
 
 
@@ -46,8 +57,10 @@ def load_fashion_mnist(cfg: DataConfig) -> DataBundle:
     if missing:
         hint = f"install them with: {sources.FASHION_INSTALL}" if not cfg.path else "check data.path"
         raise DataError(f"Fashion-MNIST file not found: {missing[0]}; {hint}")
-    arrays = {key: read_idx(folder / name, 3 if key.endswith("images") else 1)
-              for key, name in sources.FASHION_FILES.items()}
+    arrays = {
+        key: read_idx(folder / name, 3 if key.endswith("images") else 1)
+        for key, name in sources.FASHION_FILES.items()
+    }
     x, y, x_test, y_test = _checked_images(arrays, (60000, 10000), (28, 28), str(folder))
     raw = RawClassification(x, y, FASHION_NAMES, str(folder), x_test, y_test, scale=255.0)
     return build_classification("fashion_mnist", raw, cfg)
@@ -62,14 +75,16 @@ def load_digits(cfg: DataConfig) -> DataBundle:
     source = "sklearn.datasets.load_digits"
     check_count(len(images), 1797, "images", source)
     if images.shape[1:] != (8, 8) or len(target) != len(images):
-        raise DataError(f"{source}: expected 1797 images of 8x8 with one label each,"
-                        f" got {images.shape}, {target.shape}")
+        raise DataError(
+            f"{source}: expected 1797 images of 8x8 with one label each, got {images.shape}, {target.shape}"
+        )
     raw = RawClassification(images[:, None].astype(np.float32), target.astype(np.int64), DIGIT_NAMES, source)
     return build_classification("digits", raw, cfg)
 
 
-def _checked_images(arrays: dict[str, np.ndarray], counts: tuple[int, int], size: tuple[int, int],
-                    source: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _checked_images(
+    arrays: dict[str, np.ndarray], counts: tuple[int, int], size: tuple[int, int], source: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Train/test images as (N, 1, H, W) and labels as int64, after checking counts and shapes."""
     out = []
     for split, expected in zip(("train", "test"), counts):

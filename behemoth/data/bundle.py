@@ -39,4 +39,6 @@ class DataBundle:
     meta: dict[str, Any] = field(default_factory=dict)  # e.g. normalisation mean/std, tokenizer
 
     def splits(self) -> dict[str, TensorSplit]:
-        return {k: v for k, v in (("train", self.train), ("val", self.val), ("test", self.test)) if v is not None}
+        return {
+            k: v for k, v in (("train", self.train), ("val", self.val), ("test", self.test)) if v is not None
+        }

@@ -28,8 +28,10 @@ def check_labels(y: np.ndarray, num_classes: int, source: str) -> None:
     bad = np.flatnonzero((y < 0) | (y >= num_classes))
     if len(bad):
         i = int(bad[0])
-        raise DataError(f"{source}: label {y[i]} at index {i} is outside [0, {num_classes})"
-                        f" ({len(bad)} labels out of range)")
+        raise DataError(
+            f"{source}: label {y[i]} at index {i} is outside [0, {num_classes})"
+            f" ({len(bad)} labels out of range)"
+        )
 
 
 def check_finite(x: np.ndarray, source: str) -> None:
@@ -44,7 +46,9 @@ def check_finite(x: np.ndarray, source: str) -> None:
 
 def check_count(actual: int, expected: int, what: str, source: str) -> None:
     if actual != expected:
-        raise DataError(f"{source}: expected {expected} {what}, found {actual} (file truncated or not the original?)")
+        raise DataError(
+            f"{source}: expected {expected} {what}, found {actual} (file truncated or not the original?)"
+        )
 
 
 def whole_labels(y: np.ndarray, source: str) -> np.ndarray:

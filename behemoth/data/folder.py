@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from behemoth.config.schema import DataConfig
+from behemoth.config import DataConfig
 from behemoth.data.assemble import RawClassification, build_classification
 from behemoth.data.bundle import DataBundle
 from behemoth.data.checks import require_path
@@ -22,8 +22,10 @@ def load_folder(cfg: DataConfig) -> DataBundle:
 
     root = require_path(cfg.path, "folder", "a folder with one subfolder of images per class")
     if not root.is_dir():
-        raise DataError(f"data.path = {cfg.path!r} is a file; dataset 'folder' needs a folder"
-                        " with one subfolder of images per class")
+        raise DataError(
+            f"data.path = {cfg.path!r} is a file; dataset 'folder' needs a folder"
+            " with one subfolder of images per class"
+        )
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise DataError(f"{root}: no class subfolders (expected {root}/<class name>/<image files>)")
@@ -40,8 +42,14 @@ def load_folder(cfg: DataConfig) -> DataBundle:
     mode = "L" if all(m in GRAY_MODES for m in modes) else "RGB"
     height, width = cfg.image_size or common_size(files, sizes)
     x = read_pixels(files, mode, (height, width))
-    raw = RawClassification(x, np.array(labels, dtype=np.int64), [p.name for p in class_dirs], str(root), scale=255.0,
-                            meta={"image_mode": mode, "files": len(files)})
+    raw = RawClassification(
+        x,
+        np.array(labels, dtype=np.int64),
+        [p.name for p in class_dirs],
+        str(root),
+        scale=255.0,
+        meta={"image_mode": mode, "files": len(files)},
+    )
     return build_classification("folder", raw, cfg)
 
 
@@ -64,8 +72,10 @@ def common_size(files: list[Path], sizes: list[tuple[int, int]]) -> tuple[int, i
     """The one size all images share, or a DataError naming two that differ."""
     for path, size in zip(files, sizes):
         if size != sizes[0]:
-            raise DataError(f"images differ in size: {files[0]} is {sizes[0][1]}x{sizes[0][0]},"
-                            f" {path} is {size[1]}x{size[0]} (width x height); set data.image_size = [H, W] to resize")
+            raise DataError(
+                f"images differ in size: {files[0]} is {sizes[0][1]}x{sizes[0][0]},"
+                f" {path} is {size[1]}x{size[0]} (width x height); set data.image_size = [H, W] to resize"
+            )
     return sizes[0]
 
 

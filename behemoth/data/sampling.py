@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from behemoth.data.pipeline_config import SamplingConfig
+from behemoth.config.data import SamplingConfig
 from behemoth.errors import ConfigError
 
 
@@ -21,6 +21,7 @@ def keyed_generator(seed: int, *key: object) -> torch.Generator:
 
 
 # --- pure choosers: (generator) -> row indices ---------------------------------------------------------
+
 
 def random_rows(num_rows: int, size: int, replacement: bool, generator: torch.Generator) -> torch.Tensor:
     """`size` rows drawn uniformly; without replacement no row repeats."""
@@ -58,7 +59,7 @@ def stratified_rows(labels: torch.Tensor, size: int, generator: torch.Generator)
     order = torch.sort(by_class, stable=True).indices  # rows grouped by class, random within class
     grouped = perm[order]
     starts = torch.cumsum(counts, 0) - counts
-    return torch.cat([grouped[s:s + q] for s, q in zip(starts.tolist(), quota.tolist())])
+    return torch.cat([grouped[s : s + q] for s, q in zip(starts.tolist(), quota.tolist())])
 
 
 def balanced_rows(labels: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
@@ -69,6 +70,7 @@ def balanced_rows(labels: torch.Tensor, size: int, generator: torch.Generator) -
 
 
 # --- the Sampler (behemoth.training.feed.Sampler protocol) --------------------------------------------------
+
 
 @dataclass(frozen=True)
 class SubsetSampler:
@@ -114,8 +116,10 @@ def sample_size(cfg: SamplingConfig, num_rows: int) -> int:
     else:
         return num_rows
     if size > num_rows and not (cfg.replacement or cfg.kind == "balanced"):
-        raise ConfigError(f"{field}: {size} rows asked but the training split has {num_rows} "
-                          "(more needs replacement: kind = 'random' with replacement = true, or 'balanced')")
+        raise ConfigError(
+            f"{field}: {size} rows asked but the training split has {num_rows} "
+            "(more needs replacement: kind = 'random' with replacement = true, or 'balanced')"
+        )
     return size
 
 
@@ -124,8 +128,18 @@ def build_sampler(cfg: SamplingConfig, labels: torch.Tensor) -> SubsetSampler | 
     if cfg.kind == "shuffle":
         return None
     if cfg.kind in ("stratified", "balanced") and (labels.ndim != 1 or labels.is_floating_point()):
-        raise ConfigError(f"data.sampling.kind = {cfg.kind!r} needs one class label per sample; "
-                          f"this dataset's targets have shape {tuple(labels.shape)}")
+        raise ConfigError(
+            f"data.sampling.kind = {cfg.kind!r} needs one class label per sample; "
+            f"this dataset's targets have shape {tuple(labels.shape)}"
+        )
     num_rows = len(labels)
-    return SubsetSampler(cfg.kind, num_rows, sample_size(cfg, num_rows), labels if labels.ndim == 1 else None,
-                         cfg.replacement, cfg.resample, cfg.shuffle, cfg.seed)
+    return SubsetSampler(
+        cfg.kind,
+        num_rows,
+        sample_size(cfg, num_rows),
+        labels if labels.ndim == 1 else None,
+        cfg.replacement,
+        cfg.resample,
+        cfg.shuffle,
+        cfg.seed,
+    )

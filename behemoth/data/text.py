@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from behemoth.config.schema import DataConfig
+from behemoth.config import DataConfig
 from behemoth.data import sources
 from behemoth.data.bundle import DataBundle, TensorSplit
 from behemoth.data.checks import check_count, require_path
@@ -57,7 +57,9 @@ def read_jsonl_text(path: Path) -> list[str]:
             try:
                 texts.append(str(json.loads(line)["text"]))
             except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise DataError(f"{path}: line {number} is not a JSON object with a 'text' field ({exc})") from None
+                raise DataError(
+                    f"{path}: line {number} is not a JSON object with a 'text' field ({exc})"
+                ) from None
     return texts
 
 
@@ -99,12 +101,16 @@ def build_language_model(name: str, text: str, cfg: DataConfig, source: str) -> 
     train = packed["train"].take(cfg.train_limit) if cfg.train_limit else packed["train"]
     test = packed["test"].take(cfg.test_limit) if cfg.test_limit else packed["test"]
     meta = {
-        "tokenizer": tokenizer.name, "vocab_size": tokenizer.vocab_size, "block_size": block, "source": source,
+        "tokenizer": tokenizer.name,
+        "vocab_size": tokenizer.vocab_size,
+        "block_size": block,
+        "source": source,
         "text_bytes": len(text.encode("utf-8")),
         **{f"{split}_tokens": len(part) for split, part in parts.items()},
         "test_split": f"last {TEST_FRACTION:.0%} of the text (contiguous)",
         "val_split": f"tail of train: the last {cfg.val_fraction:g} of the text before test (contiguous)"
-        if "val" in parts else "none",
+        if "val" in parts
+        else "none",
         "layout": "tokens",
     }
     if tokenizer.name == "bpe":
@@ -118,7 +124,9 @@ def pack(tokens: np.ndarray, block_size: int, split: str, source: str) -> Tensor
     """Non-overlapping sequences of block_size + 1 tokens; the leftover tail shorter than that is dropped."""
     count = len(tokens) // (block_size + 1)
     if count == 0:
-        raise DataError(f"{source}: text too short for data.block_size = {block_size}: the {split} split has"
-                        f" {len(tokens)} tokens, needs at least {block_size + 1}; lower data.block_size or add text")
+        raise DataError(
+            f"{source}: text too short for data.block_size = {block_size}: the {split} split has"
+            f" {len(tokens)} tokens, needs at least {block_size + 1}; lower data.block_size or add text"
+        )
     seq = torch.from_numpy(tokens[: count * (block_size + 1)].astype(np.int64)).view(count, block_size + 1)
     return TensorSplit(seq[:, :-1].contiguous(), seq[:, 1:].contiguous())  # (N, T) each, y shifted by one

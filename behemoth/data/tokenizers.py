@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from behemoth.errors import DataError, RunDirError
+from behemoth.files import atomic_write_text
 
 TOKENIZER_FILE = "tokenizer.json"  # in the run directory, named by spec.json's meta["tokenizer_file"]
 DEFAULT_BPE_VOCAB = 2048
@@ -63,8 +64,6 @@ class BPETokenizer:
         return self.tokenizer.to_str()
 
     def save(self, path: Path) -> None:
-        from behemoth.training.checkpoint import atomic_write_text
-
         atomic_write_text(path, self.to_json())
 
 
@@ -79,7 +78,9 @@ def train_bpe(text: str, vocab_size: int = DEFAULT_BPE_VOCAB) -> BPETokenizer:
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[],
+        vocab_size=vocab_size,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=[],
         show_progress=False,
     )
     tokenizer.train_from_iterator([text], trainer)

@@ -11,8 +11,8 @@ The forward runs on CPU with micro-batches of 1 and 2 samples; saved bytes are e
 the real micro-batch (they are affine in the batch size for these models).
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn
@@ -69,7 +69,8 @@ def record_timeline(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn:
     sizes = {id(p): p.numel() * p.element_size() for p in params.values()}
     timeline.events = [
         ("grad", sizes[e[1]]) if e[0] == "use" and last_use.get(e[1]) == i else e
-        for i, e in enumerate(timeline.events) if e[0] != "use" or last_use.get(e[1]) == i
+        for i, e in enumerate(timeline.events)
+        if e[0] != "use" or last_use.get(e[1]) == i
     ]
     return timeline
 
@@ -132,8 +133,12 @@ def backward_peak(timeline: Timeline, checkpointed: bool = False, grad_fraction:
     return peak + max((e[1] for e in timeline.events if e[0] == "save"), default=0)
 
 
-def profile_activations(model: nn.Module, example: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
-                        batch: int, loss_fn: Callable) -> Timeline:
+def profile_activations(
+    model: nn.Module,
+    example: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
+    batch: int,
+    loss_fn: Callable,
+) -> Timeline:
     """The forward timeline of `model` at `batch` samples, from real forwards at 1 and 2 samples on CPU.
 
     `example(n)` returns (x, y) with n samples. The model is put in train mode (dropout, batch norm as in training).

@@ -7,7 +7,7 @@ only memory (less) and time (one more forward per block, ~+30% compute) change.
 """
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -33,8 +33,10 @@ def checkpoint_blocks(model: nn.Module) -> int:
     """Checkpoint every block of `model` in place (see blocks.model_blocks); returns how many."""
     blocks = model_blocks(model)
     if not blocks:
-        raise ConfigError(f"train.activation_checkpointing = true: model {type(model).__name__} has no blocks to "
-                          "checkpoint (gpt, vit and cnn have: `model.blocks`, or conv blocks in `model.features`)")
+        raise ConfigError(
+            f"train.activation_checkpointing = true: model {type(model).__name__} has no blocks to "
+            "checkpoint (gpt, vit and cnn have: `model.blocks`, or conv blocks in `model.features`)"
+        )
     for block in blocks:
         checkpoint(block, context_fn=lambda block=block: (contextlib.nullcontext(), _buffers_kept(block)))
     return len(blocks)

@@ -67,8 +67,14 @@ def gather_rows(tensor: torch.Tensor, env: DistEnv, dst: int) -> tuple[torch.Ten
     return torch.cat([part[:count] for part, count in zip(parts, counts)]), counts
 
 
-def scatter_rows(full: torch.Tensor | None, counts: list[int], shape: tuple[int, ...], dtype: torch.dtype,
-                 env: DistEnv, src: int) -> torch.Tensor:
+def scatter_rows(
+    full: torch.Tensor | None,
+    counts: list[int],
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    env: DistEnv,
+    src: int,
+) -> torch.Tensor:
     """Rank `src` holds all rows (sum(counts), *shape); each rank gets back its own `counts[rank]` rows."""
     rows = max(counts)
     out = torch.empty((rows, *shape), dtype=dtype, device=env.device)
@@ -76,4 +82,4 @@ def scatter_rows(full: torch.Tensor | None, counts: list[int], shape: tuple[int,
     if env.rank == src:
         parts = [_padded(part, rows) for part in full.to(dtype).split(counts)]
     dist.scatter(out, parts, src=src)
-    return out[:counts[env.rank]]
+    return out[: counts[env.rank]]

@@ -13,8 +13,8 @@ import contextlib
 import io
 import pickle
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -23,13 +23,25 @@ from behemoth.errors import RunDirError
 
 # The only globals a DCP .metadata pickle may name (checked on torch 2.13).
 _METADATA_CLASSES = {
-    ("torch.distributed.checkpoint.metadata", name) for name in (
-        "Metadata", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata", "TensorProperties",
-        "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING",
+    ("torch.distributed.checkpoint.metadata", name)
+    for name in (
+        "Metadata",
+        "TensorStorageMetadata",
+        "BytesStorageMetadata",
+        "ChunkStorageMetadata",
+        "TensorProperties",
+        "MetadataIndex",
+        "StorageMeta",
+        "_MEM_FORMAT_ENCODING",
     )
-} | {("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("torch", "Size"),
-      ("torch.serialization", "_get_layout"), ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"),
-      ("collections", "OrderedDict")}
+} | {
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("torch", "Size"),
+    ("torch.serialization", "_get_layout"),
+    ("pathlib", "PosixPath"),
+    ("pathlib", "WindowsPath"),
+    ("collections", "OrderedDict"),
+}
 
 
 class _MetadataUnpickler(pickle.Unpickler):
@@ -71,15 +83,21 @@ def _planner():
     from torch.distributed.checkpoint import DefaultLoadPlanner
 
     class TensorOnlyPlanner(DefaultLoadPlanner):
-        def load_bytes(self, read_item, value: io.BytesIO) -> None:  # DCP's own would torch.load(weights_only=False)
-            raise RunDirError(f"checkpoint entry {read_item.dest_index.fqn} is not a tensor: refusing to unpickle it")
+        def load_bytes(
+            self, read_item, value: io.BytesIO
+        ) -> None:  # DCP's own would torch.load(weights_only=False)
+            raise RunDirError(
+                f"checkpoint entry {read_item.dest_index.fqn} is not a tensor: refusing to unpickle it"
+            )
 
     return TensorOnlyPlanner()
 
 
 @contextlib.contextmanager
 def _one_process_on_purpose() -> Iterator[None]:
-    with warnings.catch_warnings():  # DCP warns that it "assumes the intent is to save/load in a single process"
+    with (
+        warnings.catch_warnings()
+    ):  # DCP warns that it "assumes the intent is to save/load in a single process"
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         yield
 
@@ -96,11 +114,15 @@ def _tensors_only(state: dict, where: str) -> dict:
         if isinstance(value, dict):
             _tensors_only(value, f"{where}.{key}")
         elif not isinstance(value, torch.Tensor):
-            raise TypeError(f"{where}.{key} is a {type(value).__name__}: sharded checkpoints hold tensors only")
+            raise TypeError(
+                f"{where}.{key} is a {type(value).__name__}: sharded checkpoints hold tensors only"
+            )
     return state
 
 
-def save_sharded(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, distributed: bool) -> list[dict]:
+def save_sharded(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, distributed: bool
+) -> list[dict]:
     """Every rank writes its shards of model + optimizer state into `path` (collective when distributed).
 
     Returns the param groups' hyperparameters (lr, betas, ...; the same on every rank) for rank 0 to keep.
@@ -115,8 +137,13 @@ def save_sharded(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
     return [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
 
 
-def load_sharded(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, param_groups: list[dict],
-                 distributed: bool) -> None:
+def load_sharded(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    param_groups: list[dict],
+    distributed: bool,
+) -> None:
     """Read `path` into this rank's model and optimizer, whatever the world size and strategy that wrote it."""
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
@@ -127,8 +154,12 @@ def load_sharded(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
     except RuntimeError as exc:  # e.g. a parameter the checkpoint does not have
         raise RunDirError(f"checkpoint {path} does not fit this model: {str(exc).splitlines()[0]}") from None
     apply_param_groups(optim_state["param_groups"], param_groups)
-    set_state_dict(model, optimizer, model_state_dict=payload["model"],
-                   optim_state_dict={"state": payload["optim"], "param_groups": optim_state["param_groups"]})
+    set_state_dict(
+        model,
+        optimizer,
+        model_state_dict=payload["model"],
+        optim_state_dict={"state": payload["optim"], "param_groups": optim_state["param_groups"]},
+    )
 
 
 def apply_param_groups(groups: list[dict], saved: list[dict]) -> None:
@@ -150,7 +181,7 @@ def read_sharded_weights(path: Path) -> dict[str, torch.Tensor]:
     reader = _reader(path)
     metadata = reader.read_metadata()
     weights = {
-        key[len("model."):]: torch.empty(meta.size, dtype=meta.properties.dtype)
+        key[len("model.") :]: torch.empty(meta.size, dtype=meta.properties.dtype)
         for key, meta in metadata.state_dict_metadata.items()
         if key.startswith("model.") and isinstance(meta, TensorStorageMetadata)
     }

@@ -34,7 +34,9 @@ class DistEnv:
     def on_device(self, device: str) -> "DistEnv":
         """This rank with the device a config asks for ("auto": this rank's GPU when there is one)."""
         use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-        return replace(self, device=torch.device("cuda", self.local_rank) if use_cuda else torch.device("cpu"))
+        return replace(
+            self, device=torch.device("cuda", self.local_rank) if use_cuda else torch.device("cpu")
+        )
 
 
 def read_env() -> DistEnv:

@@ -5,13 +5,23 @@ import sys
 from torch.distributed import run as torchrun
 
 
-def torchrun_args(nproc: int, command: list[str], max_restarts: int = 0, nnodes: str = "1", node_rank: int = 0,
-                  rdzv_endpoint: str | None = None) -> list[str]:
+def torchrun_args(
+    nproc: int,
+    command: list[str],
+    max_restarts: int = 0,
+    nnodes: str = "1",
+    node_rank: int = 0,
+    rdzv_endpoint: str | None = None,
+) -> list[str]:
     """Arguments for torch.distributed.run that start `python -m behemoth <command>` on N local processes."""
     args = [f"--nproc-per-node={nproc}", f"--max-restarts={max_restarts}"]
     if rdzv_endpoint:
-        args += [f"--nnodes={nnodes}", f"--node-rank={node_rank}", "--rdzv-backend=c10d",
-                 f"--rdzv-endpoint={rdzv_endpoint}"]
+        args += [
+            f"--nnodes={nnodes}",
+            f"--node-rank={node_rank}",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={rdzv_endpoint}",
+        ]
     else:
         args += ["--standalone"]
     return args + ["-m", "behemoth", *command]

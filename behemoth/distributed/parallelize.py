@@ -5,7 +5,8 @@ shard (FSDP2). FSDP and pipeline replace or drop parameters, so the optimizer is
 """
 
 import contextlib
-from typing import ContextManager, Iterator
+from collections.abc import Iterator
+from typing import ContextManager
 
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -21,8 +22,10 @@ def resolve_strategy(strategy: str, env: DistEnv | None) -> str:
     """The strategy this run uses: 'auto' picks ddp under torchrun; one process always trains as 'single'."""
     world = env.world_size if env is not None else 1
     if strategy == "single" and world > 1:
-        raise ConfigError(f"train.strategy = 'single': launched with {world} processes (use 'ddp', 'fsdp', "
-                          "'pipeline' or 'auto')")
+        raise ConfigError(
+            f"train.strategy = 'single': launched with {world} processes (use 'ddp', 'fsdp', "
+            "'pipeline' or 'auto')"
+        )
     if world == 1:
         return "single"  # nothing to replicate, shard or split: the same run, and its checkpoints, as single
     return "ddp" if strategy == "auto" else strategy
@@ -31,8 +34,10 @@ def resolve_strategy(strategy: str, env: DistEnv | None) -> str:
 def check_strategy(strategy: str, cfg: TrainConfig) -> None:
     """Options that a strategy cannot honour fail here, before any work, naming the field."""
     if strategy in SHARDED and cfg.precision == "fp16":
-        raise ConfigError(f"train.precision = 'fp16': not with train.strategy = {strategy!r} (a grad scaler per "
-                          "shard would skip steps on some ranks only); use 'bf16'")
+        raise ConfigError(
+            f"train.precision = 'fp16': not with train.strategy = {strategy!r} (a grad scaler per "
+            "shard would skip steps on some ranks only); use 'bf16'"
+        )
     if strategy == "pipeline" and cfg.compile:
         raise ConfigError("train.compile = true: not with train.strategy = 'pipeline'")
     if cfg.fsdp_offload and cfg.strategy != "fsdp":

@@ -63,8 +63,10 @@ def split_gpt(model: nn.Module, stage: int, num_stages: int) -> GPTStage:
     """
     n = len(model.blocks)
     if n < num_stages:
-        raise ConfigError(f"train.strategy = 'pipeline': model.n_layer = {n} is less than the {num_stages} "
-                          "stages (one per process)")
+        raise ConfigError(
+            f"train.strategy = 'pipeline': model.n_layer = {n} is less than the {num_stages} "
+            "stages (one per process)"
+        )
     bounds = [round(i * n / num_stages) for i in range(num_stages + 1)]
     mine = range(bounds[stage], bounds[stage + 1])
     first, last = stage == 0, stage == num_stages - 1
@@ -95,8 +97,17 @@ class PipelineRunner:
     """The stage, its training schedule (for one input shape: stage buffers are sized at first use) and the
     collectives that move rows between the loop's ranks and the pipeline."""
 
-    def __init__(self, stage_module: GPTStage, env: DistEnv, microbatches: int, schedule: str, vocab_size: int,
-                 width: int, tied: list[nn.Parameter], clip_norm: float | None = None):
+    def __init__(
+        self,
+        stage_module: GPTStage,
+        env: DistEnv,
+        microbatches: int,
+        schedule: str,
+        vocab_size: int,
+        width: int,
+        tied: list[nn.Parameter],
+        clip_norm: float | None = None,
+    ):
         self.stage_module, self.env, self.clip_norm = stage_module, env, clip_norm
         self.microbatches, self.schedule_name = microbatches, schedule
         self.vocab_size, self.width = vocab_size, width
@@ -115,14 +126,20 @@ class PipelineRunner:
             from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
             if self._schedules:  # two PipelineStages over one module interfere (see forward_only)
-                raise ConfigError(f"train.strategy = 'pipeline': every training micro-batch must have one shape "
-                                  f"(got {shape} after {next(iter(self._schedules))})")
+                raise ConfigError(
+                    f"train.strategy = 'pipeline': every training micro-batch must have one shape "
+                    f"(got {shape} after {next(iter(self._schedules))})"
+                )
             if shape[0] % self.microbatches:
-                raise ConfigError(f"data.batch_size = {shape[0]}: must split into train.pipeline_microbatches "
-                                  f"= {self.microbatches} equal chunks")
+                raise ConfigError(
+                    f"data.batch_size = {shape[0]}: must split into train.pipeline_microbatches "
+                    f"= {self.microbatches} equal chunks"
+                )
             stage = PipelineStage(self.stage_module, self.env.rank, self.env.world_size, self.env.device)
             kind = Schedule1F1B if self.schedule_name == "1f1b" else ScheduleGPipe
-            self._schedules[shape] = kind(stage, self.microbatches, loss_fn=_surrogate_loss, scale_grads=False)
+            self._schedules[shape] = kind(
+                stage, self.microbatches, loss_fn=_surrogate_loss, scale_grads=False
+            )
         return self._schedules[shape]
 
     @torch.no_grad()
@@ -137,9 +154,11 @@ class PipelineRunner:
         outputs = []
         for i in range(count):
             if rank == self.first:
-                x = inputs[i * size:(i + 1) * size]  # (size, T) tokens
+                x = inputs[i * size : (i + 1) * size]  # (size, T) tokens
             else:
-                x = torch.empty((size, length, self.width), dtype=self.dtype, device=self.env.device)  # (size, T, C)
+                x = torch.empty(
+                    (size, length, self.width), dtype=self.dtype, device=self.env.device
+                )  # (size, T, C)
                 dist.recv(x, src=rank - 1)
             y = self.stage_module(x)
             if rank == self.last:
@@ -158,7 +177,9 @@ class PipelineRunner:
         """This rank's logits for its rows x (B_r, T) -> (B_r, T, V), float32; also the gathered inputs."""
         inputs, counts = gather_rows(x, self.env, dst=self.first)
         logits = self.forward_only(inputs, sum(counts), x.shape[1])
-        logits = scatter_rows(logits, counts, (*x.shape[1:], self.vocab_size), torch.float32, self.env, src=self.last)
+        logits = scatter_rows(
+            logits, counts, (*x.shape[1:], self.vocab_size), torch.float32, self.env, src=self.last
+        )
         return logits, inputs, counts
 
     def backward(self, inputs: torch.Tensor | None, grad: torch.Tensor, counts: list[int]) -> None:
@@ -186,12 +207,16 @@ class PipelineRunner:
         The loop's clip_grad_norm_ then finds this stage's norm below train.clip_norm and leaves it.
         """
         last_copy = {id(p) for p in self.tied} if self.env.rank == self.last else set()  # count tied once
-        grads = [p.grad for p in self.stage_module.parameters() if p.grad is not None and id(p) not in last_copy]
+        grads = [
+            p.grad for p in self.stage_module.parameters() if p.grad is not None and id(p) not in last_copy
+        ]
         squares = torch.zeros((), dtype=torch.float32, device=self.env.device)
         for grad in grads:
             squares += grad.float().pow(2).sum()
         dist.all_reduce(squares)
-        coef = torch.clamp(self.clip_norm / (squares.sqrt() + 1e-6), max=1.0)  # as torch.nn.utils.clip_grad_norm_
+        coef = torch.clamp(
+            self.clip_norm / (squares.sqrt() + 1e-6), max=1.0
+        )  # as torch.nn.utils.clip_grad_norm_
         for param in self.stage_module.parameters():
             if param.grad is not None:
                 param.grad.mul_(coef.to(param.grad.dtype))
@@ -233,19 +258,28 @@ class Pipelined:
 
 
 _classes: dict[type, type] = {}
+GPT_PARTS = ("tok_emb", "pos_emb", "drop", "blocks", "ln_f", "lm_head")
 
 
-def pipeline_model(model: nn.Module, env: DistEnv, microbatches: int, schedule: str,
-                   clip_norm: float | None = None) -> nn.Module:
+def is_gpt_shaped(model: nn.Module) -> bool:
+    """behemoth's GPT, recognised by its parts (distributed sits below models: it does not import them)."""
+    return all(hasattr(model, part) for part in GPT_PARTS) and isinstance(model.blocks, nn.ModuleList)
+
+
+def pipeline_model(
+    model: nn.Module, env: DistEnv, microbatches: int, schedule: str, clip_norm: float | None = None
+) -> nn.Module:
     """Turn `model` (a GPT) into this rank's pipeline stage, in place; `model(x)` then runs all stages."""
-    from behemoth.models.gpt import GPT
-
-    if not isinstance(model, GPT):
-        raise ConfigError(f"train.strategy = 'pipeline': splits GPT blocks only, not {type(model).__name__} "
-                          "(use 'fsdp' to spread other models over processes)")
+    if not is_gpt_shaped(model):
+        raise ConfigError(
+            f"train.strategy = 'pipeline': splits GPT blocks only, not {type(model).__name__} "
+            "(use 'fsdp' to spread other models over processes)"
+        )
     if schedule == "1f1b" and microbatches < env.world_size:
-        raise ConfigError(f"train.pipeline_microbatches = {microbatches}: the 1f1b schedule needs at least one "
-                          f"chunk per stage ({env.world_size}); raise it or use train.pipeline_schedule = 'gpipe'")
+        raise ConfigError(
+            f"train.pipeline_microbatches = {microbatches}: the 1f1b schedule needs at least one "
+            f"chunk per stage ({env.world_size}); raise it or use train.pipeline_schedule = 'gpipe'"
+        )
     vocab_size, width = model.tok_emb.num_embeddings, model.tok_emb.embedding_dim
     tied = model.lm_head.weight is model.tok_emb.weight
     stage = split_gpt(model, env.rank, env.world_size)
@@ -254,6 +288,8 @@ def pipeline_model(model: nn.Module, env: DistEnv, microbatches: int, schedule: 
     cls = model.__class__
     _classes.setdefault(cls, type(f"Pipelined{cls.__name__}", (Pipelined, cls), {}))
     model.__class__ = _classes[cls]
-    model._pipeline = PipelineRunner(stage, env, microbatches, schedule, vocab_size, width, tied_params, clip_norm)
+    model._pipeline = PipelineRunner(
+        stage, env, microbatches, schedule, vocab_size, width, tied_params, clip_norm
+    )
     model._pipeline_anchor = torch.zeros((), requires_grad=True)  # makes autograd call our backward
     return model

@@ -19,28 +19,17 @@ forward per block, ~+33% compute); CPU offload last (parameters and optimizer wo
 """
 
 import contextlib
-import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from behemoth.config.optimizers import optimizer_entry
 from behemoth.distributed.activations import Timeline, backward_peak, extrapolate, record_timeline
 from behemoth.distributed.blocks import model_blocks
 
-# optimizer state per parameter: (slots, bytes per slot or None = the parameter's own size)
-OPTIMIZER_SLOTS: dict[str, Callable[..., tuple[int, float | None]]] = {
-    "sgd": lambda momentum=0.0, **_: (1 if momentum > 0 else 0, None),
-    "adam": lambda **_: (2, None),
-    "adamw": lambda **_: (2, None),
-    "adagrad": lambda **_: (1, None),
-    "rmsprop": lambda momentum=0.0, centered=False, **_: (1 + (momentum > 0) + bool(centered), None),
-    "adadelta": lambda **_: (2, None),
-    "adam8bit": lambda **_: (2, 1 + 4 / 256),  # one byte per value + an fp32 scale per block of 256
-    "adamw8bit": lambda **_: (2, 1 + 4 / 256),
-}
 STRATEGIES = ("single", "ddp", "fsdp", "fsdp+offload")
 
 
@@ -72,12 +61,16 @@ class Estimate:
 
     @property
     def label(self) -> str:
-        return self.strategy + ("+ac" if self.checkpointing else "") + (
-            f"+accumulate x{self.accumulate}" if self.accumulate > 1 else "")
+        return (
+            self.strategy
+            + ("+ac" if self.checkpointing else "")
+            + (f"+accumulate x{self.accumulate}" if self.accumulate > 1 else "")
+        )
 
 
-def measure_model(model: nn.Module, example: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
-                  loss_fn: Callable) -> ModelFacts:
+def measure_model(
+    model: nn.Module, example: Callable[[int], tuple[torch.Tensor, torch.Tensor]], loss_fn: Callable
+) -> ModelFacts:
     """Count `model`'s parameters and record its forward (in train mode) at 1 and 2 samples."""
     params = list(model.parameters())
     blocks = model_blocks(model)
@@ -86,20 +79,34 @@ def measure_model(model: nn.Module, example: Callable[[int], tuple[torch.Tensor,
     model.train()
     one, two = record_timeline(model, *example(1), loss_fn), record_timeline(model, *example(2), loss_fn)
     return ModelFacts(
-        param_bytes=total, param_element=params[0].element_size() if params else 4,
+        param_bytes=total,
+        param_element=params[0].element_size() if params else 4,
         largest_param=max((p.numel() * p.element_size() for p in params), default=0),
-        block_bytes=max(block_bytes, default=0), root_bytes=total - sum(block_bytes), one=one, two=two,
+        block_bytes=max(block_bytes, default=0),
+        root_bytes=total - sum(block_bytes),
+        one=one,
+        two=two,
     )
 
 
 def optimizer_bytes(facts: ModelFacts, optimizer: str, **options) -> int:
-    slots, per_value = OPTIMIZER_SLOTS[optimizer](**options)
+    """Optimizer state bytes from the registry's slots (behemoth.config.optimizers), so every optimizer the
+    config accepts has a plan. `options`: the TrainConfig values its slots depend on (momentum, centered)."""
+    entry = optimizer_entry(optimizer)
     values = facts.param_bytes // facts.param_element
-    return int(slots * values * (per_value or facts.param_element))
+    return int(entry.state_slots(**options) * values * (entry.bytes_per_value or facts.param_element))
 
 
-def estimate(facts: ModelFacts, strategy: str, world: int, batch: int, optimizer: int, checkpointing: bool = False,
-             accumulate: int = 1, device: str = "cuda") -> Estimate:
+def estimate(
+    facts: ModelFacts,
+    strategy: str,
+    world: int,
+    batch: int,
+    optimizer: int,
+    checkpointing: bool = False,
+    accumulate: int = 1,
+    device: str = "cuda",
+) -> Estimate:
     """Bytes per rank for one way to train (see the module docstring). `batch`: the global micro-batch."""
     ranks = 1 if strategy == "single" else world
     micro = max(1, batch // ranks // accumulate)
@@ -144,35 +151,41 @@ def _checkpointed_saved(timeline: Timeline) -> int:
     return outside + inputs
 
 
-def plan(facts: ModelFacts, world: int, batch: int, optimizer: int, memory: int,
-         device: str = "cuda") -> tuple[list[Estimate], Estimate | None]:
+def plan(
+    facts: ModelFacts, world: int, batch: int, optimizer: int, memory: int, device: str = "cuda"
+) -> tuple[list[Estimate], Estimate | None]:
     """Every strategy with and without checkpointing (accumulation x1), and the fastest option that fits
     in `memory` bytes per rank, allowing extra gradient accumulation (None: nothing fits)."""
     strategies = ["single"] + (["ddp", "fsdp", "fsdp+offload"] if world > 1 else [])
     can_checkpoint = has_blocks(facts.one)
-    rows = [estimate(facts, s, world, batch, optimizer, ac, 1, device)
-            for s in strategies for ac in ([False, True] if can_checkpoint else [False])]
+    rows = [
+        estimate(facts, s, world, batch, optimizer, ac, 1, device)
+        for s in strategies
+        for ac in ([False, True] if can_checkpoint else [False])
+    ]
     per_rank = batch // (1 if world == 1 else world)
     accumulations = [k for k in range(1, per_rank + 1) if per_rank % k == 0]
     fast = "single" if world == 1 else "ddp"
-    order = [(fast, False), ("fsdp", False), (fast, False, "k"), ("fsdp", False, "k"), (fast, True), ("fsdp", True),
-             (fast, True, "k"), ("fsdp", True, "k"), ("fsdp+offload", False, "k"), ("fsdp+offload", True, "k")]
+    order = [
+        (fast, False),
+        ("fsdp", False),
+        (fast, False, "k"),
+        ("fsdp", False, "k"),
+        (fast, True),
+        ("fsdp", True),
+        (fast, True, "k"),
+        ("fsdp", True, "k"),
+        ("fsdp+offload", False, "k"),
+        ("fsdp+offload", True, "k"),
+    ]
     for strategy, ac, *more in order:
         if (strategy not in strategies) or (ac and not can_checkpoint):
             continue
-        for k in (accumulations if more else [1]):
+        for k in accumulations if more else [1]:
             option = estimate(facts, strategy, world, batch, optimizer, ac, k, device)
             if option.peak <= memory:
                 return rows, option
     return rows, None
-
-
-def parse_size(text: str) -> int:
-    """'16GiB', '16GB', '512MiB', '16G', '2e9' -> bytes (binary units: GB and G read as GiB)."""
-    match = re.fullmatch(r"([0-9.]+(?:e[0-9]+)?)\s*([kmgt]?)(?:i?b)?", text.strip().lower())
-    if not match:
-        raise ValueError(f"{text!r} is not a size like 16GiB, 512MiB or 2e9")
-    return int(float(match.group(1)) * 1024 ** " kmgt".index(match.group(2) or " "))
 
 
 def human(size: int) -> str:
@@ -182,8 +195,11 @@ def human(size: int) -> str:
     return f"{size} B"
 
 
-def example_batch(task: str, input_shape: tuple[int, ...]) -> Callable[[int], tuple[torch.Tensor, torch.Tensor]]:
+def example_batch(
+    task: str, input_shape: tuple[int, ...]
+) -> Callable[[int], tuple[torch.Tensor, torch.Tensor]]:
     """n samples shaped like the data (values do not matter for memory): images/features or token ids."""
+
     def make(n: int) -> tuple[torch.Tensor, torch.Tensor]:
         if task == "language_model":
             tokens = torch.zeros((n, *input_shape), dtype=torch.long)
@@ -201,7 +217,10 @@ def overrides_for(option: Estimate, batch: int, accumulate: int) -> list[str]:
     if option.checkpointing:
         out.append("train.activation_checkpointing=true")
     if option.accumulate > 1:
-        out += [f"data.batch_size={batch // option.accumulate}", f"train.accumulate={accumulate * option.accumulate}"]
+        out += [
+            f"data.batch_size={batch // option.accumulate}",
+            f"train.accumulate={accumulate * option.accumulate}",
+        ]
     return out
 
 

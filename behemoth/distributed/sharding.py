@@ -13,8 +13,10 @@ from behemoth.errors import ConfigError
 
 def check_divisible(batch_size: int, env: DistEnv | None) -> None:
     if env is not None and batch_size % env.world_size:
-        raise ConfigError(f"data.batch_size = {batch_size}: must be divisible by the {env.world_size} processes "
-                          "(it is the global batch, split evenly across ranks)")
+        raise ConfigError(
+            f"data.batch_size = {batch_size}: must be divisible by the {env.world_size} processes "
+            "(it is the global batch, split evenly across ranks)"
+        )
 
 
 def shard(indices: torch.Tensor, env: DistEnv | None) -> torch.Tensor:
@@ -22,7 +24,7 @@ def shard(indices: torch.Tensor, env: DistEnv | None) -> torch.Tensor:
     if env is None or not env.distributed:
         return indices
     per_rank = len(indices) // env.world_size
-    return indices[env.rank * per_rank:(env.rank + 1) * per_rank]
+    return indices[env.rank * per_rank : (env.rank + 1) * per_rank]
 
 
 def shard_rows(count: int, env: DistEnv | None) -> slice:

@@ -5,7 +5,7 @@ same shape as `inputs`; `fidelity` says how far to trust them; `run.explain_run`
 CLI (`behemoth explain`) uses on a trained run.
 """
 
-from behemoth.explanations.config import METHODS, ExplainConfig
+from behemoth.config.explain import METHODS, ExplainConfig
 from behemoth.explanations.methods import Explained, attribute, default_baselines, explained
 
 __all__ = ["METHODS", "ExplainConfig", "Explained", "attribute", "default_baselines", "explained"]

@@ -14,6 +14,7 @@ import copy
 
 import numpy as np
 import torch
+
 from behemoth.explanations.methods import Explained, attribute, predict, runs_on_int8_kernels
 
 EPS = 1e-9
@@ -31,21 +32,35 @@ def target_scores(target_model: Explained, inputs: torch.Tensor, target: torch.T
 
 
 def completeness_error(
-    target_model: Explained, attr: torch.Tensor, inputs: torch.Tensor, baselines: torch.Tensor,
+    target_model: Explained,
+    attr: torch.Tensor,
+    inputs: torch.Tensor,
+    baselines: torch.Tensor,
     target: torch.Tensor,
 ) -> torch.Tensor:
     """(B,) relative completeness error of IG attributions, end points from a float64 copy of the model
     (int8 models: from the model itself, whose kernels take float32 only)."""
     model64 = target_model if runs_on_int8_kernels(target_model.model) else _float64(target_model)
-    cast = (lambda t: t) if target_model.kind == "tokens" or model64 is target_model else (lambda t: t.double())
-    gap = target_scores(model64, cast(inputs), target) - target_scores(model64, cast(baselines), target)  # (B,)
+    cast = (
+        (lambda t: t) if target_model.kind == "tokens" or model64 is target_model else (lambda t: t.double())
+    )
+    gap = target_scores(model64, cast(inputs), target) - target_scores(
+        model64, cast(baselines), target
+    )  # (B,)
     total = attr.double().flatten(1).sum(1)  # (B,)
     return (total - gap).abs() / gap.abs().clamp_min(EPS)
 
 
 def ig_until_complete(
-    target_model: Explained, inputs: torch.Tensor, target: torch.Tensor, baselines: torch.Tensor, *,
-    n_steps: int = 32, max_steps: int = 512, tol: float = 0.01, internal_batch_size: int = 512,
+    target_model: Explained,
+    inputs: torch.Tensor,
+    target: torch.Tensor,
+    baselines: torch.Tensor,
+    *,
+    n_steps: int = 32,
+    max_steps: int = 512,
+    tol: float = 0.01,
+    internal_batch_size: int = 512,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """IG with n_steps doubled per sample until its completeness error < tol (or max_steps).
 
@@ -57,8 +72,15 @@ def ig_until_complete(
     errors = torch.full((len(inputs),), float("inf"), dtype=torch.float64)
     todo, current = torch.arange(len(inputs)), n_steps
     while len(todo):
-        part = attribute(target_model, inputs[todo], target[todo], "ig", baselines=baselines[todo],
-                         n_steps=current, internal_batch_size=internal_batch_size)
+        part = attribute(
+            target_model,
+            inputs[todo],
+            target[todo],
+            "ig",
+            baselines=baselines[todo],
+            n_steps=current,
+            internal_batch_size=internal_batch_size,
+        )
         attr[todo], steps[todo] = part, current
         errors[todo] = completeness_error(target_model, part, inputs[todo], baselines[todo], target[todo])
         todo = todo[errors[todo] >= tol]
@@ -69,8 +91,12 @@ def ig_until_complete(
 
 
 def deletion_insertion(
-    target_model: Explained, inputs: torch.Tensor, attr: torch.Tensor, baselines: torch.Tensor,
-    target: torch.Tensor, steps: int = 20,
+    target_model: Explained,
+    inputs: torch.Tensor,
+    attr: torch.Tensor,
+    baselines: torch.Tensor,
+    target: torch.Tensor,
+    steps: int = 20,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Deletion and insertion curves (B, steps + 1) of the target's probability, and their AUCs (B,).
 
@@ -96,8 +122,13 @@ def deletion_insertion(
 
 
 def infidelity_score(
-    target_model: Explained, inputs: torch.Tensor, attr: torch.Tensor, target: torch.Tensor,
-    n_perturb: int = 16, sigma: float = 0.1, seed: int = 0,
+    target_model: Explained,
+    inputs: torch.Tensor,
+    attr: torch.Tensor,
+    target: torch.Tensor,
+    n_perturb: int = 16,
+    sigma: float = 0.1,
+    seed: int = 0,
 ) -> torch.Tensor | None:
     """(B,) Captum infidelity under Gaussian noise of `sigma` (normalised units); None for token inputs."""
     if target_model.kind == "tokens":
@@ -110,8 +141,15 @@ def infidelity_score(
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return infidelity(target_model.scores, perturb, inputs, attr, target=target,
-                          n_perturb_samples=n_perturb, normalize=True).detach()
+        return infidelity(
+            target_model.scores,
+            perturb,
+            inputs,
+            attr,
+            target=target,
+            n_perturb_samples=n_perturb,
+            normalize=True,
+        ).detach()
 
 
 def randomized(target_model: Explained, seed: int = 0) -> Explained:
@@ -138,8 +176,13 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def randomization_check(
-    target_model: Explained, inputs: torch.Tensor, target: torch.Tensor, attr: torch.Tensor, method: str,
-    seed: int = 0, **budget,
+    target_model: Explained,
+    inputs: torch.Tensor,
+    target: torch.Tensor,
+    attr: torch.Tensor,
+    method: str,
+    seed: int = 0,
+    **budget,
 ) -> torch.Tensor:
     """(B,) Spearman correlation of |attr| on the trained vs the re-initialised model (low: it changed)."""
     random_attr = attribute(randomized(target_model, seed), inputs, target, method, seed=seed, **budget)
@@ -153,5 +196,3 @@ def summarise(values: torch.Tensor | None) -> dict | None:
     if not len(finite):
         return {"mean": None, "median": None, "max": None}
     return {"mean": float(finite.mean()), "median": float(finite.median()), "max": float(finite.max())}
-
-

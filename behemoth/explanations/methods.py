@@ -10,17 +10,22 @@ its scores are (B, K) logits, for a language model the next-token logits at the 
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-from behemoth.explanations.config import METHODS
+from behemoth.config.explain import METHODS
 
 Kind = Literal["image", "table", "tokens"]
-TOKEN_METHODS = ("ig", "saliency", "gradient_shap")  # gradient methods work on embeddings; perturbation ones do not
+TOKEN_METHODS = (
+    "ig",
+    "saliency",
+    "gradient_shap",
+)  # gradient methods work on embeddings; perturbation ones do not
 SPACE_TOKEN = 32  # byte-level baseline token: a space, the most neutral byte of running text
 
 
@@ -53,7 +58,9 @@ def explained(model: nn.Module, task: str, input_shape: tuple[int, ...]) -> Expl
     """Wrap a zoo model for attribution; language models must expose `tok_emb` (the zoo's gpt does)."""
     kind = kind_of(task, input_shape)
     if kind == "tokens" and getattr(model, "tok_emb", None) is None:
-        raise ValueError(f"{type(model).__name__} has no tok_emb embedding to attribute language-model inputs to")
+        raise ValueError(
+            f"{type(model).__name__} has no tok_emb embedding to attribute language-model inputs to"
+        )
     return Explained(model, kind, model.tok_emb if kind == "tokens" else None)
 
 
@@ -66,12 +73,19 @@ def check_method(method: str, kind: Kind) -> None:
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
     if kind == "tokens" and method not in TOKEN_METHODS:
-        raise ValueError(f"method {method!r} does not support language models (token inputs): "
-                         f"use {', '.join(TOKEN_METHODS)}")
+        raise ValueError(
+            f"method {method!r} does not support language models (token inputs): "
+            f"use {', '.join(TOKEN_METHODS)}"
+        )
 
 
-def default_baselines(inputs: torch.Tensor, kind: Kind, how: str = "black", meta: dict | None = None,
-                      space_token: int = SPACE_TOKEN) -> torch.Tensor:
+def default_baselines(
+    inputs: torch.Tensor,
+    kind: Kind,
+    how: str = "black",
+    meta: dict | None = None,
+    space_token: int = SPACE_TOKEN,
+) -> torch.Tensor:
     """x' for IG, SHAP, occlusion and the fidelity curves, same shape as inputs.
 
     images, how="black": the black image in normalised space, (0 - mean) / std per channel;
@@ -104,9 +118,17 @@ def patch_mask(inputs: torch.Tensor, patch: int) -> torch.Tensor:
 
 
 def attribute(
-    target_model: Explained, inputs: torch.Tensor, target: torch.Tensor, method: str, *,
-    baselines: torch.Tensor | None = None, n_steps: int = 50, n_samples: int = 64,
-    internal_batch_size: int = 512, patch: int | None = None, seed: int = 0,
+    target_model: Explained,
+    inputs: torch.Tensor,
+    target: torch.Tensor,
+    method: str,
+    *,
+    baselines: torch.Tensor | None = None,
+    n_steps: int = 50,
+    n_samples: int = 64,
+    internal_batch_size: int = 512,
+    patch: int | None = None,
+    seed: int = 0,
 ) -> torch.Tensor:
     """Attributions of `target` scores to `inputs`; same shape as inputs, float32, deterministic for a seed."""
     from captum import attr as ca
@@ -125,11 +147,20 @@ def attribute(
         np.random.seed(seed)
         if method == "ig":
             algo = ca.LayerIntegratedGradients(f, layer) if layer is not None else ca.IntegratedGradients(f)
-            out = algo.attribute(inputs, baselines, target=target, n_steps=n_steps,
-                                 internal_batch_size=max(internal_batch_size, batch))
+            out = algo.attribute(
+                inputs,
+                baselines,
+                target=target,
+                n_steps=n_steps,
+                internal_batch_size=max(internal_batch_size, batch),
+            )
         elif method == "saliency":
             if layer is not None:  # |gradient| of the embedding, as Saliency does for inputs
-                out = ca.LayerGradientXActivation(f, layer, multiply_by_inputs=False).attribute(inputs, target).abs()
+                out = (
+                    ca.LayerGradientXActivation(f, layer, multiply_by_inputs=False)
+                    .attribute(inputs, target)
+                    .abs()
+                )
             else:
                 out = ca.Saliency(f).attribute(inputs, target=target, abs=True)
         elif method == "gradient_shap":
@@ -139,23 +170,33 @@ def attribute(
                 with torch.no_grad():
                     inputs, baselines = layer(inputs), layer(baselines)
                 f = target_model.embedding_scores
-            out = ca.GradientShap(f).attribute(inputs, baselines[:1], n_samples=n_samples, stdevs=0.09,
-                                               target=target)
+            out = ca.GradientShap(f).attribute(
+                inputs, baselines[:1], n_samples=n_samples, stdevs=0.09, target=target
+            )
         elif method == "occlusion":
             p = auto_patch(inputs, kind, patch)
             window = (inputs.shape[1], p, p) if kind == "image" else (1,)
             strides = (inputs.shape[1], max(1, p // 2), max(1, p // 2)) if kind == "image" else 1
-            out = ca.Occlusion(f).attribute(inputs, window, strides, baselines, target=target,
-                                            perturbations_per_eval=per_eval)
+            out = ca.Occlusion(f).attribute(
+                inputs, window, strides, baselines, target=target, perturbations_per_eval=per_eval
+            )
         else:  # kernel_shap | lime: a surrogate fitted on n_samples on/off patterns of the patches
             mask = patch_mask(inputs, auto_patch(inputs, kind, patch)) if kind == "image" else None
             # Lime: a ridge surrogate; Captum's default Lasso (alpha 0.01) zeroes every weight when the
             # score varies little over the samples, which leaves a blank picture
             algo = ca.KernelShap(f) if method == "kernel_shap" else ca.Lime(f, SkLearnRidge(alpha=1.0))
-            out = algo.attribute(inputs, baselines, target=target, feature_mask=mask, n_samples=n_samples,
-                                 perturbations_per_eval=per_eval)
+            out = algo.attribute(
+                inputs,
+                baselines,
+                target=target,
+                feature_mask=mask,
+                n_samples=n_samples,
+                perturbations_per_eval=per_eval,
+            )
             if mask is not None:  # Captum repeats a patch's weight on each of its elements: spread it
-                out = out / torch.bincount(mask.flatten())[mask]  # instead, so elements sum to the patch's weight
+                out = (
+                    out / torch.bincount(mask.flatten())[mask]
+                )  # instead, so elements sum to the patch's weight
     np.random.set_state(numpy_state)
     if layer is not None:
         out = out.sum(-1)  # (B, T, E) -> (B, T): one number per token
@@ -165,7 +206,7 @@ def attribute(
 def predict(target_model: Explained, inputs: torch.Tensor, batch: int = 512) -> torch.Tensor:
     """Scores (B, K) in chunks, without gradients."""
     with torch.no_grad():
-        return torch.cat([target_model.scores(inputs[i:i + batch]) for i in range(0, len(inputs), batch)])
+        return torch.cat([target_model.scores(inputs[i : i + batch]) for i in range(0, len(inputs), batch)])
 
 
 def in_chunks(fn: Callable[[slice], torch.Tensor], total: int, chunk: int, progress: Callable | None = None):

@@ -6,7 +6,7 @@ neutral; each sample is scaled to its own largest |attribution| (shown on its co
 
 import html
 import textwrap
-from typing import Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -52,8 +52,9 @@ def image_grid(images: torch.Tensor, attr: torch.Tensor, titles: list[str], head
     plt.close(fig)
 
 
-def feature_bars(attr: torch.Tensor, names: list[str], titles: list[str], heading: str, path: Path,
-                 top: int = 12) -> None:
+def feature_bars(
+    attr: torch.Tensor, names: list[str], titles: list[str], heading: str, path: Path, top: int = 12
+) -> None:
     """One horizontal bar chart per sample: the `top` features by |attribution|, signed colours."""
     plt = _pyplot()
     rows = len(attr)
@@ -63,7 +64,11 @@ def feature_bars(attr: torch.Tensor, names: list[str], titles: list[str], headin
         values = attr[i].numpy()
         order = np.argsort(-np.abs(values))[:top][::-1]  # biggest at the top
         ax = axes[i, 0]
-        ax.barh([names[k] for k in order], values[order], color=["#c0392b" if v > 0 else "#2e6fb7" for v in values[order]])
+        ax.barh(
+            [names[k] for k in order],
+            values[order],
+            color=["#c0392b" if v > 0 else "#2e6fb7" for v in values[order]],
+        )
         ax.axvline(0, color="black", linewidth=0.8)
         ax.set_title(titles[i], fontsize=9)
         ax.set_xlabel("attribution (red: raises the target score, blue: lowers it)", fontsize=8)
@@ -85,8 +90,14 @@ def visible(text: str) -> str:
     return text.replace("\n", "↵").replace("\t", "⇥").replace(" ", "\u00a0") or "∅"
 
 
-def token_html(tokens: torch.Tensor, attr: torch.Tensor, titles: list[str], heading: str, path: Path,
-               token_text: Callable[[int], str] = _token_text) -> None:
+def token_html(
+    tokens: torch.Tensor,
+    attr: torch.Tensor,
+    titles: list[str],
+    heading: str,
+    path: Path,
+    token_text: Callable[[int], str] = _token_text,
+) -> None:
     """Byte tokens (B, T) on a background coloured by their attribution; hover shows the value."""
     rows = []
     for i in range(len(tokens)):
@@ -95,9 +106,13 @@ def token_html(tokens: torch.Tensor, attr: torch.Tensor, titles: list[str], head
         for token, value in zip(tokens[i].tolist(), attr[i].tolist()):
             alpha = min(1.0, abs(value) / scale)
             colour = f"rgba(192,57,43,{alpha:.2f})" if value > 0 else f"rgba(46,111,183,{alpha:.2f})"
-            spans.append(f'<span style="background:{colour}" title="{value:+.4g}">{html.escape(token_text(token))}</span>')
-        rows.append(f"<h3>{html.escape(titles[i])}</h3>\n<p class=\"tokens\">{''.join(spans)}</p>"
-                    f"<p class=\"scale\">max |attribution| = {scale:.4g}</p>")
+            spans.append(
+                f'<span style="background:{colour}" title="{value:+.4g}">{html.escape(token_text(token))}</span>'
+            )
+        rows.append(
+            f'<h3>{html.escape(titles[i])}</h3>\n<p class="tokens">{"".join(spans)}</p>'
+            f'<p class="scale">max |attribution| = {scale:.4g}</p>'
+        )
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(heading)}</title>
 <style>

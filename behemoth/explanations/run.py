@@ -8,48 +8,66 @@ runs/<name>/explain/<method>/
 """
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from behemoth.config import RunConfig
-from behemoth.data import load_data
+from behemoth.config.explain import COMPLETE_METHODS, GRADIENT_METHODS, ExplainConfig
+from behemoth.data.tokenizers import load_run_tokenizer
 from behemoth.errors import BehemothError
 from behemoth.explanations import fidelity as fid
 from behemoth.explanations import pictures
-from behemoth.explanations.config import COMPLETE_METHODS, GRADIENT_METHODS, ExplainConfig
-from behemoth.data.tokenizers import load_run_tokenizer
-from behemoth.explanations.methods import (SPACE_TOKEN, Explained, attribute, check_method, default_baselines, explained,
-                                      kind_of, predict, runs_on_int8_kernels)
-from behemoth.pipeline import load_trained_model
+from behemoth.explanations.methods import (
+    SPACE_TOKEN,
+    Explained,
+    attribute,
+    check_method,
+    default_baselines,
+    explained,
+    kind_of,
+    predict,
+    runs_on_int8_kernels,
+)
 from behemoth.runs import read_spec, write_json
+from behemoth.training.assembly import load_run_data, load_trained_model
 
 Progress = Callable[[int, int], None]  # (done, total)
 
 
 def pick_samples(cfg: RunConfig, ecfg: ExplainConfig, task: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The first `samples` inputs of the chosen split and their labels (LM: the true next token)."""
-    data = load_data(cfg.data)
+    data = load_run_data(cfg)
     split = data.splits().get(ecfg.split)
     if split is None:
-        raise BehemothError(f"explain.split = {ecfg.split}: {data.name} has no such split "
-                            f"(has: {', '.join(data.splits())})")
+        raise BehemothError(
+            f"explain.split = {ecfg.split}: {data.name} has no such split (has: {', '.join(data.splits())})"
+        )
     if ecfg.samples > len(split):
-        raise BehemothError(f"--samples {ecfg.samples} is larger than the {ecfg.split} split "
-                            f"({len(split)} samples)")
+        raise BehemothError(
+            f"--samples {ecfg.samples} is larger than the {ecfg.split} split ({len(split)} samples)"
+        )
     x, y = split.x[: ecfg.samples], split.y[: ecfg.samples]
     return x, (y[:, -1] if task == "language_model" else y)
 
 
 def budget(ecfg: ExplainConfig) -> dict[str, Any]:
-    return dict(n_steps=ecfg.n_steps, n_samples=ecfg.n_samples, internal_batch_size=ecfg.internal_batch_size,
-                patch=ecfg.patch, seed=ecfg.seed)
+    return dict(
+        n_steps=ecfg.n_steps,
+        n_samples=ecfg.n_samples,
+        internal_batch_size=ecfg.internal_batch_size,
+        patch=ecfg.patch,
+        seed=ecfg.seed,
+    )
 
 
 def chunk_size(ecfg: ExplainConfig) -> int:
     """Samples per attribution call: the internal batch divided by the forward passes one sample costs."""
-    cost = {"ig": ecfg.n_steps, "gradient_shap": ecfg.n_samples, "kernel_shap": 1, "lime": 1}.get(ecfg.method, 4)
+    cost = {"ig": ecfg.n_steps, "gradient_shap": ecfg.n_samples, "kernel_shap": 1, "lime": 1}.get(
+        ecfg.method, 4
+    )
     return max(1, ecfg.internal_batch_size // cost)
 
 
@@ -59,9 +77,16 @@ def attribute_all(tm: Explained, x, target, baselines, ecfg: ExplainConfig, prog
     for start in range(0, len(x), size):
         part = slice(start, start + size)
         if ecfg.method == "ig":
-            a, s, _ = fid.ig_until_complete(tm, x[part], target[part], baselines[part], n_steps=ecfg.n_steps,
-                                            max_steps=ecfg.max_steps, tol=ecfg.completeness_tol,
-                                            internal_batch_size=ecfg.internal_batch_size)
+            a, s, _ = fid.ig_until_complete(
+                tm,
+                x[part],
+                target[part],
+                baselines[part],
+                n_steps=ecfg.n_steps,
+                max_steps=ecfg.max_steps,
+                tol=ecfg.completeness_tol,
+                internal_batch_size=ecfg.internal_batch_size,
+            )
             steps.append(s)
         else:
             a = attribute(tm, x[part], target[part], ecfg.method, baselines=baselines[part], **budget(ecfg))
@@ -74,11 +99,22 @@ def attribute_all(tm: Explained, x, target, baselines, ecfg: ExplainConfig, prog
 def measure(tm: Explained, x, attr, baselines, target, ecfg: ExplainConfig) -> dict[str, Any]:
     """Per-sample fidelity figures (lists) under 'per_sample' and their summaries."""
     completeness = fid.completeness_error(tm, attr, x, baselines, target)
-    deletion, insertion, del_auc, ins_auc = fid.deletion_insertion(tm, x, attr, baselines, target, ecfg.curve_steps)
+    deletion, insertion, del_auc, ins_auc = fid.deletion_insertion(
+        tm, x, attr, baselines, target, ecfg.curve_steps
+    )
     infid = fid.infidelity_score(tm, x, attr, target, ecfg.infidelity_samples, seed=ecfg.seed)
-    rho = fid.randomization_check(tm, x, target, attr, ecfg.method, **budget(ecfg)) if ecfg.sanity_check else None
-    per_sample = {"completeness_error": completeness, "deletion_auc": del_auc, "insertion_auc": ins_auc,
-                  "infidelity": infid, "randomization_spearman": rho}
+    rho = (
+        fid.randomization_check(tm, x, target, attr, ecfg.method, **budget(ecfg))
+        if ecfg.sanity_check
+        else None
+    )
+    per_sample = {
+        "completeness_error": completeness,
+        "deletion_auc": del_auc,
+        "insertion_auc": ins_auc,
+        "infidelity": infid,
+        "randomization_spearman": rho,
+    }
     return {
         "summary": {k: fid.summarise(v) for k, v in per_sample.items()},
         "per_sample": {k: (v.tolist() if v is not None else None) for k, v in per_sample.items()},
@@ -91,19 +127,32 @@ def load_packed_model(path: Path, spec, method: str) -> torch.nn.Module:
     from behemoth.compression.pack import load_packed, read_packed  # the compress stage's file format
 
     packed_spec = read_packed(path).spec
-    if tuple(packed_spec.input_shape) != tuple(spec.input_shape) or packed_spec.num_classes != spec.num_classes:
-        raise BehemothError(f"{path}: a model for inputs {tuple(packed_spec.input_shape)} and {packed_spec.num_classes} "
-                            f"classes; the run's data has {tuple(spec.input_shape)} and {spec.num_classes}")
+    if (
+        tuple(packed_spec.input_shape) != tuple(spec.input_shape)
+        or packed_spec.num_classes != spec.num_classes
+    ):
+        raise BehemothError(
+            f"{path}: a model for inputs {tuple(packed_spec.input_shape)} and {packed_spec.num_classes} "
+            f"classes; the run's data has {tuple(spec.input_shape)} and {spec.num_classes}"
+        )
     model = load_packed(path)
     if method in GRADIENT_METHODS and runs_on_int8_kernels(model):
-        raise BehemothError(f"{path} runs on int8 kernels (torch.ao quantized), which have no gradients: "
-                            f"--method {method} needs them; use occlusion, kernel_shap or lime (or explain a pruned "
-                            "or k-means artifact, which keeps float weights)")
+        raise BehemothError(
+            f"{path} runs on int8 kernels (torch.ao quantized), which have no gradients: "
+            f"--method {method} needs them; use occlusion, kernel_shap or lime (or explain a pruned "
+            "or k-means artifact, which keeps float weights)"
+        )
     return model
 
 
-def explain_run(run_dir: Path, cfg: RunConfig, ecfg: ExplainConfig, progress: Progress | None = None,
-                out_dir: Path | None = None, packed: Path | None = None) -> dict[str, Any]:
+def explain_run(
+    run_dir: Path,
+    cfg: RunConfig,
+    ecfg: ExplainConfig,
+    progress: Progress | None = None,
+    out_dir: Path | None = None,
+    packed: Path | None = None,
+) -> dict[str, Any]:
     """Explain `ecfg.samples` inputs of a trained run with `ecfg.method`; write and return the record.
 
     With `packed` (a .bhm from `behemoth compress`), the compressed model is explained instead, and each
@@ -114,9 +163,15 @@ def explain_run(run_dir: Path, cfg: RunConfig, ecfg: ExplainConfig, progress: Pr
         check_method(ecfg.method, kind_of(spec.task, spec.input_shape))
     except ValueError as exc:
         raise BehemothError(str(exc)) from None
-    model = load_trained_model(run_dir, cfg).float() if packed is None else load_packed_model(packed, spec, ecfg.method)
+    model = (
+        load_trained_model(run_dir, cfg).float()
+        if packed is None
+        else load_packed_model(packed, spec, ecfg.method)
+    )
     if packed is not None and runs_on_int8_kernels(model):
-        ecfg = ecfg.model_copy(update={"sanity_check": False})  # int8 weights cannot be re-initialised in place
+        ecfg = ecfg.model_copy(
+            update={"sanity_check": False}
+        )  # int8 weights cannot be re-initialised in place
     tm = explained(model, spec.task, spec.input_shape)
     x, labels = pick_samples(cfg, ecfg, spec.task)
     predictions = predict(tm, x).argmax(-1)
@@ -144,18 +199,29 @@ def explain_run(run_dir: Path, cfg: RunConfig, ecfg: ExplainConfig, progress: Pr
     out = out_dir or run_dir / "explain" / (ecfg.method if packed is None else f"{ecfg.method}-compressed")
     out.mkdir(parents=True, exist_ok=True)
     names = class_names or [token_text(i) for i in range(spec.num_classes)]
-    titles = [f"#{i}  label {names[l]}  pred {names[p]}  target {names[t]}"
-              for i, (l, p, t) in enumerate(zip(labels.tolist(), predictions.tolist(), target.tolist()))]
+    titles = [
+        f"#{i}  label {names[l]}  pred {names[p]}  target {names[t]}"
+        for i, (l, p, t) in enumerate(zip(labels.tolist(), predictions.tolist(), target.tolist()))
+    ]
     heading = heading_for(ecfg, fidelity["summary"], steps, packed)
     picture = draw(tm.kind, x, attr, titles, heading, meta, out, token_text)
     record = {
-        "method": ecfg.method, "target": ecfg.target, "split": ecfg.split, "samples": len(x),
-        "kind": tm.kind, "baseline": baseline_description(tm.kind, ecfg.baseline),
+        "method": ecfg.method,
+        "target": ecfg.target,
+        "split": ecfg.split,
+        "samples": len(x),
+        "kind": tm.kind,
+        "baseline": baseline_description(tm.kind, ecfg.baseline),
         "model": str(packed) if packed is not None else "the run's trained weights",
-        "seconds": seconds, "attributions_per_second": len(x) / seconds,
+        "seconds": seconds,
+        "attributions_per_second": len(x) / seconds,
         "n_steps_used": steps.tolist() if steps is not None else None,
-        "labels": labels.tolist(), "predictions": predictions.tolist(), "targets": target.tolist(),
-        "fidelity": fidelity, "picture": picture.name, "config": ecfg.model_dump(),
+        "labels": labels.tolist(),
+        "predictions": predictions.tolist(),
+        "targets": target.tolist(),
+        "fidelity": fidelity,
+        "picture": picture.name,
+        "config": ecfg.model_dump(),
         "attributions": attr.tolist(),
     }
     write_json(out / "attributions.json", record)
@@ -171,13 +237,19 @@ def baseline_description(kind: str, how: str) -> str:
     return "zeros in normalised space (the training mean)"
 
 
-def heading_for(ecfg: ExplainConfig, summary: dict, steps: torch.Tensor | None, packed: Path | None = None) -> str:
+def heading_for(
+    ecfg: ExplainConfig, summary: dict, steps: torch.Tensor | None, packed: Path | None = None
+) -> str:
     parts = [f"{ecfg.method} (target: {ecfg.target})" + (f" of {packed.name}" if packed is not None else "")]
     if steps is not None:
         parts.append(f"steps {int(steps.min())}-{int(steps.max())}")
-    if ecfg.method in COMPLETE_METHODS:  # elsewhere the sum of attributions is not meant to equal f(x) - f(x')
+    if (
+        ecfg.method in COMPLETE_METHODS
+    ):  # elsewhere the sum of attributions is not meant to equal f(x) - f(x')
         parts.append(f"completeness err median {summary['completeness_error']['median']:.2%}")
-    parts.append(f"deletion AUC {summary['deletion_auc']['mean']:.3f}, insertion AUC {summary['insertion_auc']['mean']:.3f}")
+    parts.append(
+        f"deletion AUC {summary['deletion_auc']['mean']:.3f}, insertion AUC {summary['insertion_auc']['mean']:.3f}"
+    )
     if summary.get("compression_spearman"):
         parts.append(f"rank corr. with uncompressed {summary['compression_spearman']['mean']:.2f}")
     return " | ".join(parts)

@@ -18,9 +18,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import TextIO
 
 from behemoth.config import RunConfig
 from behemoth.errors import BehemothError, ConfigError
@@ -98,7 +99,9 @@ class Processes:
 
     def start(self, name: str, argv: list[str]) -> subprocess.Popen:
         log = open(self.log_dir / f"{name}.log", "w")
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        proc = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+        )
         log.close()  # the child holds its own copy
         self.started.append((name, proc))
         return proc
@@ -106,7 +109,9 @@ class Processes:
     def check_alive(self) -> None:
         for name, proc in self.started:
             if proc.poll() is not None:
-                raise BehemothError(f"{name} exited with code {proc.returncode}; see {self.log_dir / (name + '.log')}")
+                raise BehemothError(
+                    f"{name} exited with code {proc.returncode}; see {self.log_dir / (name + '.log')}"
+                )
 
     def stop_all(self, grace: float = 5.0) -> None:
         pids = []
@@ -155,8 +160,10 @@ def wait_listening(host: str, port: int, processes: Processes, timeout: float) -
                 return
         except OSError:
             time.sleep(0.3)
-    raise BehemothError(f"the SuperLink did not listen on {host}:{port} within {timeout:g}s "
-                        f"(federate.deploy.startup_timeout); see {processes.log_dir / 'superlink.log'}")
+    raise BehemothError(
+        f"the SuperLink did not listen on {host}:{port} within {timeout:g}s "
+        f"(federate.deploy.startup_timeout); see {processes.log_dir / 'superlink.log'}"
+    )
 
 
 def flower_env(flwr_home: Path) -> dict[str, str]:
@@ -164,13 +171,20 @@ def flower_env(flwr_home: Path) -> dict[str, str]:
     (the SuperLink starts `flower-superexec`, `flwr-serverapp`... by name)."""
     env = dict(os.environ)
     bin_dir = str(Path(sys.executable).parent)
-    env.update(FLWR_HOME=str(flwr_home), FLWR_TELEMETRY_ENABLED="0",
-               PATH=bin_dir + os.pathsep + env.get("PATH", ""))
+    env.update(
+        FLWR_HOME=str(flwr_home), FLWR_TELEMETRY_ENABLED="0", PATH=bin_dir + os.pathsep + env.get("PATH", "")
+    )
     return env
 
 
-def run_deployed(cfg: RunConfig, run_dir: Path, resume: bool, show: Callable[[str], None],
-                 verbose: bool = False, echo: TextIO | None = None) -> None:
+def run_deployed(
+    cfg: RunConfig,
+    run_dir: Path,
+    resume: bool,
+    show: Callable[[str], None],
+    verbose: bool = False,
+    echo: TextIO | None = None,
+) -> None:
     """Start the SuperLink and cfg.federate.clients SuperNodes, run the app to the end, stop everything.
 
     `show` gets our ServerApp's log lines as they stream; with `verbose`, Flower's lines too (to `echo`).
@@ -191,25 +205,57 @@ def run_deployed(cfg: RunConfig, run_dir: Path, resume: bool, show: Callable[[st
         shutil.rmtree(secrets, ignore_errors=True)
 
 
-def _deploy(cfg: RunConfig, run_dir: Path, resume: bool, secrets: Path, processes: Processes,
-            show: Callable[[str], None], verbose: bool, echo: TextIO | None) -> None:
+def _deploy(
+    cfg: RunConfig,
+    run_dir: Path,
+    resume: bool,
+    secrets: Path,
+    processes: Processes,
+    show: Callable[[str], None],
+    verbose: bool,
+    echo: TextIO | None,
+) -> None:
     deploy, clients = cfg.federate.deploy, cfg.federate.clients
     host, port = deploy.host, deploy.port or free_port(deploy.host)
     tls = make_tls(secrets / "tls", host) if deploy.tls else None
     security = ["--root-certificates", str(tls.ca_cert)] if tls else ["--insecure"]
     home = secrets / "home"
     home.mkdir()
-    connection = {"address": f"{host}:{port}", **({"root-certificates": str(tls.ca_cert)} if tls else {"insecure": True})}
-    (home / "config.toml").write_text(f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-                                      + "".join(f"{k} = {json.dumps(v)}\n" for k, v in connection.items()))
+    connection = {
+        "address": f"{host}:{port}",
+        **({"root-certificates": str(tls.ca_cert)} if tls else {"insecure": True}),
+    }
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+        + "".join(f"{k} = {json.dumps(v)}\n" for k, v in connection.items())
+    )
     app_dir = secrets / "app"
     app_dir.mkdir()
     (app_dir / "pyproject.toml").write_text(app_pyproject(cfg))
-    (secrets / "run-config.toml").write_text(f"run-dir = {json.dumps(str(run_dir))}\nresume = {str(resume).lower()}\n")
+    (secrets / "run-config.toml").write_text(
+        f"run-dir = {json.dumps(str(run_dir))}\nresume = {str(resume).lower()}\n"
+    )
 
-    link = ["flower-superlink", "--host", host, "--port", str(port), "--disable-runtime-dependency-installation"]
-    link += (["--ssl-ca-certfile", str(tls.ca_cert), "--ssl-certfile", str(tls.server_cert),
-              "--ssl-keyfile", str(tls.server_key)] if tls else ["--insecure"])
+    link = [
+        "flower-superlink",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--disable-runtime-dependency-installation",
+    ]
+    link += (
+        [
+            "--ssl-ca-certfile",
+            str(tls.ca_cert),
+            "--ssl-certfile",
+            str(tls.server_cert),
+            "--ssl-keyfile",
+            str(tls.server_key),
+        ]
+        if tls
+        else ["--insecure"]
+    )
     link += ["--enable-supernode-auth"] if deploy.node_auth else []
     processes.start("superlink", link)
     wait_listening(host, port, processes, deploy.startup_timeout)
@@ -218,15 +264,36 @@ def _deploy(cfg: RunConfig, run_dir: Path, resume: bool, secrets: Path, processe
     if deploy.node_auth:  # the SuperLink admits only SuperNodes whose public key was registered
         register_nodes([public for _, public in keys], processes)
     for i, pair in enumerate(keys):
-        node = ["flower-supernode", "--superlink", f"{host}:{port}", "--port", str(free_port("127.0.0.1")),
-                "--node-config", f"partition-id={i} num-partitions={clients}", *security]
+        node = [
+            "flower-supernode",
+            "--superlink",
+            f"{host}:{port}",
+            "--port",
+            str(free_port("127.0.0.1")),
+            "--node-config",
+            f"partition-id={i} num-partitions={clients}",
+            *security,
+        ]
         node += ["--auth-supernode-private-key", str(pair[0])] if pair is not None else []
         processes.start(f"supernode-{i}", node)
 
     # flwr run submits the app and streams the ServerApp's log until the run ends
-    run = subprocess.Popen(["flwr", "run", str(app_dir), CONNECTION, "--stream", "--run-config",
-                            str(secrets / "run-config.toml")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           text=True, env=processes.env, start_new_session=True)
+    run = subprocess.Popen(
+        [
+            "flwr",
+            "run",
+            str(app_dir),
+            CONNECTION,
+            "--stream",
+            "--run-config",
+            str(secrets / "run-config.toml"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=processes.env,
+        start_new_session=True,
+    )
     processes.started.append(("flwr-run", run))
     threading.Thread(target=_watch, args=(processes, run), daemon=True).start()
     tail: list[str] = []
@@ -242,8 +309,10 @@ def _deploy(cfg: RunConfig, run_dir: Path, resume: bool, secrets: Path, processe
     run.wait()
     if not (run_dir / "summary.json").is_file():
         last = next((line.strip() for line in reversed(tail) if line.strip()), "")
-        raise BehemothError(f"the deployed run did not finish (flwr run exit code {run.returncode}; last line: "
-                            f"{last[-200:]!r}); logs in {processes.log_dir}")
+        raise BehemothError(
+            f"the deployed run did not finish (flwr run exit code {run.returncode}; last line: "
+            f"{last[-200:]!r}); logs in {processes.log_dir}"
+        )
 
 
 def _watch(processes: Processes, run: subprocess.Popen) -> None:
@@ -258,9 +327,19 @@ def _watch(processes: Processes, run: subprocess.Popen) -> None:
 
 def register_nodes(public_keys: list[Path], processes: Processes) -> None:
     """`flwr supernode register KEY` for every SuperNode, all at once (each is a CLI start-up)."""
-    running = [subprocess.Popen(["flwr", "supernode", "register", str(key), CONNECTION], stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, env=processes.env) for key in public_keys]
+    running = [
+        subprocess.Popen(
+            ["flwr", "supernode", "register", str(key), CONNECTION],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=processes.env,
+        )
+        for key in public_keys
+    ]
     for i, proc in enumerate(running):
         output = proc.communicate(timeout=120)[0]
         if proc.returncode != 0 or "success" not in output:
-            raise BehemothError(f"registering SuperNode {i} failed (exit code {proc.returncode}): {output.strip()[-300:]}")
+            raise BehemothError(
+                f"registering SuperNode {i} failed (exit code {proc.returncode}): {output.strip()[-300:]}"
+            )

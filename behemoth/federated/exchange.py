@@ -12,13 +12,19 @@ from flwr.app import ArrayRecord
 from torch import nn
 
 from behemoth.config import RunConfig
-from behemoth.models import build_model
 from behemoth.spec import DataSpec
+from behemoth.training.assembly import build_run_model
 
 CONFIG_KEY = "behemoth-config"  # ConfigRecord entry holding the run config
 
 
-SHARED_SECTIONS = {"name", "data", "model", "train", "federate"}  # what a client needs; other stages keep defaults
+SHARED_SECTIONS = {
+    "name",
+    "data",
+    "model",
+    "train",
+    "federate",
+}  # what a client needs; other stages keep defaults
 
 
 def config_to_json(cfg: RunConfig) -> str:
@@ -32,8 +38,7 @@ def config_from_json(text: str) -> RunConfig:
 def federated_model(cfg: RunConfig, spec: DataSpec) -> nn.Module:
     """The model every party builds: the zoo model, initialised from federate.seed (the server's copy is
     the one that counts; clients overwrite theirs with the global weights)."""
-    torch.manual_seed(cfg.federate.seed)
-    return build_model(cfg.model.name, cfg.model.options, spec)
+    return build_run_model(cfg, spec, seed=cfg.federate.seed)
 
 
 def to_arrays(model: nn.Module) -> ArrayRecord:
@@ -46,7 +51,9 @@ def named_arrays(keys: Iterable[str], ndarrays: Sequence[np.ndarray]) -> ArrayRe
     keys = list(keys)
     if len(keys) != len(ndarrays):
         raise ValueError(f"got {len(ndarrays)} arrays for a state_dict of {len(keys)} entries")
-    return ArrayRecord.from_torch_state_dict({k: torch.from_numpy(np.asarray(a)) for k, a in zip(keys, ndarrays)})
+    return ArrayRecord.from_torch_state_dict(
+        {k: torch.from_numpy(np.asarray(a)) for k, a in zip(keys, ndarrays)}
+    )
 
 
 def load_arrays(model: nn.Module, arrays: ArrayRecord | Sequence[np.ndarray]) -> None:

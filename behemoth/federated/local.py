@@ -11,12 +11,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from behemoth.config import RunConfig
-from behemoth.config.schema import CheckpointConfig, EarlyStopConfig
+from behemoth.config import CheckpointConfig, EarlyStopConfig, RunConfig
+from behemoth.data.augment.for_data import augment_for
 from behemoth.data.bundle import DataBundle, TensorSplit
+from behemoth.errors import ConfigError
 from behemoth.federated.privacy import DPSGDHook, DPSGDPlan, PoissonFeed, private_module
 from behemoth.spec import DataSpec
 from behemoth.training import BaseHook, resolve_device, task_loss, train
+from behemoth.training.assembly import build_feed
 from behemoth.training.loop import LossFn
 
 
@@ -76,9 +78,26 @@ def proximal_loss(model: nn.Module, mu: float, label_smoothing: float) -> LossFn
     return loss_fn
 
 
+def check_private_augment(cfg: RunConfig) -> None:
+    """DP-SGD bounds each row's influence on a step; mixup and cutmix blend rows, which that bound cannot cover."""
+    mixing = [op for op in ("mixup", "cutmix") if op in cfg.data.augment.active()]
+    if mixing:
+        raise ConfigError(
+            f"data.augment.{mixing[0]}: not with federate.dp.mode = 'client' (DP-SGD clips each "
+            "sample's gradient; a mixed sample carries two rows)"
+        )
+
+
 def local_train(
-    model: nn.Module, split: TensorSplit, spec: DataSpec, cfg: RunConfig, seed: int, *,
-    proximal_mu: float = 0.0, noise_multiplier: float | None = None, fail_after: int | None = None,
+    model: nn.Module,
+    split: TensorSplit,
+    spec: DataSpec,
+    cfg: RunConfig,
+    seed: int,
+    *,
+    proximal_mu: float = 0.0,
+    noise_multiplier: float | None = None,
+    fail_after: int | None = None,
 ) -> LocalResult:
     """Train `model` (holding the global weights) on `split` for federate.local_epochs; return its update.
 
@@ -86,32 +105,50 @@ def local_train(
     """
     fed = cfg.federate
     batch = min(fed.local_batch or len(split), len(split))  # B = 0 means the whole partition (B = inf)
-    train_cfg = cfg.train.model_copy(update={
-        "epochs": fed.local_epochs, "seed": seed, "early_stop": EarlyStopConfig(), "checkpoint": CheckpointConfig(),
-        "eval_every_steps": None,
-    })
+    train_cfg = cfg.train.model_copy(
+        update={
+            "epochs": fed.local_epochs,
+            "seed": seed,
+            "early_stop": EarlyStopConfig(),
+            "checkpoint": CheckpointConfig(),
+            "eval_every_steps": None,
+        }
+    )
     stats = StepStats()
     hooks: list = [stats] + ([FailAfter(fail_after)] if fail_after is not None else [])
     torch.manual_seed(seed)
-    trainee, feed, plan = model, None, None
-    if noise_multiplier is not None:
+    data = DataBundle(name="partition", spec=spec, train=split)
+    trainee, plan = model, None
+    if noise_multiplier is None:  # [data.sampling] and [data.augment] as in `behemoth train`
+        feed = build_feed(cfg, data, batch_size=batch, seed=seed)
+    else:
+        check_private_augment(cfg)
         plan = DPSGDPlan.for_partition(len(split), batch)
         trainee = private_module(model)  # same parameters, per-sample gradients
-        feed = PoissonFeed(split, plan, seed, resolve_device(train_cfg.device))
-        hooks.append(DPSGDHook(noise_multiplier, fed.dp.clip_norm, round(plan.sample_rate * len(split)), seed))
+        feed = PoissonFeed(
+            split, plan, seed, resolve_device(train_cfg.device), augment_for(cfg.data.augment, data)
+        )
+        hooks.append(
+            DPSGDHook(noise_multiplier, fed.dp.clip_norm, round(plan.sample_rate * len(split)), seed)
+        )
     loss_fn = proximal_loss(model, proximal_mu, train_cfg.label_smoothing) if proximal_mu > 0 else None
-    data = DataBundle(name="partition", spec=spec, train=split)
     result = train(trainee, data, train_cfg, batch, hooks=hooks, feed=feed, loss_fn=loss_fn)
     weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     count = max(stats.count, 1)
     return LocalResult(
-        weights=weights, examples=len(split), loss=stats.loss / count, acc=stats.acc / count, steps=result.steps,
-        dp_steps=plan.steps_per_epoch * fed.local_epochs if plan else 0, sample_rate=plan.sample_rate if plan else 0.0,
+        weights=weights,
+        examples=len(split),
+        loss=stats.loss / count,
+        acc=stats.acc / count,
+        steps=result.steps,
+        dp_steps=plan.steps_per_epoch * fed.local_epochs if plan else 0,
+        sample_rate=plan.sample_rate if plan else 0.0,
     )
 
 
-def poison_update(global_weights: dict[str, torch.Tensor], local: dict[str, torch.Tensor], kind: str,
-                  scale: float) -> dict[str, torch.Tensor]:
+def poison_update(
+    global_weights: dict[str, torch.Tensor], local: dict[str, torch.Tensor], kind: str, scale: float
+) -> dict[str, torch.Tensor]:
     """A malicious client's reply: the update scaled (global + scale * (local - global)) or all NaN."""
     out = {}
     for key, value in local.items():

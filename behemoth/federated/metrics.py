@@ -7,8 +7,9 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Protocol, TextIO
+from typing import Any, Protocol, TextIO
 
 from flwr.app import ArrayRecord, MetricRecord
 from torch import nn
@@ -18,9 +19,9 @@ from behemoth.errors import BehemothError
 from behemoth.federated.exchange import load_arrays
 from behemoth.federated.privacy import PrivacyLedger
 from behemoth.federated.strategies import RoundStats
+from behemoth.files import atomic_write_text
 from behemoth.spec import DataSpec
 from behemoth.training import evaluate
-from behemoth.training.checkpoint import atomic_write_text
 
 log = logging.getLogger("behemoth.federated")
 LOG_PREFIX = "[federate] "  # lets `behemoth federate --deploy` pick our lines out of Flower's log stream
@@ -79,10 +80,21 @@ class RoundRecorder:
     the round to `on_round` (checkpoint), and ends the run early at the target accuracy.
     """
 
-    def __init__(self, run_dir: Path, model: nn.Module, test: TensorSplit, spec: DataSpec, settings: dict[str, Any],
-                 strategy: RoundSource, ledger: PrivacyLedger, total_rounds: int,
-                 target: float | None, crash_after: int | None, on_round: Callable[[int, ArrayRecord], None],
-                 tags: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        model: nn.Module,
+        test: TensorSplit,
+        spec: DataSpec,
+        settings: dict[str, Any],
+        strategy: RoundSource,
+        ledger: PrivacyLedger,
+        total_rounds: int,
+        target: float | None,
+        crash_after: int | None,
+        on_round: Callable[[int, ArrayRecord], None],
+        tags: dict[str, Any] | None = None,
+    ) -> None:
         self.path = run_dir / "metrics.jsonl"
         self.model, self.test, self.spec, self.settings = model, test, spec, settings
         self.strategy, self.ledger, self.total = strategy, ledger, total_rounds
@@ -107,35 +119,64 @@ class RoundRecorder:
             log.info("round %d: test accuracy %.4f reached the target %.4f", r, result["acc"], self.target)
             raise TargetReached(r)
         if self.crash_after == r:
-            raise SimulatedServerCrash(f"simulated server crash after round {r} (federate.faults.crash_after_round)")
+            raise SimulatedServerCrash(
+                f"simulated server crash after round {r} (federate.faults.crash_after_round)"
+            )
         return MetricRecord({"test-loss": result["loss"], "test-acc": result["acc"]})
 
-    def record(self, r: int, result: dict[str, float], stats: RoundStats | None, eval_seconds: float) -> dict[str, Any]:
-        record: dict[str, Any] = {"kind": "round", "round": r, "step": r, "test.loss": result["loss"],
-                                  "test.acc": result["acc"], "eval_seconds": eval_seconds, **self.tags}
+    def record(
+        self, r: int, result: dict[str, float], stats: RoundStats | None, eval_seconds: float
+    ) -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "kind": "round",
+            "round": r,
+            "step": r,
+            "test.loss": result["loss"],
+            "test.acc": result["acc"],
+            "eval_seconds": eval_seconds,
+            **self.tags,
+        }
         if stats is not None:
-            record.update({
-                "seconds": time.perf_counter() - stats.started, "clients.sampled": stats.sampled,
-                "clients.replied": stats.replied, "clients.failed": len(stats.failed),
-                "clients.rejected": len(stats.rejected), "clients.told_to_fail": stats.told_to_fail,
-                "bytes.sent": stats.bytes_sent, "bytes.received": stats.bytes_received,
-                "aggregated": stats.aggregated,
-            })
-            record.update({f"train.{k.removeprefix('train-')}": v for k, v in stats.train_metrics.items()
-                           if k.startswith("train-")})
+            record.update(
+                {
+                    "seconds": time.perf_counter() - stats.started,
+                    "clients.sampled": stats.sampled,
+                    "clients.replied": stats.replied,
+                    "clients.failed": len(stats.failed),
+                    "clients.rejected": len(stats.rejected),
+                    "clients.told_to_fail": stats.told_to_fail,
+                    "bytes.sent": stats.bytes_sent,
+                    "bytes.received": stats.bytes_received,
+                    "aggregated": stats.aggregated,
+                }
+            )
+            record.update(
+                {
+                    f"train.{k.removeprefix('train-')}": v
+                    for k, v in stats.train_metrics.items()
+                    if k.startswith("train-")
+                }
+            )
             record.update({f"clients.{k}": v for k, v in stats.client_eval.items()})
         if self.ledger.mode != "off":
-            record.update({"epsilon": self.ledger.epsilon(), "delta": self.ledger.delta,
-                           "noise_multiplier": self.ledger.noise})
+            record.update(
+                {
+                    "epsilon": self.ledger.epsilon(),
+                    "delta": self.ledger.delta,
+                    "noise_multiplier": self.ledger.noise,
+                }
+            )
         return record
 
     def line(self, record: dict[str, Any]) -> str:
         text = f"round {record['round']}/{self.total}: test acc {record['test.acc']:.4f} loss {record['test.loss']:.4f}"
         if "seconds" in record:
-            text += (f" | {record['clients.replied']}/{record['clients.sampled']} clients replied, "
-                     f"{record['clients.failed']} failed, {record['clients.rejected']} rejected"
-                     f" | sent {record['bytes.sent'] / 2**20:.1f} MiB, received {record['bytes.received'] / 2**20:.1f} MiB"
-                     f" | {record['seconds']:.1f}s")
+            text += (
+                f" | {record['clients.replied']}/{record['clients.sampled']} clients replied, "
+                f"{record['clients.failed']} failed, {record['clients.rejected']} rejected"
+                f" | sent {record['bytes.sent'] / 2**20:.1f} MiB, received {record['bytes.received'] / 2**20:.1f} MiB"
+                f" | {record['seconds']:.1f}s"
+            )
         if "epsilon" in record:
             text += f" | epsilon {record['epsilon']:.3f} (delta {record['delta']:g})"
         return text
@@ -151,7 +192,8 @@ def summarize(records: list[dict[str, Any]], target: float | None) -> dict[str, 
         "rounds": final.get("round", 0),
         "test": {"acc": final.get("test.acc"), "loss": final.get("test.loss")},
         "best_test_acc": max((r["test.acc"] for r in rounds), default=None),
-        "target_accuracy": target, "rounds_to_target": reached,
+        "target_accuracy": target,
+        "rounds_to_target": reached,
         "seconds": sum(r.get("seconds", 0.0) for r in done),
         "bytes_sent": sum(r.get("bytes.sent", 0) for r in done),
         "bytes_received": sum(r.get("bytes.received", 0) for r in done),
@@ -159,5 +201,7 @@ def summarize(records: list[dict[str, Any]], target: float | None) -> dict[str, 
         "rejected_updates": sum(r.get("clients.rejected", 0) for r in done),
     }
     if "epsilon" in final:
-        summary.update(epsilon=final["epsilon"], delta=final["delta"], noise_multiplier=final["noise_multiplier"])
+        summary.update(
+            epsilon=final["epsilon"], delta=final["delta"], noise_multiplier=final["noise_multiplier"]
+        )
     return summary

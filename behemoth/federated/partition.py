@@ -33,8 +33,9 @@ def shards(labels: torch.Tensor, clients: int, per_client: int, seed: int) -> li
     return [pieces[row].flatten().clone() for row in assignment]
 
 
-def dirichlet(labels: torch.Tensor, clients: int, alpha: float, seed: int, min_size: int = 10,
-              max_draws: int = 1000) -> list[torch.Tensor]:
+def dirichlet(
+    labels: torch.Tensor, clients: int, alpha: float, seed: int, min_size: int = 10, max_draws: int = 1000
+) -> list[torch.Tensor]:
     """Label skew (Hsu et al. 2019): each class's rows go to the clients in proportions ~ Dir(alpha * 1_K).
 
     Small alpha gives each client few classes; large alpha approaches IID. Redrawn until every client
@@ -55,8 +56,10 @@ def dirichlet(labels: torch.Tensor, clients: int, alpha: float, seed: int, min_s
         sizes = [sum(len(p) for p in part) for part in parts]
         if min(sizes) >= min_size:
             return [torch.from_numpy(np.sort(np.concatenate(part))).long() for part in parts]
-    raise ConfigError(f"federate.alpha = {alpha}: no Dirichlet draw in {max_draws} gave every one of "
-                      f"{clients} clients {min_size} rows (raise alpha or lower federate.min_partition_size)")
+    raise ConfigError(
+        f"federate.alpha = {alpha}: no Dirichlet draw in {max_draws} gave every one of "
+        f"{clients} clients {min_size} rows (raise alpha or lower federate.min_partition_size)"
+    )
 
 
 def partition(labels: torch.Tensor, cfg) -> list[torch.Tensor]:
@@ -84,5 +87,7 @@ def label_skew(histogram: torch.Tensor) -> float:
 
 def _check_enough(rows: int, needed: int, kind: str) -> None:
     if rows < needed:
-        raise ConfigError(f"federate.partition = {kind!r}: {rows} training rows cannot fill {needed} "
-                          "client slices (fewer federate.clients, or more data.train_limit)")
+        raise ConfigError(
+            f"federate.partition = {kind!r}: {rows} training rows cannot fill {needed} "
+            "client slices (fewer federate.clients, or more data.train_limit)"
+        )

@@ -9,15 +9,17 @@ only count it. Flower's own accountant needs Google's dp-accounting (not install
 counted with Opacus' RDP accountant.
 """
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
 from behemoth.data.bundle import TensorSplit
+from behemoth.data.randomness import step_generator
 from behemoth.errors import ConfigError
-from behemoth.training.feed import MicroBatch, step_generator
+from behemoth.training.feed import BatchTransform, MicroBatch
 from behemoth.training.hooks import BaseHook
 
 
@@ -36,8 +38,15 @@ def noise_for_epsilon(target_epsilon: float, delta: float, sample_rate: float, s
     """The smallest noise multiplier that keeps `steps` Gaussian steps at `sample_rate` within epsilon."""
     from opacus.accountants.utils import get_noise_multiplier
 
-    return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta,
-                                      sample_rate=sample_rate, steps=steps, accountant="rdp"))
+    return float(
+        get_noise_multiplier(
+            target_epsilon=target_epsilon,
+            target_delta=delta,
+            sample_rate=sample_rate,
+            steps=steps,
+            accountant="rdp",
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -72,8 +81,10 @@ class PrivacyLedger:
 
     def epsilon(self) -> float:
         if self.mode == "client":
-            return max((rdp_epsilon([(self.noise, self.rates[p], s)], self.delta) for p, s in self.steps.items()),
-                       default=0.0)
+            return max(
+                (rdp_epsilon([(self.noise, self.rates[p], s)], self.delta) for p, s in self.steps.items()),
+                default=0.0,
+            )
         if self.mode == "server":
             # each release is one Gaussian mechanism on the clipped average; sampling amplification is not
             # claimed (Flower samples a fixed number of clients, not Poisson), as Flower's own accountant does
@@ -81,8 +92,11 @@ class PrivacyLedger:
         return 0.0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"steps": {str(k): v for k, v in self.steps.items()},
-                "rates": {str(k): v for k, v in self.rates.items()}, "releases": self.releases}
+        return {
+            "steps": {str(k): v for k, v in self.steps.items()},
+            "rates": {str(k): v for k, v in self.rates.items()},
+            "releases": self.releases,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.steps = {int(k): int(v) for k, v in state["steps"].items()}
@@ -97,8 +111,10 @@ def private_module(model: nn.Module) -> nn.Module:
 
     errors = ModuleValidator.validate(model, strict=False)
     if errors:
-        raise ConfigError(f"federate.dp.mode = 'client': the model has layers DP-SGD cannot train "
-                          f"({errors[0]}); e.g. use model.norm = 'none'")
+        raise ConfigError(
+            f"federate.dp.mode = 'client': the model has layers DP-SGD cannot train "
+            f"({errors[0]}); e.g. use model.norm = 'none'"
+        )
     return GradSampleModule(model, loss_reduction="mean")
 
 
@@ -109,15 +125,25 @@ class DPSGDHook(BaseHook):
     """
 
     def __init__(self, noise_multiplier: float, clip_norm: float, expected_batch: int, seed: int) -> None:
-        self.noise, self.clip, self.expected_batch, self.seed = noise_multiplier, clip_norm, expected_batch, seed
+        self.noise, self.clip, self.expected_batch, self.seed = (
+            noise_multiplier,
+            clip_norm,
+            expected_batch,
+            seed,
+        )
 
     def on_train_start(self, ctx: Any) -> None:
         from opacus.optimizers import DPOptimizer
 
         generator = torch.Generator(device=ctx.device).manual_seed(self.seed)  # reproducible noise
-        ctx.optimizer = DPOptimizer(ctx.optimizer, noise_multiplier=self.noise, max_grad_norm=self.clip,
-                                    expected_batch_size=self.expected_batch, loss_reduction="mean",
-                                    generator=generator)
+        ctx.optimizer = DPOptimizer(
+            ctx.optimizer,
+            noise_multiplier=self.noise,
+            max_grad_norm=self.clip,
+            expected_batch_size=self.expected_batch,
+            loss_reduction="mean",
+            generator=generator,
+        )
 
 
 class PoissonFeed:
@@ -128,8 +154,15 @@ class PoissonFeed:
     which can only over-state epsilon.
     """
 
-    def __init__(self, split: TensorSplit, plan: DPSGDPlan, seed: int, device: torch.device) -> None:
-        self.split, self.plan, self.seed, self.device = split, plan, seed, device
+    def __init__(
+        self,
+        split: TensorSplit,
+        plan: DPSGDPlan,
+        seed: int,
+        device: torch.device,
+        transform: BatchTransform | None = None,
+    ) -> None:
+        self.split, self.plan, self.seed, self.device, self.transform = split, plan, seed, device, transform
         self.steps_per_epoch = plan.steps_per_epoch
 
     def draw(self, epoch: int, step: int) -> torch.Tensor:
@@ -143,16 +176,21 @@ class PoissonFeed:
             if len(rows) == 0:
                 continue
             if pending is not None:
-                yield pending[0], [self._batch(pending[1])]
+                yield pending[0], [self._batch(epoch, *pending)]
             pending = (step, rows)
         if pending is None:
-            raise ConfigError(f"DP-SGD drew no rows in a whole epoch (sample rate {self.plan.sample_rate:.3g} "
-                              f"of {len(self.split)} rows): raise federate.local_batch")
+            raise ConfigError(
+                f"DP-SGD drew no rows in a whole epoch (sample rate {self.plan.sample_rate:.3g} "
+                f"of {len(self.split)} rows): raise federate.local_batch"
+            )
         # the last non-empty draw closes the epoch: the loop counts an epoch done at steps_per_epoch
-        yield self.steps_per_epoch - 1, [self._batch(pending[1])]
+        yield self.steps_per_epoch - 1, [self._batch(epoch, *pending)]
 
-    def _batch(self, rows: torch.Tensor) -> MicroBatch:
-        return MicroBatch(self.split.x[rows].to(self.device), self.split.y[rows].to(self.device), 1.0)
+    def _batch(self, epoch: int, step: int, rows: torch.Tensor) -> MicroBatch:
+        x, y = self.split.x[rows].to(self.device), self.split.y[rows].to(self.device)
+        if self.transform is not None:  # data.augment, per sample (mixing ops are refused under DP)
+            x, y = self.transform(x, y, step_generator(self.seed, epoch, step, 1, 0))
+        return MicroBatch(x, y, 1.0)
 
 
 def noise_multiplier_for(fed, partition_sizes: list[int]) -> float:
@@ -167,5 +205,12 @@ def noise_multiplier_for(fed, partition_sizes: list[int]) -> float:
     if dp.mode == "server":
         return noise_for_epsilon(dp.target_epsilon, dp.delta, 1.0, fed.rounds)
     plans = {DPSGDPlan.for_partition(rows, fed.local_batch) for rows in set(partition_sizes)}
-    return max(noise_for_epsilon(dp.target_epsilon, dp.delta, plan.sample_rate,
-                                 fed.rounds * fed.local_epochs * plan.steps_per_epoch) for plan in plans)
+    return max(
+        noise_for_epsilon(
+            dp.target_epsilon,
+            dp.delta,
+            plan.sample_rate,
+            fed.rounds * fed.local_epochs * plan.steps_per_epoch,
+        )
+        for plan in plans
+    )

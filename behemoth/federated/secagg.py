@@ -4,7 +4,7 @@ sum of the sampled clients' masked updates, never one of them.
 Flower 1.41 runs SecAgg+ only in its legacy server API: `SecAggPlusWorkflow` as the training step of a
 `DefaultWorkflow`, driving a legacy strategy held in a `LegacyContext`. The pieces here fit behemoth's
 server into that shape, reusing the normal path's setup, recorder, checkpoints and summary
-(server_app.py):
+(server_run.py):
 
 - SecAggStrategy wraps Flower's legacy FedAvg as GuardedStrategy wraps the message strategies: rounds
   numbered after a resume, simulated dropouts, per-round stats, and RoundRecorder behind the legacy
@@ -16,9 +16,9 @@ server into that shape, reusing the normal path's setup, recorder, checkpoints a
   of the strategy's sight: it counts their bytes and the clients that failed.
 """
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
@@ -33,13 +33,19 @@ from flwr.server.workflow.default_workflows import default_evaluate_workflow
 from flwr.serverapp import Grid
 
 from behemoth.config import RunConfig
-from behemoth.federated.config import FederateConfig
+from behemoth.config.federate import FederateConfig
 from behemoth.federated.exchange import named_arrays, to_arrays
 from behemoth.federated.metrics import TargetReached, log
 from behemoth.federated.privacy import PrivacyLedger
-from behemoth.federated.server_app import announce, checkpointer, finish, prepare, shared_config
+from behemoth.federated.server_run import announce, checkpointer, finish, prepare, shared_config
 from behemoth.federated.strategies import (
-    RoundStats, count_empty_round, dropout_picks, failure_line, log_failures, payload_bytes, weighted_means,
+    RoundStats,
+    count_empty_round,
+    dropout_picks,
+    failure_line,
+    log_failures,
+    payload_bytes,
+    weighted_means,
 )
 
 
@@ -59,8 +65,14 @@ class SecAggStrategy(Strategy):
     held in `stopped`, the remaining rounds do nothing, and serve_secagg acts on it afterwards.
     """
 
-    def __init__(self, inner: FedAvg, fed: FederateConfig, ledger: PrivacyLedger, keys: list[str],
-                 round_offset: int = 0) -> None:
+    def __init__(
+        self,
+        inner: FedAvg,
+        fed: FederateConfig,
+        ledger: PrivacyLedger,
+        keys: list[str],
+        round_offset: int = 0,
+    ) -> None:
         self.inner, self.fed, self.ledger, self.keys, self.offset = inner, fed, ledger, keys, round_offset
         self.stats: dict[int, RoundStats] = {}
         self.current: int | None = None  # the round in progress, whose stats WatchedGrid adds to
@@ -78,8 +90,9 @@ class SecAggStrategy(Strategy):
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
         return self.inner.initialize_parameters(client_manager)
 
-    def configure_fit(self, server_round: int, parameters: Parameters, client_manager: ClientManager
-                      ) -> list[tuple[ClientProxy, FitIns]]:
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, FitIns]]:
         r = self.current = server_round + self.offset
         stats = self.stats[r] = RoundStats()
         self._global = parameters_to_ndarrays(parameters)
@@ -87,12 +100,17 @@ class SecAggStrategy(Strategy):
         chosen = dropout_picks(self.fed, r, len(instructions))
         stats.sampled, stats.told_to_fail = len(instructions), len(chosen)
         fail = {"fail-after-steps": self.fed.faults.dropout_after_steps}
-        return [(proxy, FitIns(ins.parameters, {**ins.config, **fail}) if i in chosen else ins)
-                for i, (proxy, ins) in enumerate(instructions)]
+        return [
+            (proxy, FitIns(ins.parameters, {**ins.config, **fail}) if i in chosen else ins)
+            for i, (proxy, ins) in enumerate(instructions)
+        ]
 
-    def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
-                      failures: list[tuple[ClientProxy, FitRes] | BaseException]
-                      ) -> tuple[Parameters | None, dict[str, Any]]:
+    def aggregate_fit(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes]],
+        failures: list[tuple[ClientProxy, FitRes] | BaseException],
+    ) -> tuple[Parameters | None, dict[str, Any]]:
         """`results` all carry the same unmasked weighted mean update (the workflow puts it in each FitRes);
         their metrics came in the clear."""
         r = server_round + self.offset
@@ -100,8 +118,11 @@ class SecAggStrategy(Strategy):
         stats.replied = len(results)
         if self.fed.dp.mode == "client":  # every masked update released DP-SGD steps of its client
             for _, res in results:
-                self.ledger.record_client(int(res.metrics["partition-id"]), int(res.metrics["dp-steps"]),
-                                          float(res.metrics["dp-sample-rate"]))
+                self.ledger.record_client(
+                    int(res.metrics["partition-id"]),
+                    int(res.metrics["dp-steps"]),
+                    float(res.metrics["dp-sample-rate"]),
+                )
         mean, metrics = self.inner.aggregate_fit(r, results, failures)
         if mean is None:
             return None, {}
@@ -110,11 +131,14 @@ class SecAggStrategy(Strategy):
         stats.train_metrics = {k: float(v) for k, v in metrics.items() if k.startswith("train-")}
         return ndarrays_to_parameters(moved), metrics
 
-    def configure_evaluate(self, server_round: int, parameters: Parameters, client_manager: ClientManager
-                           ) -> list:
+    def configure_evaluate(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list:
         return self.inner.configure_evaluate(server_round + self.offset, parameters, client_manager)
 
-    def aggregate_evaluate(self, server_round: int, results: list, failures: list) -> tuple[float | None, dict]:
+    def aggregate_evaluate(
+        self, server_round: int, results: list, failures: list
+    ) -> tuple[float | None, dict]:
         r = server_round + self.offset
         loss, metrics = self.inner.aggregate_evaluate(r, results, failures)
         if r in self.stats and metrics:
@@ -127,13 +151,19 @@ class SecAggStrategy(Strategy):
             return None
         try:
             self._close_round(server_round + self.offset)
-            metrics = self.on_evaluate(server_round, named_arrays(self.keys, parameters_to_ndarrays(parameters)))
+            metrics = self.on_evaluate(
+                server_round, named_arrays(self.keys, parameters_to_ndarrays(parameters))
+            )
         except Exception as stop:  # held, see the class docstring
             self.stopped = stop
             return None
         finally:
             self.current = None
-        return None if metrics is None else (float(metrics["test-loss"]), {"test-acc": float(metrics["test-acc"])})
+        return (
+            None
+            if metrics is None
+            else (float(metrics["test-loss"]), {"test-acc": float(metrics["test-acc"])})
+        )
 
     def _close_round(self, r: int) -> None:
         stats = self.stats.get(r)
@@ -143,8 +173,12 @@ class SecAggStrategy(Strategy):
         if stats.aggregated:
             self.empty_rounds = 0
             return
-        log.warning("round %d: SecAgg+ ended without a sum (fewer than secagg_threshold = %d clients left); "
-                    "the global model stays as it was", r, self.fed.secagg_threshold)
+        log.warning(
+            "round %d: SecAgg+ ended without a sum (fewer than secagg_threshold = %d clients left); "
+            "the global model stays as it was",
+            r,
+            self.fed.secagg_threshold,
+        )
         self.empty_rounds = count_empty_round(self.fed, self.empty_rounds, r)
 
 
@@ -168,8 +202,14 @@ class WatchedGrid(Grid):
     def run(self) -> Any:
         return self.grid.run
 
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
-                       ttl: float | None = None) -> Message:
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
         return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
 
     def get_node_ids(self) -> Iterable[int]:
@@ -181,7 +221,9 @@ class WatchedGrid(Grid):
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return self.grid.pull_messages(message_ids)
 
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
         messages = list(messages)
         stats = self.current()
         if stats is not None:  # counted before sending: the grid may consume the contents
@@ -191,7 +233,9 @@ class WatchedGrid(Grid):
             for reply in replies:
                 if not reply.has_error():
                     stats.bytes_received += payload_bytes(reply.content)
-                elif reply.metadata.message_type == MessageType.TRAIN:  # every SecAgg+ stage is a train message
+                elif (
+                    reply.metadata.message_type == MessageType.TRAIN
+                ):  # every SecAgg+ stage is a train message
                     stats.failed.append(failure_line(reply))
         return replies
 
@@ -207,17 +251,25 @@ def serve_secagg(grid: Grid, cfg: RunConfig, run_dir: Path, resume: bool = False
         return {**shared, "server-round": r}
 
     inner = FedAvg(
-        fraction_fit=fed.fraction, fraction_evaluate=fed.fraction_evaluate, min_fit_clients=fed.min_clients,
-        min_evaluate_clients=1, min_available_clients=fed.clients, on_fit_config_fn=round_config,
-        on_evaluate_config_fn=round_config, initial_parameters=ndarrays_to_parameters(arrays.to_numpy_ndarrays()),
+        fraction_fit=fed.fraction,
+        fraction_evaluate=fed.fraction_evaluate,
+        min_fit_clients=fed.min_clients,
+        min_evaluate_clients=1,
+        min_available_clients=fed.clients,
+        on_fit_config_fn=round_config,
+        on_evaluate_config_fn=round_config,
+        initial_parameters=ndarrays_to_parameters(arrays.to_numpy_ndarrays()),
         fit_metrics_aggregation_fn=lambda rows: weighted_means(rows, ("train-loss", "train-acc")),
         evaluate_metrics_aggregation_fn=lambda rows: weighted_means(rows, ("local-loss", "local-acc")),
     )
     strategy = SecAggStrategy(inner, fed, parts.ledger, list(arrays.keys()), round_offset=parts.start)
     if parts.saved is not None:
-        log.info("resuming after round %d of %d (SecAgg+, FedAvg: no strategy state)", parts.start, fed.rounds)
-    strategy.on_evaluate = parts.recorder(cfg, run_dir, strategy, checkpointer(run_dir, parts.ledger, dict),
-                                          tags={"secagg": True})
+        log.info(
+            "resuming after round %d of %d (SecAgg+, FedAvg: no strategy state)", parts.start, fed.rounds
+        )
+    strategy.on_evaluate = parts.recorder(
+        cfg, run_dir, strategy, checkpointer(run_dir, parts.ledger, dict), tags={"secagg": True}
+    )
     shares, threshold = workflow_shares(fed)
     # max_weight: the largest partition, so every client's weight ratio is <= 1 and its update keeps the
     # quantizer's full range (Flower's default, 1000 rows, would waste bits on small partitions)
@@ -234,7 +286,8 @@ def serve_secagg(grid: Grid, cfg: RunConfig, run_dir: Path, resume: bool = False
     context = LegacyContext(
         Context(run_id=grid.run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config={}),
         config=ServerConfig(num_rounds=fed.rounds - parts.start, round_timeout=fed.timeout),
-        strategy=strategy, client_manager=SimpleClientManager(),
+        strategy=strategy,
+        client_manager=SimpleClientManager(),
     )
     announce(cfg, parts)
     workflow(WatchedGrid(grid, strategy.round_stats), context)

@@ -35,12 +35,18 @@ class SecAggClient(NumPyClient):
         from behemoth.federated.client_app import train_round  # torch: only the masking stage trains
 
         update = train_round(config, self.node, parameters)
-        delta = {k: (update.weights[k] - start).numpy() for k, start in update.start.items()}  # state_dict order
+        delta = {
+            k: (update.weights[k] - start).numpy() for k, start in update.start.items()
+        }  # state_dict order
         bad = next((k for k, d in delta.items() if d.dtype.kind == "f" and not np.isfinite(d).all()), None)
         if bad is not None:
-            raise NonFiniteUpdate(f"partition {update.metrics['partition-id']}: non-finite values in {bad!r}; "
-                                  "the update is withheld from the masked sum")
-        np.random.seed(update.seed)  # secaggplus_mod rounds stochastically with NumPy's global RNG: same run, same sum
+            raise NonFiniteUpdate(
+                f"partition {update.metrics['partition-id']}: non-finite values in {bad!r}; "
+                "the update is withheld from the masked sum"
+            )
+        np.random.seed(
+            update.seed
+        )  # secaggplus_mod rounds stochastically with NumPy's global RNG: same run, same sum
         return list(delta.values()), int(update.metrics["num-examples"]), dict(update.metrics)
 
     def evaluate(self, parameters: list[np.ndarray], config: Scalars) -> tuple[float, int, Scalars]:

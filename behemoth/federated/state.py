@@ -18,11 +18,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.numpy import load_file as load_numpy, save_file as save_numpy
+from safetensors.numpy import load_file as load_numpy
+from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_file, save_file
 
 from behemoth.errors import RunDirError
-from behemoth.training.checkpoint import atomic_write_text
+from behemoth.files import atomic_write_text
 
 STRATEGY_STATE = ("m_t", "v_t")  # FedOpt family (FedAdam): first and second moments of the server update
 
@@ -37,7 +38,11 @@ class FederatedState:
 
 def strategy_state(strategy: Any) -> dict[str, dict[str, np.ndarray]]:
     """The arrays a Flower strategy carries between rounds (empty for stateless ones such as FedAvg)."""
-    return {name: dict(value) for name in STRATEGY_STATE if isinstance(value := getattr(strategy, name, None), dict)}
+    return {
+        name: dict(value)
+        for name in STRATEGY_STATE
+        if isinstance(value := getattr(strategy, name, None), dict)
+    }
 
 
 def restore_strategy(strategy: Any, state: dict[str, dict[str, np.ndarray]]) -> None:
@@ -49,8 +54,10 @@ def rng_state() -> dict[str, Any]:
     """Python's RNG (Flower samples clients with random.sample) and NumPy's (Flower's DP noise), as JSON."""
     version, internal, gauss = random.getstate()
     name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"python": [version, list(internal), gauss],
-            "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]}
+    return {
+        "python": [version, list(internal), gauss],
+        "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+    }
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
@@ -67,8 +74,11 @@ def save_round(run_dir: Path, state: FederatedState, keep_last: int = 2) -> Path
     final = root / f"round-{state.round:04d}"
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
     save_file({k: v.contiguous() for k, v in state.weights.items()}, str(tmp / "global.safetensors"))
-    flat = {f"{name}/{key}": np.ascontiguousarray(array) for name, arrays in state.strategy.items()
-            for key, array in arrays.items()}
+    flat = {
+        f"{name}/{key}": np.ascontiguousarray(array)
+        for name, arrays in state.strategy.items()
+        for key, array in arrays.items()
+    }
     save_numpy(flat, str(tmp / "strategy.safetensors"))
     (tmp / "state.json").write_text(json.dumps({"round": state.round, **state.meta}))
     for path in tmp.iterdir():
@@ -97,5 +107,6 @@ def load_latest(run_dir: Path) -> FederatedState | None:
     for flat_key, array in load_numpy(str(files[1])).items():
         name, key = flat_key.split("/", 1)
         strategy.setdefault(name, {})[key] = array
-    return FederatedState(round=int(meta.pop("round")), weights=load_file(str(files[0])), strategy=strategy,
-                          meta=meta)
+    return FederatedState(
+        round=int(meta.pop("round")), weights=load_file(str(files[0])), strategy=strategy, meta=meta
+    )

@@ -6,12 +6,16 @@ share of the sampled clients to fail (simulated dropouts), drops failed replies 
 with a log line before the inner strategy sees them (Flower's DP wrapper would otherwise skip the whole
 round on one error, and a NaN would poison any average), counts payload bytes, and keeps the per-round
 facts that metrics.py writes.
+
+The strategies themselves are STRATEGY_REGISTRY, one StrategyEntry per `federate.strategy` name. Adding one:
+its name in behemoth.config.federate.STRATEGIES (the config stays free of flwr), an entry here, and a row
+in tests/test_federate_parts.py's STRATEGY_CASES (a test keeps the two name lists equal).
 """
 
 import logging
 import random
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,11 +23,18 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
-    DifferentialPrivacyServerSideFixedClipping, FedAdam, FedAvg, FedMedian, FedProx, FedTrimmedAvg, Krum, Strategy,
+    DifferentialPrivacyServerSideFixedClipping,
+    FedAdam,
+    FedAvg,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    Krum,
+    Strategy,
 )
 
-from behemoth.errors import BehemothError
-from behemoth.federated.config import FederateConfig
+from behemoth.config.federate import FederateConfig
+from behemoth.errors import BehemothError, ConfigError
 from behemoth.federated.privacy import PrivacyLedger
 
 log = logging.getLogger("behemoth.federated")
@@ -45,7 +56,9 @@ def weighted_means(rows: list[tuple[float, Mapping[str, Any]]], keys: Iterable[s
 def aggregate_train_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
     """Clients' training loss/accuracy averaged by examples; the examples summed."""
     rows = [next(iter(r.metric_records.values())) for r in records]
-    return MetricRecord(weighted_means([(float(m[weight_key]), m) for m in rows], ("train-loss", "train-acc")))
+    return MetricRecord(
+        weighted_means([(float(m[weight_key]), m) for m in rows], ("train-loss", "train-acc"))
+    )
 
 
 def count_empty_round(fed: FederateConfig, empty_rounds: int, r: int) -> int:
@@ -53,8 +66,10 @@ def count_empty_round(fed: FederateConfig, empty_rounds: int, r: int) -> int:
     reaches federate.max_empty_rounds."""
     empty_rounds += 1
     if empty_rounds >= fed.max_empty_rounds:
-        raise FederationStalled(f"{empty_rounds} rounds in a row without a usable update (round {r}; "
-                                "federate.max_empty_rounds); see federate.log for why clients failed")
+        raise FederationStalled(
+            f"{empty_rounds} rounds in a row without a usable update (round {r}; "
+            "federate.max_empty_rounds); see federate.log for why clients failed"
+        )
     return empty_rounds
 
 
@@ -65,7 +80,7 @@ def dropout_picks(fed: FederateConfig, r: int, sampled: int) -> set[int]:
 
 
 def failure_line(reply: Message) -> str:
-    """"node N: reason" for a failed reply: the client's own exception message where Flower quotes one
+    """ "node N: reason" for a failed reply: the client's own exception message where Flower quotes one
     (after its traceback), else the reason's tail."""
     reason = " ".join(str(reply.error.reason).split())  # Ray's reasons span lines
     if "Message: " in reason:
@@ -76,40 +91,107 @@ def failure_line(reply: Message) -> str:
 def log_failures(r: int, stats: "RoundStats") -> None:
     """A warning per round with failed clients (each reason on its own line) and per rejected update."""
     if stats.failed:
-        log.warning("round %d: %d of %d sampled clients failed; aggregating the %d that replied",
-                    r, len(stats.failed), stats.sampled, stats.replied - len(stats.rejected))
+        log.warning(
+            "round %d: %d of %d sampled clients failed; aggregating the %d that replied",
+            r,
+            len(stats.failed),
+            stats.sampled,
+            stats.replied - len(stats.rejected),
+        )
         for line in stats.failed:
             log.info("round %d: failed %s", r, line)
     for line in stats.rejected:
         log.warning("round %d: rejected update from %s", r, line)
 
 
-def base_strategy(fed: FederateConfig) -> Strategy:
-    """Flower's strategy for federate.strategy, sampling fraction C of the K clients (at least min_clients)
-    once all K are connected."""
-    common = dict(
-        fraction_train=fed.fraction, fraction_evaluate=fed.fraction_evaluate, min_train_nodes=fed.min_clients,
-        min_evaluate_nodes=1 if fed.fraction_evaluate > 0 else 0, min_available_nodes=fed.clients,
+@dataclass(frozen=True)
+class StrategyEntry:
+    """One `federate.strategy`: a builder of Flower's strategy from the [federate] section, given the
+    sampling keywords every strategy shares (sampling_options)."""
+
+    name: str
+    summary: str
+    build: Callable[[FederateConfig, dict[str, Any]], Strategy]  # (section, sampling keywords) -> strategy
+
+
+STRATEGY_REGISTRY: dict[str, StrategyEntry] = {
+    entry.name: entry
+    for entry in (
+        StrategyEntry(
+            "fedavg",
+            "examples-weighted mean of the updates (McMahan et al. 2017)",
+            lambda fed, common: FedAvg(**common),
+        ),
+        StrategyEntry(
+            "fedprox",
+            "FedAvg whose clients add a proximal term mu/2 |w - w_global|^2 (proximal_mu)",
+            lambda fed, common: FedProx(**common, proximal_mu=fed.proximal_mu),
+        ),
+        StrategyEntry(
+            "fedadam",
+            "Adam on the server over the mean update (server_lr, server_betas, server_tau)",
+            lambda fed, common: FedAdam(
+                **common,
+                eta=fed.server_lr,
+                eta_l=1.0,
+                beta_1=fed.server_betas[0],
+                beta_2=fed.server_betas[1],
+                tau=fed.server_tau,
+            ),
+        ),
+        StrategyEntry(
+            "fedmedian",
+            "coordinate-wise median of the updates (robust)",
+            lambda fed, common: FedMedian(**common),
+        ),
+        StrategyEntry(
+            "fedtrimmedavg",
+            "coordinate-wise mean without the trim_beta share at each end (robust)",
+            lambda fed, common: FedTrimmedAvg(**common, beta=fed.trim_beta),
+        ),
+        StrategyEntry(
+            "krum",
+            "the update nearest its neighbours, tolerating krum_malicious clients (robust)",
+            lambda fed, common: Krum(**common, num_malicious_nodes=fed.krum_malicious),
+        ),
+    )
+}
+
+
+def strategy_entry(name: str) -> StrategyEntry:
+    """The registry entry for `name`; ConfigError naming the known strategies when there is none."""
+    entry = STRATEGY_REGISTRY.get(name)
+    if entry is None:
+        known = ", ".join(STRATEGY_REGISTRY)
+        raise ConfigError(f"federate.strategy = {name!r}: unknown strategy (known: {known})")
+    return entry
+
+
+def sampling_options(fed: FederateConfig) -> dict[str, Any]:
+    """Keywords every Flower strategy takes: sample fraction C of the K clients (at least min_clients) once
+    all K are connected, and average the clients' training metrics by examples."""
+    return dict(
+        fraction_train=fed.fraction,
+        fraction_evaluate=fed.fraction_evaluate,
+        min_train_nodes=fed.min_clients,
+        min_evaluate_nodes=1 if fed.fraction_evaluate > 0 else 0,
+        min_available_nodes=fed.clients,
         train_metrics_aggr_fn=aggregate_train_metrics,
     )
-    builders = {
-        "fedavg": lambda: FedAvg(**common),
-        "fedprox": lambda: FedProx(**common, proximal_mu=fed.proximal_mu),
-        "fedadam": lambda: FedAdam(**common, eta=fed.server_lr, eta_l=1.0, beta_1=fed.server_betas[0],
-                                   beta_2=fed.server_betas[1], tau=fed.server_tau),
-        "fedmedian": lambda: FedMedian(**common),
-        "fedtrimmedavg": lambda: FedTrimmedAvg(**common, beta=fed.trim_beta),
-        "krum": lambda: Krum(**common, num_malicious_nodes=fed.krum_malicious),
-    }
-    return builders[fed.strategy]()
+
+
+def base_strategy(fed: FederateConfig) -> Strategy:
+    """Flower's strategy for federate.strategy, from the registry."""
+    return strategy_entry(fed.strategy).build(fed, sampling_options(fed))
 
 
 def build_strategy(fed: FederateConfig, ledger: PrivacyLedger, round_offset: int = 0) -> "GuardedStrategy":
     """Base strategy -> DP wrapper (dp.mode = 'server') -> guard."""
     inner = base_strategy(fed)
     if fed.dp.mode == "server":
-        inner = DifferentialPrivacyServerSideFixedClipping(inner, ledger.noise, fed.dp.clip_norm,
-                                                           fed.sampled_clients)
+        inner = DifferentialPrivacyServerSideFixedClipping(
+            inner, ledger.noise, fed.dp.clip_norm, fed.sampled_clients
+        )
     return GuardedStrategy(inner, fed, ledger, round_offset)
 
 
@@ -159,7 +241,9 @@ class GuardedStrategy(Strategy):
     """Wraps `inner`: round numbering after resume, simulated dropouts, rejection of failed and non-finite
     replies, byte counts and per-round stats, then delegates everything else."""
 
-    def __init__(self, inner: Strategy, fed: FederateConfig, ledger: PrivacyLedger, round_offset: int = 0) -> None:
+    def __init__(
+        self, inner: Strategy, fed: FederateConfig, ledger: PrivacyLedger, round_offset: int = 0
+    ) -> None:
         self.inner, self.fed, self.ledger, self.offset = inner, fed, ledger, round_offset
         self.stats: dict[int, RoundStats] = {}
         self.empty_rounds = 0  # consecutive rounds without a usable update
@@ -167,8 +251,9 @@ class GuardedStrategy(Strategy):
     def summary(self) -> None:
         self.inner.summary()
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-                        ) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         r = server_round + self.offset
         stats = self.stats[r] = RoundStats()
         messages = list(self.inner.configure_train(r, arrays, config, grid))
@@ -190,13 +275,17 @@ class GuardedStrategy(Strategy):
                 config = ConfigRecord(dict(message.content["config"].items()))
                 config["fail-after-steps"] = self.fed.faults.dropout_after_steps
                 content["config"] = config
-                message = Message(content=content, message_type=message.metadata.message_type,
-                                  dst_node_id=message.metadata.dst_node_id)
+                message = Message(
+                    content=content,
+                    message_type=message.metadata.message_type,
+                    dst_node_id=message.metadata.dst_node_id,
+                )
             out.append(message)
         return out
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]
-                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         r = server_round + self.offset
         stats = self.stats.setdefault(r, RoundStats())
         usable, replies = [], list(replies)
@@ -209,7 +298,9 @@ class GuardedStrategy(Strategy):
             metrics = next(iter(reply.content.metric_records.values()))
             partition = int(metrics.get("partition-id", -1))
             if self.fed.dp.mode == "client":  # released to the server: counted whether accepted or not
-                self.ledger.record_client(partition, int(metrics["dp-steps"]), float(metrics["dp-sample-rate"]))
+                self.ledger.record_client(
+                    partition, int(metrics["dp-steps"]), float(metrics["dp-sample-rate"])
+                )
             bad = non_finite(reply.content)
             if bad is not None:
                 stats.rejected.append(f"partition {partition}: non-finite values in {bad!r}")
@@ -229,8 +320,9 @@ class GuardedStrategy(Strategy):
         stats.train_metrics = {k: float(v) for k, v in (metrics or {}).items() if not isinstance(v, list)}
         return arrays, metrics
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-                           ) -> Iterable[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         r = server_round + self.offset
         messages = list(self.inner.configure_evaluate(r, arrays, config, grid))
         if r in self.stats:

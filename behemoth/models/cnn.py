@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from behemoth.models.common import MNIST_SPEC, flat_features, image_shape
-from behemoth.models.registry import ModelEntry, register
+from behemoth.models.entry import ModelEntry
 from behemoth.spec import DataSpec
 
 Width = Annotated[int, Field(ge=1)]
@@ -71,13 +71,11 @@ def build(opts: CNNOptions, spec: DataSpec) -> CNN:
     return CNN(image_shape(spec, "cnn"), spec.num_classes, opts)
 
 
-register(
-    ModelEntry(
-        name="cnn",
-        summary="FedAvg paper CNN: two 5x5 conv blocks (32, 64) and fc 512; optional batch norm",
-        options=CNNOptions,
-        build=build,
-        tasks=("classification",),
-        example_spec=MNIST_SPEC,
-    )
+ENTRY = ModelEntry(
+    name="cnn",
+    summary="FedAvg paper CNN: two 5x5 conv blocks (32, 64) and fc 512; optional batch norm",
+    options=CNNOptions,
+    build=build,
+    tasks=("classification",),
+    example_spec=MNIST_SPEC,
 )

@@ -21,7 +21,9 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 def image_shape(spec: DataSpec, model: str) -> tuple[int, int, int]:
     """(C, H, W) of an image spec, or a ModelError saying the model wants images."""
     if len(spec.input_shape) != 3:
-        raise ModelError(f"model {model!r} needs images (C, H, W); the data has samples of shape {spec.input_shape}")
+        raise ModelError(
+            f"model {model!r} needs images (C, H, W); the data has samples of shape {spec.input_shape}"
+        )
     c, h, w = spec.input_shape
     return c, h, w
 
@@ -42,5 +44,7 @@ def flat_features(features: nn.Module, input_shape: tuple[int, ...]) -> int:
         features.train(was_training)
     if out.numel() == 0:
         empty = tuple(out.shape[1:])
-        raise ModelError(f"input of shape {input_shape} is too small for this model: its feature map {empty} is empty")
+        raise ModelError(
+            f"input of shape {input_shape} is too small for this model: its feature map {empty} is empty"
+        )
     return out[0].numel()

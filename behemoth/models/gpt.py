@@ -12,7 +12,8 @@ from torch import nn
 
 from behemoth.errors import ModelError
 from behemoth.models.common import BYTES_LM_SPEC
-from behemoth.models.registry import ModelEntry, register
+from behemoth.models.entry import ModelEntry
+from behemoth.models.sampling import sample
 from behemoth.models.transformer_blocks import Block, init_gpt2
 from behemoth.spec import DataSpec
 
@@ -63,7 +64,11 @@ class GPT(nn.Module):
         return self.lm_head(self.ln_f(x))  # (B, T, V)
 
     def generate(
-        self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Sample `max_new_tokens` tokens after `idx` (B, T); returns (B, T + max_new_tokens).
@@ -71,9 +76,9 @@ class GPT(nn.Module):
         temperature < 1 sharpens (0: greedy), top_k keeps the k likeliest. The context is cropped to
         block_size: positions beyond it have no embedding.
         """
-        from behemoth.lm.generate import sample  # lm uses models, not the other way round: import on use
-
-        return sample(self, idx, max_new_tokens, temperature, top_k, context=self.block_size, generator=generator)
+        return sample(
+            self, idx, max_new_tokens, temperature, top_k, context=self.block_size, generator=generator
+        )
 
 
 def build(opts: GPTOptions, spec: DataSpec) -> GPT:
@@ -86,13 +91,11 @@ def build(opts: GPTOptions, spec: DataSpec) -> GPT:
     return GPT(spec.num_classes, opts)
 
 
-register(
-    ModelEntry(
-        name="gpt",
-        summary="nanoGPT-style decoder-only transformer (pre-LN, causal attention, tied lm_head)",
-        options=GPTOptions,
-        build=build,
-        tasks=("language_model",),
-        example_spec=BYTES_LM_SPEC,
-    )
+ENTRY = ModelEntry(
+    name="gpt",
+    summary="nanoGPT-style decoder-only transformer (pre-LN, causal attention, tied lm_head)",
+    options=GPTOptions,
+    build=build,
+    tasks=("language_model",),
+    example_spec=BYTES_LM_SPEC,
 )

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from behemoth.models.common import ACTIVATIONS, MNIST_SPEC, flat_features, image_shape
-from behemoth.models.registry import ModelEntry, register
+from behemoth.models.entry import ModelEntry
 from behemoth.spec import DataSpec
 
 MIN_UNPADDED_CONV2 = 16  # smallest input side for which the paper's unpadded conv2 leaves a >= 2x2 map
@@ -66,13 +66,11 @@ def build(opts: LeNet5Options, spec: DataSpec) -> LeNet5:
     return LeNet5(image_shape(spec, "lenet5"), spec.num_classes, opts.activation, opts.pool)
 
 
-register(
-    ModelEntry(
-        name="lenet5",
-        summary="LeNet-5 (LeCun et al. 1998): conv6-conv16-fc120-fc84, tanh and average pooling",
-        options=LeNet5Options,
-        build=build,
-        tasks=("classification",),
-        example_spec=MNIST_SPEC,
-    )
+ENTRY = ModelEntry(
+    name="lenet5",
+    summary="LeNet-5 (LeCun et al. 1998): conv6-conv16-fc120-fc84, tanh and average pooling",
+    options=LeNet5Options,
+    build=build,
+    tasks=("classification",),
+    example_spec=MNIST_SPEC,
 )

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from behemoth.models.common import MNIST_SPEC, flat_features, image_shape
-from behemoth.models.registry import ModelEntry, register
+from behemoth.models.entry import ModelEntry
 from behemoth.spec import DataSpec
 
 
@@ -48,13 +48,11 @@ def build(opts: LeNetCaffeOptions, spec: DataSpec) -> LeNetCaffe:
     return LeNetCaffe(image_shape(spec, "lenet_caffe"), spec.num_classes)
 
 
-register(
-    ModelEntry(
-        name="lenet_caffe",
-        summary="Caffe LeNet (conv20-conv50-fc500), the LeNet-5 pruned in Deep Compression: 431K params",
-        options=LeNetCaffeOptions,
-        build=build,
-        tasks=("classification",),
-        example_spec=MNIST_SPEC,
-    )
+ENTRY = ModelEntry(
+    name="lenet_caffe",
+    summary="Caffe LeNet (conv20-conv50-fc500), the LeNet-5 pruned in Deep Compression: 431K params",
+    options=LeNetCaffeOptions,
+    build=build,
+    tasks=("classification",),
+    example_spec=MNIST_SPEC,
 )

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from behemoth.models.common import ACTIVATIONS, MNIST_SPEC
-from behemoth.models.registry import ModelEntry, register
+from behemoth.models.entry import ModelEntry
 from behemoth.spec import DataSpec
 
 PRESETS: dict[str, list[int]] = {
@@ -47,7 +47,9 @@ class MLPOptions(BaseModel):
 class MLP(nn.Module):
     """Flatten -> [Linear -> act -> dropout] * len(hidden) -> Linear to classes."""
 
-    def __init__(self, in_features: int, hidden: list[int], num_classes: int, activation: str, dropout: float):
+    def __init__(
+        self, in_features: int, hidden: list[int], num_classes: int, activation: str, dropout: float
+    ):
         super().__init__()
         layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
         width = in_features
@@ -67,13 +69,11 @@ def build(opts: MLPOptions, spec: DataSpec) -> MLP:
     return MLP(math.prod(spec.input_shape), opts.layer_sizes, spec.num_classes, opts.activation, opts.dropout)
 
 
-register(
-    ModelEntry(
-        name="mlp",
-        summary="LeNet-300-100 style fully connected net (presets: lenet-300-100, 2x800, 2x1200, 784-200-200-10)",
-        options=MLPOptions,
-        build=build,
-        tasks=("classification",),
-        example_spec=MNIST_SPEC,
-    )
+ENTRY = ModelEntry(
+    name="mlp",
+    summary="LeNet-300-100 style fully connected net (presets: lenet-300-100, 2x800, 2x1200, 784-200-200-10)",
+    options=MLPOptions,
+    build=build,
+    tasks=("classification",),
+    example_spec=MNIST_SPEC,
 )

@@ -1,44 +1,22 @@
-"""The model zoo's index: name -> (typed options, builder). The only door into `behemoth.models`."""
+"""Build a zoo model (behemoth.models.zoo) or a user's "pkg.module:factory", checked against the data."""
 
 import importlib
 import inspect
-from dataclasses import dataclass
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ValidationError
 from torch import nn
 
 from behemoth.errors import ConfigError, ModelError
-from behemoth.spec import DataSpec, Task
-
-
-@dataclass(frozen=True)
-class ModelEntry:
-    name: str
-    summary: str
-    options: type[BaseModel]  # the model's own typed config (extra keys forbidden)
-    build: Callable[[Any, DataSpec], nn.Module]  # (options instance, data spec) -> module
-    tasks: tuple[Task, ...]
-    example_spec: DataSpec  # the data it is listed with in `behemoth models`
-
-
-_REGISTRY: dict[str, ModelEntry] = {}
-
-
-def register(entry: ModelEntry) -> ModelEntry:
-    _REGISTRY[entry.name] = entry
-    return entry
-
-
-def _entries() -> dict[str, ModelEntry]:
-    import behemoth.models.zoo  # noqa: F401  (importing the zoo registers every built-in model)
-
-    return _REGISTRY
+from behemoth.models.entry import ModelEntry
+from behemoth.models.zoo import ZOO
+from behemoth.spec import DataSpec
 
 
 def list_models() -> list[ModelEntry]:
-    return sorted(_entries().values(), key=lambda e: e.name)
+    return sorted(ZOO.values(), key=lambda e: e.name)
 
 
 def is_user_model(name: str) -> bool:
@@ -50,12 +28,13 @@ def validate_model_options(name: str, options: dict[str, Any]) -> BaseModel | di
     if is_user_model(name):
         load_user_factory(name)
         return options
-    entries = _entries()
-    if name not in entries:
-        known = ", ".join(sorted(entries))
-        raise ConfigError(f"model.name = {name!r}: unknown model (known: {known}; or 'package.module:factory')")
+    if name not in ZOO:
+        known = ", ".join(sorted(ZOO))
+        raise ConfigError(
+            f"model.name = {name!r}: unknown model (known: {known}; or 'package.module:factory')"
+        )
     try:
-        return entries[name].options.model_validate(options)
+        return ZOO[name].options.model_validate(options)
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(["model", *(str(p) for p in err["loc"])])
@@ -89,9 +68,11 @@ def build_model(name: str, options: dict[str, Any], spec: DataSpec) -> nn.Module
         if not isinstance(model, nn.Module):
             raise ModelError(f"model {name}: factory returned {type(model).__name__}, not a torch.nn.Module")
     else:
-        entry = _entries()[name]
+        entry = ZOO[name]
         if spec.task not in entry.tasks:
-            raise ModelError(f"model {name!r} does not support {spec.task} data (supports: {', '.join(entry.tasks)})")
+            raise ModelError(
+                f"model {name!r} does not support {spec.task} data (supports: {', '.join(entry.tasks)})"
+            )
         model = entry.build(validate_model_options(name, options), spec)
     check_output_shape(model, spec, name)
     return model
@@ -116,7 +97,9 @@ def check_output_shape(model: nn.Module, spec: DataSpec, name: str) -> None:
         with torch.no_grad():
             out = model(example_input(spec))
     except Exception as exc:
-        raise ModelError(f"model {name}: forward failed on input of shape {(2, *spec.input_shape)}: {exc}") from None
+        raise ModelError(
+            f"model {name}: forward failed on input of shape {(2, *spec.input_shape)}: {exc}"
+        ) from None
     finally:
         model.train(was_training)
     want = expected_output_shape(spec, 2)

@@ -17,7 +17,7 @@ from torch import nn
 
 from behemoth.errors import ModelError
 from behemoth.models.common import MNIST_SPEC
-from behemoth.models.registry import ModelEntry, register
+from behemoth.models.entry import ModelEntry
 from behemoth.spec import DataSpec
 
 CELLS: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU}
@@ -105,13 +105,11 @@ def build(opts: RNNOptions, spec: DataSpec) -> nn.Module:
     return RNNClassifier(spec.input_shape, spec.num_classes, opts)
 
 
-register(
-    ModelEntry(
-        name="rnn",
-        summary="LSTM/GRU: images read row by row, tables feature by feature, or a token language model",
-        options=RNNOptions,
-        build=build,
-        tasks=("classification", "language_model"),
-        example_spec=MNIST_SPEC,
-    )
+ENTRY = ModelEntry(
+    name="rnn",
+    summary="LSTM/GRU: images read row by row, tables feature by feature, or a token language model",
+    options=RNNOptions,
+    build=build,
+    tasks=("classification", "language_model"),
+    example_spec=MNIST_SPEC,
 )

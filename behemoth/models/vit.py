@@ -11,7 +11,7 @@ from torch import nn
 
 from behemoth.errors import ModelError
 from behemoth.models.common import MNIST_SPEC, image_shape
-from behemoth.models.registry import ModelEntry, register
+from behemoth.models.entry import ModelEntry
 from behemoth.models.transformer_blocks import Block, init_gpt2
 from behemoth.spec import DataSpec
 
@@ -47,7 +47,8 @@ class ViT(nn.Module):
         self.drop = nn.Dropout(opts.dropout)
         mlp_hidden = max(1, round(opts.mlp_ratio * opts.dim))
         self.blocks = nn.ModuleList(
-            Block(opts.dim, opts.heads, mlp_hidden, opts.dropout, bias=True, causal=False) for _ in range(opts.depth)
+            Block(opts.dim, opts.heads, mlp_hidden, opts.dropout, bias=True, causal=False)
+            for _ in range(opts.depth)
         )
         self.ln_f = nn.LayerNorm(opts.dim)
         self.head = nn.Linear(opts.dim, num_classes)
@@ -75,13 +76,11 @@ def build(opts: ViTOptions, spec: DataSpec) -> ViT:
     return ViT((c, h, w), spec.num_classes, opts)
 
 
-register(
-    ModelEntry(
-        name="vit",
-        summary="Small Vision Transformer: patch embedding, CLS token, pre-LN blocks",
-        options=ViTOptions,
-        build=build,
-        tasks=("classification",),
-        example_spec=MNIST_SPEC,
-    )
+ENTRY = ModelEntry(
+    name="vit",
+    summary="Small Vision Transformer: patch embedding, CLS token, pre-LN blocks",
+    options=ViTOptions,
+    build=build,
+    tasks=("classification",),
+    example_spec=MNIST_SPEC,
 )

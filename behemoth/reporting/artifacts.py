@@ -20,7 +20,9 @@ class RunArtifacts:
     metrics: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl records
     evaluation: dict[str, Any] | None = None  # eval.json (behemoth evaluate)
     explanations: list[dict[str, Any]] = field(default_factory=list)  # explain/<method>/attributions.json
-    federated: dict[str, Any] | None = None  # {"dir", "summary", "rounds"}: this run's or a nested run's rounds
+    federated: dict[str, Any] | None = (
+        None  # {"dir", "summary", "rounds"}: this run's or a nested run's rounds
+    )
     compression: dict[str, Any] | None = None  # compressed/compress.json (behemoth compress)
 
 
@@ -55,8 +57,10 @@ def read_explanations(run_dir: Path) -> list[dict[str, Any]]:
 def read_federated(run_dir: Path, metrics: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Round records (`behemoth federate`) of this run, or of a federated run nested inside it (the demo
     puts its short federated run in <run>/federated)."""
-    candidates = [(run_dir, metrics)] + [(sub.parent, read_jsonl(sub.parent / "metrics.jsonl"))
-                                         for sub in sorted(run_dir.glob("*/config.toml"))]
+    candidates = [(run_dir, metrics)] + [
+        (sub.parent, read_jsonl(sub.parent / "metrics.jsonl"))
+        for sub in sorted(run_dir.glob("*/config.toml"))
+    ]
     for directory, records in candidates:
         rounds = [r for r in records if r.get("kind") == "round"]
         if rounds:

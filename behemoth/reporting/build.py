@@ -8,31 +8,44 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from behemoth.files import atomic_write_text
 from behemoth.reporting.artifacts import RunArtifacts, collect
 from behemoth.reporting.sections import BUILDERS, Section
-from behemoth.files import atomic_write_text
 
 REPORT_DIR = "report"
 
 
 def render(art: RunArtifacts, sections: list[Section]) -> str:
-    env = Environment(loader=PackageLoader("behemoth.reporting", "templates"), autoescape=select_autoescape(["j2"]))
+    env = Environment(
+        loader=PackageLoader("behemoth.reporting", "templates"), autoescape=select_autoescape(["j2"])
+    )
     name = art.config.get("name", art.run_dir.name)
     subtitle = f"{art.run_dir} · written {time.strftime('%Y-%m-%d %H:%M')} by behemoth report"
-    return env.get_template("report.html.j2").render(title=f"behemoth report: {name}", subtitle=subtitle,
-                                                     sections=sections)
+    return env.get_template("report.html.j2").render(
+        title=f"behemoth report: {name}", subtitle=subtitle, sections=sections
+    )
 
 
 def summarise(art: RunArtifacts, sections: list[Section]) -> dict[str, Any]:
     """The numbers behind the page, for scripts and for comparing runs."""
     summary = art.summary or {}
     return {
-        "run": str(art.run_dir), "name": art.config.get("name"), "sections": [s.id for s in sections],
-        "config": art.config, "training": {k: v for k, v in summary.items() if k not in ("data",)},
+        "run": str(art.run_dir),
+        "name": art.config.get("name"),
+        "sections": [s.id for s in sections],
+        "config": art.config,
+        "training": {k: v for k, v in summary.items() if k not in ("data",)},
         "data": summary.get("data"),
         "evaluation": art.evaluation,
-        "explanations": [{"method": r["method"], "samples": r["samples"], "fidelity": r["fidelity"]["summary"],
-                          "attributions_per_second": r.get("attributions_per_second")} for r in art.explanations],
+        "explanations": [
+            {
+                "method": r["method"],
+                "samples": r["samples"],
+                "fidelity": r["fidelity"]["summary"],
+                "attributions_per_second": r.get("attributions_per_second"),
+            }
+            for r in art.explanations
+        ],
         "compression": (art.compression or {}).get("rows"),
         "federated": federated_summary(art.federated),
     }
@@ -42,9 +55,17 @@ def federated_summary(fed: dict[str, Any] | None) -> dict[str, Any] | None:
     if not fed:
         return None
     last = fed["rounds"][-1]
-    return {"dir": fed["dir"], "rounds": last["round"], "test_acc": last.get("test.acc"),
-            "epsilon": last.get("epsilon"), **{k: v for k, v in (fed["summary"] or {}).items()
-                                               if k in ("strategy", "clients", "partition", "stop_reason")}}
+    return {
+        "dir": fed["dir"],
+        "rounds": last["round"],
+        "test_acc": last.get("test.acc"),
+        "epsilon": last.get("epsilon"),
+        **{
+            k: v
+            for k, v in (fed["summary"] or {}).items()
+            if k in ("strategy", "clients", "partition", "stop_reason")
+        },
+    }
 
 
 def build_report(run_dir: Path) -> tuple[Path, Path]:

@@ -25,7 +25,9 @@ def to_png(fig) -> bytes:
 
 
 def _series(records: list[dict[str, Any]], kind: str, key: str) -> tuple[list[float], list[float]]:
-    points = [(r["step"], r[key]) for r in records if r.get("kind") == kind and key in r and r[key] is not None]
+    points = [
+        (r["step"], r[key]) for r in records if r.get("kind") == kind and key in r and r[key] is not None
+    ]
     return [p[0] for p in points], [p[1] for p in points]
 
 
@@ -69,8 +71,15 @@ def confusion_matrix(matrix: list[list[int]], names: list[str]) -> bytes:
         for i in range(len(names)):
             for j in range(len(names)):
                 if counts[i, j]:
-                    ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7,
-                            color="white" if share[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        str(counts[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if share[i, j] > 0.5 else "black",
+                    )
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.set_title("confusion matrix (counts; colour: share of the true class)")
@@ -104,8 +113,13 @@ def class_balance(class_counts: dict[str, list[int]], names: list[str]) -> bytes
     positions = np.arange(len(names))
     for i, split in enumerate(splits):
         counts = np.asarray(class_counts[split], dtype=float)
-        ax.bar(positions + (i - (len(splits) - 1) / 2) * width, 100 * counts / max(counts.sum(), 1), width,
-               label=f"{split} ({int(counts.sum()):,})", color=f"C{i}")
+        ax.bar(
+            positions + (i - (len(splits) - 1) / 2) * width,
+            100 * counts / max(counts.sum(), 1),
+            width,
+            label=f"{split} ({int(counts.sum()):,})",
+            color=f"C{i}",
+        )
     ax.set_xticks(positions, names, rotation=45 if max(map(len, names)) > 3 else 0, ha="right")
     ax.set_xlabel("class")
     ax.set_ylabel("share of split (%)")
@@ -121,20 +135,37 @@ def federated_rounds(rounds: list[dict[str, Any]]) -> bytes:
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     axes[0].plot(numbers, [r["test.acc"] for r in rounds], "o-", color="C0", label="global model, test split")
     axes[0].set_ylabel("test accuracy")
-    axes[1].plot(numbers, [r["test.loss"] for r in rounds], "o-", color="C3", label="global model, test split")
+    axes[1].plot(
+        numbers, [r["test.loss"] for r in rounds], "o-", color="C3", label="global model, test split"
+    )
     axes[1].set_ylabel("test loss (cross-entropy, nats)")
     with_eps = [r for r in rounds if r.get("epsilon") is not None]
     if with_eps:
-        axes[2].plot([r["round"] for r in with_eps], [r["epsilon"] for r in with_eps], "o-", color="C4",
-                     label=f"epsilon (delta = {with_eps[-1].get('delta', 0):g})")
+        axes[2].plot(
+            [r["round"] for r in with_eps],
+            [r["epsilon"] for r in with_eps],
+            "o-",
+            color="C4",
+            label=f"epsilon (delta = {with_eps[-1].get('delta', 0):g})",
+        )
         axes[2].set_ylabel("privacy spent, epsilon")
         axes[2].set_title("differential privacy")
     else:
         traffic = [r for r in rounds if "bytes.sent" in r]
-        axes[2].plot([r["round"] for r in traffic], [r["bytes.sent"] / 2**20 for r in traffic], "o-", color="C1",
-                     label="sent to clients")
-        axes[2].plot([r["round"] for r in traffic], [r["bytes.received"] / 2**20 for r in traffic], "s--",
-                     color="C2", label="received from clients")
+        axes[2].plot(
+            [r["round"] for r in traffic],
+            [r["bytes.sent"] / 2**20 for r in traffic],
+            "o-",
+            color="C1",
+            label="sent to clients",
+        )
+        axes[2].plot(
+            [r["round"] for r in traffic],
+            [r["bytes.received"] / 2**20 for r in traffic],
+            "s--",
+            color="C2",
+            label="received from clients",
+        )
         axes[2].set_ylabel("traffic per round (MiB)")
         axes[2].set_ylim(bottom=0)  # the same model every round: a flat line, not a zoomed-in wiggle
         axes[2].set_title("communication")
@@ -155,18 +186,36 @@ def compression_pareto(rows: list[dict[str, Any]]) -> bytes:
     """Each compression step as a point: test accuracy against file size on disk (log scale) and against CPU
     latency at batch 256; the dashed line links the points no other step beats on both axes (Pareto front)."""
     have_latency = all("latency_ms_b256" in r for r in rows)
-    fig, axes = plt.subplots(1, 2 if have_latency else 1, figsize=(13 if have_latency else 6.5, 4.2), squeeze=False)
+    fig, axes = plt.subplots(
+        1, 2 if have_latency else 1, figsize=(13 if have_latency else 6.5, 4.2), squeeze=False
+    )
     panels = [("bytes", 1 / 1024, "file size on disk (KiB, log scale)", "accuracy vs size", True)]
     if have_latency:
-        panels.append(("latency_ms_b256", 1.0, "latency at batch 256 on this CPU (ms)", "accuracy vs latency", False))
+        panels.append(
+            ("latency_ms_b256", 1.0, "latency at batch 256 on this CPU (ms)", "accuracy vs latency", False)
+        )
     for ax, (key, scale, xlabel, title, log) in zip(axes[0], panels):
         xs = [r[key] * scale for r in rows]
         accs = [100 * r["acc"] for r in rows]
         for i, (x, acc, row) in enumerate(zip(xs, accs, rows)):  # steps often sit close: told apart by legend
-            ax.plot(x, acc, MARKERS[i % len(MARKERS)], color=f"C{i}", markersize=9, alpha=0.85,
-                    label=row["step"] if i == 0 else f"{row['step']} ({row['compression']:.1f}x smaller)")
+            ax.plot(
+                x,
+                acc,
+                MARKERS[i % len(MARKERS)],
+                color=f"C{i}",
+                markersize=9,
+                alpha=0.85,
+                label=row["step"] if i == 0 else f"{row['step']} ({row['compression']:.1f}x smaller)",
+            )
         front = pareto_front(xs, accs)
-        ax.plot([xs[i] for i in front], [accs[i] for i in front], "--", color="0.5", zorder=0, label="Pareto front")
+        ax.plot(
+            [xs[i] for i in front],
+            [accs[i] for i in front],
+            "--",
+            color="0.5",
+            zorder=0,
+            label="Pareto front",
+        )
         if log:
             ax.set_xscale("log")
         ax.set_xlabel(xlabel)

@@ -6,9 +6,10 @@ no files, its builder returns None and the section is omitted rather than drawn 
 """
 
 import base64
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from behemoth.reporting import figures
 from behemoth.reporting.artifacts import RunArtifacts
@@ -49,8 +50,10 @@ def class_names(art: RunArtifacts) -> list[str]:
 def overview(art: RunArtifacts) -> Section:
     summary, evaluation = art.summary or {}, art.evaluation or {}
     test = summary.get("test") or {}
-    cards = [("model", summary.get("model") or art.config.get("model", {}).get("name", "?")),
-             ("dataset", summary.get("dataset") or art.config.get("data", {}).get("name", "?"))]
+    cards = [
+        ("model", summary.get("model") or art.config.get("model", {}).get("name", "?")),
+        ("dataset", summary.get("dataset") or art.config.get("data", {}).get("name", "?")),
+    ]
     if "parameters" in summary:
         cards.append(("parameters", fmt(summary["parameters"])))
     accuracy = evaluation.get("acc", test.get("acc"))
@@ -66,24 +69,43 @@ def overview(art: RunArtifacts) -> Section:
 
 
 def configuration(art: RunArtifacts) -> Section:
-    return Section("config", "Configuration", [
-        {"kind": "text", "text": "The fully resolved config of the run (config.toml): rerun it with "
-                                 f"`behemoth train {art.run_dir / 'config.toml'} name=...`."},
-        {"kind": "pre", "text": art.config_text},
-    ])
+    return Section(
+        "config",
+        "Configuration",
+        [
+            {
+                "kind": "text",
+                "text": "The fully resolved config of the run (config.toml): rerun it with "
+                f"`behemoth train {art.run_dir / 'config.toml'} name=...`.",
+            },
+            {"kind": "pre", "text": art.config_text},
+        ],
+    )
 
 
 def data(art: RunArtifacts) -> Section | None:
     described = (art.summary or {}).get("data")
     if not described:
         return None
-    blocks: list[dict[str, Any]] = [table(["split", "samples"], [[k, fmt(v)] for k, v in described["splits"].items()])]
-    blocks.append({"kind": "text", "text": f"input shape {tuple(described['input_shape'])}, "
-                                           f"{described['num_classes']} classes/tokens, task {described['task']}"})
+    blocks: list[dict[str, Any]] = [
+        table(["split", "samples"], [[k, fmt(v)] for k, v in described["splits"].items()])
+    ]
+    blocks.append(
+        {
+            "kind": "text",
+            "text": f"input shape {tuple(described['input_shape'])}, "
+            f"{described['num_classes']} classes/tokens, task {described['task']}",
+        }
+    )
     if described.get("class_counts"):
         names = described.get("class_names") or [str(i) for i in range(described["num_classes"])]
-        blocks.append(image(figures.class_balance(described["class_counts"], names),
-                            "Share of each class in each split.", "class balance"))
+        blocks.append(
+            image(
+                figures.class_balance(described["class_counts"], names),
+                "Share of each class in each split.",
+                "class balance",
+            )
+        )
     data_cfg = art.config.get("data", {})
     sampling, augment = data_cfg.get("sampling") or {}, data_cfg.get("augment") or {}
     ops = {k: v for k, v in augment.items() if isinstance(v, dict)}  # each op is a table; "fill" is not
@@ -97,8 +119,11 @@ def data(art: RunArtifacts) -> Section | None:
         blocks.append({"kind": "pre", "text": "\n".join(f"{k} = {v}" for k, v in used.items())})
     preview = art.run_dir / "data_preview.png"
     if preview.is_file():
-        caption = ("Training samples (top row) and draws of the configured augmentation (rows below)."
-                   if ops else "Training samples as the model sees them (after normalisation).")
+        caption = (
+            "Training samples (top row) and draws of the configured augmentation (rows below)."
+            if ops
+            else "Training samples as the model sees them (after normalisation)."
+        )
         blocks.append(image(preview.read_bytes(), caption, "training samples preview"))
     return Section("data", "Data", blocks)
 
@@ -111,15 +136,24 @@ def training(art: RunArtifacts) -> Section | None:
     curves = figures.training_curves(art.metrics)
     if curves:
         smoothing = art.config.get("train", {}).get("label_smoothing", 0.0)
-        note = (f" The training loss includes label smoothing ({smoothing:g}), so it sits above the validation loss."
-                if smoothing else "")
-        blocks.append(image(curves, "Training loss and accuracy per logged step (train: the current batch; "
-                                    "validation: the whole validation split), and the learning rate." + note,
-                            "training curves"))
+        note = (
+            f" The training loss includes label smoothing ({smoothing:g}), so it sits above the validation loss."
+            if smoothing
+            else ""
+        )
+        blocks.append(
+            image(
+                curves,
+                "Training loss and accuracy per logged step (train: the current batch; "
+                "validation: the whole validation split), and the learning rate." + note,
+                "training curves",
+            )
+        )
     if summary:
         train_cfg = art.config.get("train", {})
         rows = [
-            ["optimizer steps", fmt(summary.get("steps"))], ["epochs completed", fmt(summary.get("epochs"))],
+            ["optimizer steps", fmt(summary.get("steps"))],
+            ["epochs completed", fmt(summary.get("epochs"))],
             ["stopped because", summary.get("stop_reason") or "ran to the end"],
             ["training time (s)", fmt(summary.get("train_seconds"))],
             ["throughput (samples/s)", fmt(summary.get("samples_per_second"))],
@@ -136,58 +170,114 @@ def evaluation(art: RunArtifacts) -> Section | None:
     ev = art.evaluation
     if not ev:
         return None
-    keys = [k for k in ("loss", "acc", "acc_balanced", "precision_macro", "recall_macro", "f1_macro", "perplexity",
-                        "samples_per_second") if k in ev]
+    keys = [
+        k
+        for k in (
+            "loss",
+            "acc",
+            "acc_balanced",
+            "precision_macro",
+            "recall_macro",
+            "f1_macro",
+            "perplexity",
+            "samples_per_second",
+        )
+        if k in ev
+    ]
     blocks: list[dict[str, Any]] = [
-        {"kind": "text", "text": f"{ev.get('split', 'test')} split, {fmt(ev.get('samples'))} samples "
-                                 "(precision, recall and F1 from torchmetrics; inference throughput in samples/s)."},
+        {
+            "kind": "text",
+            "text": f"{ev.get('split', 'test')} split, {fmt(ev.get('samples'))} samples "
+            "(precision, recall and F1 from torchmetrics; inference throughput in samples/s).",
+        },
         table(keys, [[fmt(ev[k]) for k in keys]]),
     ]
     names = ev.get("class_names") or class_names(art)
     if "f1_per_class" in ev:
-        blocks.append(image(figures.per_class_scores(ev, names), "Per-class precision, recall and F1.",
-                            "per-class scores"))
-        blocks.append(table(["class", "precision", "recall", "F1"],
-                            [[name, *(f"{ev[f'{m}_per_class'][i]:.4f}" for m in ("precision", "recall", "f1"))]
-                             for i, name in enumerate(names)]))
+        blocks.append(
+            image(
+                figures.per_class_scores(ev, names), "Per-class precision, recall and F1.", "per-class scores"
+            )
+        )
+        blocks.append(
+            table(
+                ["class", "precision", "recall", "F1"],
+                [
+                    [name, *(f"{ev[f'{m}_per_class'][i]:.4f}" for m in ("precision", "recall", "f1"))]
+                    for i, name in enumerate(names)
+                ],
+            )
+        )
     if "confusion_matrix" in ev:
-        blocks.append(image(figures.confusion_matrix(ev["confusion_matrix"], names),
-                            "Rows: true class; columns: predicted class.", "confusion matrix"))
+        blocks.append(
+            image(
+                figures.confusion_matrix(ev["confusion_matrix"], names),
+                "Rows: true class; columns: predicted class.",
+                "confusion matrix",
+            )
+        )
     return Section("evaluation", "Evaluation", blocks)
 
 
-FIDELITY_ROWS = (("completeness_error", "completeness error (IG/SHAP: ≈ 0)"), ("deletion_auc", "deletion AUC (lower is better)"),
-                 ("insertion_auc", "insertion AUC (higher is better)"), ("infidelity", "infidelity (lower is better)"),
-                 ("randomization_spearman", "randomization Spearman ρ (low: depends on the weights)"),
-                 ("compression_spearman", "Spearman ρ with the uncompressed model (1: same ranking)"))
+FIDELITY_ROWS = (
+    ("completeness_error", "completeness error (IG/SHAP: ≈ 0)"),
+    ("deletion_auc", "deletion AUC (lower is better)"),
+    ("insertion_auc", "insertion AUC (higher is better)"),
+    ("infidelity", "infidelity (lower is better)"),
+    ("randomization_spearman", "randomization Spearman ρ (low: depends on the weights)"),
+    ("compression_spearman", "Spearman ρ with the uncompressed model (1: same ranking)"),
+)
 
 
 def explanations(art: RunArtifacts) -> Section | None:
     if not art.explanations:
         return None
-    blocks: list[dict[str, Any]] = [{"kind": "text", "text": "Attributions from Captum; red raises the target "
-                                     "score, blue lowers it. Each method's fidelity figures (means over its samples) "
-                                     "say how far to trust its picture."}]
-    methods = [r["method"] + (" (compressed)" if r.get("model", "").endswith(".bhm") else "") for r in art.explanations]
+    blocks: list[dict[str, Any]] = [
+        {
+            "kind": "text",
+            "text": "Attributions from Captum; red raises the target "
+            "score, blue lowers it. Each method's fidelity figures (means over its samples) "
+            "say how far to trust its picture.",
+        }
+    ]
+    methods = [
+        r["method"] + (" (compressed)" if r.get("model", "").endswith(".bhm") else "")
+        for r in art.explanations
+    ]
     header = ["figure", *methods]
     rows = []
     for key, label in FIDELITY_ROWS:
         values = [(r["fidelity"]["summary"].get(key) or {}).get("mean") for r in art.explanations]
         if any(v is not None for v in values):
             rows.append([label, *(fmt(v) for v in values)])
-    rows.append(["attributions per second", *(fmt(r.get("attributions_per_second")) for r in art.explanations)])
+    rows.append(
+        ["attributions per second", *(fmt(r.get("attributions_per_second")) for r in art.explanations)]
+    )
     blocks.append(table(header, rows))
     for record in art.explanations:
         path = Path(record["picture_path"])
         of = f" of {Path(record['model']).name}" if record.get("model", "").endswith(".bhm") else ""
-        blocks.append({"kind": "heading", "text": f"{record['method']}{of} — {record['samples']} {record['split']} "
-                                                   f"samples, target: {record['target']}"})
+        blocks.append(
+            {
+                "kind": "heading",
+                "text": f"{record['method']}{of} — {record['samples']} {record['split']} "
+                f"samples, target: {record['target']}",
+            }
+        )
         if not path.is_file():
             blocks.append({"kind": "text", "text": f"picture missing: {path}"})
         elif path.suffix == ".png":
-            blocks.append(image(path.read_bytes(), f"baseline: {record.get('baseline', '')}", f"{record['method']} attributions"))
+            blocks.append(
+                image(
+                    path.read_bytes(),
+                    f"baseline: {record.get('baseline', '')}",
+                    f"{record['method']} attributions",
+                )
+            )
         else:
-            blocks.append({"kind": "frame", "html": path.read_text(), "alt": f"{record['method']} token attributions"})
+            blocks.append(
+                {"kind": "frame", "html": path.read_text(), "alt": f"{record['method']} token attributions"}
+            )
     return Section("explain", "Explanations", blocks)
 
 
@@ -197,14 +287,28 @@ def federated(art: RunArtifacts) -> Section | None:
         return None
     summary, rounds = fed["summary"] or {}, fed["rounds"]
     last = rounds[-1]
-    blocks: list[dict[str, Any]] = [{"kind": "text", "text": f"From {fed['dir']}: the global model on the test "
-                                     "split after each round (round 0: before any training)."}]
-    blocks.append(image(figures.federated_rounds(rounds), "Federated rounds: global test accuracy and loss; "
-                        "privacy spent or traffic per round.", "federated rounds"))
-    rows = [["strategy", summary.get("strategy", "?")], ["clients (per round)",
-            f"{summary.get('clients', '?')} ({summary.get('clients_per_round', '?')})"],
-            ["partition", summary.get("partition", "?")], ["rounds", fmt(last["round"])],
-            ["final test accuracy", fmt(last["test.acc"])], ["stopped because", summary.get("stop_reason", "—")]]
+    blocks: list[dict[str, Any]] = [
+        {
+            "kind": "text",
+            "text": f"From {fed['dir']}: the global model on the test "
+            "split after each round (round 0: before any training).",
+        }
+    ]
+    blocks.append(
+        image(
+            figures.federated_rounds(rounds),
+            "Federated rounds: global test accuracy and loss; privacy spent or traffic per round.",
+            "federated rounds",
+        )
+    )
+    rows = [
+        ["strategy", summary.get("strategy", "?")],
+        ["clients (per round)", f"{summary.get('clients', '?')} ({summary.get('clients_per_round', '?')})"],
+        ["partition", summary.get("partition", "?")],
+        ["rounds", fmt(last["round"])],
+        ["final test accuracy", fmt(last["test.acc"])],
+        ["stopped because", summary.get("stop_reason", "—")],
+    ]
     sent = sum(r.get("bytes.sent", 0) for r in rounds) / 2**20
     received = sum(r.get("bytes.received", 0) for r in rounds) / 2**20
     rows.append(["traffic (MiB sent / received)", f"{sent:,.1f} / {received:,.1f}"])
@@ -223,22 +327,43 @@ def compression(art: RunArtifacts) -> Section | None:
         return None
     rows = result["rows"]
     recipe = result.get("recipe") or {}
-    steps = ", ".join(f"{k} = {recipe[k]}" for k in ("structured", "prune", "schedule", "quant", "code")
-                      if k in recipe and recipe[k] not in (0, 0.0, "none", None))
-    blocks: list[dict[str, Any]] = [{"kind": "text", "text": (
-        f"`behemoth compress` ({steps or 'packing only'}): every step's model was written as a .bhm file, loaded "
-        "back and measured from that file — size is its bytes on disk, accuracy is the reloaded model's on the "
-        "test split, latency the median forward time on this CPU (all steps timed interleaved).")}]
-    blocks.append(image(figures.compression_pareto(rows), "Test accuracy against file size and against latency "
-                        "at batch 256, one point per step; the dashed line is the Pareto front.",
-                        "compression trade-offs"))
+    steps = ", ".join(
+        f"{k} = {recipe[k]}"
+        for k in ("structured", "prune", "schedule", "quant", "code")
+        if k in recipe and recipe[k] not in (0, 0.0, "none", None)
+    )
+    blocks: list[dict[str, Any]] = [
+        {
+            "kind": "text",
+            "text": (
+                f"`behemoth compress` ({steps or 'packing only'}): every step's model was written as a .bhm file, loaded "
+                "back and measured from that file — size is its bytes on disk, accuracy is the reloaded model's on the "
+                "test split, latency the median forward time on this CPU (all steps timed interleaved)."
+            ),
+        }
+    ]
+    blocks.append(
+        image(
+            figures.compression_pareto(rows),
+            "Test accuracy against file size and against latency "
+            "at batch 256, one point per step; the dashed line is the Pareto front.",
+            "compression trade-offs",
+        )
+    )
     has_latency = all("latency_ms_b1" in r for r in rows)
     header = ["step", "parameters", "nonzeros", "file bytes", "compression ×", "test accuracy", "test error"]
     header += ["ms, batch 1", "ms, batch 256"] if has_latency else []
     table_rows = []
     for r in rows:
-        cells = [r["step"], fmt(r["parameters"]), fmt(r["nonzeros"]), fmt(r["bytes"]), f"{r['compression']:.1f}",
-                 f"{100 * r['acc']:.2f}%", f"{100 * r['error']:.2f}%"]
+        cells = [
+            r["step"],
+            fmt(r["parameters"]),
+            fmt(r["nonzeros"]),
+            fmt(r["bytes"]),
+            f"{r['compression']:.1f}",
+            f"{100 * r['acc']:.2f}%",
+            f"{100 * r['error']:.2f}%",
+        ]
         if has_latency:
             cells += [f"{r['latency_ms_b1']:.3f}", f"{r['latency_ms_b256']:.2f}"]
         table_rows.append(cells)
@@ -246,14 +371,32 @@ def compression(art: RunArtifacts) -> Section | None:
     layers = result.get("layers") or {}
     if layers:
         blocks.append({"kind": "heading", "text": "Per layer (final model)"})
-        blocks.append(table(["layer", "weights", "nonzero", "sparsity", "bits"],
-                            [[name, fmt(info["weights"]), fmt(info["weights"] - info["zeros"]),
-                              f"{100 * info['sparsity']:.1f}%", str(info.get("bits", 32))]
-                             for name, info in layers.items()]))
+        blocks.append(
+            table(
+                ["layer", "weights", "nonzero", "sparsity", "bits"],
+                [
+                    [
+                        name,
+                        fmt(info["weights"]),
+                        fmt(info["weights"] - info["zeros"]),
+                        f"{100 * info['sparsity']:.1f}%",
+                        str(info.get("bits", 32)),
+                    ]
+                    for name, info in layers.items()
+                ],
+            )
+        )
     return Section("compress", "Compression", blocks)
 
 
 # in page order; later stages append their builders here
 BUILDERS: list[Callable[[RunArtifacts], Section | None]] = [
-    overview, configuration, data, training, evaluation, compression, explanations, federated,
+    overview,
+    configuration,
+    data,
+    training,
+    evaluation,
+    compression,
+    explanations,
+    federated,
 ]

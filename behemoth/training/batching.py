@@ -4,8 +4,8 @@ Because the order is a pure function of (seed, epoch), resuming mid-epoch needs 
 epoch and the number of steps already taken: no sampler state to save.
 """
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 
@@ -40,7 +40,9 @@ class StepPlan:
         return list(indices.split(self.batch_size))
 
 
-def iterate_steps(plan: StepPlan, seed: int, epoch: int, start_step: int = 0) -> Iterator[tuple[int, list[torch.Tensor]]]:
+def iterate_steps(
+    plan: StepPlan, seed: int, epoch: int, start_step: int = 0
+) -> Iterator[tuple[int, list[torch.Tensor]]]:
     """Yield (step_in_epoch, micro-batch indices) from `start_step` to the end of the epoch."""
     order = epoch_order(plan.num_samples, seed, epoch)
     for step in range(start_step, plan.steps):

@@ -21,26 +21,7 @@ from torch import nn
 
 from behemoth.distributed import DistEnv, barrier, holds_shard
 from behemoth.errors import RunDirError
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder + fsync + rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+from behemoth.files import atomic_write_text, fsync_dir
 
 
 def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -110,8 +91,15 @@ def named_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) ->
     return get_optimizer_state_dict(getattr(model, "_orig_mod", model), optimizer)
 
 
-def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    state: dict[str, Any], keep_last: int, env: DistEnv | None = None) -> Path:
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+    keep_last: int,
+    env: DistEnv | None = None,
+) -> Path:
     """Write checkpoint `step` atomically (build in a temp folder, then rename) and keep the last N.
 
     Every rank calls this. Unsharded (single, ddp): rank 0 writes model.safetensors + state.pt (DDP replicas
@@ -146,7 +134,7 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: torch
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _fsync_dir(root)
+    fsync_dir(root)
     atomic_write_text(root / "latest", final.name)
     for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
@@ -161,29 +149,40 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return path if path.is_dir() else None
 
 
-def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    env: DistEnv | None = None) -> dict[str, Any]:
+def load_checkpoint(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, env: DistEnv | None = None
+) -> dict[str, Any]:
     """Load weights and optimizer state (either kind of checkpoint, any strategy); return the rest of the
     saved state. This process's RNG is restored here too. Every rank calls it."""
-    if not (path / "state.pt").is_file() or not ((path / "model.safetensors").is_file() or (path / "dcp").is_dir()):
+    if not (path / "state.pt").is_file() or not (
+        (path / "model.safetensors").is_file() or (path / "dcp").is_dir()
+    ):
         raise RunDirError(f"checkpoint {path} is incomplete (model.safetensors or dcp/, or state.pt missing)")
     state = torch.load(path / "state.pt", weights_only=True)
     if (path / "dcp").is_dir():
         from behemoth.distributed.dcp import load_sharded
 
-        load_sharded(path / "dcp", model, optimizer, state.pop("param_groups"), env is not None and env.distributed)
+        load_sharded(
+            path / "dcp", model, optimizer, state.pop("param_groups"), env is not None and env.distributed
+        )
     else:
         load_full_state(model, optimizer, load_file(str(path / "model.safetensors")), state.pop("optimizer"))
     set_rng_state(state.pop("rng"))
     return state
 
 
-def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, weights: dict[str, torch.Tensor],
-                    optimizer_state: dict[str, Any]) -> None:
+def load_full_state(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    weights: dict[str, torch.Tensor],
+    optimizer_state: dict[str, Any],
+) -> None:
     """Whole-model weights and optimizer state into a plain, DDP, FSDP-sharded or pipeline-stage model
     (each rank keeps the part it holds)."""
     from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions, set_model_state_dict, set_optimizer_state_dict,
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
     )
 
     target = getattr(model, "_orig_mod", model)

@@ -26,7 +26,9 @@ class EarlyStopping:
     def update(self, metrics: dict[str, float]) -> bool:
         """Record one evaluation; return True when training should stop."""
         if self.cfg.monitor not in metrics:
-            raise KeyError(f"train.early_stop.monitor = {self.cfg.monitor!r}: not logged (logged: {sorted(metrics)})")
+            raise KeyError(
+                f"train.early_stop.monitor = {self.cfg.monitor!r}: not logged (logged: {sorted(metrics)})"
+            )
         value = float(metrics[self.cfg.monitor])
         if not math.isfinite(value):
             return self.enabled

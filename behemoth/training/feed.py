@@ -6,13 +6,14 @@ The loop knows only this protocol, so in-memory tensors (`TensorFeed`, the defau
 (seed, epoch, step): that is what makes mid-epoch resume exact without saving any feed state.
 """
 
-import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator, Protocol
+from typing import Protocol
 
 import torch
 
 from behemoth.data.bundle import TensorSplit
+from behemoth.data.randomness import step_generator
 from behemoth.distributed import DistEnv, shard
 from behemoth.training.batching import StepPlan, epoch_order
 
@@ -55,12 +56,6 @@ class Shuffle:
         return epoch_order(self.epoch_size, seed, epoch)
 
 
-def step_generator(seed: int, epoch: int, step: int, micro: int, rank: int) -> torch.Generator:
-    """An independent generator per (seed, epoch, step, micro-batch, rank) for batch transforms."""
-    key = zlib.crc32(f"{seed}/{epoch}/{step}/{micro}/{rank}".encode())
-    return torch.Generator().manual_seed(key)
-
-
 class TensorFeed:
     """In-memory tensors batched by indexing (no per-sample Python work), sharded across ranks.
 
@@ -68,8 +63,15 @@ class TensorFeed:
     """
 
     def __init__(
-        self, split: TensorSplit, batch_size: int, accumulate: int, seed: int, device: torch.device,
-        env: DistEnv | None = None, sampler: Sampler | None = None, transform: BatchTransform | None = None,
+        self,
+        split: TensorSplit,
+        batch_size: int,
+        accumulate: int,
+        seed: int,
+        device: torch.device,
+        env: DistEnv | None = None,
+        sampler: Sampler | None = None,
+        transform: BatchTransform | None = None,
         channels_last: bool = False,
     ) -> None:
         self.split, self.seed, self.device, self.env = split, seed, device, env

@@ -46,35 +46,65 @@ class ProgressHook(BaseHook):
         self.rate = Throughput()
         self.rate.samples = ctx.samples_seen
         if self.plain:
-            self._line(f"training {ctx.total_steps} steps ({ctx.cfg.epochs} epochs x {ctx.feed.steps_per_epoch} steps)"
-                       f" from step {ctx.step}")
+            self._line(
+                f"training {ctx.total_steps} steps ({ctx.cfg.epochs} epochs x {ctx.feed.steps_per_epoch} steps)"
+                f" from step {ctx.step}"
+            )
             return
         self.progress = Progress(
-            TextColumn("epoch {task.fields[epoch]}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-            TextColumn("loss {task.fields[loss]:.4f} acc {task.fields[acc]:.4f} {task.fields[rate]:,.0f} samples/s"
-                       "{task.fields[mfu]}"),
-            TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=False,
+            TextColumn("epoch {task.fields[epoch]}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TextColumn(
+                "loss {task.fields[loss]:.4f} acc {task.fields[acc]:.4f} {task.fields[rate]:,.0f} samples/s"
+                "{task.fields[mfu]}"
+            ),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
         )
         self.progress.start()
-        self.task = self.progress.add_task("train", total=ctx.total_steps, completed=ctx.step,
-                                           epoch=f"{ctx.epoch + 1}/{ctx.cfg.epochs}", loss=0.0, acc=0.0, rate=0.0,
-                                           mfu="")
+        self.task = self.progress.add_task(
+            "train",
+            total=ctx.total_steps,
+            completed=ctx.step,
+            epoch=f"{ctx.epoch + 1}/{ctx.cfg.epochs}",
+            loss=0.0,
+            acc=0.0,
+            rate=0.0,
+            mfu="",
+        )
 
     def on_step_end(self, ctx: Any, metrics: dict[str, float]) -> None:
         self.last = metrics
         if ctx.step % ctx.cfg.log_every and ctx.step != ctx.total_steps:
             if self.progress is not None:  # cheap: rich redraws on its own thread
-                self.progress.update(self.task, completed=ctx.step, epoch=f"{ctx.epoch + 1}/{ctx.cfg.epochs}",
-                                     loss=metrics["train.loss"], acc=metrics["train.acc"])
+                self.progress.update(
+                    self.task,
+                    completed=ctx.step,
+                    epoch=f"{ctx.epoch + 1}/{ctx.cfg.epochs}",
+                    loss=metrics["train.loss"],
+                    acc=metrics["train.acc"],
+                )
             return
         rate = self.rate.read(ctx.samples_seen)
         if self.progress is not None:
-            self.progress.update(self.task, completed=ctx.step, epoch=f"{ctx.epoch + 1}/{ctx.cfg.epochs}",
-                                 loss=metrics["train.loss"], acc=metrics["train.acc"], rate=rate, mfu=mfu_text(metrics))
+            self.progress.update(
+                self.task,
+                completed=ctx.step,
+                epoch=f"{ctx.epoch + 1}/{ctx.cfg.epochs}",
+                loss=metrics["train.loss"],
+                acc=metrics["train.acc"],
+                rate=rate,
+                mfu=mfu_text(metrics),
+            )
         else:
-            self._line(f"epoch {ctx.epoch + 1}/{ctx.cfg.epochs} step {ctx.step}/{ctx.total_steps} "
-                       f"loss {metrics['train.loss']:.4f} acc {metrics['train.acc']:.4f} "
-                       f"lr {metrics['lr']:.3g} {rate:,.0f} samples/s{mfu_text(metrics)}")
+            self._line(
+                f"epoch {ctx.epoch + 1}/{ctx.cfg.epochs} step {ctx.step}/{ctx.total_steps} "
+                f"loss {metrics['train.loss']:.4f} acc {metrics['train.acc']:.4f} "
+                f"lr {metrics['lr']:.3g} {rate:,.0f} samples/s{mfu_text(metrics)}"
+            )
 
     def on_eval_end(self, ctx: Any, metrics: dict[str, float]) -> None:
         shown = {k: v for k, v in metrics.items() if k.startswith("val.")}
@@ -111,8 +141,15 @@ class JsonlHook(BaseHook):
 
     def on_step_end(self, ctx: Any, metrics: dict[str, float]) -> None:
         if ctx.step % ctx.cfg.log_every == 0 or ctx.step == ctx.total_steps:
-            self._write({"kind": "train", "step": ctx.step, "epoch": ctx.epoch, **metrics,
-                         "samples_per_second": self.rate.read(ctx.samples_seen)})
+            self._write(
+                {
+                    "kind": "train",
+                    "step": ctx.step,
+                    "epoch": ctx.epoch,
+                    **metrics,
+                    "samples_per_second": self.rate.read(ctx.samples_seen),
+                }
+            )
 
     def on_eval_end(self, ctx: Any, metrics: dict[str, float]) -> None:
         self._write({"kind": "eval", **metrics})

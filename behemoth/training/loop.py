@@ -7,9 +7,10 @@ so a resumed run takes the same steps on the same batches as an uninterrupted on
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,7 +18,13 @@ from torch import nn
 from behemoth.config import TrainConfig
 from behemoth.data.bundle import DataBundle
 from behemoth.distributed import (
-    DistEnv, all_reduce_sum, barrier, broadcast_flag, check_divisible, gather_rng_states, no_gradient_sync,
+    DistEnv,
+    all_reduce_sum,
+    barrier,
+    broadcast_flag,
+    check_divisible,
+    gather_rng_states,
+    no_gradient_sync,
     parallelize,
 )
 from behemoth.errors import ConfigError
@@ -115,16 +122,23 @@ def train(
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     check_divisible(batch_size, env)
-    feed = feed or TensorFeed(data.train, batch_size, cfg.accumulate, cfg.seed, device, env,
-                              channels_last=cfg.channels_last)
+    feed = feed or TensorFeed(
+        data.train, batch_size, cfg.accumulate, cfg.seed, device, env, channels_last=cfg.channels_last
+    )
     loss_fn = loss_fn or (lambda logits, y, x: task_loss(logits, y, cfg.label_smoothing))
     step_fn = parallelize(model, cfg, env)  # before the optimizer: FSDP and pipeline change the parameters
     optimizer = optimizer_for(model, cfg)
-    ctx = TrainContext(model, optimizer, None, cfg, data, device, feed, loss_fn, run_dir, eval_batch_size, env)
-    ctx.scheduler = build_scheduler(optimizer, cfg, cfg.epochs if cfg.schedule_unit == "epoch" else ctx.total_steps)
+    ctx = TrainContext(
+        model, optimizer, None, cfg, data, device, feed, loss_fn, run_dir, eval_batch_size, env
+    )
+    ctx.scheduler = build_scheduler(
+        optimizer, cfg, cfg.epochs if cfg.schedule_unit == "epoch" else ctx.total_steps
+    )
     ctx.early_stopping = EarlyStopping(cfg.early_stop)
     if ctx.early_stopping.enabled and cfg.early_stop.monitor.startswith("val.") and data.val is None:
-        raise ConfigError(f"train.early_stop.monitor = {cfg.early_stop.monitor!r}: no validation split (data.val_fraction = 0)")
+        raise ConfigError(
+            f"train.early_stop.monitor = {cfg.early_stop.monitor!r}: no validation split (data.val_fraction = 0)"
+        )
     if resume_from is not None:
         restore(ctx, resume_from)
     step_fn = torch.compile(step_fn) if cfg.compile else step_fn
@@ -179,7 +193,9 @@ def train(
     )
 
 
-def train_step(ctx: TrainContext, step_fn: nn.Module, scaler, micro_batches: list[MicroBatch]) -> tuple[float, float, int]:
+def train_step(
+    ctx: TrainContext, step_fn: nn.Module, scaler, micro_batches: list[MicroBatch]
+) -> tuple[float, float, int]:
     """One optimizer step over `accumulate` micro-batches; returns (mean loss, accuracy, samples)."""
     cfg = ctx.cfg
     ctx.optimizer.zero_grad(set_to_none=True)
@@ -205,7 +221,9 @@ def train_step(ctx: TrainContext, step_fn: nn.Module, scaler, micro_batches: lis
             torch.nn.utils.clip_grad_value_(ctx.model.parameters(), cfg.clip_value)
     scaler.step(ctx.optimizer)
     scaler.update()
-    loss_sum, correct, predictions, samples = all_reduce_sum(stats, ctx.env).tolist()  # one reduction per step
+    loss_sum, correct, predictions, samples = all_reduce_sum(
+        stats, ctx.env
+    ).tolist()  # one reduction per step
     return loss_sum / samples, correct / predictions, int(samples)
 
 
@@ -213,8 +231,16 @@ def validate(ctx: TrainContext, hooks: list) -> dict[str, float]:
     """Evaluate on the validation split (if any) and tell the hooks."""
     metrics: dict[str, float] = {"epoch": ctx.epoch, "step": ctx.step}
     if ctx.data.val is not None:
-        result = evaluate(ctx.model, ctx.data.val, ctx.data.spec, ctx.eval_batch_size, ctx.cfg.precision,
-                          ctx.device, ctx.cfg.channels_last, env=ctx.env)
+        result = evaluate(
+            ctx.model,
+            ctx.data.val,
+            ctx.data.spec,
+            ctx.eval_batch_size,
+            ctx.cfg.precision,
+            ctx.device,
+            ctx.cfg.channels_last,
+            env=ctx.env,
+        )
         metrics.update({f"val.{k}": v for k, v in result.items()})
     ctx.last_eval = metrics
     call(hooks, "on_eval_end", ctx, metrics)
@@ -229,13 +255,18 @@ def checkpoint(ctx: TrainContext, hooks: list) -> None:
     state = {
         "scheduler": ctx.scheduler.state_dict(),
         "early_stopping": ctx.early_stopping.state_dict(),
-        "position": {"epoch": ctx.epoch, "step_in_epoch": ctx.step_in_epoch, "step": ctx.step,
-                     "samples_seen": ctx.samples_seen},
+        "position": {
+            "epoch": ctx.epoch,
+            "step_in_epoch": ctx.step_in_epoch,
+            "step": ctx.step,
+            "samples_seen": ctx.samples_seen,
+        },
         "stop_reason": ctx.stop_reason or "",
         "rng_per_rank": gather_rng_states(ctx.env),
     }
-    path = save_checkpoint(ctx.run_dir, ctx.step, ctx.model, ctx.optimizer, state, ctx.cfg.checkpoint.keep_last,
-                           ctx.env)
+    path = save_checkpoint(
+        ctx.run_dir, ctx.step, ctx.model, ctx.optimizer, state, ctx.cfg.checkpoint.keep_last, ctx.env
+    )
     if ctx.env is None or ctx.env.is_main:
         call(hooks, "on_checkpoint", ctx, path)
     barrier(ctx.env)

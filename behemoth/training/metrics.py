@@ -92,8 +92,9 @@ def evaluate(
         for metric in extra.values():
             metric.update(predictions.cpu(), y.cpu())
     model.train(was_training)
-    total_loss, correct, count = all_reduce_sum(torch.tensor([total_loss, correct, count], dtype=torch.float64,
-                                                             device=device), env).tolist()
+    total_loss, correct, count = all_reduce_sum(
+        torch.tensor([total_loss, correct, count], dtype=torch.float64, device=device), env
+    ).tolist()
     result: dict[str, Any] = {"loss": total_loss / max(count, 1), "acc": correct / max(count, 1)}
     if spec.task == "language_model":
         result["perplexity"] = float(torch.exp(torch.tensor(result["loss"])))

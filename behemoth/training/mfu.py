@@ -27,8 +27,13 @@ from behemoth.training.precision import PARAM_DTYPES
 _CONV_TYPES = (nn.modules.conv._ConvNd,)
 
 
-def matmul_peak_flops(dtype: torch.dtype = torch.float32, device: torch.device = torch.device("cpu"),
-                      size: int = 1024, min_seconds: float = 0.25, min_repeats: int = 5) -> float:
+def matmul_peak_flops(
+    dtype: torch.dtype = torch.float32,
+    device: torch.device = torch.device("cpu"),
+    size: int = 1024,
+    min_seconds: float = 0.25,
+    min_repeats: int = 5,
+) -> float:
     """The best FLOP/s of an (size x size) @ (size x size) torch.mm over repeated timings (2 size^3 FLOPs each)."""
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
@@ -123,7 +128,9 @@ class MFUHook(BaseHook):
             return
         seconds = max(self.last_mark - self.window_start - self.excluded, 1e-9)
         achieved = (ctx.samples_seen - self.window_samples) * self.flops_per_sample / seconds
-        metrics.update({"mfu": achieved / self.peak, "model_gflops": achieved / 1e9, "peak_gflops": self.peak / 1e9})
+        metrics.update(
+            {"mfu": achieved / self.peak, "model_gflops": achieved / 1e9, "peak_gflops": self.peak / 1e9}
+        )
         self._start_window(ctx.samples_seen)
 
 

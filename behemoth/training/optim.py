@@ -1,8 +1,10 @@
-"""Optimizers from config: a thin mapping onto torch.optim (and torchao's 8-bit Adam), plus no-decay groups.
+"""Optimizers from config: the registry's entry (behemoth.config.optimizers) built generically onto
+torch.optim (and torchao's 8-bit Adam), plus no-decay groups.
 
 train.optimizer_impl picks torch.optim's kernel: "forloop" (one parameter at a time: the least extra memory),
 "foreach" (all parameters per op: fewer, larger kernels, one extra temporary per state), "fused" (one kernel
-per step, no temporaries; sgd/adam/adamw/adagrad) or "default" (torch's choice: forloop on CPU, foreach on CUDA).
+per step, no temporaries; registry entries with fused=True) or "default" (torch's choice: forloop on CPU,
+foreach on CUDA).
 
 adam8bit / adamw8bit keep both Adam moments as blockwise-quantized 8-bit tensors (Dettmers et al. 2021,
 "8-bit Optimizers via Block-wise Quantization"): 2 bytes per parameter instead of 8. They come from torchao
@@ -11,21 +13,26 @@ as in bitsandbytes. With bf16 parameters the update is rounded stochastically so
 """
 
 import functools
+import importlib
 import logging
 import warnings
-from typing import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
 
 from behemoth.config import TrainConfig
+from behemoth.config.optimizers import OPTIMIZERS, OptimizerEntry, optimizer_entry
 from behemoth.errors import ConfigError
 from behemoth.training.precision import check_param_dtype
 
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
-IMPL_OPTIONS = {"default": {}, "forloop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
-FUSED_OPTIMIZERS = ("sgd", "adam", "adamw", "adagrad")  # torch.optim has fused kernels for these (CPU and CUDA)
-LOW_BIT_OPTIMIZERS = ("adam8bit", "adamw8bit")
+IMPL_OPTIONS = {
+    "default": {},
+    "forloop": {"foreach": False},
+    "foreach": {"foreach": True},
+    "fused": {"fused": True},
+}
 
 
 def parameter_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict]:
@@ -54,39 +61,48 @@ def parameter_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias:
 
 def impl_options(cfg: TrainConfig) -> dict:
     """torch.optim keyword arguments for train.optimizer_impl, refused where the optimizer lacks that kernel."""
-    if cfg.optimizer_impl == "fused" and cfg.optimizer not in FUSED_OPTIMIZERS:
-        raise ConfigError(f"train.optimizer_impl = 'fused': torch.optim has no fused {cfg.optimizer} "
-                          f"(fused: {', '.join(FUSED_OPTIMIZERS)}); use 'foreach' or 'forloop'")
+    if cfg.optimizer_impl == "fused" and not _entry(cfg).fused:
+        fused = ", ".join(name for name, entry in OPTIMIZERS.items() if entry.fused)
+        raise ConfigError(
+            f"train.optimizer_impl = 'fused': torch.optim has no fused {cfg.optimizer} "
+            f"(fused: {fused}); use 'foreach' or 'forloop'"
+        )
     return IMPL_OPTIONS[cfg.optimizer_impl]
 
 
 def build_optimizer(params: Iterable | list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
-    """The optimizer named by cfg.optimizer, with the options that optimizer understands."""
-    name = cfg.optimizer
-    if name in LOW_BIT_OPTIMIZERS:
-        return low_bit_adam(params, cfg)
-    impl = impl_options(cfg)
-    if name == "sgd":
-        if cfg.nesterov and (cfg.momentum <= 0 or cfg.dampening != 0):
-            raise ConfigError("train.nesterov = true: needs train.momentum > 0 and train.dampening = 0")
-        return torch.optim.SGD(
-            params, lr=cfg.lr, momentum=cfg.momentum, dampening=cfg.dampening, nesterov=cfg.nesterov,
-            weight_decay=cfg.weight_decay, **impl,
-        )
-    if name == "adagrad":
-        return torch.optim.Adagrad(params, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay, **impl)
-    if name == "rmsprop":
-        return torch.optim.RMSprop(
-            params, lr=cfg.lr, alpha=cfg.alpha, eps=cfg.eps, momentum=cfg.momentum, centered=cfg.centered,
-            weight_decay=cfg.weight_decay, **impl,
-        )
-    if name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay, **impl)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay, **impl)
-    if name == "adadelta":
-        return torch.optim.Adadelta(params, lr=cfg.lr, rho=cfg.rho, eps=cfg.eps, weight_decay=cfg.weight_decay, **impl)
-    raise ConfigError(f"train.optimizer = {name!r}: unknown optimizer")
+    """The optimizer named by cfg.optimizer, built from its registry entry with the options it understands."""
+    entry = _entry(cfg)
+    target = resolve(entry.target)
+    if entry.is_builder:  # reads cfg itself (options, optimizer_impl)
+        return target(params, cfg)
+    _check_options(entry, cfg)
+    options = {keyword: getattr(cfg, field) for keyword, field in entry.options}
+    return target(params, **options, **impl_options(cfg))
+
+
+def resolve(target: str) -> Callable:
+    """A registry target ("package.module.Class" or "package.module:builder") -> the object, imported only
+    when an optimizer is built (behemoth.config must not import torch)."""
+    module, _, name = target.rpartition(":") if ":" in target else target.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def _entry(cfg: TrainConfig) -> OptimizerEntry:
+    try:
+        return optimizer_entry(cfg.optimizer)
+    except ValueError as exc:  # a config built without validation (model_construct)
+        raise ConfigError(f"train.optimizer = {cfg.optimizer!r}: {exc}") from None
+
+
+def _check_options(entry: OptimizerEntry, cfg: TrainConfig) -> None:
+    """Option rules torch would only report as a bare ValueError, checked where the option is passed.
+
+    Here rather than in TrainConfig: with validate_assignment a cross-field rule there would refuse
+    overrides applied one at a time (nesterov before momentum)."""
+    fields = {field for _, field in entry.options}
+    if "nesterov" in fields and cfg.nesterov and (cfg.momentum <= 0 or cfg.dampening != 0):
+        raise ConfigError("train.nesterov = true: needs train.momentum > 0 and train.dampening = 0")
 
 
 def _torchao_optim():
@@ -134,14 +150,22 @@ def _low_bit_class(name: str) -> type:
 def low_bit_adam(params: Iterable | list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
     """torchao's blockwise 8-bit Adam/AdamW (block of 256 values, one fp32 scale per block)."""
     if cfg.optimizer_impl != "default":
-        raise ConfigError(f"train.optimizer_impl = {cfg.optimizer_impl!r}: {cfg.optimizer} has one kernel "
-                          "(torchao's compiled step); leave optimizer_impl = 'default'")
+        raise ConfigError(
+            f"train.optimizer_impl = {cfg.optimizer_impl!r}: {cfg.optimizer} has one kernel "
+            "(torchao's compiled step); leave optimizer_impl = 'default'"
+        )
     optimizer_class = _low_bit_class(cfg.optimizer)
     params = list(params)
     flat = [p for g in params for p in g["params"]] if params and isinstance(params[0], dict) else params
     bf16 = any(p.dtype == torch.bfloat16 for p in flat)
-    return optimizer_class(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
-                           bf16_stochastic_round=bf16)
+    return optimizer_class(
+        params,
+        lr=cfg.lr,
+        betas=cfg.betas,
+        eps=cfg.eps,
+        weight_decay=cfg.weight_decay,
+        bf16_stochastic_round=bf16,
+    )
 
 
 def optimizer_for(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -161,6 +185,11 @@ def _storages(tensor: torch.Tensor) -> Iterator[torch.UntypedStorage]:
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
     """Bytes the optimizer's state really holds: a quantized state counts its codes and block scales, not
     the dtype it poses as; storage shared between states (torchao's 256-entry code map) counts once."""
-    storages = {storage.data_ptr(): storage.nbytes() for state in optimizer.state.values()
-                for value in state.values() if isinstance(value, torch.Tensor) for storage in _storages(value)}
+    storages = {
+        storage.data_ptr(): storage.nbytes()
+        for state in optimizer.state.values()
+        for value in state.values()
+        if isinstance(value, torch.Tensor)
+        for storage in _storages(value)
+    }
     return sum(storages.values())

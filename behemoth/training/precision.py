@@ -7,7 +7,8 @@ Two separate switches:
 """
 
 import contextlib
-from typing import Callable, ContextManager, Iterator
+from collections.abc import Callable, Iterator
+from typing import ContextManager
 
 import torch
 from torch import nn
@@ -47,7 +48,9 @@ def default_dtype(dtype: torch.dtype) -> Iterator[None]:
 
 def _cast_float_inputs(dtype: torch.dtype) -> Callable:
     def hook(module: nn.Module, args: tuple) -> tuple:
-        return tuple(a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
+        return tuple(
+            a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args
+        )
 
     return hook
 
@@ -82,5 +85,7 @@ def check_param_dtype(model: nn.Module, param_dtype: str) -> None:
     found = {p.dtype for p in model.parameters() if p.is_floating_point()}
     if found and found != {want}:
         names = ", ".join(sorted(str(d).replace("torch.", "") for d in found))
-        raise ConfigError(f"train.param_dtype = {param_dtype!r}: the model's parameters are {names}; build it with "
-                          "behemoth.training.precision.build_with_param_dtype (the CLI does)")
+        raise ConfigError(
+            f"train.param_dtype = {param_dtype!r}: the model's parameters are {names}; build it with "
+            "behemoth.training.precision.build_with_param_dtype (the CLI does)"
+        )

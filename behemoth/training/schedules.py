@@ -11,7 +11,9 @@ from behemoth.config import TrainConfig
 from behemoth.errors import ConfigError
 
 
-def _main_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, units: int) -> lr_scheduler.LRScheduler:
+def _main_schedule(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, units: int
+) -> lr_scheduler.LRScheduler:
     if cfg.schedule == "constant":
         return lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
     if cfg.schedule == "step":  # staircase: lr * gamma ** floor(t / step_size)
@@ -34,13 +36,20 @@ def build_scheduler(
         group = optimizer.param_groups[0]
         cycle_momentum = "betas" in group or group.get("momentum", 0.0) > 0
         return lr_scheduler.OneCycleLR(
-            optimizer, max_lr=cfg.lr, total_steps=max(total_units, 2), pct_start=cfg.pct_start,
-            div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor, cycle_momentum=cycle_momentum,
+            optimizer,
+            max_lr=cfg.lr,
+            total_steps=max(total_units, 2),
+            pct_start=cfg.pct_start,
+            div_factor=cfg.div_factor,
+            final_div_factor=cfg.final_div_factor,
+            cycle_momentum=cycle_momentum,
         )
     if cfg.warmup == 0:
         return _main_schedule(optimizer, cfg, total_units)
     if cfg.warmup >= total_units:
-        raise ConfigError(f"train.warmup = {cfg.warmup}: longer than the run ({total_units} {cfg.schedule_unit}s)")
+        raise ConfigError(
+            f"train.warmup = {cfg.warmup}: longer than the run ({total_units} {cfg.schedule_unit}s)"
+        )
     warmup = lr_scheduler.LinearLR(optimizer, start_factor=1.0 / (cfg.warmup + 1), total_iters=cfg.warmup)
     main = _main_schedule(optimizer, cfg, total_units - cfg.warmup)
     return lr_scheduler.SequentialLR(optimizer, [warmup, main], milestones=[cfg.warmup])

@@ -6,6 +6,6 @@ This package door imports only the config section: schema.py imports it, and con
 must not pull in torch or optuna.
 """
 
-from behemoth.tuning.config import TuneConfig
+from behemoth.config.tune import TuneConfig
 
 __all__ = ["TuneConfig"]

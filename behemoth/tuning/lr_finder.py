@@ -5,8 +5,8 @@ A pure function over a model and data: it trains `model` in place (pass a fresh 
 """
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 from torch import nn
@@ -126,8 +126,13 @@ def plot_lr_find(result: LrFindResult, path, title: str = "") -> None:
     ax.plot(result.lrs, result.raw_losses, color="0.8", linewidth=0.8, label="loss")
     ax.plot(result.lrs, result.losses, color="C0", label="smoothed loss")
     at = int(np.argmin(np.abs(np.log(result.lrs) - math.log(result.suggestion))))  # nearest point taken
-    ax.scatter([result.suggestion], [result.losses[at]], color="C3", zorder=3,
-               label=f"suggested lr {result.suggestion:.2e}")
+    ax.scatter(
+        [result.suggestion],
+        [result.losses[at]],
+        color="C3",
+        zorder=3,
+        label=f"suggested lr {result.suggestion:.2e}",
+    )
     ax.axvline(result.min_loss_lr, color="0.5", linestyle=":", label=f"min loss at {result.min_loss_lr:.2e}")
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")

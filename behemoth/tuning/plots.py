@@ -22,7 +22,11 @@ def plot_history(study: optuna.Study, objective: str, path: Path) -> None:
     ax.step(numbers, best, where="post", color="C3", label="best so far")
     last = []
     if pruned:  # a pruned trial has no final value: mark it at its last reported one
-        last = [(t.number, t.intermediate_values[max(t.intermediate_values)]) for t in pruned if t.intermediate_values]
+        last = [
+            (t.number, t.intermediate_values[max(t.intermediate_values)])
+            for t in pruned
+            if t.intermediate_values
+        ]
         if last:
             ax.scatter(*zip(*last), marker="x", color="0.5", label="pruned (last report)")
     shown = values + [v for _, v in last]

@@ -12,6 +12,7 @@ import optuna
 
 from behemoth.config import RunConfig, apply_overrides, config_from_dict
 from behemoth.errors import ConfigError
+from behemoth.models import check_model_config
 
 _SCALARS = (type(None), bool, int, float, str)
 
@@ -56,7 +57,9 @@ def as_overrides(values: dict[str, Any]) -> list[str]:
 def config_with(raw: dict[str, Any], values: dict[str, Any]) -> RunConfig:
     """The base config (raw TOML data) with `values` applied; a rejected value names its tune key."""
     try:
-        return config_from_dict(apply_overrides(raw, as_overrides(values)))
+        cfg = config_from_dict(apply_overrides(raw, as_overrides(values)))
+        check_model_config(cfg.model)  # a [model] option the chosen model lacks fails here, naming the key
+        return cfg
     except ConfigError as exc:
         shown = ", ".join(f"{k}={v!r}" for k, v in values.items())
         raise ConfigError(f"tune.space: sampled {shown}: {exc}") from None
@@ -72,6 +75,8 @@ def check_values(raw: dict[str, Any], space: dict[str, dict[str, Any]]) -> None:
         kind, arg = next(iter(spec.items()))
         for value in arg:
             try:
-                config_from_dict(apply_overrides(raw, as_overrides({key: value})))
+                check_model_config(config_from_dict(apply_overrides(raw, as_overrides({key: value}))).model)
             except ConfigError as exc:
-                raise ConfigError(f"tune.space.{key} = {spec!r}: value {value!r} is not valid: {exc}") from None
+                raise ConfigError(
+                    f"tune.space.{key} = {spec!r}: value {value!r} is not valid: {exc}"
+                ) from None

@@ -12,22 +12,21 @@ runs/<name>/
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
 from behemoth.config import RunConfig
 from behemoth.config.loader import to_toml
-from behemoth.data import load_data
+from behemoth.config.tune import TuneConfig
 from behemoth.errors import BehemothError
-from behemoth.models import build_model
-from behemoth.pipeline import seed_everything
+from behemoth.files import atomic_write_text
 from behemoth.runs import write_json
 from behemoth.training import BaseHook, train
-from behemoth.training.checkpoint import atomic_write_text
-from behemoth.tuning.config import TuneConfig
+from behemoth.training.assembly import assemble, load_run_data
 from behemoth.tuning.space import config_with, decode_params, suggest
 
 STUDY_FILE = "study.sqlite3"
@@ -58,7 +57,9 @@ def storage_url(run_dir: Path) -> str:
 
 def make_pruner(tune: TuneConfig, epochs: int) -> optuna.pruners.BasePruner:
     if tune.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=tune.startup_trials, n_warmup_steps=tune.warmup_epochs)
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=tune.startup_trials, n_warmup_steps=tune.warmup_epochs
+        )
     if tune.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 1), reduction_factor=3)
     return optuna.pruners.NopPruner()
@@ -69,7 +70,8 @@ def open_study(cfg: RunConfig, run_dir: Path, resume: bool) -> optuna.Study:
     are marked failed and queued again with the same params, so the search loses nothing."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # we print our own line per trial
     kwargs = dict(
-        storage=storage_url(run_dir), study_name=cfg.name,
+        storage=storage_url(run_dir),
+        study_name=cfg.name,
         sampler=optuna.samplers.TPESampler(seed=cfg.tune.seed),
         pruner=make_pruner(cfg.tune, cfg.train.epochs),
     )
@@ -81,7 +83,8 @@ def open_study(cfg: RunConfig, run_dir: Path, resume: bool) -> optuna.Study:
     storage = study._storage  # optuna's public Study API cannot change a trial's state
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         trial_id = storage.get_trial_id_from_study_id_trial_number(
-            storage.get_study_id_from_name(cfg.name), trial.number)
+            storage.get_study_id_from_name(cfg.name), trial.number
+        )
         storage.set_trial_state_values(trial_id, TrialState.FAIL)
         if trial.params:
             study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
@@ -106,7 +109,7 @@ class TrialRunner:
         key = cfg.data.model_dump_json(exclude={"batch_size", "eval_batch_size"})
         with self._lock:
             if key not in self._data:
-                self._data[key] = load_data(cfg.data)
+                self._data[key] = load_run_data(cfg)
             return self._data[key]
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -120,13 +123,20 @@ class TrialRunner:
             raise
         data = self.data_for(cfg)
         with self._lock:
-            seed_everything(cfg.train.seed)
-            model = build_model(cfg.model.name, cfg.model.options, data.spec)
+            parts = assemble(cfg, data=data)  # the same data, model and feed as `behemoth train` would use
         objective = self.cfg.tune.objective
         shown = " ".join(f"{k}={_short(v)}" for k, v in values.items())
         try:
-            result = train(model, data, cfg.train, cfg.data.batch_size, cfg.data.eval_batch_size,
-                           run_dir=None, hooks=[PruningHook(trial, objective)])
+            result = train(
+                parts.model,
+                data,
+                cfg.train,
+                cfg.data.batch_size,
+                cfg.data.eval_batch_size,
+                run_dir=None,
+                hooks=[PruningHook(trial, objective)],
+                feed=parts.feed,
+            )
         except optuna.TrialPruned as exc:
             self.log(f"trial {trial.number}: pruned at {exc} ({time.perf_counter() - started:.1f}s)  {shown}")
             raise
@@ -135,8 +145,10 @@ class TrialRunner:
             raise optuna.TrialPruned(result.stop_reason)
         value = result.last_eval[objective]
         trial.set_user_attr("epochs", result.epochs)
-        self.log(f"trial {trial.number}: {objective} = {value:.4f} after {result.epochs} epochs "
-                 f"({time.perf_counter() - started:.1f}s)  {shown}")
+        self.log(
+            f"trial {trial.number}: {objective} = {value:.4f} after {result.epochs} epochs "
+            f"({time.perf_counter() - started:.1f}s)  {shown}"
+        )
         return value
 
 
@@ -144,7 +156,9 @@ def _short(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value).replace(" ", "")
 
 
-def run_trials(study: optuna.Study, runner: TrialRunner, trials: int, timeout: float | None, jobs: int) -> int:
+def run_trials(
+    study: optuna.Study, runner: TrialRunner, trials: int, timeout: float | None, jobs: int
+) -> int:
     """Run until the study holds `trials` finished (complete or pruned) trials, or `timeout` passes.
 
     Returns how many trials this call ran. A trial whose sampled config is invalid is recorded as
@@ -170,19 +184,28 @@ def write_results(study: optuna.Study, cfg: RunConfig, raw: dict[str, Any], run_
     """trials.csv, best.toml, best.json and the plots; returns what best.json holds."""
     frame = study.trials_dataframe(attrs=("number", "value", "state", "params", "duration", "user_attrs"))
     atomic_write_text(run_dir / "trials.csv", frame.to_csv(index=False))
-    counts = {state.name.lower(): len(study.get_trials(deepcopy=False, states=(state,)))
-              for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
-    summary: dict[str, Any] = {"objective": cfg.tune.objective, "direction": cfg.tune.resolved_direction,
-                               "trials": counts}
+    counts = {
+        state.name.lower(): len(study.get_trials(deepcopy=False, states=(state,)))
+        for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    }
+    summary: dict[str, Any] = {
+        "objective": cfg.tune.objective,
+        "direction": cfg.tune.resolved_direction,
+        "trials": counts,
+    }
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         write_json(run_dir / "best.json", summary)
         return summary
     best = best_config(study, cfg, raw)
     # the tuned config without [tune]: it is a training config now, runs into runs/<name>-best
-    atomic_write_text(run_dir / "best.toml", to_toml(best.model_dump(mode="json", exclude_none=True,
-                                                                      exclude={"tune"})))
-    summary.update(best_trial=study.best_trial.number, best_value=study.best_value,
-                   best_params=decode_params(study.best_trial.params, cfg.tune.space))
+    atomic_write_text(
+        run_dir / "best.toml", to_toml(best.model_dump(mode="json", exclude_none=True, exclude={"tune"}))
+    )
+    summary.update(
+        best_trial=study.best_trial.number,
+        best_value=study.best_value,
+        best_params=decode_params(study.best_trial.params, cfg.tune.space),
+    )
     from behemoth.tuning.plots import plot_history, plot_importances  # matplotlib only when writing
 
     summary["importances"] = plot_importances(study, run_dir / "importances.png")

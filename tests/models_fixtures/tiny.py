@@ -10,7 +10,10 @@ from behemoth.spec import DataSpec
 def build(spec: DataSpec, hidden: int = 16) -> nn.Module:
     """A one-hidden-layer MLP that fits any classification data."""
     return nn.Sequential(
-        nn.Flatten(), nn.Linear(math.prod(spec.input_shape), hidden), nn.ReLU(), nn.Linear(hidden, spec.num_classes)
+        nn.Flatten(),
+        nn.Linear(math.prod(spec.input_shape), hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, spec.num_classes),
     )
 
 

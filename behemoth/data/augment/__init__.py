@@ -11,6 +11,16 @@ from behemoth.data.augment.mixing import cutmix, mixup, soft_targets
 from behemoth.data.augment.photometric import adjust_brightness_contrast, erase, gaussian_blur
 
 __all__ = [
-    "Augment", "AugmentParams", "adjust_brightness_contrast", "affine_matrices", "build_augment",
-    "channel_range", "cutmix", "erase", "gaussian_blur", "mixup", "soft_targets", "warp",
+    "Augment",
+    "AugmentParams",
+    "adjust_brightness_contrast",
+    "affine_matrices",
+    "build_augment",
+    "channel_range",
+    "cutmix",
+    "erase",
+    "gaussian_blur",
+    "mixup",
+    "soft_targets",
+    "warp",
 ]

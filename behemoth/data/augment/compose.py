@@ -10,13 +10,17 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
+from behemoth.config.data import GEOMETRIC_OPS, AugmentConfig
 from behemoth.data.augment.geometry import affine_matrices, warp
 from behemoth.data.augment.mixing import cutmix, mixup, soft_targets
 from behemoth.data.augment.photometric import (
-    adjust_brightness_contrast, blur_kernel_size, box_mask, erase, gaussian_blur,
+    adjust_brightness_contrast,
+    blur_kernel_size,
+    box_mask,
+    erase,
+    gaussian_blur,
 )
 from behemoth.data.augment.workspace import Workspace, scratch
-from behemoth.data.pipeline_config import GEOMETRIC_OPS, AugmentConfig
 from behemoth.errors import ConfigError
 from behemoth.spec import DataSpec
 
@@ -42,8 +46,12 @@ class AugmentParams:
         """The parameters of some samples only (partners are batch positions: not selectable)."""
         if self.mix_partner is not None or self.cut_partner is not None:
             raise ValueError("mixup/cutmix parameters pair samples within the batch: select the whole batch")
-        return AugmentParams(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[rows]
-                                for f in fields(self)})
+        return AugmentParams(
+            **{
+                f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[rows]
+                for f in fields(self)
+            }
+        )
 
 
 def channel_range(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,7 +66,9 @@ class Augment:
     is needed for mixup/cutmix, whose targets come back as soft (B, K) float rows.
     """
 
-    def __init__(self, cfg: AugmentConfig, low: torch.Tensor, high: torch.Tensor, num_classes: int | None = None):
+    def __init__(
+        self, cfg: AugmentConfig, low: torch.Tensor, high: torch.Tensor, num_classes: int | None = None
+    ):
         self.cfg, self.num_classes = cfg, num_classes
         self.low, self.high = low.float().cpu(), high.float().cpu()
         self.geometric = any(getattr(cfg, name) is not None for name in GEOMETRIC_OPS)
@@ -68,8 +78,9 @@ class Augment:
         self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self.workspace = Workspace()  # reused intermediates (see workspace.py): per thread
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.apply(x, y, self.draw(len(x), tuple(x.shape[1:]), generator))
 
     # --- parameters -----------------------------------------------------------------------------------
@@ -144,7 +155,9 @@ class Augment:
             bottom = np.clip(np.round(centre_y + cut * height / 2), 0, height)
             left = np.clip(np.round(centre_x - cut * width / 2), 0, width)
             right = np.clip(np.round(centre_x + cut * width / 2), 0, width)
-            p.cut_box = tensor(np.stack([top, left, (bottom - top) * on, (right - left) * on], 1).astype(np.int64))
+            p.cut_box = tensor(
+                np.stack([top, left, (bottom - top) * on, (right - left) * on], 1).astype(np.int64)
+            )
         return p
 
     # --- application ----------------------------------------------------------------------------------
@@ -158,12 +171,18 @@ class Augment:
         if p.theta is not None:
             # black: each channel's lowest value; when that (or the mean) is 0, plain zero padding is the fill
             fill_value = low if cfg.fill == "black" and bool(self.low.any()) else None
-            x, owned = on_rows(x, p.warped, owned,
-                               lambda part, rows: warp(part, to(p.theta[rows]), cfg.fill, fill_value, ws), ws)
+            x, owned = on_rows(
+                x,
+                p.warped,
+                owned,
+                lambda part, rows: warp(part, to(p.theta[rows]), cfg.fill, fill_value, ws),
+                ws,
+            )
         if p.sigma is not None:
             size = blur_kernel_size(cfg.blur.sigma[1], x.shape[-2], x.shape[-1], cfg.blur.kernel)
-            x, owned = on_rows(x, p.blurred, owned,
-                               lambda part, rows: gaussian_blur(part, to(p.sigma[rows]), size, ws), ws)
+            x, owned = on_rows(
+                x, p.blurred, owned, lambda part, rows: gaussian_blur(part, to(p.sigma[rows]), size, ws), ws
+            )
         if p.delta is not None or p.factor is not None:
             delta = to(p.delta) if p.delta is not None else None
             factor = to(p.factor) if p.factor is not None else None
@@ -171,7 +190,13 @@ class Augment:
         if p.erase_box is not None:
             top, left, box_h, box_w = to(p.erase_box).unbind(1)
             mask = box_mask(top, left, box_h, box_w, x.shape[-2], x.shape[-1], x.dtype)
-            value = to(p.noise) if p.noise is not None else low if cfg.erase.value == "black" else torch.zeros_like(low)
+            value = (
+                to(p.noise)
+                if p.noise is not None
+                else low
+                if cfg.erase.value == "black"
+                else torch.zeros_like(low)
+            )
             x = erase(x, mask, value)
         if self.mixing:
             y = soft_targets(y, self.num_classes)
@@ -187,8 +212,9 @@ class Augment:
         return self._on_device[device]
 
 
-def on_rows(x: torch.Tensor, chosen: torch.Tensor, owned: bool, op, workspace: Workspace | None = None
-            ) -> tuple[torch.Tensor, bool]:
+def on_rows(
+    x: torch.Tensor, chosen: torch.Tensor, owned: bool, op, workspace: Workspace | None = None
+) -> tuple[torch.Tensor, bool]:
     """(x with op(x[rows], rows) written into the rows chosen (B,) bool, whether the result is a new tensor).
 
     x itself comes back when no row is chosen; it is written in place only when `owned` (made by an earlier op).
@@ -207,20 +233,24 @@ def on_rows(x: torch.Tensor, chosen: torch.Tensor, owned: bool, op, workspace: W
 IMAGE_OPS = GEOMETRIC_OPS + ("blur", "brightness", "contrast", "erase", "cutmix")
 
 
-def build_augment(cfg: AugmentConfig, spec: DataSpec, low: torch.Tensor | None, high: torch.Tensor | None
-                  ) -> Augment | None:
+def build_augment(
+    cfg: AugmentConfig, spec: DataSpec, low: torch.Tensor | None, high: torch.Tensor | None
+) -> Augment | None:
     """The Augment data.augment asks for on data of this spec (None: no op configured); a ConfigError names
     the first op the data cannot take."""
     ops = cfg.active()
     if not ops:
         return None
     if spec.task != "classification":
-        raise ConfigError(f"data.augment.{ops[0]}: augmentation needs a classification dataset "
-                          f"(this one is {spec.task})")
+        raise ConfigError(
+            f"data.augment.{ops[0]}: augmentation needs a classification dataset (this one is {spec.task})"
+        )
     image_ops = [name for name in ops if name in IMAGE_OPS]
     if image_ops and len(spec.input_shape) != 3:
-        raise ConfigError(f"data.augment.{image_ops[0]}: needs images (C, H, W); this dataset's samples have "
-                          f"shape {spec.input_shape}")
+        raise ConfigError(
+            f"data.augment.{image_ops[0]}: needs images (C, H, W); this dataset's samples have "
+            f"shape {spec.input_shape}"
+        )
     if low is None or high is None:
         channels = spec.input_shape[0] if len(spec.input_shape) == 3 else 1
         low, high = torch.full((channels,), -1.0), torch.ones(channels)

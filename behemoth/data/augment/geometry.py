@@ -18,8 +18,13 @@ ArrayLike = np.ndarray | torch.Tensor
 
 
 def affine_matrices(
-    flip: ArrayLike, angle: ArrayLike, scale: ArrayLike, translate: ArrayLike, shear: ArrayLike,
-    height: int, width: int,
+    flip: ArrayLike,
+    angle: ArrayLike,
+    scale: ArrayLike,
+    translate: ArrayLike,
+    shear: ArrayLike,
+    height: int,
+    width: int,
 ) -> torch.Tensor:
     """(B, 2, 3) float32 thetas for the sampling grid: output pixel -> input pixel, in normalised coordinates.
 
@@ -28,7 +33,11 @@ def affine_matrices(
     The forward map is p_out = R Sh S F p_in + t (flip, then scale, shear, rotate, shift). Computed in
     float64 NumPy on the CPU (parameters are drawn there): a few dozen tiny ops, each ~1 us instead of ~3.
     """
-    flip, angle, scale = np.asarray(flip, np.float64), np.asarray(angle, np.float64), np.asarray(scale, np.float64)
+    flip, angle, scale = (
+        np.asarray(flip, np.float64),
+        np.asarray(angle, np.float64),
+        np.asarray(scale, np.float64),
+    )
     translate, shear = np.asarray(translate, np.float64), np.asarray(shear, np.float64)
     rad = np.deg2rad(angle)
     cos, sin = np.cos(rad), np.sin(rad)
@@ -45,10 +54,13 @@ def affine_matrices(
     tx, ty = translate[:, 0] * width, translate[:, 1] * height  # pixels
     # p_in = A^-1 (p_out - t); normalised n = p * (2/W, 2/H): theta = N A^-1 N^-1 | -N A^-1 t
     ratio = width / height
-    theta = np.stack([
-        np.stack([i11, i12 / ratio, -(i11 * tx + i12 * ty) * 2 / width], -1),
-        np.stack([i21 * ratio, i22, -(i21 * tx + i22 * ty) * 2 / height], -1),
-    ], 1)
+    theta = np.stack(
+        [
+            np.stack([i11, i12 / ratio, -(i11 * tx + i12 * ty) * 2 / width], -1),
+            np.stack([i21 * ratio, i22, -(i21 * tx + i22 * ty) * 2 / height], -1),
+        ],
+        1,
+    )
     return torch.from_numpy(theta.astype(np.float32))  # (B, 2, 3)
 
 
@@ -67,7 +79,9 @@ def grid_basis(height: int, width: int, device: torch.device, dtype: torch.dtype
     return basis.view(6, height * width * 2).to(device, dtype)
 
 
-def affine_grid(theta: torch.Tensor, height: int, width: int, workspace: Workspace | None = None) -> torch.Tensor:
+def affine_grid(
+    theta: torch.Tensor, height: int, width: int, workspace: Workspace | None = None
+) -> torch.Tensor:
     """What F.affine_grid(theta, (B, C, H, W), align_corners=False) returns, as ONE (B, 6) @ (6, H*W*2) matmul.
 
     F.affine_grid runs a batched matmul with an inner size of 3 per sample, which costs ~10x more on the CPU
@@ -75,13 +89,21 @@ def affine_grid(theta: torch.Tensor, height: int, width: int, workspace: Workspa
     """
     batch = theta.shape[0]
     grid = scratch(workspace, "grid", (batch, height, width, 2), theta)
-    torch.mm(theta.reshape(batch, 6), grid_basis(height, width, theta.device, theta.dtype),
-             out=grid.view(batch, height * width * 2))
+    torch.mm(
+        theta.reshape(batch, 6),
+        grid_basis(height, width, theta.device, theta.dtype),
+        out=grid.view(batch, height * width * 2),
+    )
     return grid  # (B, H, W, 2)
 
 
-def warp(x: torch.Tensor, theta: torch.Tensor, fill: str, fill_value: torch.Tensor | None = None,
-         workspace: Workspace | None = None) -> torch.Tensor:
+def warp(
+    x: torch.Tensor,
+    theta: torch.Tensor,
+    fill: str,
+    fill_value: torch.Tensor | None = None,
+    workspace: Workspace | None = None,
+) -> torch.Tensor:
     """Resample x (B, C, H, W) through theta (B, 2, 3), bilinear; `fill` says what the uncovered area shows.
 
     fill "border"/"reflection" are grid_sample padding modes; otherwise the area takes `fill_value` (C,),
@@ -94,4 +116,6 @@ def warp(x: torch.Tensor, theta: torch.Tensor, fill: str, fill_value: torch.Tens
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     shift = fill_value.view(1, -1, 1, 1)
     shifted = torch.sub(x, shift, out=scratch(workspace, "shifted", tuple(x.shape), x))
-    return F.grid_sample(shifted, grid, mode="bilinear", padding_mode="zeros", align_corners=False).add_(shift)
+    return F.grid_sample(shifted, grid, mode="bilinear", padding_mode="zeros", align_corners=False).add_(
+        shift
+    )

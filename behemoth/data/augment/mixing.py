@@ -13,8 +13,13 @@ def soft_targets(y: torch.Tensor, num_classes: int) -> torch.Tensor:
     return y if y.is_floating_point() else F.one_hot(y, num_classes).float()
 
 
-def mixup(x: torch.Tensor, y: torch.Tensor, partner: torch.Tensor, lam: torch.Tensor,
-          workspace: Workspace | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def mixup(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    partner: torch.Tensor,
+    lam: torch.Tensor,
+    workspace: Workspace | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """x_i <- lam_i x_i + (1 - lam_i) x_partner(i); same for the soft targets y (B, K). lam (B,): 1 = unmixed."""
     shape = (-1,) + (1,) * (x.ndim - 1)
     lam_x = lam.to(x.dtype).view(shape)
@@ -25,8 +30,14 @@ def mixup(x: torch.Tensor, y: torch.Tensor, partner: torch.Tensor, lam: torch.Te
 
 
 def cutmix(
-    x: torch.Tensor, y: torch.Tensor, partner: torch.Tensor, top: torch.Tensor, left: torch.Tensor, box_h: torch.Tensor,
-    box_w: torch.Tensor, workspace: Workspace | None = None,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    partner: torch.Tensor,
+    top: torch.Tensor,
+    left: torch.Tensor,
+    box_h: torch.Tensor,
+    box_w: torch.Tensor,
+    workspace: Workspace | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Paste each partner's box into x (B, C, H, W); targets mix by the pasted area. Empty box: unmixed."""
     height, width = x.shape[-2:]

@@ -40,18 +40,22 @@ def reflect_taps(side: int, size: int, device: torch.device, dtype: torch.dtype)
     return taps.view(size, side * side).to(device, dtype)
 
 
-def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, size: int, workspace: Workspace | None = None) -> torch.Tensor:
+def gaussian_blur(
+    x: torch.Tensor, sigma: torch.Tensor, size: int, workspace: Workspace | None = None
+) -> torch.Tensor:
     """Blur each sample of x (B, C, H, W) with its own sigma (B,): separable, reflect-padded, as two batched
     matmuls with per-sample banded matrices (on CPU ~4x faster than a grouped convolution with B*C groups).
     """
     b, c, h, w = x.shape
     kernels = gaussian_kernels(sigma.to(x.dtype), size)  # (B, size)
-    along_w = torch.mm(kernels, reflect_taps(w, size, x.device, x.dtype),
-                       out=scratch(workspace, "blur_w", (b, w * w), x)).view(b, w, w)  # [b, in, out]
+    along_w = torch.mm(
+        kernels, reflect_taps(w, size, x.device, x.dtype), out=scratch(workspace, "blur_w", (b, w * w), x)
+    ).view(b, w, w)  # [b, in, out]
     along_h = along_w  # square images: the same matrices serve both axes
     if h != w:
-        along_h = torch.mm(kernels, reflect_taps(h, size, x.device, x.dtype),
-                           out=scratch(workspace, "blur_h", (b, h * h), x)).view(b, h, h)
+        along_h = torch.mm(
+            kernels, reflect_taps(h, size, x.device, x.dtype), out=scratch(workspace, "blur_h", (b, h * h), x)
+        ).view(b, h, h)
     if c > 1:  # one matrix per (sample, channel)
         along_w = along_w.repeat_interleave(c, 0)
         along_h = along_w if h == w else along_h.repeat_interleave(c, 0)
@@ -60,7 +64,11 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, size: int, workspace: Wo
 
 
 def adjust_brightness_contrast(
-    x: torch.Tensor, delta: torch.Tensor | None, factor: torch.Tensor | None, low: torch.Tensor, high: torch.Tensor,
+    x: torch.Tensor,
+    delta: torch.Tensor | None,
+    factor: torch.Tensor | None,
+    low: torch.Tensor,
+    high: torch.Tensor,
 ) -> torch.Tensor:
     """x + delta * (high - low), then each image's channel means +- factor * (x - mean), clamped to [low, high].
 
@@ -78,8 +86,15 @@ def adjust_brightness_contrast(
     return torch.maximum(torch.minimum(out, high, out=out), low, out=out)
 
 
-def box_mask(top: torch.Tensor, left: torch.Tensor, box_h: torch.Tensor, box_w: torch.Tensor,
-             height: int, width: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def box_mask(
+    top: torch.Tensor,
+    left: torch.Tensor,
+    box_h: torch.Tensor,
+    box_w: torch.Tensor,
+    height: int,
+    width: int,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
     """(B, 1, H, W) of 1 inside each sample's box [top, top + box_h) x [left, left + box_w), 0 outside.
 
     A 0/1 float mask (the outer product of row and column indicators) rather than a bool one: blending

@@ -9,10 +9,10 @@ from pathlib import Path
 import torch
 
 from behemoth.config import RunConfig
+from behemoth.config.data import AugmentConfig
 from behemoth.data.augment.compose import Augment, channel_range
 from behemoth.data.bundle import DataBundle
-from behemoth.data.pipeline_config import AugmentConfig
-from behemoth.training.feed import step_generator
+from behemoth.data.randomness import step_generator
 
 
 def describe_ops(cfg: AugmentConfig) -> str:
@@ -20,8 +20,11 @@ def describe_ops(cfg: AugmentConfig) -> str:
     parts = []
     for name in cfg.active():
         op = getattr(cfg, name)
-        extra = " ".join(f"{key}={[round(v, 3) for v in value] if isinstance(value, tuple) else value}"
-                         for key, value in op.model_dump(exclude_none=True).items() if key != "p")
+        extra = " ".join(
+            f"{key}={[round(v, 3) for v in value] if isinstance(value, tuple) else value}"
+            for key, value in op.model_dump(exclude_none=True).items()
+            if key != "p"
+        )
         parts.append(f"{name} p={op.p:g}" + (f" {extra}" if extra else ""))
     return " · ".join(parts)
 
@@ -37,8 +40,9 @@ def label_text(target: torch.Tensor, class_names: list[str]) -> str:
     return f"{name(classes[0])} {shares[0]:.2f} + {name(classes[1])} {shares[1]:.2f}"
 
 
-def augment_rounds(augment: Augment, x: torch.Tensor, y: torch.Tensor, rounds: int, seed: int
-                   ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def augment_rounds(
+    augment: Augment, x: torch.Tensor, y: torch.Tensor, rounds: int, seed: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """`rounds` independent augmentations of the same batch (each with the generator of a training step)."""
     return [augment(x, y, step_generator(seed, 0, step, 0, 0)) for step in range(rounds)]
 
@@ -50,8 +54,14 @@ def to_display(x: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.
 
 
 def preview_grid(
-    x: torch.Tensor, y: torch.Tensor, rounds: list[tuple[torch.Tensor, torch.Tensor]], low: torch.Tensor,
-    high: torch.Tensor, class_names: list[str], heading: str, path: Path,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    rounds: list[tuple[torch.Tensor, torch.Tensor]],
+    low: torch.Tensor,
+    high: torch.Tensor,
+    class_names: list[str],
+    heading: str,
+    path: Path,
 ) -> None:
     """Columns: samples; rows: the originals, then each augmentation round; every cell titled with its label.
     `low`, `high` (C,): each channel's value range, drawn black to white."""
@@ -67,8 +77,13 @@ def preview_grid(
         for col in range(cols):
             ax = axes[row, col]
             picture = pictures[col].numpy()
-            ax.imshow(picture[..., 0] if picture.shape[-1] == 1 else picture, cmap="gray", vmin=0, vmax=1,
-                      interpolation="nearest")
+            ax.imshow(
+                picture[..., 0] if picture.shape[-1] == 1 else picture,
+                cmap="gray",
+                vmin=0,
+                vmax=1,
+                interpolation="nearest",
+            )
             ax.set_title(label_text(targets[col].cpu(), class_names), fontsize=7)
             ax.set_xticks([])
             ax.set_yticks([])
@@ -87,11 +102,12 @@ def preview_grid(
             os.unlink(tmp)
 
 
-def write_preview(cfg: RunConfig, data: DataBundle, path: Path, samples: int = 8, rounds: int = 3,
-                  seed: int = 0) -> Path | None:
+def write_preview(
+    cfg: RunConfig, data: DataBundle, path: Path, samples: int = 8, rounds: int = 3, seed: int = 0
+) -> Path | None:
     """The grid for `cfg`'s training images: originals, plus `rounds` draws of data.augment when it has ops.
     None (nothing written) when the training inputs are not images."""
-    from behemoth.data.feeds import augment_for
+    from behemoth.data.augment.for_data import augment_for
     from behemoth.data.shards import StreamedSplit
 
     if isinstance(data.train, StreamedSplit):  # the first shard is enough to look at
@@ -102,15 +118,19 @@ def write_preview(cfg: RunConfig, data: DataBundle, path: Path, samples: int = 8
         return None
     picked = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(seed))[:samples]
     x, y = x_all[picked], y_all[picked]
-    augment = augment_for(cfg, data)
+    augment = augment_for(cfg.data.augment, data)
     if augment is not None:
         low, high = augment.low, augment.high
         drawn = augment_rounds(augment, x, y, rounds, seed)
-        heading = (f"{cfg.name}: {data.name} training samples (top row) and {rounds} draws of data.augment "
-                   f"(rows below)\n{describe_ops(cfg.data.augment)}")
+        heading = (
+            f"{cfg.name}: {data.name} training samples (top row) and {rounds} draws of data.augment "
+            f"(rows below)\n{describe_ops(cfg.data.augment)}"
+        )
     else:
         low, high = channel_range(x_all)
         drawn = []
-        heading = f"{cfg.name}: {len(x)} {data.name} training samples as the model sees them (no data.augment)"
+        heading = (
+            f"{cfg.name}: {len(x)} {data.name} training samples as the model sees them (no data.augment)"
+        )
     preview_grid(x, y, drawn, low, high, data.class_names, heading, path)
     return path

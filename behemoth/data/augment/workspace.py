@@ -29,7 +29,9 @@ class Workspace(threading.local):
         return flat[:numel].view(shape)
 
 
-def scratch(workspace: Workspace | None, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+def scratch(
+    workspace: Workspace | None, name: str, shape: tuple[int, ...], like: torch.Tensor
+) -> torch.Tensor:
     """A buffer from `workspace`, or a fresh tensor without one."""
     if workspace is None:
         return torch.empty(shape, dtype=like.dtype, device=like.device)

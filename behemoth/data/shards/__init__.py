@@ -7,5 +7,13 @@ from behemoth.data.shards.reader import ShardDataset, ShardSplit
 from behemoth.data.shards.source import StreamedSplit, load_shards
 from behemoth.data.shards.writer import pack_bundle
 
-__all__ = ["INDEX", "ShardDataset", "ShardIndex", "ShardSplit", "StreamedSplit", "load_shards", "pack_bundle",
-           "read_index"]
+__all__ = [
+    "INDEX",
+    "ShardDataset",
+    "ShardIndex",
+    "ShardSplit",
+    "StreamedSplit",
+    "load_shards",
+    "pack_bundle",
+    "read_index",
+]

@@ -62,11 +62,15 @@ class Decode:
         """8-bit images through a (channels, 256) table of `compute`'s own results: the same bits, ~3x faster
         than the four float passes (what a streamed epoch spends most of its time on)."""
         if self._table is None:
-            levels = torch.arange(256, dtype=torch.uint8).view(256, 1).expand(256, len(self.mean)).contiguous()
+            levels = (
+                torch.arange(256, dtype=torch.uint8).view(256, 1).expand(256, len(self.mean)).contiguous()
+            )
             self._table = np.ascontiguousarray(self.compute(levels).numpy().T)  # (C, 256)
         pixels = stored.numpy()
         out = np.empty(pixels.shape, np.float32)
-        for channel, table in enumerate(self._table):  # np.take indexes with uint8 directly (torch needs int64)
+        for channel, table in enumerate(
+            self._table
+        ):  # np.take indexes with uint8 directly (torch needs int64)
             np.take(table, pixels[:, channel], out=out[:, channel], mode="clip")
         return torch.from_numpy(out)
 
@@ -129,7 +133,9 @@ def read_index(root: Path) -> ShardIndex:
     """The index of shard directory `root`, or a DataError naming what is wrong with it."""
     path = root / INDEX
     if not path.is_file():
-        raise DataError(f"{root} is not a shard directory: {INDEX} not found (write one with `behemoth data pack`)")
+        raise DataError(
+            f"{root} is not a shard directory: {INDEX} not found (write one with `behemoth data pack`)"
+        )
     try:
         raw = json.loads(path.read_text())
         if raw.get("format") != FORMAT or raw.get("version") != VERSION:
@@ -164,7 +170,9 @@ def compact_integers(array: np.ndarray) -> np.ndarray:
     return array.astype(np.int64)
 
 
-def pixels_if_exact(x: torch.Tensor, meta: dict[str, Any], chunk: int = 8192) -> tuple[np.ndarray, Decode] | None:
+def pixels_if_exact(
+    x: torch.Tensor, meta: dict[str, Any], chunk: int = 8192
+) -> tuple[np.ndarray, Decode] | None:
     """x (N, ...) float as 8-bit values + the Decode that gives x back bit for bit, or None when it does not.
 
     Works for images a loader scaled from 8-bit pixels and normalised (meta: input_scale, mean, std).
@@ -172,7 +180,9 @@ def pixels_if_exact(x: torch.Tensor, meta: dict[str, Any], chunk: int = 8192) ->
     """
     if not x.is_floating_point() or not all(k in meta for k in ("input_scale", "mean", "std")) or len(x) == 0:
         return None
-    decode = Decode(float(meta["input_scale"]), [float(v) for v in meta["mean"]], [float(v) for v in meta["std"]])
+    decode = Decode(
+        float(meta["input_scale"]), [float(v) for v in meta["mean"]], [float(v) for v in meta["std"]]
+    )
     shape = (1, -1, 1, 1) if x.ndim == 4 else (1, -1)
     if x.ndim not in (2, 4) or len(decode.mean) != x.shape[1]:
         return None
@@ -180,12 +190,12 @@ def pixels_if_exact(x: torch.Tensor, meta: dict[str, Any], chunk: int = 8192) ->
     std = torch.tensor(decode.std, dtype=torch.float64).view(shape)
     out = np.empty(x.shape, dtype=np.uint8)
     for start in range(0, len(x), chunk):
-        part = x[start:start + chunk].double()
+        part = x[start : start + chunk].double()
         values = torch.round((part * std + mean) * decode.scale)
         if values.min() < 0 or values.max() > 255:
             return None
         pixels = values.to(torch.uint8)
-        if not torch.equal(decode(pixels), x[start:start + chunk]):
+        if not torch.equal(decode(pixels), x[start : start + chunk]):
             return None
-        out[start:start + chunk] = pixels.numpy()
+        out[start : start + chunk] = pixels.numpy()
     return out, decode

@@ -38,7 +38,9 @@ def read_verified(path: Path, info: ShardInfo) -> bytes:
     except OSError as exc:
         raise DataError(f"shard {path} cannot be read: {exc}") from None
     if len(data) != info.bytes:
-        raise DataError(f"shard {path} is truncated or changed: {len(data)} bytes, the index says {info.bytes}")
+        raise DataError(
+            f"shard {path} is truncated or changed: {len(data)} bytes, the index says {info.bytes}"
+        )
     if sha256(data) != info.sha256:
         raise DataError(f"shard {path} is corrupted: its sha256 does not match the index")
     return data
@@ -71,8 +73,10 @@ class ShardSplit:
     def buffers(self, count: int | None = None) -> Arrays:
         """Empty (x, y) arrays for `count` samples (default: the largest shard) in the stored dtypes."""
         count = self.largest if count is None else count
-        return (np.empty((count, *self.info.x_shape), self.info.x_dtype),
-                np.empty((count, *self.info.y_shape), self.info.y_dtype))
+        return (
+            np.empty((count, *self.info.x_shape), self.info.x_dtype),
+            np.empty((count, *self.info.y_shape), self.info.y_dtype),
+        )
 
     def read(self, number: int, into: Arrays | None = None) -> Arrays:
         """Shard `number`'s (x, y), verified and decompressed (into the front of `into` when given)."""
@@ -80,16 +84,18 @@ class ShardSplit:
         path = self.root / info.file
         data = memoryview(read_verified(path, info))
         x_out, y_out = into if into is not None else self.buffers(info.count)
-        x, y = x_out[:info.count], y_out[:info.count]
-        decompress_into(data[:info.x_bytes], x, path)
-        decompress_into(data[info.x_bytes:], y, path)
+        x, y = x_out[: info.count], y_out[: info.count]
+        decompress_into(data[: info.x_bytes], x, path)
+        decompress_into(data[info.x_bytes :], y, path)
         return x, y
 
     def labels(self) -> torch.Tensor:
         """All class labels (N,) int64 from the labels file, verified (no x is read)."""
         info = self.info.labels
         if info is None:
-            raise DataError(f"{self.root}: split {self.name!r} has no labels file (not a classification split)")
+            raise DataError(
+                f"{self.root}: split {self.name!r} has no labels file (not a classification split)"
+            )
         path = self.root / info.file
         labels = np.empty(info.count, self.info.y_dtype)
         decompress_into(memoryview(read_verified(path, info)), labels, path)
@@ -195,7 +201,9 @@ class ShardDataset:
         return len(self.split)
 
     def shard_order(self, epoch: int) -> list[int]:
-        return torch.randperm(len(self.counts), generator=keyed_generator(self.seed, "shards", epoch)).tolist()
+        return torch.randperm(
+            len(self.counts), generator=keyed_generator(self.seed, "shards", epoch)
+        ).tolist()
 
     def window_permutation(self, epoch: int, window: int, size: int) -> np.ndarray:
         return torch.randperm(size, generator=keyed_generator(self.seed, "window", epoch, window)).numpy()
@@ -226,11 +234,15 @@ class ShardDataset:
                         shard += 1
                     take = min(high, bounds[shard + 1]) - position
                     offset, into = position - bounds[shard], position - low
-                    window_x[into:into + take] = x[offset:offset + take]
-                    window_y[into:into + take] = y[offset:offset + take]
+                    window_x[into : into + take] = x[offset : offset + take]
+                    window_y[into : into + take] = y[offset : offset + take]
                     position += take
                 visit = self.window_permutation(epoch, number, high - low)
-                yield window_x[:high - low], window_y[:high - low], visit[start - low:] if number == first else visit
+                yield (
+                    window_x[: high - low],
+                    window_y[: high - low],
+                    visit[start - low :] if number == first else visit,
+                )
         finally:
             shards.close()  # joins the background reader: the buffers are free after this
             x = y = None
@@ -255,7 +267,7 @@ class ShardDataset:
                     yield np.concatenate(carry_x), np.concatenate(carry_y)
                     carry_x, carry_y, carried = [], [], 0
                 while i + batch_size <= len(visit):
-                    rows = visit[i:i + batch_size]
+                    rows = visit[i : i + batch_size]
                     yield x[rows], y[rows]  # fancy indexing: a copy, so the window buffer can be reused
                     i += batch_size
                 if i < len(visit):

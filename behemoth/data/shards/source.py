@@ -2,7 +2,7 @@
 
 Validation and test splits are loaded into memory (evaluation reads them whole). The training split is
 streamed by default (`data.shards.stream`): the bundle then holds a `StreamedSplit`, which knows its
-length and its shards, and the training feed (behemoth.data.feeds) reads it with a ShardDataset.
+length and its shards, and the training feed (behemoth.training.feeds) reads it with a ShardDataset.
 """
 
 from pathlib import Path
@@ -29,8 +29,10 @@ class StreamedSplit:
 
     @property
     def x(self) -> torch.Tensor:
-        raise DataError(f"the training inputs of {self.shards.root} are streamed from shards; "
-                        "set data.shards.stream = false to load them into memory")
+        raise DataError(
+            f"the training inputs of {self.shards.root} are streamed from shards; "
+            "set data.shards.stream = false to load them into memory"
+        )
 
     @property
     def y(self) -> torch.Tensor:
@@ -58,8 +60,10 @@ def load_shards(cfg) -> DataBundle:
     splits = {name: ShardSplit(root, name, info) for name, info in index.splits.items()}
     if cfg.shards.stream:
         if cfg.train_limit is not None:
-            raise ConfigError(f"data.train_limit = {cfg.train_limit}: not available while streaming shards "
-                              "(set data.shards.stream = false, or pack fewer samples)")
+            raise ConfigError(
+                f"data.train_limit = {cfg.train_limit}: not available while streaming shards "
+                "(set data.shards.stream = false, or pack fewer samples)"
+            )
         train = StreamedSplit(splits["train"])
     else:
         train = splits["train"].load().take(cfg.train_limit or len(splits["train"]))

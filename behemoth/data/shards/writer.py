@@ -14,18 +14,35 @@ from pathlib import Path
 import blosc2
 import numpy as np
 
+from behemoth.config.data import check_lossless
 from behemoth.data.bundle import DataBundle, TensorSplit
-from behemoth.data.pipeline_config import check_lossless
 from behemoth.data.shards.format import (
-    INDEX, SUFFIX, ShardIndex, ShardInfo, SplitInfo, compact_integers, pixels_if_exact, sha256,
+    INDEX,
+    SUFFIX,
+    ShardIndex,
+    ShardInfo,
+    SplitInfo,
+    compact_integers,
+    pixels_if_exact,
+    sha256,
 )
 from behemoth.errors import BehemothError
-from behemoth.training.checkpoint import atomic_write_text
+from behemoth.files import atomic_write_text
 
-CODECS = {"zstd": blosc2.Codec.ZSTD, "lz4": blosc2.Codec.LZ4, "lz4hc": blosc2.Codec.LZ4HC,
-          "blosclz": blosc2.Codec.BLOSCLZ, "zlib": blosc2.Codec.ZLIB}
-FILTERS = {"shuffle": blosc2.Filter.SHUFFLE, "bitshuffle": blosc2.Filter.BITSHUFFLE, "nofilter": blosc2.Filter.NOFILTER,
-           "delta": blosc2.Filter.DELTA, "bytedelta": blosc2.Filter.BYTEDELTA}
+CODECS = {
+    "zstd": blosc2.Codec.ZSTD,
+    "lz4": blosc2.Codec.LZ4,
+    "lz4hc": blosc2.Codec.LZ4HC,
+    "blosclz": blosc2.Codec.BLOSCLZ,
+    "zlib": blosc2.Codec.ZLIB,
+}
+FILTERS = {
+    "shuffle": blosc2.Filter.SHUFFLE,
+    "bitshuffle": blosc2.Filter.BITSHUFFLE,
+    "nofilter": blosc2.Filter.NOFILTER,
+    "delta": blosc2.Filter.DELTA,
+    "bytedelta": blosc2.Filter.BYTEDELTA,
+}
 
 Progress = Callable[[int, int], None]  # (shards written, shards in all)
 MAX_SHARD = 1 << 30  # a blosc2 chunk holds at most ~2 GiB
@@ -39,8 +56,9 @@ def compress(array: np.ndarray, codec: str, level: int, filter: str) -> bytes:
     compressed size and decompresses 8-bit images ~2x faster (measured on MNIST, LZ4 and ZSTD).
     """
     use = "nofilter" if filter == "shuffle" and array.itemsize == 1 else filter
-    cparams = blosc2.CParams(codec=CODECS[codec], clevel=level, filters=[FILTERS[use]],
-                             typesize=max(array.itemsize, 1))
+    cparams = blosc2.CParams(
+        codec=CODECS[codec], clevel=level, filters=[FILTERS[use]], typesize=max(array.itemsize, 1)
+    )
     return blosc2.compress2(np.ascontiguousarray(array), cparams=cparams)
 
 
@@ -57,8 +75,15 @@ def stored_arrays(split: TensorSplit, meta: dict) -> tuple[np.ndarray, np.ndarra
     x_range = None
     if split.x.ndim == 4 and split.x.is_floating_point() and len(split.x):
         x_range = [split.x.amin((0, 2, 3)).tolist(), split.x.amax((0, 2, 3)).tolist()]
-    info = dict(count=len(split), x_shape=list(split.x.shape[1:]), x_dtype=str(x.dtype),
-                y_shape=list(split.y.shape[1:]), y_dtype=str(y.dtype), x_range=x_range, decode=decode)
+    info = dict(
+        count=len(split),
+        x_shape=list(split.x.shape[1:]),
+        x_dtype=str(x.dtype),
+        y_shape=list(split.y.shape[1:]),
+        y_dtype=str(y.dtype),
+        x_range=x_range,
+        decode=decode,
+    )
     return x, y, info
 
 
@@ -70,8 +95,14 @@ def write_file(path: Path, data: bytes) -> None:
 
 
 def pack_bundle(
-    bundle: DataBundle, out: Path, codec: str = "zstd", level: int = 5, filter: str = "shuffle",
-    shard_size: int = 64 << 20, overwrite: bool = False, progress: Progress | None = None,
+    bundle: DataBundle,
+    out: Path,
+    codec: str = "zstd",
+    level: int = 5,
+    filter: str = "shuffle",
+    shard_size: int = 64 << 20,
+    overwrite: bool = False,
+    progress: Progress | None = None,
 ) -> ShardIndex:
     """Write every split of `bundle` as shards of about `shard_size` uncompressed bytes into directory `out`."""
     try:
@@ -81,7 +112,9 @@ def pack_bundle(
     if not 0 <= level <= 9:
         raise BehemothError(f"--level {level}: must be 0 (no compression) to 9")
     if not 1 <= shard_size <= MAX_SHARD:
-        raise BehemothError(f"--shard-size {shard_size}: must be between 1 byte and 1 GiB (one blosc2 chunk per array)")
+        raise BehemothError(
+            f"--shard-size {shard_size}: must be between 1 byte and 1 GiB (one blosc2 chunk per array)"
+        )
     out = Path(out)
     if out.exists():
         if not overwrite:
@@ -104,8 +137,16 @@ def pack_bundle(
                 data = x_chunk + y_chunk
                 file = f"{name}-{number:05d}{SUFFIX}"
                 write_file(staging / file, data)
-                split.shards.append(ShardInfo(file, len(x[start:stop]), len(data),
-                                              x[start:stop].nbytes + y[start:stop].nbytes, len(x_chunk), sha256(data)))
+                split.shards.append(
+                    ShardInfo(
+                        file,
+                        len(x[start:stop]),
+                        len(data),
+                        x[start:stop].nbytes + y[start:stop].nbytes,
+                        len(x_chunk),
+                        sha256(data),
+                    )
+                )
                 done += 1
                 if progress is not None:
                     progress(done, total)
@@ -116,7 +157,9 @@ def pack_bundle(
                 split.labels = ShardInfo(file, len(y), len(chunk), y.nbytes, len(chunk), sha256(chunk))
             splits[name] = split
         spec = asdict(bundle.spec)
-        meta = {k: v for k, v in bundle.meta.items() if isinstance(v, (str, int, float, bool, list, type(None)))}
+        meta = {
+            k: v for k, v in bundle.meta.items() if isinstance(v, (str, int, float, bool, list, type(None)))
+        }
         index = ShardIndex(bundle.name, spec, list(bundle.class_names), meta, codec, level, filter, splits)
         atomic_write_text(staging / INDEX, index.to_json())
         replace_directory(staging, out)
@@ -149,4 +192,3 @@ def replace_directory(staging: Path, out: Path) -> None:
         os.close(fd)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-

@@ -11,7 +11,9 @@ Kept free of torch (like `[tune]`) so loading any config stays light. CLI option
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from behemoth.config.section import Section
 
 Method = Literal["ig", "saliency", "gradient_shap", "kernel_shap", "lime", "occlusion"]
 METHODS: tuple[str, ...] = Method.__args__
@@ -21,10 +23,7 @@ COMPLETE_METHODS = ("ig", "gradient_shap", "kernel_shap")
 GRADIENT_METHODS = ("ig", "saliency", "gradient_shap")  # need the model's gradients (not int8 kernels)
 
 
-class ExplainConfig(BaseModel):
-    # the same rules as behemoth.config.schema.Section, restated: schema.py imports this module
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
+class ExplainConfig(Section):
     method: Method = "ig"
     samples: int = Field(8, ge=1)  # how many inputs of `split` to explain (the first N)
     split: Literal["test", "val", "train"] = "test"
@@ -37,7 +36,9 @@ class ExplainConfig(BaseModel):
     completeness_tol: float = Field(0.01, gt=0.0, lt=1.0)  # IG: |sum attr - (f(x) - f(x'))| / |f(x) - f(x')|
     n_samples: int = Field(64, ge=1)  # gradient_shap / kernel_shap / lime: samples per input
     internal_batch_size: int = Field(512, ge=1)  # inputs per forward pass inside a method
-    patch: int | None = Field(None, ge=1)  # image side of a feature patch (occlusion/lime/kernel_shap); None: auto
+    patch: int | None = Field(
+        None, ge=1
+    )  # image side of a feature patch (occlusion/lime/kernel_shap); None: auto
     # fidelity
     curve_steps: int = Field(20, ge=2)  # points on the deletion/insertion curves
     infidelity_samples: int = Field(16, ge=1)

@@ -16,23 +16,26 @@ The CLI's `--recipe prune=0.92,quant=kmeans6,code=huffman` sets the same fields 
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+
+from behemoth.config.section import Section
 
 QUANT_PATTERN = re.compile(r"^(none|int8|dynamic|qat|kmeans([1-9]|1[0-6]))$")
 QUANT_CHOICES = "none | int8 | dynamic | qat | kmeans<bits> (bits 1..16, e.g. kmeans6)"
 
 
-class CompressConfig(BaseModel):
-    # the same rules as behemoth.config.schema.Section, restated: schema.py imports this module
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
+class CompressConfig(Section):
     # unstructured magnitude pruning
     prune: float = Field(0.0, ge=0.0, lt=1.0)  # target fraction of zero weights (Linear/Conv weights)
     scope: Literal["layer", "global"] = "global"
     schedule: Literal["oneshot", "gradual"] = "gradual"
     layer_sparsity: dict[str, float] = {}  # per-layer targets that override `prune`, e.g. {"net.out" = 0.7}
-    prune_end: float = Field(0.75, gt=0.0, le=1.0)  # gradual: final sparsity reached at this fraction of retraining
-    prune_every: int | None = Field(None, ge=1)  # gradual: optimizer steps between mask updates (None: ~8 per epoch)
+    prune_end: float = Field(
+        0.75, gt=0.0, le=1.0
+    )  # gradual: final sparsity reached at this fraction of retraining
+    prune_every: int | None = Field(
+        None, ge=1
+    )  # gradual: optimizer steps between mask updates (None: ~8 per epoch)
     # structured pruning: whole hidden units / channels removed, the next layer rewired
     structured: float = Field(0.0, ge=0.0, lt=1.0)
     # retraining after pruning (and QAT / centroid fine-tuning), through the training engine

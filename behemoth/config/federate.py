@@ -22,21 +22,18 @@ al. 2017: K clients, a fraction C of them sampled per round, E local epochs of b
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from behemoth.config.section import Section
 from behemoth.errors import ConfigError
 
-Strategy = Literal["fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum"]
-STRATEGIES: tuple[str, ...] = Strategy.__args__
+# federate.strategy's names, here so the config stays free of flwr: behemoth.federated.strategies builds each
+# from its STRATEGY_REGISTRY, which a test keeps equal to this list
+STRATEGIES: tuple[str, ...] = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
 Partition = Literal["iid", "shards", "dirichlet"]
 
 
-class _Section(BaseModel):
-    # the same rules as behemoth.config.schema.Section, restated: schema.py imports this module
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class DPConfig(_Section):
+class DPConfig(Section):
     """Differential privacy. `client`: every client trains with DP-SGD (Opacus: per-sample clipping + noise,
     Poisson-sampled batches), (epsilon, delta) per client's records. `server`: Flower's
     DifferentialPrivacyServerSideFixedClipping clips each client's update and noises the average,
@@ -49,7 +46,7 @@ class DPConfig(_Section):
     target_epsilon: float | None = Field(None, gt=0.0)  # set: pick the noise that spends it over `rounds`
 
 
-class FaultsConfig(_Section):
+class FaultsConfig(Section):
     """Simulated failures, to check that the federation survives them (all off by default)."""
 
     dropout: float = Field(0.0, ge=0.0, lt=1.0)  # share of each round's sampled clients that fail mid-round
@@ -60,7 +57,7 @@ class FaultsConfig(_Section):
     crash_after_round: int | None = Field(None, ge=1)  # the server fails after checkpointing this round
 
 
-class DeployConfig(_Section):
+class DeployConfig(Section):
     """`behemoth federate --deploy`: one flower-superlink and `clients` flower-supernode processes."""
 
     host: str = "127.0.0.1"
@@ -70,19 +67,21 @@ class DeployConfig(_Section):
     startup_timeout: float = Field(60.0, gt=0.0)  # seconds to wait for the SuperLink to listen
 
 
-class FederateConfig(_Section):
+class FederateConfig(Section):
     clients: int = Field(10, ge=1)  # K: partitions, one per SuperNode
     fraction: float = Field(0.1, gt=0.0, le=1.0)  # C: share of the clients sampled each round
     min_clients: int = Field(1, ge=1)  # sample at least this many
     local_epochs: int = Field(1, ge=1)  # E
     local_batch: int = Field(10, ge=0)  # B; 0 = the whole partition (B = inf)
     rounds: int = Field(10, ge=1)
-    strategy: Strategy = "fedavg"
+    strategy: str = "fedavg"  # one of STRATEGIES
     target_accuracy: float | None = Field(None, gt=0.0, le=1.0)  # stop early on global test accuracy
     fraction_evaluate: float = Field(0.0, ge=0.0, le=1.0)  # clients also evaluating the global model locally
     seed: int = 0  # partitions, client sampling, dropouts, local shuffles
     timeout: float = Field(3600.0, gt=0.0)  # seconds the server waits for a round's replies
-    max_empty_rounds: int = Field(3, ge=1)  # stop with an error after this many rounds in a row without a usable update
+    max_empty_rounds: int = Field(
+        3, ge=1
+    )  # stop with an error after this many rounds in a row without a usable update
 
     # strategy options (each read only by its strategy)
     proximal_mu: float = Field(0.01, ge=0.0)  # fedprox
@@ -104,11 +103,23 @@ class FederateConfig(_Section):
 
     # secure aggregation (fedavg only): the server sees only the sum of the round's masked updates
     secagg: bool = False  # SecAgg+ (Bell et al. 2020) through Flower's SecAggPlusWorkflow and secaggplus_mod
-    secagg_shares: int = Field(3, ge=2)  # each client's keys are split among this many clients (itself included)
-    secagg_threshold: int = Field(2, ge=2)  # shares that rebuild a key: dropouts are recovered while this many remain
+    secagg_shares: int = Field(
+        3, ge=2
+    )  # each client's keys are split among this many clients (itself included)
+    secagg_threshold: int = Field(
+        2, ge=2
+    )  # shares that rebuild a key: dropouts are recovered while this many remain
     dp: DPConfig = DPConfig()
     faults: FaultsConfig = FaultsConfig()
     deploy: DeployConfig = DeployConfig()
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, name: str) -> str:
+        """A name behemoth.federated.strategies builds, checked here without importing flwr."""
+        if name not in STRATEGIES:
+            raise ValueError(f"unknown strategy (known: {', '.join(STRATEGIES)})")
+        return name
 
     @property
     def sampled_clients(self) -> int:
@@ -119,21 +130,31 @@ class FederateConfig(_Section):
     def _check(self) -> "FederateConfig":
         """Combinations no single field can judge; raised as ConfigError so the line names the fields."""
         if self.min_clients > self.clients:
-            raise ConfigError(f"federate.min_clients = {self.min_clients}: more than federate.clients = {self.clients}")
+            raise ConfigError(
+                f"federate.min_clients = {self.min_clients}: more than federate.clients = {self.clients}"
+            )
         for name in ("scaled_clients", "nan_clients"):
             bad = [p for p in getattr(self.faults, name) if not 0 <= p < self.clients]
             if bad:
-                raise ConfigError(f"federate.faults.{name}: {bad[0]} is not a partition id in [0, {self.clients})")
+                raise ConfigError(
+                    f"federate.faults.{name}: {bad[0]} is not a partition id in [0, {self.clients})"
+                )
         m = self.sampled_clients
         if self.strategy == "krum" and m <= 2 * self.krum_malicious + 2:
-            raise ConfigError(f"federate.strategy = 'krum' with krum_malicious = {self.krum_malicious}: needs more "
-                              f"than {2 * self.krum_malicious + 2} clients per round, got {m}")
+            raise ConfigError(
+                f"federate.strategy = 'krum' with krum_malicious = {self.krum_malicious}: needs more "
+                f"than {2 * self.krum_malicious + 2} clients per round, got {m}"
+            )
         if self.dp.mode == "client" and self.strategy == "fedprox":
-            raise ConfigError("federate.dp.mode = 'client' with strategy = 'fedprox': DP-SGD clips per-sample "
-                              "gradients and would drop the proximal term's gradient")
+            raise ConfigError(
+                "federate.dp.mode = 'client' with strategy = 'fedprox': DP-SGD clips per-sample "
+                "gradients and would drop the proximal term's gradient"
+            )
         if self.dp.mode == "server" and self.strategy not in ("fedavg", "fedprox", "fedadam"):
-            raise ConfigError(f"federate.dp.mode = 'server' with strategy = {self.strategy!r}: the noise is "
-                              "calibrated to an average of clipped updates (fedavg, fedprox, fedadam)")
+            raise ConfigError(
+                f"federate.dp.mode = 'server' with strategy = {self.strategy!r}: the noise is "
+                "calibrated to an average of clipped updates (fedavg, fedprox, fedadam)"
+            )
         if self.secagg:
             _check_secagg(self)
         return self
@@ -146,21 +167,33 @@ def _check_secagg(fed: FederateConfig) -> None:
     """What SecAgg+ needs from the rest of the section; each line names the field it cannot live with."""
     m = fed.sampled_clients
     if fed.strategy != "fedavg":
-        raise ConfigError(f"federate.secagg = true: SecAgg+ sums masked updates, so it needs strategy = 'fedavg' "
-                          f"(got {fed.strategy!r}; robust strategies must see each update)")
+        raise ConfigError(
+            f"federate.secagg = true: SecAgg+ sums masked updates, so it needs strategy = 'fedavg' "
+            f"(got {fed.strategy!r}; robust strategies must see each update)"
+        )
     if fed.dp.mode == "server":
-        raise ConfigError("federate.secagg = true with dp.mode = 'server': server-side DP clips each update, which "
-                          "the server never sees under SecAgg+; use dp.mode = 'client'")
+        raise ConfigError(
+            "federate.secagg = true with dp.mode = 'server': server-side DP clips each update, which "
+            "the server never sees under SecAgg+; use dp.mode = 'client'"
+        )
     if fed.secagg_threshold > fed.secagg_shares:
-        raise ConfigError(f"federate.secagg_threshold = {fed.secagg_threshold}: more than federate.secagg_shares = "
-                          f"{fed.secagg_shares} (a key cannot need more shares than it was split into)")
+        raise ConfigError(
+            f"federate.secagg_threshold = {fed.secagg_threshold}: more than federate.secagg_shares = "
+            f"{fed.secagg_shares} (a key cannot need more shares than it was split into)"
+        )
     if fed.secagg_shares > m:
-        raise ConfigError(f"federate.secagg_shares = {fed.secagg_shares}: SecAgg+ shares each key among clients of "
-                          f"the same round, but only {m} are sampled per round (clients * fraction, at least "
-                          "min_clients)")
+        raise ConfigError(
+            f"federate.secagg_shares = {fed.secagg_shares}: SecAgg+ shares each key among clients of "
+            f"the same round, but only {m} are sampled per round (clients * fraction, at least "
+            "min_clients)"
+        )
     if fed.secagg_shares < m and fed.secagg_shares % 2 == 0:
-        raise ConfigError(f"federate.secagg_shares = {fed.secagg_shares}: must be odd, or equal to the {m} clients "
-                          "per round (a client shares with itself and as many neighbours on each side)")
+        raise ConfigError(
+            f"federate.secagg_shares = {fed.secagg_shares}: must be odd, or equal to the {m} clients "
+            "per round (a client shares with itself and as many neighbours on each side)"
+        )
     if m > SECAGG_MAX_CLIENTS:
-        raise ConfigError(f"federate.secagg = true with {m} clients per round: the masked sum overflows above "
-                          f"{SECAGG_MAX_CLIENTS}")
+        raise ConfigError(
+            f"federate.secagg = true with {m} clients per round: the masked sum overflows above "
+            f"{SECAGG_MAX_CLIENTS}"
+        )

@@ -14,19 +14,16 @@ import difflib
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 
+from behemoth.config.section import Section
 from behemoth.errors import ConfigError
 
 RANGE_KINDS = ("log_uniform", "uniform", "int", "log_int")
 KINDS = (*RANGE_KINDS, "choice")
 
 
-class TuneConfig(BaseModel):
-    # the same rules as behemoth.config.schema.Section, restated rather than imported: schema.py
-    # imports this module for RunConfig.tune, and importing schema back would make a cycle
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
+class TuneConfig(Section):
     trials: int = Field(20, ge=1)  # total trials in the study (a resumed study runs the rest)
     timeout: float | None = Field(None, gt=0)  # seconds for this invocation; None: no limit
     objective: Literal["val.acc", "val.loss"] = "val.acc"
@@ -47,11 +44,10 @@ class TuneConfig(BaseModel):
     @classmethod
     def _check_space(cls, raw: Any) -> dict[str, dict[str, Any]]:
         if not isinstance(raw, dict):
-            raise ConfigError(f"tune.space = {raw!r}: expected a table of \"section.key\" = {{kind = ...}}")
+            raise ConfigError(f'tune.space = {raw!r}: expected a table of "section.key" = {{kind = ...}}')
         space = flatten_space(raw)
         for key, spec in space.items():
             check_spec(key, spec)
-            check_config_path(key, spec)
         return space
 
 
@@ -63,8 +59,12 @@ def flatten_space(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in raw.items():
         path = f"{prefix}.{key}" if prefix else key
-        nested = isinstance(value, dict) and value and not set(value) & set(KINDS) and all(
-            isinstance(v, dict) for v in value.values())
+        nested = (
+            isinstance(value, dict)
+            and value
+            and not set(value) & set(KINDS)
+            and all(isinstance(v, dict) for v in value.values())
+        )
         flat.update(flatten_space(value, path) if nested else {path: value})
     return flat
 
@@ -83,9 +83,12 @@ def check_spec(key: str, spec: Any) -> None:
         return
     is_int = kind in ("int", "log_int")
     number = int if is_int else (int, float)
-    ok = (isinstance(value, list) and len(value) == 2
-          and all(isinstance(v, number) and not isinstance(v, bool) and math.isfinite(v) for v in value)
-          and value[0] < value[1])
+    ok = (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(isinstance(v, number) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+        and value[0] < value[1]
+    )
     if ok and kind.startswith("log"):
         ok = value[0] > 0
     if not ok:
@@ -94,11 +97,11 @@ def check_spec(key: str, spec: Any) -> None:
         raise ConfigError(f"{where}: {kind} needs [low, high], {what} with {bound}")
 
 
-def check_config_path(key: str, spec: dict[str, Any]) -> None:
-    """The key must name a field of the run config (a [model] option is checked when a value is tried)."""
-    from behemoth.config.schema import RunConfig  # at call time: schema imports this module
+def check_config_path(root: type[BaseModel], key: str, spec: dict[str, Any]) -> None:
+    """The key must name a field of the run config `root` (a [model] option is checked when a value is tried).
 
-    model: Any = RunConfig
+    RunConfig calls this once it is built: this module cannot import the schema that imports it."""
+    model: Any = root
     parts = key.split(".")
     for depth, part in enumerate(parts):
         fields = getattr(model, "model_fields", None)

@@ -1,6 +1,6 @@
 """The `[data]` options of the data pipeline: sampling, augmentation and compressed shards.
 
-Torch-free (like `[tune]` and `[explain]`): behemoth.config.schema imports these models into DataConfig.
+Torch-free, like every section: DataConfig (at the end) composes them.
 
     [data.sampling]
     kind = "stratified"      # shuffle | random | systematic | stratified | balanced
@@ -22,20 +22,23 @@ and documented: geometry (flips, rotate, scale, translate, shear fused into one 
 contrast, erase, then mixup and cutmix.
 """
 
-import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-
-class _Section(BaseModel):
-    # the same rules as behemoth.config.schema.Section, restated: schema.py imports this module
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
+from behemoth.config.section import Section
+from behemoth.config.sizes import parse_size
 
 # ---------------------------------------------------------------------------------------------- sampling
 
-class SamplingConfig(_Section):
+
+class SamplingConfig(Section):
     """Which training rows an epoch visits. Every kind is a pure function of (seed, epoch): resume is exact."""
 
     kind: Literal["shuffle", "random", "systematic", "stratified", "balanced"] = "shuffle"
@@ -62,6 +65,7 @@ class SamplingConfig(_Section):
 
 # ------------------------------------------------------------------------------------------ augmentation
 
+
 def _symmetric(value: object) -> object:
     """`degrees = 15` means [-15, 15]."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -74,7 +78,7 @@ SymmetricRange = Annotated[Range, BeforeValidator(_symmetric)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
-class _Op(_Section):
+class _Op(Section):
     p: Probability = 1.0
 
     @field_validator("*")
@@ -189,7 +193,7 @@ class CutMixOp(MixOp):
 GEOMETRIC_OPS = ("hflip", "vflip", "rotate", "scale", "translate", "shear")
 
 
-class AugmentConfig(_Section):
+class AugmentConfig(Section):
     """Batched augmentation of training images with per-sample random parameters (None: op off)."""
 
     hflip: FlipOp | None = None
@@ -210,7 +214,9 @@ class AugmentConfig(_Section):
 
     def active(self) -> list[str]:
         """Names of the configured ops, in the order they are applied."""
-        return [name for name in type(self).model_fields if name != "fill" and getattr(self, name) is not None]
+        return [
+            name for name in type(self).model_fields if name != "fill" and getattr(self, name) is not None
+        ]
 
     @property
     def enabled(self) -> bool:
@@ -221,8 +227,18 @@ class AugmentConfig(_Section):
 
 LOSSLESS_CODECS = ("zstd", "lz4", "lz4hc", "blosclz", "zlib")
 LOSSLESS_FILTERS = ("shuffle", "bitshuffle", "nofilter", "delta", "bytedelta")
-LOSSY = {"zfp_acc", "zfp_prec", "zfp_rate", "openhtj2k", "htj2k", "j2k", "grok", "trunc_prec", "int_trunc",
-         "ndmean"}
+LOSSY = {
+    "zfp_acc",
+    "zfp_prec",
+    "zfp_rate",
+    "openhtj2k",
+    "htj2k",
+    "j2k",
+    "grok",
+    "trunc_prec",
+    "int_trunc",
+    "ndmean",
+}
 
 
 def check_lossless(value: str, kind: str) -> str:
@@ -236,23 +252,7 @@ def check_lossless(value: str, kind: str) -> str:
     return name
 
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)b?\s*$", re.IGNORECASE)
-
-
-def parse_size(text: str | int) -> int:
-    """Bytes in '64MiB', '500k', '1GB' (decimal) or '1048576'."""
-    if isinstance(text, int):
-        return text
-    match = _SIZE.match(text)
-    if not match:
-        raise ValueError(f"size {text!r}: expected a number of bytes such as 64MiB, 512KiB or 1GB")
-    number, unit, binary = float(match[1]), match[2].lower(), bool(match[3])
-    if not unit:
-        return int(number)
-    return int(number * (1024 if binary else 1000) ** " kmgt".index(unit))
-
-
-class ShardsConfig(_Section):
+class ShardsConfig(Section):
     """Reading (data.name = "shards") and packing (`behemoth data pack`) compressed, checksummed shards."""
 
     # reading
@@ -281,3 +281,31 @@ class ShardsConfig(_Section):
         if parse_size(value) < 1:
             raise ValueError("shard_size must be at least 1 byte")
         return value
+
+
+class DataConfig(Section):
+    name: str = "mnist"  # mnist | fashion_mnist | digits | kjv | text | folder | table | arrays | shards
+    path: str | None = None  # file or folder for text/folder/table/arrays
+    label_column: str | None = None  # table: the column holding the label
+    image_size: tuple[int, int] | None = None  # folder: resize every image to (H, W)
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    split_seed: int = 0
+    batch_size: int = Field(128, ge=1)
+    eval_batch_size: int = Field(1000, ge=1)
+    train_limit: int | None = Field(None, ge=1)  # keep only the first N training samples
+    test_limit: int | None = Field(None, ge=1)
+    block_size: int = Field(128, ge=2)  # text: tokens per training sequence
+    tokenizer: Literal["byte", "bpe"] = (
+        "byte"  # text: UTF-8 bytes (256 tokens) or BPE trained on the train split
+    )
+    vocab_size: int | None = Field(None, ge=257, le=65536)  # bpe: vocabulary size (default 2048)
+    sampling: SamplingConfig = SamplingConfig()  # which training rows an epoch visits
+    augment: AugmentConfig = AugmentConfig()  # batched training augmentation (ops off by default)
+    shards: ShardsConfig = ShardsConfig()  # data.name = "shards" reading; `behemoth data pack` options
+
+    @field_validator("vocab_size")
+    @classmethod
+    def _vocab_size_needs_bpe(cls, vocab_size: int | None, info: ValidationInfo) -> int | None:
+        if vocab_size is not None and info.data.get("tokenizer") == "byte":
+            raise ValueError("needs data.tokenizer = 'bpe' (the byte tokenizer always has 256 tokens)")
+        return vocab_size

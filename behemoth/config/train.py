@@ -1,0 +1,89 @@
+"""The `[train]` section: optimizer, schedule, precision, strategy, evaluation, early stopping, checkpoints."""
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from behemoth.config.optimizers import optimizer_entry
+from behemoth.config.section import Section
+
+
+class EarlyStopConfig(Section):
+    monitor: str = "val.loss"  # any logged metric, e.g. val.loss, val.acc
+    mode: Literal["min", "max"] = "min"
+    patience: int = Field(0, ge=0)  # 0 disables early stopping
+    min_delta: float = Field(0.0, ge=0.0)
+
+
+class CheckpointConfig(Section):
+    every_steps: int | None = Field(None, ge=1)  # also checkpoint every N optimizer steps
+    keep_last: int = Field(2, ge=1)
+
+
+class TrainConfig(Section):
+    epochs: int = Field(2, ge=1)
+    max_steps: int | None = Field(None, ge=1)  # stop after this many optimizer steps
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1)  # torch CPU threads; default: all cores
+    strategy: Literal["auto", "single", "ddp", "fsdp", "pipeline"] = (
+        "auto"  # auto: ddp under torchrun, else single
+    )
+    fsdp_offload: bool = False  # fsdp: sharded parameters, gradients and optimizer state live in CPU memory
+    activation_checkpointing: bool = False  # recompute each block's activations in backward (gpt, vit, cnn)
+    pipeline_microbatches: int = Field(4, ge=1)  # pipeline: chunks each global micro-batch is cut into
+    pipeline_schedule: Literal["1f1b", "gpipe"] = "1f1b"  # pipeline: torch.distributed.pipelining schedule
+
+    # optimizer: a registry name (see behemoth.config.optimizers), which also says which options it reads
+    optimizer: str = "sgd"
+    lr: float = Field(0.1, gt=0.0)
+    momentum: float = Field(0.0, ge=0.0, lt=1.0)
+    nesterov: bool = False
+    dampening: float = Field(0.0, ge=0.0, le=1.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0.0)
+    alpha: float = Field(0.99, gt=0.0, le=1.0)  # rmsprop smoothing
+    centered: bool = False  # rmsprop
+    rho: float = Field(0.9, gt=0.0, le=1.0)  # adadelta
+    weight_decay: float = Field(0.0, ge=0.0)
+    decay_norm_and_bias: bool = False  # False: biases and norm weights get no weight decay
+    optimizer_impl: Literal["default", "forloop", "foreach", "fused"] = (
+        "default"  # torch.optim kernel; default: torch's pick
+    )
+
+    # learning-rate schedule
+    schedule: Literal["constant", "step", "exponential", "cosine", "onecycle"] = "constant"
+    schedule_unit: Literal["step", "epoch"] = "step"
+    step_size: int = Field(1, ge=1)  # step decay: decay every N units
+    gamma: float = Field(0.1, gt=0.0, le=1.0)  # step/exponential decay factor per step_size/unit
+    min_lr: float = Field(0.0, ge=0.0)  # cosine floor
+    warmup: int = Field(0, ge=0)  # linear warmup length, in schedule units
+    pct_start: float = Field(0.25, gt=0.0, lt=1.0)  # onecycle: fraction spent rising
+    div_factor: float = Field(25.0, gt=0.0)  # onecycle: initial lr = lr / div_factor
+    final_div_factor: float = Field(1e4, gt=0.0)
+
+    # step details and regularisation
+    clip_norm: float | None = Field(None, gt=0.0)
+    clip_value: float | None = Field(None, gt=0.0)
+    accumulate: int = Field(1, ge=1)  # micro-batches per optimizer step
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    param_dtype: Literal["fp32", "bf16"] = "fp32"  # storage of parameters and gradients (precision: compute)
+    release_freed_memory: bool = (
+        False  # glibc: unmap freed tensors at once, so RSS follows use (train/allocator.py)
+    )
+    channels_last: bool = False
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    compile: bool = False
+
+    # evaluation, logging, checkpoints
+    eval_every_steps: int | None = Field(None, ge=1)  # also validate mid-epoch
+    log_every: int = Field(50, ge=1)
+    early_stop: EarlyStopConfig = EarlyStopConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+
+    @field_validator("optimizer")
+    @classmethod
+    def _known_optimizer(cls, name: str) -> str:
+        """Checked against the registry when read, so an entry added to it is accepted at once."""
+        optimizer_entry(name)
+        return name

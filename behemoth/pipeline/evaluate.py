@@ -1,0 +1,96 @@
+"""`behemoth.evaluate(run)` and `behemoth.predict(run, inputs)`: use a trained run."""
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from behemoth.errors import BehemothError, DataError
+from behemoth.runs import open_run, read_spec, write_json
+from behemoth.training import evaluate as evaluate_split
+from behemoth.training import resolve_device
+from behemoth.training.assembly import load_run_data, load_trained_model
+
+
+def evaluate(run: str | Path, split: str = "test", out: Path | None = None) -> dict[str, Any]:
+    """Loss, accuracy, precision, recall and F1 (macro and per class) of a trained run on one split; written
+    to `out` (default <run>/eval.json) and returned."""
+    run_dir, cfg = open_run(run)
+    data = load_run_data(cfg)
+    chosen = data.splits().get(split)
+    if chosen is None:
+        raise BehemothError(
+            f"--split {split}: {data.name} has no such split (has: {', '.join(data.splits())})"
+        )
+    model = load_trained_model(run_dir, cfg)
+    device = resolve_device(cfg.train.device)
+    model.to(device)
+    started = time.perf_counter()
+    metrics = evaluate_split(
+        model,
+        chosen,
+        data.spec,
+        cfg.data.eval_batch_size,
+        cfg.train.precision,
+        device,
+        cfg.train.channels_last,
+        detailed=True,
+    )
+    metrics["samples_per_second"] = len(chosen) / (time.perf_counter() - started)
+    metrics.update({"split": split, "samples": len(chosen), "class_names": data.class_names})
+    write_json(out or run_dir / "eval.json", metrics)
+    return metrics
+
+
+def read_inputs(path: Path, input_shape: tuple[int, ...], meta: dict) -> torch.Tensor:
+    """Inputs for predict: image files (a file or folder) or a .npy/.npz array, preprocessed like training."""
+    if not path.exists():
+        raise DataError(f"input not found: {path}")
+    if path.suffix in (".npy", ".npz"):
+        array = np.load(path) if path.suffix == ".npy" else np.load(path)["x"]
+    else:
+        from PIL import Image
+
+        files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+        channels, height, width = input_shape
+        mode = "L" if channels == 1 else "RGB"
+        try:
+            images = [np.asarray(Image.open(f).convert(mode).resize((width, height))) for f in files]
+        except OSError as exc:
+            raise DataError(f"cannot read image {exc.filename or path}: {exc}") from None
+        array = np.stack(images)
+    x = torch.from_numpy(np.asarray(array))
+    if x.dtype == torch.uint8:  # raw pixels: scale and normalise as the training data were
+        x = x.float() / float(meta.get("input_scale", 255.0))
+        if x.ndim == len(input_shape) and len(input_shape) == 3:
+            x = x.unsqueeze(1) if input_shape[0] == 1 else x.permute(0, 3, 1, 2)
+        mean = torch.tensor(meta.get("mean", [0.0])).view(1, -1, *([1] * (x.ndim - 2)))
+        std = torch.tensor(meta.get("std", [1.0])).view(1, -1, *([1] * (x.ndim - 2)))
+        x = (x - mean) / std
+    if x.ndim == len(input_shape):  # a single sample
+        x = x.unsqueeze(0)
+    if tuple(x.shape[1:]) != tuple(input_shape):
+        raise DataError(
+            f"{path}: inputs have shape {tuple(x.shape[1:])}, the model expects {tuple(input_shape)}"
+        )
+    return x.float() if x.is_floating_point() else x
+
+
+def predict(run: str | Path, inputs: Path, top_k: int = 1) -> list[dict[str, Any]]:
+    """The top-k classes and probabilities of a trained classifier for images or a .npy/.npz array."""
+    run_dir, cfg = open_run(run)
+    spec, class_names, meta = read_spec(run_dir)
+    if spec.task != "classification":
+        raise BehemothError(f"{run_dir} is a {spec.task} run: predict works on classifiers")
+    model = load_trained_model(run_dir, cfg)
+    x = read_inputs(Path(inputs), spec.input_shape, meta)
+    with torch.no_grad():
+        probs = model(x).softmax(-1)
+    top = probs.topk(min(top_k, spec.num_classes), dim=-1)
+    names = class_names or [str(i) for i in range(spec.num_classes)]
+    return [
+        {"index": i, "classes": [names[k] for k in c], "probabilities": p}
+        for i, (p, c) in enumerate(zip(top.values.tolist(), top.indices.tolist()))
+    ]

@@ -1,0 +1,81 @@
+"""`behemoth.generate(run, prompt)` and `behemoth.export(run)`: use and hand over a trained run's weights."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from behemoth.errors import BehemothError, RunDirError
+from behemoth.runs import open_run, read_spec
+
+
+def generate(
+    run: str | Path,
+    prompt: str = "\n",
+    max_new_tokens: int = 200,
+    temperature: float = 0.8,
+    top_k: int | None = None,
+    seed: int | None = None,
+) -> str:
+    """The prompt continued by a trained language model (gpt, rnn), encoded and decoded with the run's
+    tokenizer; the model reads at most data.block_size tokens of context."""
+    from behemoth.data.tokenizers import load_run_tokenizer  # torch loads only when it runs
+    from behemoth.lm.generate import generate_text
+    from behemoth.training import resolve_device
+    from behemoth.training.assembly import load_trained_model, set_threads
+
+    run_dir, cfg = open_run(run)
+    spec, _, _ = read_spec(run_dir)
+    if spec.task != "language_model":
+        raise BehemothError(
+            f"{run_dir} is a {spec.task} run: generate needs a language model (e.g. gpt-text)"
+        )
+    if not prompt:
+        raise BehemothError("--prompt is empty: give at least one character to continue")
+    set_threads(cfg.train.threads)
+    tokenizer = load_run_tokenizer(run_dir)
+    model = load_trained_model(run_dir, cfg).to(resolve_device(cfg.train.device))
+    return generate_text(
+        model, tokenizer, prompt, max_new_tokens, temperature, top_k, context=spec.input_shape[0], seed=seed
+    )
+
+
+@dataclass
+class Exported:
+    path: Path
+    tensors: int
+    values: int
+    checkpoint: str  # the checkpoint directory's name
+    sharded: bool  # read from torch.distributed.checkpoint shards
+
+
+def export(run: str | Path, out: Path | None = None, step: int | None = None) -> Exported:
+    """One safetensors file of a run's checkpoint (any strategy wrote it), checked against the run's model."""
+    import torch
+
+    from behemoth.models import build_model
+    from behemoth.training.checkpoint import checkpoint_weights, latest_checkpoint, write_safetensors
+
+    run_dir, cfg = open_run(run)
+    checkpoint = latest_checkpoint(run_dir) if step is None else run_dir / "checkpoints" / f"step-{step:08d}"
+    if checkpoint is None or not checkpoint.is_dir():
+        what = "no checkpoint" if step is None else f"no checkpoint at step {step}"
+        held = sorted(p.name for p in (run_dir / "checkpoints").glob("step-*"))
+        raise RunDirError(f"{run_dir} has {what} (checkpoints/ holds: {', '.join(held) or 'nothing'})")
+    weights = checkpoint_weights(checkpoint)
+    spec = read_spec(run_dir)[0]
+    with torch.device("meta"):  # the model's names and shapes, without allocating it
+        model = build_model(cfg.model.name, cfg.model.options, spec)
+    try:
+        model.load_state_dict(weights, strict=True, assign=True)
+    except RuntimeError as exc:
+        reason = str(exc).splitlines()[1].strip()
+        raise RunDirError(f"{checkpoint} does not fit model {cfg.model.name!r}: {reason}") from None
+    target = Path(out) if out is not None else run_dir / "export" / "model.safetensors"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_safetensors({name: tensor.contiguous() for name, tensor in weights.items()}, target)
+    return Exported(
+        target,
+        len(weights),
+        sum(t.numel() for t in weights.values()),
+        checkpoint.name,
+        (checkpoint / "dcp").is_dir(),
+    )

@@ -1,0 +1,21 @@
+"""`behemoth.report(run)`: one self-contained HTML page and summary.json for a run directory."""
+
+from collections.abc import Callable
+from pathlib import Path
+
+from behemoth.pipeline.evaluate import evaluate as evaluate_run
+from behemoth.reporting import build_report
+from behemoth.runs import open_run
+
+
+def report(
+    run: str | Path, evaluate: bool = True, say: Callable[[str], None] = lambda text: None
+) -> tuple[Path, Path]:
+    """Write <run>/report/report.html and summary.json; with `evaluate`, first evaluate the test split when
+    eval.json is missing (per-class scores and the confusion matrix)."""
+    run_dir, _ = open_run(run)
+    has_weights = (run_dir / "model.safetensors").is_file() or (run_dir / "checkpoints").is_dir()
+    if evaluate and not (run_dir / "eval.json").is_file() and has_weights:
+        say("no eval.json yet: evaluating the test split first")
+        evaluate_run(run_dir, "test", run_dir / "eval.json")
+    return build_report(run_dir)

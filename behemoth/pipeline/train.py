@@ -1,0 +1,108 @@
+"""`behemoth.train(cfg)`: config -> data -> model -> training -> test evaluation, into a run directory."""
+
+from pathlib import Path
+from typing import Any
+
+from behemoth.config import RunConfig
+from behemoth.data.augment.preview import write_preview
+from behemoth.data.describe import describe
+from behemoth.data.tokenizers import save_run_tokenizer
+from behemoth.distributed import DistEnv, barrier
+from behemoth.errors import RunDirError
+from behemoth.models import count_parameters
+from behemoth.runs import create_run_dir, run_path, write_config, write_json, write_spec
+from behemoth.training import JsonlHook, ProgressHook, TensorBoardHook, evaluate, latest_checkpoint, train
+from behemoth.training.assembly import assemble
+from behemoth.training.checkpoint import save_final_weights
+from behemoth.training.mfu import mfu_hooks
+
+
+def run_training(
+    cfg: RunConfig,
+    overwrite: bool = False,
+    resume: Path | None = None,
+    hooks: list | None = None,
+    progress: bool = True,
+    env: DistEnv | None = None,
+) -> dict[str, Any]:
+    """Train per `cfg` into runs/<name> (or continue `resume`); return the summary written to summary.json.
+
+    Under torchrun (`env` with world size > 1) every rank trains; rank 0 alone writes files and logs.
+    """
+    main = env is None or env.is_main
+    parts = assemble(cfg, env)  # data, model and feed: a bad config fails here, before anything is written
+    data, model = parts.data, parts.model
+    if resume is None:
+        run_dir = run_path(cfg)
+        if main:
+            create_run_dir(run_dir, overwrite)
+            write_config(run_dir, cfg)
+            write_spec(run_dir, data.spec, data.class_names, data.meta)
+            save_run_tokenizer(
+                run_dir, data.meta
+            )  # a trained (BPE) tokenizer, so generate decodes the same way
+            write_preview(
+                cfg, data, run_dir / "data_preview.png"
+            )  # images: what the model sees (the report shows it)
+        barrier(env)
+        checkpoint = None
+    else:
+        run_dir = resume
+        checkpoint = latest_checkpoint(run_dir)
+        if checkpoint is None:
+            raise RunDirError(f"{run_dir} has no checkpoint to resume from")
+    world = env.world_size if env is not None else 1
+    logging_hooks = (
+        mfu_hooks(model, data.spec, world)
+        + ([ProgressHook()] if progress else [])
+        + [JsonlHook(run_dir / "metrics.jsonl"), TensorBoardHook(run_dir / "tb")]
+    )
+    all_hooks = (logging_hooks if main else []) + list(hooks or [])
+    parameters = count_parameters(model)  # before training: a pipeline stage keeps only its part
+    result = train(
+        model,
+        data,
+        cfg.train,
+        cfg.data.batch_size,
+        cfg.data.eval_batch_size,
+        run_dir,
+        all_hooks,
+        resume_from=checkpoint,
+        env=env,
+        feed=parts.feed,
+    )
+    save_final_weights(
+        model, run_dir, env
+    )  # rank 0; fsdp/pipeline: the last checkpoint's shards, consolidated
+    summary: dict[str, Any] = {
+        "run": str(run_dir),
+        "model": cfg.model.name,
+        "parameters": parameters,
+        "dataset": data.name,
+        "train_samples": len(data.train),
+        "steps": result.steps,
+        "epochs": result.epochs,
+        "stop_reason": result.stop_reason,
+        "diverged": result.diverged,
+        "train_seconds": result.seconds,
+        "samples_per_second": result.samples_per_second,
+        "peak_memory_mb": result.peak_memory_mb,
+        "val": {k[4:]: v for k, v in result.last_eval.items() if k.startswith("val.")},
+        "world_size": world,
+        "data": describe(data),
+    }
+    if data.test is not None and not result.diverged:
+        summary["test"] = evaluate(
+            model,
+            data.test,
+            data.spec,
+            cfg.data.eval_batch_size,
+            cfg.train.precision,
+            parts.device,
+            cfg.train.channels_last,
+            env=env,
+        )
+    if main:
+        write_json(run_dir / "summary.json", summary)
+    barrier(env)
+    return summary
