@@ -136,8 +136,8 @@ def main() -> None:
     print(f"behemoth / kornia          = {medians['behemoth'] / medians['kornia']:.2f}x  (target >= 3)")
     print(f"behemoth / per-sample loop = {medians['behemoth'] / medians['per-sample loop']:.1f}x")
     print(
-        f"reproduce: .venv/bin/python bench/augment.py --ops {args.ops} --batch {args.batch} --rounds {args.rounds}"
-        + (f" --threads {args.threads}" if args.threads else "")
+        f"reproduce: .venv/bin/python bench/augment.py --ops {args.ops} --batch {args.batch} "
+        f"--rounds {args.rounds}" + (f" --threads {args.threads}" if args.threads else "")
     )
 
 

@@ -12,8 +12,9 @@ train the baseline through behemoth (recipe mnist-mlp / lenet-caffe, all 60,000 
 sharing (fc bits / conv bits) with centroid fine-tuning, Huffman coding of codebook indices and relative
 sparse indices. (Han et al. retrain with the task loss alone: --no-self-distill.)
 
-Run: .venv/bin/python bench/deep_compression.py [--quick] [--epochs N] [--retrain-epochs N] [--reuse] [--threads 1]
-     [--only lenet-300-100|lenet5] [--prune-mlp 0.95] [--prune-lenet 0.94] [--fc-bits 5] [--conv-bits 8]
+Run: .venv/bin/python bench/deep_compression.py [--quick] [--epochs N] [--retrain-epochs N] [--reuse]
+     [--threads 1] [--only lenet-300-100|lenet5] [--prune-mlp 0.95] [--prune-lenet 0.94] [--fc-bits 5]
+     [--conv-bits 8]
 """
 
 import argparse
@@ -124,8 +125,8 @@ def report(key: str, outcome: dict) -> bool:
     print(
         "per layer: "
         + ", ".join(
-            f"{n} {1 - l['sparsity']:.1%} kept, {l.get('bits', 32)} bits"
-            for n, l in outcome["layers"].items()
+            f"{n} {1 - layer['sparsity']:.1%} kept, {layer.get('bits', 32)} bits"
+            for n, layer in outcome["layers"].items()
         )
     )
     print(f"{'':<10}{'size before':>14}{'size after':>13}{'ratio':>8}{'error before':>14}{'error after':>13}")
@@ -134,7 +135,8 @@ def report(key: str, outcome: dict) -> bool:
         f"{paper['err_before']:>13.2f}%{paper['err_after']:>12.2f}%"
     )
     print(
-        f"{'ours':<10}{base['bytes'] / 1000:>11.0f} KB{final['bytes'] / 1000:>10.1f} KB{final['compression']:>7.1f}x"
+        f"{'ours':<10}{base['bytes'] / 1000:>11.0f} KB{final['bytes'] / 1000:>10.1f} KB"
+        f"{final['compression']:>7.1f}x"
         f"{100 * base['error']:>13.2f}%{100 * final['error']:>12.2f}%"
     )
     ok = final["compression"] >= paper["target_ratio"] and 100 * final["error"] <= paper["err_after"] + 1e-9

@@ -10,11 +10,12 @@ example reports for its whole training set. With --clients 1 it is the example i
 
     .venv/bin/python bench/dp_mnist.py                                  # the example's settings, 1 client
     .venv/bin/python bench/dp_mnist.py --clients 10 --rows eps1.2       # one row, 10 silos
-    .venv/bin/python bench/dp_mnist.py --epochs 5                       # fewer epochs; noise re-solved for each epsilon
+    .venv/bin/python bench/dp_mnist.py --epochs 5                       # fewer epochs; noise re-solved
+                                                                        # for each epsilon
 
-The example's rows are (epochs, lr, sigma, clip): eps 1.19: (15, 0.25, 1.3, 1.5); eps 3.01: (60, 0.15, 1.1, 1.0);
-eps 7.10: (45, 0.25, 0.7, 1.5). With --epochs the noise multiplier is solved (dp.target_epsilon) so that
-epsilon still lands on the row's value; lr and clip stay.
+The example's rows are (epochs, lr, sigma, clip): eps 1.19: (15, 0.25, 1.3, 1.5); eps 3.01: (60, 0.15, 1.1,
+1.0); eps 7.10: (45, 0.25, 0.7, 1.5). With --epochs the noise multiplier is solved (dp.target_epsilon) so
+that epsilon still lands on the row's value; lr and clip stay.
 """
 
 import argparse
@@ -38,7 +39,8 @@ ROWS = {  # name: (paper epsilon, epochs, lr, sigma, clip, paper accuracy)
 
 
 class SampleConvNet(nn.Module):
-    """Opacus' examples/mnist.py model: conv 16@8x8/2, pool, conv 32@4x4/2, pool, fc 32, fc 10 (26,010 parameters)."""
+    """Opacus' examples/mnist.py model: conv 16@8x8/2, pool, conv 32@4x4/2, pool, fc 32, fc 10
+    (26,010 parameters)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -131,7 +133,8 @@ def main() -> None:
         print(f"{name}: {json.dumps(results[name])}", file=sys.stderr, flush=True)
     command = " ".join(["python"] + sys.argv)
     print(
-        f"\nDP-SGD federated MNIST, {args.clients} client(s), sample rate {SAMPLE_RATE}, delta 1e-5   ({command})"
+        f"\nDP-SGD federated MNIST, {args.clients} client(s), sample rate {SAMPLE_RATE}, delta 1e-5   "
+        f"({command})"
     )
     print(
         f"{'row':8} {'epochs':>6} {'sigma':>6} {'eps (ours)':>10} {'acc (ours)':>10} {'eps (Opacus)':>12} "
@@ -140,8 +143,8 @@ def main() -> None:
     for name, res in results.items():
         eps, epochs, _, _, _, acc = ROWS[name]
         print(
-            f"{name:8} {res['rounds']:6d} {res['noise_multiplier']:6.3f} {res['epsilon']:10.2f} {res['acc']:10.2%} "
-            f"{eps:12.2f} {acc:12.2%} {res['seconds'] / 60:8.1f}"
+            f"{name:8} {res['rounds']:6d} {res['noise_multiplier']:6.3f} {res['epsilon']:10.2f} "
+            f"{res['acc']:10.2%} {eps:12.2f} {acc:12.2%} {res['seconds'] / 60:8.1f}"
         )
     if args.out:
         Path(args.out).write_text(json.dumps({"command": command, "results": results}, indent=2))

@@ -7,7 +7,8 @@ Both sides must bring every sample's completeness error |Σattr − (f(x) − f(
   reference B: the same, but one call for the whole batch.
   behemoth:    `ig_until_complete`: a batched call at 32 steps, doubling only for samples still above 1%,
                completeness checks included in the time.
-Run: .venv/bin/python bench/explain.py [--samples 32] [--threads 1]   (best of 3 repeats; a shared machine is noisy)
+Run: .venv/bin/python bench/explain.py [--samples 32] [--threads 1]
+     (best of 3 repeats; a shared machine is noisy)
 """
 
 import argparse
@@ -99,13 +100,14 @@ def main() -> None:
     rows["behemoth batched + auto steps"] = (seconds, errors, f"n_steps {int(used.min())}-{int(used.max())}")
 
     print(
-        f"IG on LeNet-5 / MNIST, {args.samples} test images, {args.threads} thread(s), best of {args.repeats}, "
-        f"completeness tolerance {TOL:.0%}"
+        f"IG on LeNet-5 / MNIST, {args.samples} test images, {args.threads} thread(s), "
+        f"best of {args.repeats}, completeness tolerance {TOL:.0%}"
     )
     print(f"{'setting':32s} {'attr/s':>9s} {'median err':>11s} {'max err':>9s}  budget")
     for name, (seconds, errors, note) in rows.items():
         print(
-            f"{name:32s} {args.samples / seconds:9.1f} {float(errors.median()):11.3%} {float(errors.max()):9.3%}  {note}"
+            f"{name:32s} {args.samples / seconds:9.1f} {float(errors.median()):11.3%} "
+            f"{float(errors.max()):9.3%}  {note}"
         )
     ours = rows["behemoth batched + auto steps"][0]
     for name in ("captum defaults, per sample", "captum defaults, one batch"):

@@ -131,7 +131,8 @@ def main() -> None:
             if args.out:
                 Path(args.out).write_text(json.dumps({"command": command, "results": results}, indent=2))
     print(
-        f"\nFedAvg on MNIST, {args.clients} clients, C = {args.fraction}, {os.cpu_count()} cores   ({command})"
+        f"\nFedAvg on MNIST, {args.clients} clients, C = {args.fraction}, {os.cpu_count()} cores   "
+        f"({command})"
     )
     print(
         f"{'row':12} {'data':8} {'E':>2} {'B':>4} {'lr':>5} {'target':>6} {'rounds (ours)':>14} "

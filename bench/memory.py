@@ -11,7 +11,8 @@ Method. Every measurement is a fresh subprocess (`--child`) that
   1. loads the data and trains a one-block GPT for a step with the same settings, so every lazily loaded
      library (oneDNN, torch.compile for torchao's optimizer) is in memory before the baseline;
   2. reads its resident set size (the baseline) and resets the kernel's peak counter (/proc/self/clear_refs);
-  3. builds the GPT (directly in bf16 when param_dtype is bf16) and trains 2 steps through behemoth.training.train;
+  3. builds the GPT (directly in bf16 when param_dtype is bf16) and trains 2 steps through
+     behemoth.training.train;
   4. reports the peak RSS of step 2 (steady state: optimizer state allocated, compilation done) and of
      building + step 1 (what must fit for "one training step").
 bytes/param = (step-2 peak RSS - baseline) / parameters. It includes activations and temporaries, not only
@@ -228,13 +229,15 @@ def size_table(results: dict[tuple[str, int], dict], sizes: list[int]) -> None:
         print(row)
     print(
         f"ZeRO's accounting of model state: plain fp32 Adam {ZERO_MODEL_STATE['plain']:.0f} B/param "
-        f"(as mixed-precision Adam); bf16 + 8-bit AdamW {ZERO_MODEL_STATE['best']:.2f}. Target for best: <= 8."
+        f"(as mixed-precision Adam); bf16 + 8-bit AdamW {ZERO_MODEL_STATE['best']:.2f}. "
+        "Target for best: <= 8."
     )
 
 
 def saver_table(results: dict[tuple[str, int], dict], k: int) -> None:
     print(
-        f"\nEach saver alone (k = {k}, {gpt_params(k) / 1e6:.1f}M parameters, {BATCH} x {SEQ} tokens per step)"
+        f"\nEach saver alone (k = {k}, {gpt_params(k) / 1e6:.1f}M parameters, "
+        f"{BATCH} x {SEQ} tokens per step)"
     )
     print(f"{'setting':>20} {'B/param':>8} {'state':>6} {'vs plain':>9} {'step 2 s':>9}")
     plain = results[("plain", k)]
@@ -304,8 +307,8 @@ def search(setting: str, points: list[dict], cap: float, limit: float, threads: 
 
 def search_table(found: list[dict], limit: float, cap: float) -> None:
     print(
-        f"\nLargest GPT that trains one step within {gib(limit)} GiB (runs capped at {gib(cap)} GiB on this shared "
-        "machine)"
+        f"\nLargest GPT that trains one step within {gib(limit)} GiB "
+        f"(runs capped at {gib(cap)} GiB on this shared machine)"
     )
     print(f"{'setting':>8} | {'largest run that fit':>32} | {'at ' + gib(limit) + ' GiB':>30}")
     for f in found:
@@ -316,8 +319,8 @@ def search_table(found: list[dict], limit: float, cap: float) -> None:
         print(f"{f['setting']:>8} | {run:>32} | {at:>30}")
     if len(found) == 2:
         print(
-            f"best / plain: {found[1]['params_at_limit'] / found[0]['params_at_limit']:.2f}x the parameters in the "
-            "same memory"
+            f"best / plain: {found[1]['params_at_limit'] / found[0]['params_at_limit']:.2f}x "
+            "the parameters in the same memory"
         )
     for f in found:
         print(

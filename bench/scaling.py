@@ -1,5 +1,5 @@
-"""Scaling: how fast behemoth trains with 1 vs 2 processes on CPU, and on GPUs the step time and peak memory of
-single / DDP / FSDP (/ FSDP with CPU offload) for GPTs of a few sizes.
+"""Scaling: how fast behemoth trains with 1 vs 2 processes on CPU, and on GPUs the step time and peak memory
+of single / DDP / FSDP (/ FSDP with CPU offload) for GPTs of a few sizes.
 
 CPU: `behemoth train` end to end (the real engine under torchrun, gloo) on the KJV text with a small GPT:
 one process (1 thread, and 2 threads) against 2 processes with 1 thread each (the same 2 cores) for ddp,

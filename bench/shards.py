@@ -9,7 +9,8 @@ each epoch alternating between the two sides (same machine load), medians over e
   feed:    behemoth's ShardFeed from shards             vs TensorFeed over the float32 tensors in memory
            (what switching a run to data.name = "shards" costs its data feed)
 
-Run: .venv/bin/python bench/shards.py [--codecs zstd lz4 blosclz] [--shard-size 8MiB] [--epochs 9] [--threads N]
+Run: .venv/bin/python bench/shards.py [--codecs zstd lz4 blosclz] [--shard-size 8MiB] [--epochs 9]
+     [--threads N]
 """
 
 import argparse
@@ -38,7 +39,8 @@ CPU = torch.device("cpu")
 
 
 def stream_epoch(stream: ShardDataset, epoch: int, batch: int, decode: bool) -> float:
-    """Samples per second through one epoch of the shard stream (one dataset across epochs, as in training)."""
+    """Samples per second through one epoch of the shard stream (one dataset across epochs, as in
+    training)."""
     start, count = time.perf_counter(), 0
     for x, y in stream.batches(epoch, batch):
         if decode:
@@ -85,9 +87,9 @@ def main() -> None:
     data = load_data(DataConfig(name="mnist", val_fraction=0.0))  # 60000 train + 10000 test
     float_bytes = data.train.x.numel() * 4 + data.train.y.numel() * 8
     print(
-        f"MNIST train: {len(data.train):,} samples, {float_bytes / 2**20:.1f} MiB as float32 tensors; shards of "
-        f"{args.shard_size}, level {args.level}, shuffle filter; batch {args.batch}; {torch.get_num_threads()} "
-        f"torch threads; {args.epochs} interleaved epochs, medians (samples/s)"
+        f"MNIST train: {len(data.train):,} samples, {float_bytes / 2**20:.1f} MiB as float32 tensors; "
+        f"shards of {args.shard_size}, level {args.level}, shuffle filter; batch {args.batch}; "
+        f"{torch.get_num_threads()} torch threads; {args.epochs} interleaved epochs, medians (samples/s)"
     )
     header = f"{'codec':8s} {'packed':>9s} {'ratio':>6s} {'vs f32':>7s} {'pack s':>6s}"
     for name in ("bytes", "decoded", "feed"):
@@ -135,11 +137,12 @@ def main() -> None:
                 row += f" | {stream_speed:15,.0f} {memory_speed:10,.0f} {stream_speed / memory_speed:5.0%}"
             print(row, flush=True)
     print(
-        f"ratio: stored uint8 bytes / packed bytes ({info.raw_bytes / 2**20:.1f} MiB stored); vs f32: the float32 "
-        "tensors a run holds in memory / packed bytes"
+        f"ratio: stored uint8 bytes / packed bytes ({info.raw_bytes / 2**20:.1f} MiB stored); "
+        "vs f32: the float32 tensors a run holds in memory / packed bytes"
     )
     print(
-        f"reproduce: .venv/bin/python bench/shards.py --codecs {' '.join(args.codecs)} --shard-size {args.shard_size}"
+        f"reproduce: .venv/bin/python bench/shards.py --codecs {' '.join(args.codecs)} "
+        f"--shard-size {args.shard_size}"
         f" --epochs {args.epochs}" + (f" --threads {args.threads}" if args.threads else "")
     )
 

@@ -1,5 +1,6 @@
 """Batched augmentation: each op against a reference (torch's own functions, a per-sample loop), per-sample
-parameters, probabilities, determinism, soft targets, config errors, and bit-exact resume of an augmented run."""
+parameters, probabilities, determinism, soft targets, config errors, and bit-exact resume of an augmented
+run."""
 
 import pytest
 import torch
@@ -253,15 +254,12 @@ def test_augmented_sampled_run_resumes_bit_for_bit(digit_images, tmp_path):
         torch.nn.Dropout(0.2),
         torch.nn.Linear(32, 10),
     )
-    run = lambda m, d, **kw: train(
-        m,
-        digit_images,
-        cfg.train,
-        32,
-        run_dir=tmp_path / d,  # noqa: E731
-        feed=build_feed(cfg, digit_images),
-        **kw,
-    )
+
+    def run(m, d, **kw):
+        return train(
+            m, digit_images, cfg.train, 32, run_dir=tmp_path / d, feed=build_feed(cfg, digit_images), **kw
+        )
+
     torch.manual_seed(0)
     straight = model()
     run(straight, "a")

@@ -63,7 +63,8 @@ def test_mnist_uses_the_classic_normalisation(mnist):
 
 
 def test_mnist_train_and_val_partition_the_original_training_set(mnist, raw_mnist):
-    """train + val hold exactly the 60000 original images (none lost, none twice); test is the official one."""
+    """train + val hold exactly the 60000 original images (none lost, none twice); test is the official
+    one."""
     both = np.concatenate([pixels(mnist.train, 0.1307, 0.3081, 255), pixels(mnist.val, 0.1307, 0.3081, 255)])
     assert np.array_equal(fingerprints(both), fingerprints(raw_mnist["train_images"]))
     labels = torch.cat([mnist.train.y, mnist.val.y])

@@ -20,9 +20,10 @@ from behemoth.runs import open_run
 from tests.conftest import behemoth_cmd
 from tests.test_distributed import assert_same_weights, run
 
-# 256 sequences of 32 tokens, 16 per step: 16 steps per epoch; adamw with a constant lr (so runs may be cut and
-# extended), clip_norm 1.0 from the recipe; fp32 so that float tolerance is enough. 65 test rows in batches of 32:
-# rank 0 evaluates 32 rows (1 batch), rank 1 33 rows (2 batches), which must not leave rank 1 waiting.
+# 256 sequences of 32 tokens, 16 per step: 16 steps per epoch; adamw with a constant lr (so runs may be cut
+# and extended), clip_norm 1.0 from the recipe; fp32 so that float tolerance is enough. 65 test rows in
+# batches of 32: rank 0 evaluates 32 rows (1 batch), rank 1 33 rows (2 batches), which must not leave rank 1
+# waiting.
 GPT = [
     "data.block_size=32",
     "data.train_limit=256",
@@ -113,8 +114,8 @@ def test_fsdp_matches_one_process_and_its_shards_resume_in_one_process(runs, tmp
 
 
 def test_pipeline_resumes_one_process_then_fsdp_resumes_the_pipeline(runs, tmp_path):
-    """One process for 10 steps; a 2-stage pipeline (1F1B, 2 chunks, 2 accumulated micro-batches of 8: the same
-    16 samples per step) takes it to step 20 from that checkpoint; FSDP with CPU offload and activation
+    """One process for 10 steps; a 2-stage pipeline (1F1B, 2 chunks, 2 accumulated micro-batches of 8: the
+    same 16 samples per step) takes it to step 20 from that checkpoint; FSDP with CPU offload and activation
     checkpointing finishes from the pipeline's shards: the straight run's weights."""
     run_training(config(tmp_path, "hops", "train.max_steps=10"), progress=False)
     run_dir = tmp_path / "hops"
@@ -165,9 +166,9 @@ def distance(a: dict, b: dict) -> float:
 
 
 def test_fsdp_in_bf16_differs_from_one_bf16_process_by_rounding_only(runs, tmp_path):
-    """FSDP's mixed precision (parameters gathered in bf16, gradients reduced in fp32) against one process with
-    bf16 autocast (which keeps some ops in fp32): they differ by bf16 rounding, i.e. no more than bf16 itself
-    differs from fp32, and the losses agree."""
+    """FSDP's mixed precision (parameters gathered in bf16, gradients reduced in fp32) against one process
+    with bf16 autocast (which keeps some ops in fp32): they differ by bf16 rounding, i.e. no more than bf16
+    itself differs from fp32, and the losses agree."""
     bf16 = ["train.precision=bf16", "train.max_steps=10"]
     run_training(config(tmp_path, "bf16", *bf16), progress=False)
     train_cli(tmp_path, "fsdp_bf16", *bf16, "train.strategy=fsdp", "--nproc", "2")

@@ -128,7 +128,8 @@ def test_text_model_colours_tokens(text_run):
 
 
 def test_bpe_text_model_shows_its_own_tokens(tmp_path_factory):
-    """A BPE run is explained with its tokenizer: tokens are decoded pieces of text, the baseline is its space."""
+    """A BPE run is explained with its tokenizer: tokens are decoded pieces of text, the baseline is its
+    space."""
     from behemoth.data.tokenizers import load_run_tokenizer
 
     run_dir = train(

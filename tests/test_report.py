@@ -98,7 +98,8 @@ def test_a_nested_federated_run_gets_its_section(trained_run, tmp_path):
 
 
 def test_a_compressed_run_gets_its_table_and_pareto_plots(trained_run, tmp_path):
-    """`behemoth compress` leaves compressed/compress.json; the report draws its rows, measured from the files."""
+    """`behemoth compress` leaves compressed/compress.json; the report draws its rows, measured from the
+    files."""
     copy = tmp_path / "rep"
     shutil.copytree(trained_run, copy, ignore=shutil.ignore_patterns("report", "explain"))
     run(

@@ -322,15 +322,10 @@ def test_streamed_augmented_run_resumes_bit_for_bit(packed_digits, tmp_path):
         torch.nn.Dropout(0.2),
         torch.nn.Linear(32, 10),
     )
-    run = lambda m, d, **kw: train(
-        m,
-        data,
-        cfg.train,
-        32,
-        run_dir=tmp_path / d,  # noqa: E731
-        feed=build_feed(cfg, data),
-        **kw,
-    )
+
+    def run(m, d, **kw):
+        return train(m, data, cfg.train, 32, run_dir=tmp_path / d, feed=build_feed(cfg, data), **kw)
+
     torch.manual_seed(0)
     straight = model()
     run(straight, "a")

@@ -1,4 +1,5 @@
-"""`behemoth data preview | pack | inspect`: look at augmentation, write compressed shards, read their index."""
+"""`behemoth data preview | pack | inspect`: look at augmentation, write compressed shards, read their
+index."""
 
 from pathlib import Path
 

@@ -23,7 +23,7 @@ def export(
     or from the shards of every rank of an FSDP or pipeline run (torch.distributed.checkpoint), in one process.
 
     The tensors are checked against the run's model (names and shapes) before anything is written.
-    """
+    """  # noqa: E501 - Typer's command list (behemoth --help) keeps the summary's line breaks as written
     done = pipeline.export(run, out, step)
     console.print(
         f"written {done.path}: {done.tensors} tensors, {done.values:,} values, from {done.checkpoint}"

@@ -1,4 +1,5 @@
-"""`behemoth generate`: sample text from a trained language-model run, decoded with the run's own tokenizer."""
+"""`behemoth generate`: sample text from a trained language-model run, decoded with the run's own
+tokenizer."""
 
 from pathlib import Path
 

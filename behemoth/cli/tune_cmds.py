@@ -30,7 +30,7 @@ def lr_find(
 
     Uses the config's model, data, optimizer and batch size; the suggestion is where the smoothed loss
     falls fastest. The model is trained from scratch and thrown away.
-    """
+    """  # noqa: E501 - Typer's command list (behemoth --help) keeps the summary's line breaks as written
     config_arg, overrides = split_config_args(args or [])
     cfg = pipeline.load_config(config_arg or "mnist-cnn", overrides)
     every = max(steps // 10, 1)
@@ -75,7 +75,7 @@ def tune(
 
     Writes runs/<name>/: study.sqlite3 (resumable with --resume), trials.csv, best.toml (a ready config:
     `behemoth train runs/<name>/best.toml`), best.json, history.png, importances.png.
-    """
+    """  # noqa: E501 - Typer's command list (behemoth --help) keeps the summary's line breaks as written
     config_arg, overrides = split_config_args(args or [])
     result = pipeline.tune(
         config_arg,

@@ -5,8 +5,8 @@ Each technique is a plain function on a model in its own module (`prune`, `struc
 `kmeans`, `distill`), the artifact has `coding` (bit packing, relative indices, Huffman, zstd), `pack`
 (the .bhm format, `load_packed`) and `rebuild` (models <-> records), plus `onnx_export` and `measure`.
 The adapters: `pipeline.compress_run` chains the techniques on a trained run for `behemoth compress`, and
-`distill_run` trains a student run for `behemoth distill`. This package door imports only the config section: schema.py imports it,
-and config loading must not pull in torch.
+`distill_run` trains a student run for `behemoth distill`. This package door imports only the config
+section: schema.py imports it, and config loading must not pull in torch.
 """
 
 from behemoth.config.compress import CompressConfig

@@ -41,7 +41,8 @@ def unpack_bits(data: bytes, bits: int, count: int) -> np.ndarray:
     return flat.reshape(count, bits).astype(np.int64) @ weights
 
 
-# ----- sparse positions as relative indices (Deep Compression §2, with an escape instead of filler zeros) -----
+# ----- sparse positions as relative indices -----
+# (Deep Compression §2, with an escape instead of filler zeros)
 
 
 def relative_indices(positions: np.ndarray, bits: int) -> np.ndarray:

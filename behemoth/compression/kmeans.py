@@ -19,7 +19,8 @@ from behemoth.compression.prune import prunable_layers
 
 @dataclass
 class Codebook:
-    """A layer's shared weights: weight = centroids[index] where index >= 0, and 0 where index == -1 (pruned)."""
+    """A layer's shared weights: weight = centroids[index] where index >= 0, and 0 where index == -1
+    (pruned)."""
 
     centroids: torch.Tensor  # (K,) float32, K <= 2^bits
     index: torch.Tensor  # weight-shaped int64 in [-1, K)
@@ -30,7 +31,8 @@ class Codebook:
 
 
 def kmeans_1d(values: torch.Tensor, clusters: int, iterations: int = 30) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lloyd's k-means on a 1-D tensor, linear initialisation over [min, max]: (centroids (K,), labels (N,))."""
+    """Lloyd's k-means on a 1-D tensor, linear initialisation over [min, max]:
+    (centroids (K,), labels (N,))."""
     values = values.detach().float().flatten()
     clusters = max(1, min(clusters, values.numel()))
     centroids = torch.linspace(float(values.min()), float(values.max()), clusters)
@@ -76,7 +78,8 @@ class SharedWeight(nn.Module):
 
 
 def share_weights(model: nn.Module, bits: int, conv_bits: int | None = None) -> dict[str, Codebook]:
-    """Cluster every Linear/Conv weight of `model` in place and attach trainable centroids; returns the books."""
+    """Cluster every Linear/Conv weight of `model` in place and attach trainable centroids; returns the
+    books."""
     books = {}
     for name, module in prunable_layers(model).items():
         layer_bits = (

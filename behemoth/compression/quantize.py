@@ -66,7 +66,8 @@ def choose_qparams(
     """Scale and zero point that map [min(x), max(x)] (always including 0) onto the integer range.
 
     Symmetric: Z = 0 and S = max|x| / qmax (zero exactly representable; what int8 weights use).
-    Affine: S = (max - min) / (qmax - qmin), Z = qmin - round(min / S) (activations after ReLU use all levels).
+    Affine: S = (max - min) / (qmax - qmin), Z = qmin - round(min / S) (activations after ReLU use all
+    levels).
     """
     qmin, qmax = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
     if axis is None:

@@ -107,7 +107,8 @@ def to_packed(
     class_names: list[str] | None = None,
     meta: dict[str, Any] | None = None,
 ) -> PackedModel:
-    """Describe `model` (float, weight-shared via `codebooks`, static int8 or dynamic int8) as a PackedModel."""
+    """Describe `model` (float, weight-shared via `codebooks`, static int8 or dynamic int8) as a
+    PackedModel."""
     common = dict(
         shapes=shapes,
         engine=engine_name,

@@ -111,7 +111,8 @@ def unit_importance(producer: nn.Module, norms: list[nn.Module]) -> torch.Tensor
 
 
 def prune_units(model: nn.Module, amount: float, example: torch.Tensor) -> dict[str, tuple[int, int]]:
-    """Remove `amount` of the units of every prunable producer (in place); returns {layer: (before, after)}."""
+    """Remove `amount` of the units of every prunable producer (in place); returns
+    {layer: (before, after)}."""
     if not 0.0 <= amount < 1.0:
         raise ValueError(f"amount = {amount}: expected a fraction in [0, 1)")
     was_training = model.training

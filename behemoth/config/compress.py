@@ -45,8 +45,8 @@ class CompressConfig(Section):
     quant: str = "none"  # see QUANT_CHOICES
     conv_bits: int | None = Field(None, ge=1, le=16)  # kmeans: bits for conv layers (Deep Compression: 8)
     finetune_epochs: int = Field(1, ge=0)  # kmeans: centroid fine-tuning; qat: fake-quant training epochs
-    # kmeans: centroid fine-tuning lr = train.lr * this. A shared weight's gradient is the sum over its cluster
-    # (hundreds of weights), so it needs a far smaller step than retraining single weights
+    # kmeans: centroid fine-tuning lr = train.lr * this. A shared weight's gradient is the sum over its
+    # cluster (hundreds of weights), so it needs a far smaller step than retraining single weights
     centroid_lr_scale: float = Field(0.01, gt=0.0, le=1.0)
     per_channel: bool = True  # int8/qat weights: one scale per output channel (else per tensor)
     engine: Literal["x86", "fbgemm", "onednn", "qnnpack"] = "x86"  # torch.ao quantized kernels
@@ -56,8 +56,8 @@ class CompressConfig(Section):
     output: str | None = None  # artifact path; default <run>/compressed/model.bhm
     onnx: bool = False  # also export model.onnx (the final model, dense or int8) and check it in onnxruntime
     latency_repeats: int = Field(20, ge=1)  # timed forward passes per batch size (medians reported)
-    # distillation: the teacher's run directory for `behemoth distill`; in `behemoth compress` every retraining
-    # then distils from it (the uncompressed run itself is a good teacher for its pruned copy)
+    # distillation: the teacher's run directory for `behemoth distill`; in `behemoth compress` every
+    # retraining then distils from it (the uncompressed run itself is a good teacher for its pruned copy)
     teacher: str | None = None
     temperature: float = Field(4.0, gt=0.0)
     alpha: float = Field(0.9, ge=0.0, le=1.0)  # weight of the soft-target term; 1 - alpha on the labels

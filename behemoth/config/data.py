@@ -39,7 +39,8 @@ from behemoth.config.sizes import parse_size
 
 
 class SamplingConfig(Section):
-    """Which training rows an epoch visits. Every kind is a pure function of (seed, epoch): resume is exact."""
+    """Which training rows an epoch visits. Every kind is a pure function of (seed, epoch): resume is
+    exact."""
 
     kind: Literal["shuffle", "random", "systematic", "stratified", "balanced"] = "shuffle"
     size: int | None = Field(None, ge=1)  # rows per epoch

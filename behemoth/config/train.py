@@ -1,4 +1,5 @@
-"""The `[train]` section: optimizer, schedule, precision, strategy, evaluation, early stopping, checkpoints."""
+"""The `[train]` section: optimizer, schedule, precision, strategy, evaluation, early stopping,
+checkpoints."""
 
 from typing import Literal
 

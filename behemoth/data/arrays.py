@@ -1,4 +1,5 @@
-"""NumPy arrays: an .npz with x and y (optionally x_test, y_test, class_names), or a folder with x.npy and y.npy.
+"""NumPy arrays: an .npz with x and y (optionally x_test, y_test, class_names), or a folder with x.npy
+and y.npy.
 
 x of shape (N, H, W) gains a channel, (N, C, H, W) stays, (N, F) is a table. Labels are whole numbers
 in [0, K); K is len(class_names) when given, else the largest label + 1. 8-bit x is scaled by 1/255

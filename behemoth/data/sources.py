@@ -1,4 +1,5 @@
-"""Where the built-in datasets live on disk, found without importing (or running) the packages that ship them."""
+"""Where the built-in datasets live on disk, found without importing (or running) the packages that ship
+them."""
 
 import importlib.util
 from pathlib import Path
@@ -41,7 +42,8 @@ def kjv_jsonl() -> Path | None:
 
 
 def fashion_missing(folder: Path | None = None) -> list[Path]:
-    """The Fashion-MNIST idx files absent from `folder` (default: the Debian package's; empty when all are there)."""
+    """The Fashion-MNIST idx files absent from `folder` (default: the Debian package's; empty when all are
+    there)."""
     folder = FASHION_DIR if folder is None else folder
     return [folder / name for name in FASHION_FILES.values() if not (folder / name).is_file()]
 

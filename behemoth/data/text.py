@@ -81,7 +81,8 @@ def char_boundary(data: bytes, offset: int) -> int:
 
 
 def split_text(text: str, val_fraction: float) -> dict[str, str]:
-    """Contiguous train | val | test stretches of `text`, measured in UTF-8 bytes (no val when val_fraction = 0)."""
+    """Contiguous train | val | test stretches of `text`, measured in UTF-8 bytes (no val when
+    val_fraction = 0)."""
     data = text.encode("utf-8")
     test_start = char_boundary(data, tail_split(len(data), TEST_FRACTION))
     val_start = char_boundary(data, tail_split(test_start, val_fraction))
@@ -114,7 +115,8 @@ def build_language_model(name: str, text: str, cfg: DataConfig, source: str) -> 
         "layout": "tokens",
     }
     if tokenizer.name == "bpe":
-        # the object itself is dropped from spec.json (not plain data); the pipeline saves it as tokenizer.json
+        # the object itself is dropped from spec.json (not plain data); the pipeline saves it as
+        # tokenizer.json
         meta.update({"tokenizer_file": TOKENIZER_FILE, "tokenizer_object": tokenizer})
     spec = DataSpec("language_model", (block,), tokenizer.vocab_size)
     return DataBundle(name, spec, train, packed.get("val"), test, [], meta)

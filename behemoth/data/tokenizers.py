@@ -1,4 +1,5 @@
-"""Tokenizers for language models: UTF-8 bytes, or byte-level BPE trained locally with Hugging Face `tokenizers`.
+"""Tokenizers for language models: UTF-8 bytes, or byte-level BPE trained locally with Hugging Face
+`tokenizers`.
 
 Both map any text to ids and back exactly (BPE works on bytes too, so nothing is ever out of vocabulary).
 A BPE tokenizer is trained on the training split only and saved with the run as tokenizer.json (the format
@@ -106,7 +107,8 @@ def make_tokenizer(kind: str, train_text: str, vocab_size: int | None) -> TextTo
 
 
 def save_run_tokenizer(run_dir: Path, meta: dict[str, Any]) -> None:
-    """Write a trained tokenizer carried in a data bundle's meta into the run directory (bytes need no file)."""
+    """Write a trained tokenizer carried in a data bundle's meta into the run directory (bytes need no
+    file)."""
     tokenizer = meta.get("tokenizer_object")
     if isinstance(tokenizer, BPETokenizer):
         tokenizer.save(run_dir / meta["tokenizer_file"])

@@ -22,7 +22,8 @@ from behemoth.distributed.blocks import model_blocks
 
 @dataclass
 class Timeline:
-    """Forward-order events: ("save", bytes), ("grad", bytes), ("enter", block, input bytes), ("leave", block)."""
+    """Forward-order events: ("save", bytes), ("grad", bytes), ("enter", block, input bytes),
+    ("leave", block)."""
 
     events: list[tuple] = field(default_factory=list)
     output_bytes: int = 0  # the loss input (logits): its gradient is the first thing backward allocates
@@ -141,7 +142,8 @@ def profile_activations(
 ) -> Timeline:
     """The forward timeline of `model` at `batch` samples, from real forwards at 1 and 2 samples on CPU.
 
-    `example(n)` returns (x, y) with n samples. The model is put in train mode (dropout, batch norm as in training).
+    `example(n)` returns (x, y) with n samples. The model is put in train mode (dropout, batch norm as in
+    training).
     """
     model.train()
     one = record_timeline(model, *example(1), loss_fn)

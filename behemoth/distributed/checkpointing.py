@@ -1,4 +1,5 @@
-"""Activation checkpointing per block: keep only each block's input in forward, recompute the rest in backward.
+"""Activation checkpointing per block: keep only each block's input in forward, recompute the rest in
+backward.
 
 Uses torch's composable `checkpoint` (non-reentrant, hooks on the module): parameter names do not
 change, so checkpoints, optimizers and FSDP see the same model. The recomputed forward replays the

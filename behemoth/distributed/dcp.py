@@ -45,7 +45,8 @@ _METADATA_CLASSES = {
 
 
 class _MetadataUnpickler(pickle.Unpickler):
-    """pickle, restricted to DCP's metadata dataclasses, torch.Size and dtypes (Python docs: 'Restricting Globals')."""
+    """pickle, restricted to DCP's metadata dataclasses, torch.Size and dtypes (Python docs:
+    'Restricting Globals')."""
 
     def find_class(self, module: str, name: str):
         if (module, name) in _METADATA_CLASSES:
@@ -144,7 +145,8 @@ def load_sharded(
     param_groups: list[dict],
     distributed: bool,
 ) -> None:
-    """Read `path` into this rank's model and optimizer, whatever the world size and strategy that wrote it."""
+    """Read `path` into this rank's model and optimizer, whatever the world size and strategy that wrote
+    it."""
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
     model_state, optim_state = get_state_dict(model, optimizer)  # this rank's layout, filled in place below

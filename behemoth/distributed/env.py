@@ -40,7 +40,8 @@ class DistEnv:
 
 
 def read_env() -> DistEnv:
-    """RANK, WORLD_SIZE, LOCAL_RANK and TORCHELASTIC_RESTART_COUNT as torchrun sets them (defaults: one process)."""
+    """RANK, WORLD_SIZE, LOCAL_RANK and TORCHELASTIC_RESTART_COUNT as torchrun sets them (defaults: one
+    process)."""
     return DistEnv(
         rank=int(os.environ.get("RANK", 0)),
         world_size=int(os.environ.get("WORLD_SIZE", 1)),

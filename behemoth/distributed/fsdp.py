@@ -22,7 +22,8 @@ def mixed_precision(precision: str):
 
 
 def shard_model(model: nn.Module, env: DistEnv, precision: str = "fp32", offload: bool = False) -> nn.Module:
-    """fully_shard over a 1-D device mesh of all ranks; `offload` keeps the shards in (pinned on CUDA) CPU memory."""
+    """fully_shard over a 1-D device mesh of all ranks; `offload` keeps the shards in (pinned on CUDA) CPU
+    memory."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
 

@@ -6,7 +6,6 @@ shard (FSDP2). FSDP and pipeline replace or drop parameters, so the optimizer is
 
 import contextlib
 from collections.abc import Iterator
-from typing import ContextManager
 
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -89,7 +88,7 @@ def _tied_sync_off(runner) -> Iterator[None]:
         runner.last_micro_batch = True
 
 
-def no_gradient_sync(step_module: nn.Module, last_micro_batch: bool) -> ContextManager:
+def no_gradient_sync(step_module: nn.Module, last_micro_batch: bool) -> contextlib.AbstractContextManager:
     """Skip the gradient reduction on all but the last micro-batch of an accumulated step."""
     if last_micro_batch:
         return contextlib.nullcontext()

@@ -111,20 +111,20 @@ def estimate(
     ranks = 1 if strategy == "single" else world
     micro = max(1, batch // ranks // accumulate)
     timeline = extrapolate(facts.one, facts.two, micro)
-    P, O = facts.param_bytes, optimizer
+    P, optim_bytes = facts.param_bytes, optimizer
     # the optimizer step: gradients plus temporaries (foreach kernels on CUDA: all parameters at once)
     temporaries = P if device == "cuda" else facts.largest_param
     if strategy in ("single", "ddp"):
         buckets = P if strategy == "ddp" else 0  # DDP's reduction buckets: a second copy of the gradients
-        params, grads, opt, host = P, P + buckets, O, 0
+        params, grads, opt, host = P, P + buckets, optim_bytes, 0
         working = buckets
         step = P + temporaries
         grad_fraction = 1.0
     else:
         gathered = facts.root_bytes + 2 * facts.block_bytes  # unsharded while blocks run (and their grads)
         offload = strategy == "fsdp+offload"
-        params, grads, opt = (0, 0, 0) if offload else (P // ranks, P // ranks, O // ranks)
-        host = (2 * P + O) // ranks if offload else 0
+        params, grads, opt = (0, 0, 0) if offload else (P // ranks, P // ranks, optim_bytes // ranks)
+        host = (2 * P + optim_bytes) // ranks if offload else 0
         working = gathered + facts.block_bytes  # + one block's unsharded gradients before reduce-scatter
         step = 0 if offload else (P + temporaries) // ranks
         grad_fraction = 0.0 if offload else 1.0 / ranks
@@ -139,7 +139,8 @@ def has_blocks(timeline: Timeline) -> bool:
 
 
 def _checkpointed_saved(timeline: Timeline) -> int:
-    """Bytes kept from forward to backward with checkpointed blocks: outside the blocks + each block's input."""
+    """Bytes kept from forward to backward with checkpointed blocks: outside the blocks + each block's
+    input."""
     inside, outside, inputs = False, 0, 0
     for event in timeline.events:
         if event[0] == "enter":

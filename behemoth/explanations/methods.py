@@ -1,4 +1,5 @@
-"""One contract for every attribution method: `attribute(model, inputs, target, method) -> same shape as inputs`.
+"""One contract for every attribution method:
+`attribute(model, inputs, target, method) -> same shape as inputs`.
 
 Methods come from Captum; this module only chooses their inputs (baselines, feature patches, the
 embedding layer of a language model) and batches them. The model is wrapped once in an `Explained`:
@@ -31,7 +32,8 @@ SPACE_TOKEN = 32  # byte-level baseline token: a space, the most neutral byte of
 
 @dataclass
 class Explained:
-    """A model as the attribution methods see it: a scoring function and, for text, the layer to attribute to."""
+    """A model as the attribution methods see it: a scoring function and, for text, the layer to
+    attribute to."""
 
     model: nn.Module
     kind: Kind
@@ -65,7 +67,8 @@ def explained(model: nn.Module, task: str, input_shape: tuple[int, ...]) -> Expl
 
 
 def runs_on_int8_kernels(model: nn.Module) -> bool:
-    """True for models from torch.ao's quantized modules (a .bhm with an int8 runtime): no gradients, float32 only."""
+    """True for models from torch.ao's quantized modules (a .bhm with an int8 runtime): no gradients,
+    float32 only."""
     return any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in model.modules())
 
 
@@ -130,7 +133,8 @@ def attribute(
     patch: int | None = None,
     seed: int = 0,
 ) -> torch.Tensor:
-    """Attributions of `target` scores to `inputs`; same shape as inputs, float32, deterministic for a seed."""
+    """Attributions of `target` scores to `inputs`; same shape as inputs, float32, deterministic for a
+    seed."""
     from captum import attr as ca
     from captum._utils.models.linear_model import SkLearnRidge
 

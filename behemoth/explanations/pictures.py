@@ -25,7 +25,8 @@ def _pyplot():
 
 
 def image_grid(images: torch.Tensor, attr: torch.Tensor, titles: list[str], heading: str, path: Path) -> None:
-    """Rows of (original, signed heatmap with colorbar, heatmap over the image); images (B, C, H, W) in [0, 1]."""
+    """Rows of (original, signed heatmap with colorbar, heatmap over the image); images (B, C, H, W) in
+    [0, 1]."""
     plt = _pyplot()
     rows = len(images)
     fig, axes = plt.subplots(rows, 3, figsize=(8.4, 2.5 * rows + 0.6), squeeze=False)
@@ -107,7 +108,8 @@ def token_html(
             alpha = min(1.0, abs(value) / scale)
             colour = f"rgba(192,57,43,{alpha:.2f})" if value > 0 else f"rgba(46,111,183,{alpha:.2f})"
             spans.append(
-                f'<span style="background:{colour}" title="{value:+.4g}">{html.escape(token_text(token))}</span>'
+                f'<span style="background:{colour}" title="{value:+.4g}">'
+                f"{html.escape(token_text(token))}</span>"
             )
         rows.append(
             f'<h3>{html.escape(titles[i])}</h3>\n<p class="tokens">{"".join(spans)}</p>'

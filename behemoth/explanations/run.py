@@ -200,8 +200,8 @@ def explain_run(
     out.mkdir(parents=True, exist_ok=True)
     names = class_names or [token_text(i) for i in range(spec.num_classes)]
     titles = [
-        f"#{i}  label {names[l]}  pred {names[p]}  target {names[t]}"
-        for i, (l, p, t) in enumerate(zip(labels.tolist(), predictions.tolist(), target.tolist()))
+        f"#{i}  label {names[label]}  pred {names[pred]}  target {names[goal]}"
+        for i, (label, pred, goal) in enumerate(zip(labels.tolist(), predictions.tolist(), target.tolist()))
     ]
     heading = heading_for(ecfg, fidelity["summary"], steps, packed)
     picture = draw(tm.kind, x, attr, titles, heading, meta, out, token_text)
@@ -248,7 +248,8 @@ def heading_for(
     ):  # elsewhere the sum of attributions is not meant to equal f(x) - f(x')
         parts.append(f"completeness err median {summary['completeness_error']['median']:.2%}")
     parts.append(
-        f"deletion AUC {summary['deletion_auc']['mean']:.3f}, insertion AUC {summary['insertion_auc']['mean']:.3f}"
+        f"deletion AUC {summary['deletion_auc']['mean']:.3f}, "
+        f"insertion AUC {summary['insertion_auc']['mean']:.3f}"
     )
     if summary.get("compression_spearman"):
         parts.append(f"rank corr. with uncompressed {summary['compression_spearman']['mean']:.2f}")

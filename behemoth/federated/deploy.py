@@ -316,7 +316,8 @@ def _deploy(
 
 
 def _watch(processes: Processes, run: subprocess.Popen) -> None:
-    """End `flwr run` if the SuperLink dies under it (it would otherwise wait for replies until the timeout)."""
+    """End `flwr run` if the SuperLink dies under it (it would otherwise wait for replies until the
+    timeout)."""
     superlink = processes.started[0][1]
     while run.poll() is None:
         if superlink.poll() is not None:

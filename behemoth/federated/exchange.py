@@ -47,7 +47,8 @@ def to_arrays(model: nn.Module) -> ArrayRecord:
 
 
 def named_arrays(keys: Iterable[str], ndarrays: Sequence[np.ndarray]) -> ArrayRecord:
-    """Flower's legacy Parameters (a plain list, in state_dict order) as an ArrayRecord keyed like the state_dict."""
+    """Flower's legacy Parameters (a plain list, in state_dict order) as an ArrayRecord keyed like the
+    state_dict."""
     keys = list(keys)
     if len(keys) != len(ndarrays):
         raise ValueError(f"got {len(ndarrays)} arrays for a state_dict of {len(keys)} entries")

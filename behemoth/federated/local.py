@@ -79,7 +79,8 @@ def proximal_loss(model: nn.Module, mu: float, label_smoothing: float) -> LossFn
 
 
 def check_private_augment(cfg: RunConfig) -> None:
-    """DP-SGD bounds each row's influence on a step; mixup and cutmix blend rows, which that bound cannot cover."""
+    """DP-SGD bounds each row's influence on a step; mixup and cutmix blend rows, which that bound cannot
+    cover."""
     mixing = [op for op in ("mixup", "cutmix") if op in cfg.data.augment.active()]
     if mixing:
         raise ConfigError(

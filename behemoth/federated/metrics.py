@@ -169,12 +169,16 @@ class RoundRecorder:
         return record
 
     def line(self, record: dict[str, Any]) -> str:
-        text = f"round {record['round']}/{self.total}: test acc {record['test.acc']:.4f} loss {record['test.loss']:.4f}"
+        text = (
+            f"round {record['round']}/{self.total}: "
+            f"test acc {record['test.acc']:.4f} loss {record['test.loss']:.4f}"
+        )
         if "seconds" in record:
             text += (
                 f" | {record['clients.replied']}/{record['clients.sampled']} clients replied, "
                 f"{record['clients.failed']} failed, {record['clients.rejected']} rejected"
-                f" | sent {record['bytes.sent'] / 2**20:.1f} MiB, received {record['bytes.received'] / 2**20:.1f} MiB"
+                f" | sent {record['bytes.sent'] / 2**20:.1f} MiB, "
+                f"received {record['bytes.received'] / 2**20:.1f} MiB"
                 f" | {record['seconds']:.1f}s"
             )
         if "epsilon" in record:

@@ -26,7 +26,8 @@ class NonFiniteUpdate(RuntimeError):
 
 
 class SecAggClient(NumPyClient):
-    """One node's training and local evaluation in Flower's legacy list-of-arrays format (state_dict order)."""
+    """One node's training and local evaluation in Flower's legacy list-of-arrays format (state_dict
+    order)."""
 
     def __init__(self, context: Context) -> None:
         self.node = context

@@ -213,7 +213,8 @@ class RoundStats:
 
 
 def payload_bytes(content: RecordDict) -> int:
-    """Bytes of a message's records (arrays, metrics, configs), Flower's count_bytes; no transport overhead."""
+    """Bytes of a message's records (arrays, metrics, configs), Flower's count_bytes; no transport
+    overhead."""
     return sum(_record_bytes(record) for record in content.values())
 
 
@@ -263,7 +264,8 @@ class GuardedStrategy(Strategy):
         return messages
 
     def _mark_dropouts(self, r: int, messages: list[Message]) -> list[Message]:
-        """Tell round(dropout * sampled) of the sampled clients, chosen by seed and round, to fail mid-round."""
+        """Tell round(dropout * sampled) of the sampled clients, chosen by seed and round, to fail
+        mid-round."""
         chosen = dropout_picks(self.fed, r, len(messages))
         if not chosen:
             return messages

@@ -1,4 +1,5 @@
-"""Text in, text out: encode a prompt with the run's tokenizer, sample with behemoth.models.sampling, decode."""
+"""Text in, text out: encode a prompt with the run's tokenizer, sample with behemoth.models.sampling,
+decode."""
 
 import torch
 from torch import nn

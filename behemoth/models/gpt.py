@@ -86,7 +86,8 @@ def build(opts: GPTOptions, spec: DataSpec) -> GPT:
     if seq_len > opts.block_size:
         raise ModelError(
             f"data.block_size = {seq_len} is longer than model.block_size = {opts.block_size} "
-            "(the longest context it has position embeddings for): raise model.block_size or lower data.block_size"
+            "(the longest context it has position embeddings for): "
+            "raise model.block_size or lower data.block_size"
         )
     return GPT(spec.num_classes, opts)
 

@@ -1,4 +1,5 @@
-"""Caffe's "LeNet" (examples/mnist/lenet.prototxt), the LeNet-5 that Deep Compression (Han et al. 2016) prunes.
+"""Caffe's "LeNet" (examples/mnist/lenet.prototxt), the LeNet-5 that Deep Compression (Han et al. 2016)
+prunes.
 
 conv 20@5x5 -> maxpool 2 -> conv 50@5x5 -> maxpool 2 -> fc 500 -> relu -> fc classes.
 No activation after the convolutions, as in the prototxt. 431,080 parameters on 1x28x28 with 10 classes.

@@ -59,7 +59,8 @@ class RNNClassifier(nn.Module):
             step_features = 1
         else:
             raise ModelError(
-                f"model 'rnn' reads images (C, H, W) or tables (F,); the data has samples of shape {input_shape}"
+                "model 'rnn' reads images (C, H, W) or tables (F,); "
+                f"the data has samples of shape {input_shape}"
             )
         self.rnn = make_rnn(step_features, opts)
         self.num_directions = 2 if opts.bidirectional else 1

@@ -1,4 +1,5 @@
-"""`behemoth data preview | pack | inspect --verify` as Python: look at augmentation, write and check shards."""
+"""`behemoth data preview | pack | inspect --verify` as Python: look at augmentation, write and check
+shards."""
 
 from collections.abc import Callable
 from pathlib import Path
@@ -95,7 +96,8 @@ def pack(
 
 
 def verify(directory: Path, progress: Callable[[], None] | None = None) -> int:
-    """Read every shard of a shard directory, checking sizes and sha256 against the index; returns the count."""
+    """Read every shard of a shard directory, checking sizes and sha256 against the index; returns the
+    count."""
     from behemoth.data.shards import ShardSplit, read_index
 
     index = read_index(directory)

@@ -1,5 +1,5 @@
-"""`behemoth.demo()`: the main job on the built-in default (MNIST): train -> evaluate -> compress -> explain ->
-a short federated run -> one HTML report, each through the same function as its own command.
+"""`behemoth.demo()`: the main job on the built-in default (MNIST): train -> evaluate -> compress ->
+explain -> a short federated run -> one HTML report, each through the same function as its own command.
 
 Its runs live in <runs_dir>/demo (the federated one in runs/demo/federated, where the report finds it).
 `on_stage(number, total, title)` announces each stage and `on_result(kind, result)` hands over what it

@@ -1,4 +1,5 @@
-"""`behemoth.plan(cfg, memory)`: memory per process for each way to train a config, and the fastest that fits."""
+"""`behemoth.plan(cfg, memory)`: memory per process for each way to train a config, and the fastest that
+fits."""
 
 import contextlib
 from dataclasses import dataclass

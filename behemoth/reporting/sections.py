@@ -137,7 +137,8 @@ def training(art: RunArtifacts) -> Section | None:
     if curves:
         smoothing = art.config.get("train", {}).get("label_smoothing", 0.0)
         note = (
-            f" The training loss includes label smoothing ({smoothing:g}), so it sits above the validation loss."
+            f" The training loss includes label smoothing ({smoothing:g}), "
+            "so it sits above the validation loss."
             if smoothing
             else ""
         )
@@ -336,9 +337,10 @@ def compression(art: RunArtifacts) -> Section | None:
         {
             "kind": "text",
             "text": (
-                f"`behemoth compress` ({steps or 'packing only'}): every step's model was written as a .bhm file, loaded "
-                "back and measured from that file — size is its bytes on disk, accuracy is the reloaded model's on the "
-                "test split, latency the median forward time on this CPU (all steps timed interleaved)."
+                f"`behemoth compress` ({steps or 'packing only'}): every step's model was written as a "
+                ".bhm file, loaded back and measured from that file — size is its bytes on disk, "
+                "accuracy is the reloaded model's on the test split, latency the median forward time "
+                "on this CPU (all steps timed interleaved)."
             ),
         }
     ]

@@ -117,7 +117,8 @@ def assemble(cfg: RunConfig, env: DistEnv | None = None, data: DataBundle | None
 
 
 def prepare(cfg: RunConfig) -> tuple[DataBundle, nn.Module]:
-    """Data and model, before anything on disk is touched (a bad config fails here, having written nothing)."""
+    """Data and model, before anything on disk is touched (a bad config fails here, having written
+    nothing)."""
     data = load_run_data(cfg)
     return data, build_run_model(cfg, data.spec)
 

@@ -211,7 +211,8 @@ def checkpoint_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def save_final_weights(model: nn.Module, run_dir: Path, env: DistEnv | None = None) -> None:
-    """<run>/model.safetensors, written by rank 0; a sharded model's from its last checkpoint, consolidated."""
+    """<run>/model.safetensors, written by rank 0; a sharded model's from its last checkpoint,
+    consolidated."""
     if env is not None and not env.is_main:
         return
     if holds_shard(model):

@@ -47,7 +47,8 @@ class ProgressHook(BaseHook):
         self.rate.samples = ctx.samples_seen
         if self.plain:
             self._line(
-                f"training {ctx.total_steps} steps ({ctx.cfg.epochs} epochs x {ctx.feed.steps_per_epoch} steps)"
+                f"training {ctx.total_steps} steps "
+                f"({ctx.cfg.epochs} epochs x {ctx.feed.steps_per_epoch} steps)"
                 f" from step {ctx.step}"
             )
             return

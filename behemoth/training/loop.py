@@ -137,7 +137,8 @@ def train(
     ctx.early_stopping = EarlyStopping(cfg.early_stop)
     if ctx.early_stopping.enabled and cfg.early_stop.monitor.startswith("val.") and data.val is None:
         raise ConfigError(
-            f"train.early_stop.monitor = {cfg.early_stop.monitor!r}: no validation split (data.val_fraction = 0)"
+            f"train.early_stop.monitor = {cfg.early_stop.monitor!r}: "
+            "no validation split (data.val_fraction = 0)"
         )
     if resume_from is not None:
         restore(ctx, resume_from)
@@ -175,7 +176,10 @@ def train(
         metrics = validate(ctx, hooks)
         stop = ctx.early_stopping.enabled and ctx.early_stopping.update(metrics)
         if broadcast_flag(stop, env) and ctx.stop_reason is None:  # rank 0 decides; all ranks stop together
-            ctx.stop_reason = f"early stopping: {cfg.early_stop.monitor} did not improve for {cfg.early_stop.patience} evaluations"
+            ctx.stop_reason = (
+                f"early stopping: {cfg.early_stop.monitor} did not improve "
+                f"for {cfg.early_stop.patience} evaluations"
+            )
         if epoch_done:
             call(hooks, "on_epoch_end", ctx, metrics)
         checkpoint(ctx, hooks)

@@ -34,7 +34,8 @@ def matmul_peak_flops(
     min_seconds: float = 0.25,
     min_repeats: int = 5,
 ) -> float:
-    """The best FLOP/s of an (size x size) @ (size x size) torch.mm over repeated timings (2 size^3 FLOPs each)."""
+    """The best FLOP/s of an (size x size) @ (size x size) torch.mm over repeated timings
+    (2 size^3 FLOPs each)."""
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)

@@ -60,7 +60,8 @@ def parameter_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias:
 
 
 def impl_options(cfg: TrainConfig) -> dict:
-    """torch.optim keyword arguments for train.optimizer_impl, refused where the optimizer lacks that kernel."""
+    """torch.optim keyword arguments for train.optimizer_impl, refused where the optimizer lacks that
+    kernel."""
     if cfg.optimizer_impl == "fused" and not _entry(cfg).fused:
         fused = ", ".join(name for name, entry in OPTIMIZERS.items() if entry.fused)
         raise ConfigError(

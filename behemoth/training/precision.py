@@ -8,7 +8,6 @@ Two separate switches:
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import ContextManager
 
 import torch
 from torch import nn
@@ -24,7 +23,7 @@ def check_precision(precision: str, device: torch.device) -> None:
         raise ConfigError("train.precision = 'fp16': only on CUDA; use 'bf16' on CPU")
 
 
-def autocast(precision: str, device: torch.device) -> ContextManager:
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
     if precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
@@ -78,7 +77,8 @@ def build_with_param_dtype(build: Callable[[], nn.Module], param_dtype: str) -> 
 
 
 def check_param_dtype(model: nn.Module, param_dtype: str) -> None:
-    """Fail early when train.param_dtype and the model's parameters disagree (build_with_param_dtype fixes it)."""
+    """Fail early when train.param_dtype and the model's parameters disagree (build_with_param_dtype
+    fixes it)."""
     if param_dtype == "fp32":
         return  # the default: a model kept in another dtype on purpose (e.g. by a compression stage) is fine
     want = PARAM_DTYPES[param_dtype]

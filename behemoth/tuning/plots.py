@@ -42,7 +42,8 @@ def plot_history(study: optuna.Study, objective: str, path: Path) -> None:
 
 
 def plot_importances(study: optuna.Study, path: Path) -> dict[str, float]:
-    """fANOVA importance of each parameter (Optuna's default evaluator); {} when there is too little to fit."""
+    """fANOVA importance of each parameter (Optuna's default evaluator); {} when there is too little to
+    fit."""
     try:
         importances = optuna.importance.get_param_importances(study)
     except (RuntimeError, ValueError) as exc:  # e.g. fewer than two complete trials, or one parameter value

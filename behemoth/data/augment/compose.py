@@ -55,7 +55,8 @@ class AugmentParams:
 
 
 def channel_range(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel (low, high) of images (N, C, H, W): the 'black' fill and the clamp of brightness/contrast."""
+    """Per-channel (low, high) of images (N, C, H, W): the 'black' fill and the clamp of
+    brightness/contrast."""
     return x.amin((0, 2, 3)), x.amax((0, 2, 3))
 
 
@@ -163,7 +164,8 @@ class Augment:
     # --- application ----------------------------------------------------------------------------------
 
     def apply(self, x: torch.Tensor, y: torch.Tensor, p: AugmentParams) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, C, H, W) (or (B, F) for mixup alone), y (B,) or (B, K); returns new tensors (x is not modified)."""
+        """x (B, C, H, W) (or (B, F) for mixup alone), y (B,) or (B, K); returns new tensors (x is not
+        modified)."""
         cfg, device, ws = self.cfg, x.device, self.workspace
         low, high = self._range(device)
         to = lambda t: t.to(device, non_blocking=True)  # noqa: E731
@@ -217,7 +219,8 @@ def on_rows(
 ) -> tuple[torch.Tensor, bool]:
     """(x with op(x[rows], rows) written into the rows chosen (B,) bool, whether the result is a new tensor).
 
-    x itself comes back when no row is chosen; it is written in place only when `owned` (made by an earlier op).
+    x itself comes back when no row is chosen; it is written in place only when `owned` (made by an
+    earlier op).
     """
     rows = chosen.nonzero().squeeze(1)  # CPU: no device sync
     if len(rows) == 0:

@@ -82,7 +82,8 @@ def grid_basis(height: int, width: int, device: torch.device, dtype: torch.dtype
 def affine_grid(
     theta: torch.Tensor, height: int, width: int, workspace: Workspace | None = None
 ) -> torch.Tensor:
-    """What F.affine_grid(theta, (B, C, H, W), align_corners=False) returns, as ONE (B, 6) @ (6, H*W*2) matmul.
+    """What F.affine_grid(theta, (B, C, H, W), align_corners=False) returns, as ONE
+    (B, 6) @ (6, H*W*2) matmul.
 
     F.affine_grid runs a batched matmul with an inner size of 3 per sample, which costs ~10x more on the CPU
     for small images (1.2 ms vs 0.08 ms for 256 x 28 x 28, one thread); the grids agree to float rounding.

@@ -20,7 +20,8 @@ def mixup(
     lam: torch.Tensor,
     workspace: Workspace | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """x_i <- lam_i x_i + (1 - lam_i) x_partner(i); same for the soft targets y (B, K). lam (B,): 1 = unmixed."""
+    """x_i <- lam_i x_i + (1 - lam_i) x_partner(i); same for the soft targets y (B, K).
+    lam (B,): 1 = unmixed."""
     shape = (-1,) + (1,) * (x.ndim - 1)
     lam_x = lam.to(x.dtype).view(shape)
     partners = torch.index_select(x, 0, partner, out=scratch(workspace, "partners", tuple(x.shape), x))

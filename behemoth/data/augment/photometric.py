@@ -70,7 +70,8 @@ def adjust_brightness_contrast(
     low: torch.Tensor,
     high: torch.Tensor,
 ) -> torch.Tensor:
-    """x + delta * (high - low), then each image's channel means +- factor * (x - mean), clamped to [low, high].
+    """x + delta * (high - low), then each image's channel means +- factor * (x - mean), clamped to
+    [low, high].
 
     delta, factor: (B,) (0 and 1 leave a sample unchanged); low, high: (C,). Returns a new tensor.
     Written with plain broadcasts (no addcmul, no clamp with tensor bounds: both ~8x slower on the CPU).

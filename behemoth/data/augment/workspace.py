@@ -19,7 +19,8 @@ class Workspace(threading.local):
         self._flat: dict[str, torch.Tensor] = {}
 
     def get(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-        """An uninitialised tensor of `shape` with like's dtype and device (valid until the next get(name))."""
+        """An uninitialised tensor of `shape` with like's dtype and device (valid until the next
+        get(name))."""
         numel = 1
         for side in shape:
             numel *= side

@@ -2,7 +2,8 @@
 
     OUT/
       index.json          what is where: splits, per-shard sample counts, byte sizes, sha256, how to decode
-      train-00000.b2f     one shard: x's bytes as one blosc2 chunk, then y's (lengths, shapes, dtypes in the index)
+      train-00000.b2f     one shard: x's bytes as one blosc2 chunk, then y's
+                          (lengths, shapes, dtypes in the index)
       train-labels.b2f    the class labels alone (classification), for statistics without reading x
       val-00000.b2f ...
 

@@ -2,10 +2,10 @@
 
 `ShardDataset` streams one split with bounded memory: two shard buffers (the shard being read and the
 next, decompressed by a background thread) and one shuffle window, allocated once and reused from shard
-to shard and epoch to epoch, plus the batches it hands out. An epoch's order is a pure function of (seed, epoch): the shard order is a
-seeded permutation, the stream is cut into windows of `buffer` samples, and each window is permuted by
-its own seeded generator. A stream resumes at any sample position by computing which shard and window
-hold it: nothing before it is read.
+to shard and epoch to epoch, plus the batches it hands out. An epoch's order is a pure function of
+(seed, epoch): the shard order is a seeded permutation, the stream is cut into windows of `buffer`
+samples, and each window is permuted by its own seeded generator. A stream resumes at any sample
+position by computing which shard and window hold it: nothing before it is read.
 
 Why reuse buffers: on this kind of machine (a VM) a fresh multi-megabyte array costs a page fault per
 4 KiB when first written, which made a streamed MNIST epoch ~2x slower than the decompression itself.
@@ -30,7 +30,8 @@ Arrays = tuple[np.ndarray, np.ndarray]  # (x, y) in their stored dtypes
 
 
 def read_verified(path: Path, info: ShardInfo) -> bytes:
-    """The shard's bytes, after checking their size and sha256 against the index (DataError naming the file)."""
+    """The shard's bytes, after checking their size and sha256 against the index (DataError naming the
+    file)."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -61,7 +62,8 @@ def decompress_into(chunk: memoryview, out: np.ndarray, path: Path) -> np.ndarra
 
 
 class ShardSplit:
-    """One split of a shard directory: its index entry, verified reads, and decoding to the loader's tensors."""
+    """One split of a shard directory: its index entry, verified reads, and decoding to the loader's
+    tensors."""
 
     def __init__(self, root: Path, name: str, info: SplitInfo) -> None:
         self.root, self.name, self.info = Path(root), name, info
@@ -102,7 +104,8 @@ class ShardSplit:
         return torch.from_numpy(labels).long()
 
     def to_tensors(self, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stored arrays -> the tensors the original loader produced (float32 images/features, int64 labels)."""
+        """Stored arrays -> the tensors the original loader produced (float32 images/features, int64
+        labels)."""
         x_t, y_t = torch.from_numpy(x), torch.from_numpy(y)
         if self.info.decode is not None:
             x_t = self.info.decode(x_t)
@@ -210,7 +213,8 @@ class ShardDataset:
 
     def _windows(self, epoch: int, start: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """(x, y, order) per window from the one containing `start`: x and y hold the window's samples in
-        stream order in a buffer reused for the next window; order (from `start` on) says how to visit them."""
+        stream order in a buffer reused for the next window; order (from `start` on) says how to visit
+        them."""
         total = len(self)
         if start >= total:
             return
@@ -249,7 +253,8 @@ class ShardDataset:
             self._give([window, *shard_buffers])
 
     def batches(self, epoch: int, batch_size: int, start: int = 0) -> Iterator[Arrays]:
-        """Consecutive batches (fresh arrays) of the epoch's stream from position `start`; the last may be short."""
+        """Consecutive batches (fresh arrays) of the epoch's stream from position `start`; the last may be
+        short."""
         carry_x: list[np.ndarray] = []
         carry_y: list[np.ndarray] = []
         carried = 0

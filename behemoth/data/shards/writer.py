@@ -104,7 +104,8 @@ def pack_bundle(
     overwrite: bool = False,
     progress: Progress | None = None,
 ) -> ShardIndex:
-    """Write every split of `bundle` as shards of about `shard_size` uncompressed bytes into directory `out`."""
+    """Write every split of `bundle` as shards of about `shard_size` uncompressed bytes into directory
+    `out`."""
     try:
         codec, filter = check_lossless(codec, "codec"), check_lossless(filter, "filter")
     except ValueError as exc:
