@@ -23,7 +23,7 @@ from behemoth.explanations.fidelity import completeness_error, ig_until_complete
 from behemoth.explanations.methods import default_baselines, explained
 from behemoth.pipeline import run_training
 from behemoth.pipeline.config import resolve_config
-from behemoth.runs import read_spec, run_path
+from behemoth.runs import RunDir, run_path
 from behemoth.training.assembly import load_trained_model
 
 TOL = 0.01
@@ -70,12 +70,13 @@ def main() -> None:
         run_training(cfg, progress=False)
         run_dir = run_path(cfg)
         model = load_trained_model(run_dir, cfg)
-        spec, _, meta = read_spec(run_dir)
+        run_spec = RunDir(run_dir).spec()
+        spec = run_spec.data
         x = load_data(cfg.data).test.x[: args.samples]
     tm = explained(model, spec.task, spec.input_shape)
     with torch.no_grad():
         target = model(x).argmax(-1)
-    baselines = default_baselines(x, tm.kind, "black", meta)
+    baselines = default_baselines(x, tm.kind, "black", run_spec.preprocessing)
 
     rows = {}
     for name, per_sample in (("captum defaults, per sample", True), ("captum defaults, one batch", False)):

@@ -76,7 +76,7 @@ def test_bpe_text_data_packs_contiguous_splits(tmp_path, kjv_slice):
             name="text", path=str(path), tokenizer="bpe", vocab_size=400, block_size=32, val_fraction=0.1
         )
     )
-    meta, tok = data.meta, data.meta["tokenizer_object"]
+    meta, tok = data.meta, data.tokenizer
     assert data.spec.task == "language_model" and data.spec.num_classes == tok.vocab_size == 400
     assert meta["tokenizer"] == "bpe" and meta["tokenizer_file"] == "tokenizer.json"
     parts = split_text(kjv_slice, 0.1)
@@ -96,12 +96,12 @@ def test_run_tokenizer_is_saved_and_reloaded(tmp_path, kjv_slice):
     run = tmp_path / "run"
     run.mkdir()
     write_spec(run, data.spec, data.class_names, data.meta)
-    save_run_tokenizer(run, data.meta)
+    save_run_tokenizer(run / "tokenizer.json", data.tokenizer)
     spec_meta = json.loads((run / "spec.json").read_text())["meta"]
     assert spec_meta["tokenizer"] == "bpe" and spec_meta["tokenizer_file"] == "tokenizer.json"
-    assert "tokenizer_object" not in spec_meta  # objects stay out of spec.json
+    assert "tokenizer_object" not in spec_meta and "tokenizer_object" not in data.meta  # a typed field
     loaded = load_run_tokenizer(run)
-    assert loaded.decode(data.train.x[0]) == data.meta["tokenizer_object"].decode(data.train.x[0])
+    assert loaded.decode(data.train.x[0]) == data.tokenizer.decode(data.train.x[0])
     (run / "tokenizer.json").unlink()
     with pytest.raises(RunDirError, match="tokenizer.json is missing"):
         load_run_tokenizer(run)

@@ -11,7 +11,7 @@ from rich.table import Table
 from behemoth import pipeline
 from behemoth.cli.app import app, split_config_args
 from behemoth.errors import BehemothError
-from behemoth.runs import open_run, run_path
+from behemoth.runs import RunDir, open_run, run_path
 
 console = Console(highlight=False, soft_wrap=True)
 
@@ -96,7 +96,7 @@ def print_partition(cfg) -> None:
 
 
 def print_summary(run_dir: Path) -> None:
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = json.loads(RunDir(run_dir).summary.read_text())
     line = (
         f"run {run_dir}: {summary['rounds']} rounds ({summary['stop_reason']}), test accuracy "
         f"{summary['test']['acc']:.4f} loss {summary['test']['loss']:.4f}, {summary['seconds']:.1f}s, "

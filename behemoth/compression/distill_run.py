@@ -15,7 +15,7 @@ from behemoth.config import RunConfig
 from behemoth.data import DataBundle
 from behemoth.errors import ConfigError, ModelError
 from behemoth.models import count_parameters
-from behemoth.runs import create_run_dir, read_spec, run_path, write_config, write_json, write_spec
+from behemoth.runs import RunDir, create_run_dir, read_spec, run_path, write_config, write_json, write_spec
 from behemoth.training import JsonlHook, ProgressHook, TensorBoardHook, evaluate, resolve_device, train
 from behemoth.training.assembly import assemble
 from behemoth.training.checkpoint import save_weights
@@ -58,8 +58,8 @@ def distill_run(
     device = resolve_device(cfg.train.device)
     loss_fn = DistillationLoss(teacher.to(device), cc.temperature, cc.alpha, cfg.train.precision)
     hooks = ([ProgressHook()] if progress else []) + [
-        JsonlHook(run_dir / "metrics.jsonl"),
-        TensorBoardHook(run_dir / "tb"),
+        JsonlHook(RunDir(run_dir).metrics),
+        TensorBoardHook(RunDir(run_dir).tensorboard),
     ]
     result = train(
         student,
@@ -72,7 +72,7 @@ def distill_run(
         feed=feed or parts.feed,
         loss_fn=loss_fn,
     )
-    save_weights(student, run_dir / "model.safetensors")
+    save_weights(student, RunDir(run_dir).weights)
     summary: dict[str, Any] = {
         "run": str(run_dir),
         "model": cfg.model.name,
@@ -98,5 +98,5 @@ def distill_run(
                 model, data.test, data.spec, cfg.data.eval_batch_size, cfg.train.precision, device
             )
             summary[who] = {**figures, "errors": round((1 - figures["acc"]) * len(data.test))}
-    write_json(run_dir / "summary.json", summary)
+    write_json(RunDir(run_dir).summary, summary)
     return summary

@@ -27,7 +27,7 @@ from behemoth.data import DataBundle
 from behemoth.data.bundle import TensorSplit
 from behemoth.errors import BehemothError, ConfigError
 from behemoth.files import atomic_write_bytes
-from behemoth.runs import read_spec, write_json
+from behemoth.runs import COMPRESS_RECORD, RunDir, read_spec, write_json
 from behemoth.training import BaseHook, ProgressHook, train
 from behemoth.training.assembly import build_feed, load_run_data, load_trained_model
 from behemoth.training.checkpoint import save_weights
@@ -274,13 +274,13 @@ def compress_run(
     test = data.test if data.test is not None else data.val
     if test is None:
         raise BehemothError(f"{run_dir}: the dataset has no test or validation split to measure accuracy on")
-    artifact = Path(cc.output) if cc.output else run_dir / "compressed" / "model.bhm"
+    artifact = Path(cc.output) if cc.output else RunDir(run_dir).artifact
     out_dir = artifact.parent
     recorder = Recorder(cfg, run_dir, test, out_dir / "steps", say)
     example = test.x[:2]
 
     baseline = load_trained_model(run_dir, cfg)
-    weights_file = run_dir / "model.safetensors"
+    weights_file = RunDir(run_dir).weights
     if not weights_file.is_file():  # trained weights only in a checkpoint: measure a fresh dense file
         weights_file = out_dir / "steps" / "baseline.safetensors"
         weights_file.parent.mkdir(parents=True, exist_ok=True)
@@ -330,7 +330,7 @@ def compress_run(
             **onnx_parity(final_model, path, test.x[:256]),
         }
     write_json(
-        out_dir / "compress.json",
+        out_dir / COMPRESS_RECORD,
         {
             "run": str(run_dir),
             "recipe": cc.model_dump(mode="json"),

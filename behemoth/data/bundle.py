@@ -5,7 +5,7 @@ from typing import Any
 
 import torch
 
-from behemoth.spec import DataSpec
+from behemoth.spec import DataSpec, Preprocessing
 
 
 @dataclass
@@ -36,7 +36,13 @@ class DataBundle:
     val: TensorSplit | None = None
     test: TensorSplit | None = None
     class_names: list[str] = field(default_factory=list)
-    meta: dict[str, Any] = field(default_factory=dict)  # e.g. normalisation mean/std, tokenizer
+    meta: dict[str, Any] = field(default_factory=dict)  # plain description: source, splits, mean/std, ...
+    tokenizer: Any = None  # the text tokenizer a language model's ids come from (behemoth.data.tokenizers)
+
+    @property
+    def preprocessing(self) -> Preprocessing | None:
+        """How raw inputs were turned into these tensors (classification data), read from `meta`."""
+        return Preprocessing.from_meta(self.meta)
 
     def splits(self) -> dict[str, TensorSplit]:
         return {

@@ -115,11 +115,11 @@ def build_language_model(name: str, text: str, cfg: DataConfig, source: str) -> 
         "layout": "tokens",
     }
     if tokenizer.name == "bpe":
-        # the object itself is dropped from spec.json (not plain data); the pipeline saves it as
-        # tokenizer.json
-        meta.update({"tokenizer_file": TOKENIZER_FILE, "tokenizer_object": tokenizer})
+        meta["tokenizer_file"] = (
+            TOKENIZER_FILE  # the pipeline saves the tokenizer there, in the run directory
+        )
     spec = DataSpec("language_model", (block,), tokenizer.vocab_size)
-    return DataBundle(name, spec, train, packed.get("val"), test, [], meta)
+    return DataBundle(name, spec, train, packed.get("val"), test, [], meta, tokenizer=tokenizer)
 
 
 def pack(tokens: np.ndarray, block_size: int, split: str, source: str) -> TensorSplit:

@@ -7,7 +7,6 @@ A BPE tokenizer is trained on the training split only and saved with the run as 
 model was trained on. Training is deterministic: the same text and vocabulary size give the same merges.
 """
 
-import json
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -16,8 +15,10 @@ import torch
 
 from behemoth.errors import DataError, RunDirError
 from behemoth.files import atomic_write_text
+from behemoth.runs import RunDir
+from behemoth.spec import DEFAULT_TOKENIZER_FILE, TokenizerRef
 
-TOKENIZER_FILE = "tokenizer.json"  # in the run directory, named by spec.json's meta["tokenizer_file"]
+TOKENIZER_FILE = DEFAULT_TOKENIZER_FILE
 DEFAULT_BPE_VOCAB = 2048
 
 
@@ -106,26 +107,26 @@ def make_tokenizer(kind: str, train_text: str, vocab_size: int | None) -> TextTo
     raise DataError(f"data.tokenizer = {kind!r}: unknown tokenizer (byte or bpe)")
 
 
-def save_run_tokenizer(run_dir: Path, meta: dict[str, Any]) -> None:
-    """Write a trained tokenizer carried in a data bundle's meta into the run directory (bytes need no
-    file)."""
-    tokenizer = meta.get("tokenizer_object")
+def save_run_tokenizer(path: Path, tokenizer: TextTokenizer | None) -> None:
+    """Write a trained tokenizer to `path` (the run's tokenizer.json); bytes need no file."""
     if isinstance(tokenizer, BPETokenizer):
-        tokenizer.save(run_dir / meta["tokenizer_file"])
+        tokenizer.save(path)
+
+
+def load_tokenizer(ref: TokenizerRef, directory: Path) -> TextTokenizer:
+    """The tokenizer `ref` names: bytes, or the BPE file it names inside `directory` (a run directory)."""
+    if ref.kind == "byte":
+        return ByteTokenizer()
+    path = directory / (ref.file or TOKENIZER_FILE)
+    if not path.is_file():
+        raise RunDirError(f"{path} is missing: the run's BPE tokenizer was not saved")
+    return load_bpe(path)
 
 
 def load_run_tokenizer(run_dir: Path) -> TextTokenizer:
-    """The tokenizer a language-model run was trained with, from spec.json's meta (and tokenizer.json)."""
-    spec_path = run_dir / "spec.json"
-    if not spec_path.is_file():
-        raise RunDirError(f"{run_dir} has no spec.json: not a behemoth run")
-    meta = json.loads(spec_path.read_text()).get("meta", {})
-    kind = meta.get("tokenizer")
-    if kind == "byte":
-        return ByteTokenizer()
-    if kind == "bpe":
-        path = run_dir / meta.get("tokenizer_file", TOKENIZER_FILE)
-        if not path.is_file():
-            raise RunDirError(f"{path} is missing: the run's BPE tokenizer was not saved")
-        return load_bpe(path)
-    raise RunDirError(f"{run_dir} is not a language-model run (spec.json names no tokenizer)")
+    """The tokenizer a language-model run was trained with, as its spec.json names it."""
+    run = RunDir(Path(run_dir))
+    ref = run.spec().tokenizer
+    if ref is None:
+        raise RunDirError(f"{run_dir} is not a language-model run (spec.json names no tokenizer)")
+    return load_tokenizer(ref, run.path)

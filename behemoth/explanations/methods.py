@@ -20,6 +20,8 @@ import torch
 from torch import nn
 
 from behemoth.config.explain import METHODS
+from behemoth.data.preprocessing import black
+from behemoth.spec import Preprocessing
 
 Kind = Literal["image", "table", "tokens"]
 TOKEN_METHODS = (
@@ -86,7 +88,7 @@ def default_baselines(
     inputs: torch.Tensor,
     kind: Kind,
     how: str = "black",
-    meta: dict | None = None,
+    prep: Preprocessing | None = None,
     space_token: int = SPACE_TOKEN,
 ) -> torch.Tensor:
     """x' for IG, SHAP, occlusion and the fidelity curves, same shape as inputs.
@@ -97,10 +99,8 @@ def default_baselines(
     """
     if kind == "tokens":
         return torch.full_like(inputs, space_token)
-    if kind == "image" and how == "black" and meta and "mean" in meta:
-        mean = torch.tensor(meta["mean"], dtype=inputs.dtype).view(1, -1, 1, 1)
-        std = torch.tensor(meta["std"], dtype=inputs.dtype).view(1, -1, 1, 1)
-        return ((0 - mean) / std).expand_as(inputs).clone()
+    if kind == "image" and how == "black" and prep is not None:
+        return black(inputs, prep)
     return torch.zeros_like(inputs)
 
 

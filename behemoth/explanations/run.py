@@ -16,6 +16,7 @@ import torch
 
 from behemoth.config import RunConfig
 from behemoth.config.explain import COMPLETE_METHODS, GRADIENT_METHODS, ExplainConfig
+from behemoth.data.preprocessing import to_scaled_units
 from behemoth.data.tokenizers import load_run_tokenizer
 from behemoth.errors import BehemothError
 from behemoth.explanations import fidelity as fid
@@ -31,7 +32,8 @@ from behemoth.explanations.methods import (
     predict,
     runs_on_int8_kernels,
 )
-from behemoth.runs import read_spec, write_json
+from behemoth.runs import ATTRIBUTIONS, RunDir, write_json
+from behemoth.spec import Preprocessing
 from behemoth.training.assembly import load_run_data, load_trained_model
 
 Progress = Callable[[int, int], None]  # (done, total)
@@ -158,7 +160,8 @@ def explain_run(
     With `packed` (a .bhm from `behemoth compress`), the compressed model is explained instead, and each
     sample's attributions are compared with the uncompressed run's (Spearman rank correlation, same targets).
     """
-    spec, class_names, meta = read_spec(run_dir)
+    run_spec = RunDir(run_dir).spec()
+    spec, class_names, meta, prep = run_spec.data, run_spec.class_names, run_spec.meta, run_spec.preprocessing
     try:
         check_method(ecfg.method, kind_of(spec.task, spec.input_shape))
     except ValueError as exc:
@@ -183,7 +186,7 @@ def explain_run(
         space = int(tokenizer.encode(" ")[0])
         if tokenizer.name != "byte":
             token_text = lambda t: pictures.visible(tokenizer.decode([t]))  # noqa: E731
-    baselines = default_baselines(x, tm.kind, ecfg.baseline, meta, space_token=space)
+    baselines = default_baselines(x, tm.kind, ecfg.baseline, prep, space_token=space)
 
     started = time.perf_counter()
     attr, steps = attribute_all(tm, x, target, baselines, ecfg, progress)
@@ -196,7 +199,9 @@ def explain_run(
         fidelity["per_sample"]["compression_spearman"] = rho.tolist()
         fidelity["summary"]["compression_spearman"] = fid.summarise(rho)
 
-    out = out_dir or run_dir / "explain" / (ecfg.method if packed is None else f"{ecfg.method}-compressed")
+    out = out_dir or RunDir(run_dir).explanations / (
+        ecfg.method if packed is None else f"{ecfg.method}-compressed"
+    )
     out.mkdir(parents=True, exist_ok=True)
     names = class_names or [token_text(i) for i in range(spec.num_classes)]
     titles = [
@@ -204,7 +209,7 @@ def explain_run(
         for i, (label, pred, goal) in enumerate(zip(labels.tolist(), predictions.tolist(), target.tolist()))
     ]
     heading = heading_for(ecfg, fidelity["summary"], steps, packed)
-    picture = draw(tm.kind, x, attr, titles, heading, meta, out, token_text)
+    picture = draw(tm.kind, x, attr, titles, heading, prep, meta.get("feature_names"), out, token_text)
     record = {
         "method": ecfg.method,
         "target": ecfg.target,
@@ -224,7 +229,7 @@ def explain_run(
         "config": ecfg.model_dump(),
         "attributions": attr.tolist(),
     }
-    write_json(out / "attributions.json", record)
+    write_json(out / ATTRIBUTIONS, record)
     record["out_dir"] = str(out)
     return record
 
@@ -256,18 +261,27 @@ def heading_for(
     return " | ".join(parts)
 
 
-def draw(kind: str, x, attr, titles, heading, meta, out: Path, token_text: Callable[[int], str]) -> Path:
+def draw(
+    kind: str,
+    x,
+    attr,
+    titles,
+    heading,
+    prep: Preprocessing | None,
+    feature_names: list[str] | None,
+    out: Path,
+    token_text: Callable[[int], str],
+) -> Path:
     if kind == "image":
-        mean = torch.tensor(meta.get("mean", [0.0])).view(1, -1, 1, 1)
-        std = torch.tensor(meta.get("std", [1.0])).view(1, -1, 1, 1)
-        raw = x * std + mean  # pixels / input_scale: [0, 1], or e.g. [0, 16] for sklearn digits (scale 1)
+        # pixels / input_scale: [0, 1], or e.g. [0, 16] for sklearn digits (scale 1)
+        raw = to_scaled_units(x, prep) if prep is not None else x
         path = out / "grid.png"
         pictures.image_grid(raw / max(1.0, float(raw.max())), attr, titles, heading, path)
     elif kind == "tokens":
         path = out / "tokens.html"
         pictures.token_html(x, attr, titles, heading, path, token_text)
     else:
-        names = meta.get("feature_names") or [f"x{i}" for i in range(x.shape[1])]
+        names = feature_names or [f"x{i}" for i in range(x.shape[1])]
         path = out / "features.png"
         pictures.feature_bars(attr, names, titles, heading, path)
     return path

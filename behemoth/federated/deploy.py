@@ -27,6 +27,7 @@ from behemoth.config import RunConfig
 from behemoth.errors import BehemothError, ConfigError
 from behemoth.federated.certs import make_node_keys, make_tls
 from behemoth.federated.metrics import LOG_PREFIX
+from behemoth.runs import RunDir
 
 CONNECTION = "behemoth"  # the SuperLink connection's name in the temporary $FLWR_HOME/config.toml
 
@@ -193,9 +194,9 @@ def run_deployed(
     if deploy.node_auth and not deploy.tls:
         raise ConfigError("federate.deploy.node_auth = true: needs federate.deploy.tls = true")
     run_dir = run_dir.resolve()
-    log_dir = run_dir / "deploy"
+    log_dir = RunDir(run_dir).deploy_logs
     log_dir.mkdir(exist_ok=True)
-    (run_dir / "summary.json").unlink(missing_ok=True)  # its reappearance is how we know the run finished
+    RunDir(run_dir).summary.unlink(missing_ok=True)  # its reappearance is how we know the run finished
     secrets = Path(tempfile.mkdtemp(prefix="behemoth-flower-"))
     processes = Processes(log_dir, flower_env(secrets / "home"))
     try:
@@ -307,7 +308,7 @@ def _deploy(
                 print(text, file=echo, flush=True)
             tail = (tail + [text])[-15:]
     run.wait()
-    if not (run_dir / "summary.json").is_file():
+    if not RunDir(run_dir).summary.is_file():
         last = next((line.strip() for line in reversed(tail) if line.strip()), "")
         raise BehemothError(
             f"the deployed run did not finish (flwr run exit code {run.returncode}; last line: "

@@ -20,6 +20,7 @@ from behemoth.federated.exchange import load_arrays
 from behemoth.federated.privacy import PrivacyLedger
 from behemoth.federated.strategies import RoundStats
 from behemoth.files import atomic_write_text
+from behemoth.runs import RunDir
 from behemoth.spec import DataSpec
 from behemoth.training import evaluate
 
@@ -43,7 +44,7 @@ def attach_run_log(run_dir: Path, stream: TextIO | None = sys.stderr) -> None:
     for handler in list(log.handlers):
         log.removeHandler(handler)
         handler.close()
-    targets: list[logging.Handler] = [logging.FileHandler(run_dir / "federate.log")]
+    targets: list[logging.Handler] = [logging.FileHandler(RunDir(run_dir).federate_log)]
     if stream is not None:
         targets.append(logging.StreamHandler(stream))
     for handler in targets:
@@ -95,7 +96,7 @@ class RoundRecorder:
         on_round: Callable[[int, ArrayRecord], None],
         tags: dict[str, Any] | None = None,
     ) -> None:
-        self.path = run_dir / "metrics.jsonl"
+        self.path = RunDir(run_dir).metrics
         self.model, self.test, self.spec, self.settings = model, test, spec, settings
         self.strategy, self.ledger, self.total = strategy, ledger, total_rounds
         self.target, self.crash_after, self.on_round = target, crash_after, on_round

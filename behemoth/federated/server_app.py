@@ -18,6 +18,7 @@ from behemoth.federated.metrics import TargetReached, attach_run_log, log
 from behemoth.federated.server_run import announce, checkpointer, finish, prepare, shared_config
 from behemoth.federated.state import restore_strategy, strategy_state
 from behemoth.federated.strategies import build_strategy, innermost
+from behemoth.runs import RunDir
 
 app = ServerApp()
 
@@ -26,12 +27,12 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     """Deployment entry point: `flwr run` passes `run-dir` (prepared by `behemoth federate --deploy`)."""
     run_dir = Path(str(context.run_config["run-dir"]))
-    if not (run_dir / "config.toml").is_file():
+    if not RunDir(run_dir).config_file.is_file():
         raise RunDirError(f"run-dir {run_dir} holds no config.toml")
     attach_run_log(run_dir, stream=sys.stdout)  # stdout reaches `flwr run --stream`
     serve(
         grid,
-        load_config(run_dir / "config.toml"),
+        load_config(RunDir(run_dir).config_file),
         run_dir,
         resume=bool(context.run_config.get("resume", False)),
     )

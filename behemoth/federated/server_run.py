@@ -23,7 +23,7 @@ from behemoth.federated.metrics import RoundRecorder, RoundSource, log, read_rec
 from behemoth.federated.partition import partition
 from behemoth.federated.privacy import PrivacyLedger, noise_multiplier_for
 from behemoth.federated.state import FederatedState, load_latest, rng_state, save_round, set_rng_state
-from behemoth.runs import write_json
+from behemoth.runs import RunDir, write_json
 from behemoth.spec import DataSpec
 from behemoth.training import resolve_device, save_weights
 
@@ -85,7 +85,7 @@ def prepare(cfg: RunConfig, run_dir: Path, resume: bool) -> ServerParts:
         load_arrays(model, ArrayRecord.from_torch_state_dict(saved.weights))
         set_rng_state(saved.meta["rng"])
         ledger.load_state_dict(saved.meta["privacy"])
-        trim_records(run_dir / "metrics.jsonl", saved.round)
+        trim_records(RunDir(run_dir).metrics, saved.round)
     device = resolve_device(cfg.train.device)
     model.to(device)
     settings = dict(
@@ -150,7 +150,7 @@ def announce(cfg: RunConfig, parts: ServerParts) -> None:
 
 def finish(run_dir: Path, model: torch.nn.Module, cfg: RunConfig, stop: str) -> dict[str, Any]:
     """model.safetensors (the last global model evaluated) and summary.json."""
-    save_weights(model, run_dir / "model.safetensors")
+    save_weights(model, RunDir(run_dir).weights)
     fed = cfg.federate
     summary = {
         "run": str(run_dir),
@@ -163,13 +163,13 @@ def finish(run_dir: Path, model: torch.nn.Module, cfg: RunConfig, stop: str) -> 
         "stop_reason": stop,
         "dp": fed.dp.mode,
         **({"secagg": True} if fed.secagg else {}),
-        **summarize(read_records(run_dir / "metrics.jsonl"), fed.target_accuracy),
+        **summarize(read_records(RunDir(run_dir).metrics), fed.target_accuracy),
     }
-    write_json(run_dir / "summary.json", summary)
+    write_json(RunDir(run_dir).summary, summary)
     log.info(
         "done: %d rounds, test accuracy %.4f, summary in %s",
         summary["rounds"],
         summary["test"]["acc"] or 0.0,
-        run_dir / "summary.json",
+        RunDir(run_dir).summary,
     )
     return summary

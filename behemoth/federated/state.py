@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from behemoth.errors import RunDirError
 from behemoth.files import atomic_write_text
+from behemoth.runs import RunDir
 
 STRATEGY_STATE = ("m_t", "v_t")  # FedOpt family (FedAdam): first and second moments of the server update
 
@@ -69,7 +70,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_round(run_dir: Path, state: FederatedState, keep_last: int = 2) -> Path:
     """Write round `state.round` atomically and keep the last `keep_last` rounds."""
-    root = run_dir / "federated"
+    root = RunDir(run_dir).federated
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"round-{state.round:04d}"
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
@@ -95,10 +96,10 @@ def save_round(run_dir: Path, state: FederatedState, keep_last: int = 2) -> Path
 
 def load_latest(run_dir: Path) -> FederatedState | None:
     """The last completed round's checkpoint, or None when no round finished yet."""
-    pointer = run_dir / "federated" / "latest"
+    pointer = RunDir(run_dir).federated / "latest"
     if not pointer.is_file():
         return None
-    path = run_dir / "federated" / pointer.read_text().strip()
+    path = RunDir(run_dir).federated / pointer.read_text().strip()
     files = [path / name for name in ("global.safetensors", "strategy.safetensors", "state.json")]
     if not all(f.is_file() for f in files):
         raise RunDirError(f"federated checkpoint {path} is incomplete")

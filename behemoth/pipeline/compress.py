@@ -9,7 +9,7 @@ from behemoth.compression.pipeline import CompressResult, compress_run
 from behemoth.config import RunConfig
 from behemoth.errors import ConfigError, RunDirError
 from behemoth.pipeline.config import config_with_section
-from behemoth.runs import open_run, run_path
+from behemoth.runs import RunDir, open_run, run_path
 
 
 def recipe_overrides(recipe: str | None) -> list[str]:
@@ -33,7 +33,7 @@ def compress_config(
     """The run's config, with [compress] from `config`, then dotted overrides, then `recipe`."""
     run_dir, _ = open_run(run)  # checks it is a run
     return run_dir, config_with_section(
-        run_dir / "config.toml", "compress", config, list(overrides or []) + recipe_overrides(recipe)
+        RunDir(run_dir).config_file, "compress", config, list(overrides or []) + recipe_overrides(recipe)
     )
 
 

@@ -20,6 +20,7 @@ from behemoth.pipeline.explain import explain
 from behemoth.pipeline.federate import federate
 from behemoth.pipeline.train import run_training
 from behemoth.reporting import build_report
+from behemoth.runs import RunDir
 
 # The federated stage: the demo's CNN on 10 MNIST silos of 1,200 images each, half of them per round.
 # Short on purpose (3 rounds); `behemoth federate federated-mnist` is McMahan et al.'s full setting.
@@ -90,7 +91,7 @@ def demo(
     run_dir = Path(summary["run"])
 
     on_stage(2, total, "evaluate on the test set (precision, recall, F1, confusion matrix)")
-    metrics = evaluate(run_dir, "test", run_dir / "eval.json")
+    metrics = evaluate(run_dir, "test", RunDir(run_dir).evaluation)
     on_result("evaluate", metrics)
 
     cc = cfg.compress
@@ -113,7 +114,7 @@ def demo(
             f"federated: the same CNN over {fed_cfg.federate.clients} private MNIST silos, "
             f"FedAvg on Flower ({fed_cfg.federate.rounds} rounds)",
         )
-        on_result("federate", federate(fed_cfg, run_dir / "federated", overwrite=True))
+        on_result("federate", federate(fed_cfg, RunDir(run_dir).federated, overwrite=True))
         stage += 1
 
     on_stage(stage, total, "write the report")

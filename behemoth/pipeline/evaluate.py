@@ -7,8 +7,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from behemoth.data.preprocessing import normalise
 from behemoth.errors import BehemothError, DataError
-from behemoth.runs import open_run, read_spec, write_json
+from behemoth.runs import RunDir, open_run, write_json
+from behemoth.spec import Preprocessing
 from behemoth.training import evaluate as evaluate_split
 from behemoth.training import resolve_device
 from behemoth.training.assembly import load_run_data, load_trained_model
@@ -40,11 +42,11 @@ def evaluate(run: str | Path, split: str = "test", out: Path | None = None) -> d
     )
     metrics["samples_per_second"] = len(chosen) / (time.perf_counter() - started)
     metrics.update({"split": split, "samples": len(chosen), "class_names": data.class_names})
-    write_json(out or run_dir / "eval.json", metrics)
+    write_json(out or RunDir(run_dir).evaluation, metrics)
     return metrics
 
 
-def read_inputs(path: Path, input_shape: tuple[int, ...], meta: dict) -> torch.Tensor:
+def read_inputs(path: Path, input_shape: tuple[int, ...], prep: Preprocessing | None) -> torch.Tensor:
     """Inputs for predict: image files (a file or folder) or a .npy/.npz array, preprocessed like training."""
     if not path.exists():
         raise DataError(f"input not found: {path}")
@@ -62,13 +64,12 @@ def read_inputs(path: Path, input_shape: tuple[int, ...], meta: dict) -> torch.T
             raise DataError(f"cannot read image {exc.filename or path}: {exc}") from None
         array = np.stack(images)
     x = torch.from_numpy(np.asarray(array))
-    if x.dtype == torch.uint8:  # raw pixels: scale and normalise as the training data were
-        x = x.float() / float(meta.get("input_scale", 255.0))
+    if (
+        x.dtype == torch.uint8 and prep is not None
+    ):  # raw pixels: scale and normalise as the training data were
         if x.ndim == len(input_shape) and len(input_shape) == 3:
             x = x.unsqueeze(1) if input_shape[0] == 1 else x.permute(0, 3, 1, 2)
-        mean = torch.tensor(meta.get("mean", [0.0])).view(1, -1, *([1] * (x.ndim - 2)))
-        std = torch.tensor(meta.get("std", [1.0])).view(1, -1, *([1] * (x.ndim - 2)))
-        x = (x - mean) / std
+        x = normalise(x, prep)
     if x.ndim == len(input_shape):  # a single sample
         x = x.unsqueeze(0)
     if tuple(x.shape[1:]) != tuple(input_shape):
@@ -81,11 +82,12 @@ def read_inputs(path: Path, input_shape: tuple[int, ...], meta: dict) -> torch.T
 def predict(run: str | Path, inputs: Path, top_k: int = 1) -> list[dict[str, Any]]:
     """The top-k classes and probabilities of a trained classifier for images or a .npy/.npz array."""
     run_dir, cfg = open_run(run)
-    spec, class_names, meta = read_spec(run_dir)
+    run_spec = RunDir(run_dir).spec()
+    spec, class_names = run_spec.data, run_spec.class_names
     if spec.task != "classification":
         raise BehemothError(f"{run_dir} is a {spec.task} run: predict works on classifiers")
     model = load_trained_model(run_dir, cfg)
-    x = read_inputs(Path(inputs), spec.input_shape, meta)
+    x = read_inputs(Path(inputs), spec.input_shape, run_spec.preprocessing)
     with torch.no_grad():
         probs = model(x).softmax(-1)
     top = probs.topk(min(top_k, spec.num_classes), dim=-1)

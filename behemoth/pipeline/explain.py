@@ -6,7 +6,7 @@ from typing import Any
 
 from behemoth.config.explain import METHODS
 from behemoth.errors import BehemothError
-from behemoth.runs import open_run
+from behemoth.runs import RunDir, open_run
 
 
 def explain(
@@ -34,7 +34,7 @@ def explain(
     ]
     run_dir, cfg = open_run(run, list(overrides or []) + extra)
     if compressed and packed is None:
-        packed = run_dir / "compressed" / "model.bhm"
+        packed = RunDir(run_dir).artifact
         if not packed.is_file():
             raise BehemothError(f"{packed} not found: compress the run first (behemoth compress {run_dir})")
     from behemoth.explanations.run import explain_run  # torch and captum load only when it runs

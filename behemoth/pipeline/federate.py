@@ -9,7 +9,7 @@ from typing import Any, TextIO
 
 from behemoth.config import RunConfig
 from behemoth.errors import RunDirError
-from behemoth.runs import create_run_dir, run_path, write_config, write_spec
+from behemoth.runs import RunDir, create_run_dir, run_path, write_config, write_spec
 from behemoth.training.assembly import load_run_data
 
 
@@ -47,7 +47,7 @@ def federate(
         from behemoth.federated.simulate import run_simulated
 
         run_simulated(cfg, run_dir, resume, verbose=verbose)
-    return json.loads((run_dir / "summary.json").read_text())
+    return json.loads(RunDir(run_dir).summary.read_text())
 
 
 def check_resumable(cfg: RunConfig, run_dir: Path) -> None:
@@ -56,7 +56,7 @@ def check_resumable(cfg: RunConfig, run_dir: Path) -> None:
 
     saved = load_latest(run_dir)
     done = saved.round if saved is not None else 0
-    summary = run_dir / "summary.json"
+    summary = RunDir(run_dir).summary
     reached = summary.is_file() and json.loads(summary.read_text()).get("stop_reason") == "target"
     if done >= cfg.federate.rounds or reached:
         raise RunDirError(

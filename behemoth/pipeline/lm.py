@@ -4,7 +4,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from behemoth.errors import BehemothError, RunDirError
-from behemoth.runs import open_run, read_spec
+from behemoth.runs import RunDir, open_run, read_spec
 
 
 def generate(
@@ -55,10 +55,12 @@ def export(run: str | Path, out: Path | None = None, step: int | None = None) ->
     from behemoth.training.checkpoint import checkpoint_weights, latest_checkpoint, write_safetensors
 
     run_dir, cfg = open_run(run)
-    checkpoint = latest_checkpoint(run_dir) if step is None else run_dir / "checkpoints" / f"step-{step:08d}"
+    checkpoint = (
+        latest_checkpoint(run_dir) if step is None else RunDir(run_dir).checkpoints / f"step-{step:08d}"
+    )
     if checkpoint is None or not checkpoint.is_dir():
         what = "no checkpoint" if step is None else f"no checkpoint at step {step}"
-        held = sorted(p.name for p in (run_dir / "checkpoints").glob("step-*"))
+        held = sorted(p.name for p in RunDir(run_dir).checkpoints.glob("step-*"))
         raise RunDirError(f"{run_dir} has {what} (checkpoints/ holds: {', '.join(held) or 'nothing'})")
     weights = checkpoint_weights(checkpoint)
     spec = read_spec(run_dir)[0]
@@ -69,7 +71,7 @@ def export(run: str | Path, out: Path | None = None, step: int | None = None) ->
     except RuntimeError as exc:
         reason = str(exc).splitlines()[1].strip()
         raise RunDirError(f"{checkpoint} does not fit model {cfg.model.name!r}: {reason}") from None
-    target = Path(out) if out is not None else run_dir / "export" / "model.safetensors"
+    target = Path(out) if out is not None else RunDir(run_dir).exported_weights
     target.parent.mkdir(parents=True, exist_ok=True)
     write_safetensors({name: tensor.contiguous() for name, tensor in weights.items()}, target)
     return Exported(

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from behemoth.pipeline.evaluate import evaluate as evaluate_run
 from behemoth.reporting import build_report
-from behemoth.runs import open_run
+from behemoth.runs import RunDir, open_run
 
 
 def report(
@@ -14,8 +14,8 @@ def report(
     """Write <run>/report/report.html and summary.json; with `evaluate`, first evaluate the test split when
     eval.json is missing (per-class scores and the confusion matrix)."""
     run_dir, _ = open_run(run)
-    has_weights = (run_dir / "model.safetensors").is_file() or (run_dir / "checkpoints").is_dir()
-    if evaluate and not (run_dir / "eval.json").is_file() and has_weights:
+    has_weights = RunDir(run_dir).weights.is_file() or RunDir(run_dir).checkpoints.is_dir()
+    if evaluate and not RunDir(run_dir).evaluation.is_file() and has_weights:
         say("no eval.json yet: evaluating the test split first")
-        evaluate_run(run_dir, "test", run_dir / "eval.json")
+        evaluate_run(run_dir, "test", RunDir(run_dir).evaluation)
     return build_report(run_dir)

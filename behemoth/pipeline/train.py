@@ -10,7 +10,7 @@ from behemoth.data.tokenizers import save_run_tokenizer
 from behemoth.distributed import DistEnv, barrier
 from behemoth.errors import RunDirError
 from behemoth.models import count_parameters
-from behemoth.runs import create_run_dir, run_path, write_config, write_json, write_spec
+from behemoth.runs import RunDir, create_run_dir, run_path, write_json
 from behemoth.training import JsonlHook, ProgressHook, TensorBoardHook, evaluate, latest_checkpoint, train
 from behemoth.training.assembly import assemble
 from behemoth.training.checkpoint import save_final_weights
@@ -34,16 +34,14 @@ def run_training(
     data, model = parts.data, parts.model
     if resume is None:
         run_dir = run_path(cfg)
+        run = RunDir(run_dir)
         if main:
             create_run_dir(run_dir, overwrite)
-            write_config(run_dir, cfg)
-            write_spec(run_dir, data.spec, data.class_names, data.meta)
-            save_run_tokenizer(
-                run_dir, data.meta
-            )  # a trained (BPE) tokenizer, so generate decodes the same way
-            write_preview(
-                cfg, data, run_dir / "data_preview.png"
-            )  # images: what the model sees (the report shows it)
+            run.write_config(cfg)
+            run.write_spec(data.spec, data.class_names, data.meta)
+            # a trained (BPE) tokenizer, so generate and explain decode the same way
+            save_run_tokenizer(run.tokenizer_file, data.tokenizer)
+            write_preview(cfg, data, run.preview)  # images: what the model sees (the report shows it)
         barrier(env)
         checkpoint = None
     else:
@@ -55,7 +53,7 @@ def run_training(
     logging_hooks = (
         mfu_hooks(model, data.spec, world)
         + ([ProgressHook()] if progress else [])
-        + [JsonlHook(run_dir / "metrics.jsonl"), TensorBoardHook(run_dir / "tb")]
+        + [JsonlHook(RunDir(run_dir).metrics), TensorBoardHook(RunDir(run_dir).tensorboard)]
     )
     all_hooks = (logging_hooks if main else []) + list(hooks or [])
     parameters = count_parameters(model)  # before training: a pipeline stage keeps only its part
@@ -103,6 +101,6 @@ def run_training(
             env=env,
         )
     if main:
-        write_json(run_dir / "summary.json", summary)
+        write_json(RunDir(run_dir).summary, summary)
     barrier(env)
     return summary

@@ -11,7 +11,7 @@ from behemoth.config import RunConfig, apply_overrides, config_from_dict, dump_c
 from behemoth.config.loader import read_toml
 from behemoth.errors import BehemothError, ConfigError
 from behemoth.pipeline.config import checked, resolve_config
-from behemoth.runs import create_run_dir, run_path, write_config, write_json
+from behemoth.runs import RunDir, create_run_dir, run_path, write_config, write_json
 
 
 @dataclass
@@ -30,9 +30,9 @@ def tune_config(
             raise BehemothError(
                 "--resume takes the run directory; the study keeps the config it started with"
             )
-        if not (Path(resume) / "config.toml").is_file():
+        if not RunDir(Path(resume)).config_file.is_file():
             raise BehemothError(f"{resume} is not a tune run directory (no config.toml)")
-        source = str(Path(resume) / "config.toml")
+        source = str(RunDir(Path(resume)).config_file)
         raw = read_toml(source)
     else:
         source = str(resolve_config(config or "mnist-cnn"))

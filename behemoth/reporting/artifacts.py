@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from behemoth.errors import RunDirError
+from behemoth.runs import RunDir
 
 
 @dataclass
@@ -46,7 +47,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 def read_explanations(run_dir: Path) -> list[dict[str, Any]]:
     """Each method's record without the raw attribution arrays (they stay in the JSON file)."""
     records = []
-    for path in sorted((run_dir / "explain").glob("*/attributions.json")):
+    for path in RunDir(run_dir).explanation_records():
         record = json.loads(path.read_text())
         record.pop("attributions", None)
         record["picture_path"] = str(path.parent / record["picture"])
@@ -58,32 +59,31 @@ def read_federated(run_dir: Path, metrics: list[dict[str, Any]]) -> dict[str, An
     """Round records (`behemoth federate`) of this run, or of a federated run nested inside it (the demo
     puts its short federated run in <run>/federated)."""
     candidates = [(run_dir, metrics)] + [
-        (sub.parent, read_jsonl(sub.parent / "metrics.jsonl"))
-        for sub in sorted(run_dir.glob("*/config.toml"))
+        (sub.parent, read_jsonl(RunDir(sub.parent).metrics)) for sub in sorted(run_dir.glob("*/config.toml"))
     ]
     for directory, records in candidates:
         rounds = [r for r in records if r.get("kind") == "round"]
         if rounds:
-            return {"dir": str(directory), "summary": read_json(directory / "summary.json"), "rounds": rounds}
+            return {"dir": str(directory), "summary": read_json(RunDir(directory).summary), "rounds": rounds}
     return None
 
 
 def collect(run_dir: Path) -> RunArtifacts:
     """Everything a report can show about `run_dir`; raises if it is not a run directory."""
-    config_path = run_dir / "config.toml"
+    config_path = RunDir(run_dir).config_file
     if not config_path.is_file():
         raise RunDirError(f"{run_dir} is not a behemoth run directory (no config.toml)")
     text = config_path.read_text()
-    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    metrics = read_jsonl(RunDir(run_dir).metrics)
     return RunArtifacts(
         run_dir=run_dir,
         config_text=text,
         config=tomllib.loads(text),
-        spec=read_json(run_dir / "spec.json"),
-        summary=read_json(run_dir / "summary.json"),
+        spec=read_json(RunDir(run_dir).spec_file),
+        summary=read_json(RunDir(run_dir).summary),
         metrics=metrics,
-        evaluation=read_json(run_dir / "eval.json"),
+        evaluation=read_json(RunDir(run_dir).evaluation),
         explanations=read_explanations(run_dir),
         federated=read_federated(run_dir, metrics),
-        compression=read_json(run_dir / "compressed" / "compress.json"),
+        compression=read_json(RunDir(run_dir).compress_record),
     )

@@ -11,8 +11,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from behemoth.files import atomic_write_text
 from behemoth.reporting.artifacts import RunArtifacts, collect
 from behemoth.reporting.sections import BUILDERS, Section
-
-REPORT_DIR = "report"
+from behemoth.runs import RunDir
 
 
 def render(art: RunArtifacts, sections: list[Section]) -> str:
@@ -72,9 +71,9 @@ def build_report(run_dir: Path) -> tuple[Path, Path]:
     """Write <run>/report/report.html and <run>/report/summary.json; return their paths."""
     art = collect(run_dir)
     sections = [s for s in (build(art) for build in BUILDERS) if s is not None and s.blocks]
-    out = run_dir / REPORT_DIR
-    out.mkdir(exist_ok=True)
-    html_path, json_path = out / "report.html", out / "summary.json"
+    run = RunDir(run_dir)
+    run.report_dir.mkdir(exist_ok=True)
+    html_path, json_path = run.report_html, run.report_summary
     atomic_write_text(html_path, render(art, sections))
     atomic_write_text(json_path, json.dumps(summarise(art, sections), indent=2, default=str) + "\n")
     return html_path, json_path

@@ -13,6 +13,7 @@ from typing import Any
 
 from behemoth.reporting import figures
 from behemoth.reporting.artifacts import RunArtifacts
+from behemoth.runs import RunDir
 
 
 @dataclass
@@ -117,7 +118,7 @@ def data(art: RunArtifacts) -> Section | None:
     if used:
         blocks.append({"kind": "heading", "text": "Sampling and augmentation"})
         blocks.append({"kind": "pre", "text": "\n".join(f"{k} = {v}" for k, v in used.items())})
-    preview = art.run_dir / "data_preview.png"
+    preview = RunDir(art.run_dir).preview
     if preview.is_file():
         caption = (
             "Training samples (top row) and draws of the configured augmentation (rows below)."

@@ -21,7 +21,7 @@ from behemoth.data.shards import ShardDataset, StreamedSplit
 from behemoth.distributed import DistEnv
 from behemoth.errors import ConfigError, RunDirError
 from behemoth.models import build_model
-from behemoth.runs import read_spec
+from behemoth.runs import RunDir, read_spec
 from behemoth.spec import DataSpec
 from behemoth.training.allocator import return_freed_memory
 from behemoth.training.checkpoint import checkpoint_weights, latest_checkpoint, load_weights
@@ -127,7 +127,7 @@ def load_trained_model(run_dir: Path, cfg: RunConfig) -> nn.Module:
     """A run's model with its final weights (or its latest checkpoint's), in eval mode."""
     spec, _, _ = read_spec(run_dir)
     model = build_model(cfg.model.name, cfg.model.options, spec)
-    weights = run_dir / "model.safetensors"
+    weights = RunDir(run_dir).weights
     if weights.is_file():
         load_weights(model, weights)
     else:

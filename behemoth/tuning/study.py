@@ -24,12 +24,11 @@ from behemoth.config.loader import to_toml
 from behemoth.config.tune import TuneConfig
 from behemoth.errors import BehemothError
 from behemoth.files import atomic_write_text
-from behemoth.runs import write_json
+from behemoth.runs import RunDir, write_json
 from behemoth.training import BaseHook, train
 from behemoth.training.assembly import assemble, load_run_data
 from behemoth.tuning.space import config_with, decode_params, suggest
 
-STUDY_FILE = "study.sqlite3"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -52,7 +51,7 @@ class PruningHook(BaseHook):
 
 
 def storage_url(run_dir: Path) -> str:
-    return f"sqlite:///{(run_dir / STUDY_FILE).resolve()}"
+    return f"sqlite:///{RunDir(run_dir).tune_file('study.sqlite3').resolve()}"
 
 
 def make_pruner(tune: TuneConfig, epochs: int) -> optuna.pruners.BasePruner:
@@ -77,8 +76,8 @@ def open_study(cfg: RunConfig, run_dir: Path, resume: bool) -> optuna.Study:
     )
     if not resume:
         return optuna.create_study(direction=cfg.tune.resolved_direction, **kwargs)
-    if not (run_dir / STUDY_FILE).is_file():
-        raise BehemothError(f"{run_dir} has no {STUDY_FILE}: nothing to resume")
+    if not RunDir(run_dir).tune_file("study.sqlite3").is_file():
+        raise BehemothError(f"{run_dir} has no study.sqlite3: nothing to resume")
     study = optuna.load_study(**kwargs)
     storage = study._storage  # optuna's public Study API cannot change a trial's state
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -183,7 +182,7 @@ def best_config(study: optuna.Study, cfg: RunConfig, raw: dict[str, Any]) -> Run
 def write_results(study: optuna.Study, cfg: RunConfig, raw: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """trials.csv, best.toml, best.json and the plots; returns what best.json holds."""
     frame = study.trials_dataframe(attrs=("number", "value", "state", "params", "duration", "user_attrs"))
-    atomic_write_text(run_dir / "trials.csv", frame.to_csv(index=False))
+    atomic_write_text(RunDir(run_dir).tune_file("trials.csv"), frame.to_csv(index=False))
     counts = {
         state.name.lower(): len(study.get_trials(deepcopy=False, states=(state,)))
         for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -194,12 +193,13 @@ def write_results(study: optuna.Study, cfg: RunConfig, raw: dict[str, Any], run_
         "trials": counts,
     }
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        write_json(run_dir / "best.json", summary)
+        write_json(RunDir(run_dir).tune_file("best.json"), summary)
         return summary
     best = best_config(study, cfg, raw)
     # the tuned config without [tune]: it is a training config now, runs into runs/<name>-best
     atomic_write_text(
-        run_dir / "best.toml", to_toml(best.model_dump(mode="json", exclude_none=True, exclude={"tune"}))
+        RunDir(run_dir).tune_file("best.toml"),
+        to_toml(best.model_dump(mode="json", exclude_none=True, exclude={"tune"})),
     )
     summary.update(
         best_trial=study.best_trial.number,
@@ -208,7 +208,7 @@ def write_results(study: optuna.Study, cfg: RunConfig, raw: dict[str, Any], run_
     )
     from behemoth.tuning.plots import plot_history, plot_importances  # matplotlib only when writing
 
-    summary["importances"] = plot_importances(study, run_dir / "importances.png")
-    plot_history(study, cfg.tune.objective, run_dir / "history.png")
-    write_json(run_dir / "best.json", summary)
+    summary["importances"] = plot_importances(study, RunDir(run_dir).tune_file("importances.png"))
+    plot_history(study, cfg.tune.objective, RunDir(run_dir).tune_file("history.png"))
+    write_json(RunDir(run_dir).tune_file("best.json"), summary)
     return summary

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from behemoth.errors import DataError
+from behemoth.spec import Preprocessing
 
 FORMAT = "behemoth-shards"
 VERSION = 1
@@ -172,18 +173,16 @@ def compact_integers(array: np.ndarray) -> np.ndarray:
 
 
 def pixels_if_exact(
-    x: torch.Tensor, meta: dict[str, Any], chunk: int = 8192
+    x: torch.Tensor, prep: Preprocessing | None, chunk: int = 8192
 ) -> tuple[np.ndarray, Decode] | None:
     """x (N, ...) float as 8-bit values + the Decode that gives x back bit for bit, or None when it does not.
 
-    Works for images a loader scaled from 8-bit pixels and normalised (meta: input_scale, mean, std).
+    Works for images a loader scaled from 8-bit pixels and normalised (`prep`: scale, mean, std).
     Checked chunk by chunk, so memory stays near the chunk size.
     """
-    if not x.is_floating_point() or not all(k in meta for k in ("input_scale", "mean", "std")) or len(x) == 0:
+    if prep is None or not x.is_floating_point() or len(x) == 0:
         return None
-    decode = Decode(
-        float(meta["input_scale"]), [float(v) for v in meta["mean"]], [float(v) for v in meta["std"]]
-    )
+    decode = Decode(prep.scale, list(prep.mean), list(prep.std))
     shape = (1, -1, 1, 1) if x.ndim == 4 else (1, -1)
     if x.ndim not in (2, 4) or len(decode.mean) != x.shape[1]:
         return None

@@ -28,6 +28,7 @@ from behemoth.data.shards.format import (
 )
 from behemoth.errors import BehemothError
 from behemoth.files import atomic_write_text
+from behemoth.spec import Preprocessing
 
 CODECS = {
     "zstd": blosc2.Codec.ZSTD,
@@ -62,9 +63,9 @@ def compress(array: np.ndarray, codec: str, level: int, filter: str) -> bytes:
     return blosc2.compress2(np.ascontiguousarray(array), cparams=cparams)
 
 
-def stored_arrays(split: TensorSplit, meta: dict) -> tuple[np.ndarray, np.ndarray, dict]:
+def stored_arrays(split: TensorSplit, prep: Preprocessing | None) -> tuple[np.ndarray, np.ndarray, dict]:
     """(x, y) in their smallest exact dtypes, and the SplitInfo fields that say how to read them back."""
-    pixels = pixels_if_exact(split.x, meta)
+    pixels = pixels_if_exact(split.x, prep)
     if pixels is not None:
         x, decode = pixels
     elif split.x.is_floating_point():
@@ -125,7 +126,9 @@ def pack_bundle(
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
-        prepared = {name: stored_arrays(split, bundle.meta) for name, split in bundle.splits().items()}
+        prepared = {
+            name: stored_arrays(split, bundle.preprocessing) for name, split in bundle.splits().items()
+        }
         plans = {name: rows_per_shard(x, y, shard_size) for name, (x, y, _) in prepared.items()}
         total = sum(-(-len(x) // plans[name]) if len(x) else 0 for name, (x, _, _) in prepared.items())
         done, splits = 0, {}
