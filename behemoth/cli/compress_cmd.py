@@ -2,17 +2,15 @@
 table) and `behemoth distill` (train a student run from a teacher run)."""
 
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from behemoth import pipeline
 from behemoth.cli.app import app, split_config_args
+from behemoth.cli.printing import print_layers, print_table
 
 console = Console(highlight=False, soft_wrap=True)
-TABLE_WIDTH = 110  # when not on a terminal (rich assumes 80, which squeezes the columns)
 
 RECIPE_HELP = (
     "Comma-separated compress.* settings, e.g. prune=0.92,quant=kmeans6,code=huffman "
@@ -62,44 +60,6 @@ def compress(
     console.print(
         f"written {result.artifact} ({result.rows[-1]['bytes']:,} bytes) and {result.out_dir}/compress.json"
     )
-
-
-def print_table(rows: list[dict[str, Any]], name: str) -> None:
-    if not console.is_terminal:
-        console.width = TABLE_WIDTH
-    table = Table(title=f"compression of {name} (size = file bytes on disk; latency = median ms on this CPU)")
-    for column in ("step", "params", "nonzeros", "bytes", "x", "test acc", "error", "ms b=1", "ms b=256"):
-        table.add_column(column, justify="left" if column == "step" else "right")
-    for row in rows:
-        table.add_row(
-            row["step"],
-            f"{row['parameters']:,}",
-            f"{row['nonzeros']:,}",
-            f"{row['bytes']:,}",
-            f"{row['compression']:.1f}",
-            f"{row['acc']:.4f}",
-            f"{row['error']:.2%}",
-            f"{row['latency_ms_b1']:.3f}" if "latency_ms_b1" in row else "-",
-            f"{row['latency_ms_b256']:.2f}" if "latency_ms_b256" in row else "-",
-        )
-    console.print(table)
-
-
-def print_layers(layers: dict[str, dict[str, Any]]) -> None:
-    if not layers:
-        return
-    table = Table(title="per layer")
-    for column in ("layer", "weights", "nonzero", "sparsity", "bits"):
-        table.add_column(column, justify="left" if column == "layer" else "right")
-    for name, info in layers.items():
-        table.add_row(
-            name,
-            f"{info['weights']:,}",
-            f"{info['weights'] - info['zeros']:,}",
-            f"{info['sparsity']:.1%}",
-            str(info.get("bits", 32)),
-        )
-    console.print(table)
 
 
 @app.command(no_args_is_help=False)

@@ -12,10 +12,7 @@ import typer
 from rich.console import Console
 
 from behemoth.cli.app import app
-from behemoth.cli.compress_cmd import print_table
-from behemoth.cli.explain_cmd import print_fidelity
-from behemoth.cli.federate_cmd import print_summary as print_federated
-from behemoth.cli.train_cmd import print_summary
+from behemoth.cli.printing import print_federated, print_fidelity, print_table, print_training
 
 console = Console()
 
@@ -47,7 +44,7 @@ def demo(
 
     def show(kind: str, result) -> None:
         if kind == "train":
-            print_summary(result)
+            print_training(result)
         elif kind == "evaluate":
             console.print(f"test accuracy {result['acc']:.4f}, macro F1 {result['f1_macro']:.4f}")
         elif kind == "compress":

@@ -5,11 +5,11 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from behemoth import pipeline
 from behemoth.cli.app import app
-from behemoth.config.explain import COMPLETE_METHODS, METHODS
+from behemoth.cli.printing import print_fidelity
+from behemoth.config.explain import METHODS
 
 console = Console()
 
@@ -65,49 +65,3 @@ def explain(
         )
     print_fidelity(record)
     console.print(f"written {record['out_dir']}/attributions.json and {record['picture']}")
-
-
-def print_fidelity(record: dict) -> None:
-    summary = record["fidelity"]["summary"]
-    table = Table(
-        title=f"{record['method']} on {record['samples']} {record['split']} samples "
-        f"(target: {record['target']}; {record['attributions_per_second']:.1f} attributions/s)"
-    )
-    for column in ("figure", "mean", "median", "max", "reads"):
-        table.add_column(column)
-    reads = {
-        "completeness_error": "|Σattr−Δf|/|Δf| (IG: < tol)"
-        if record["method"] in COMPLETE_METHODS
-        else "no completeness axiom",
-        "deletion_auc": "lower is better",
-        "insertion_auc": "higher is better",
-        "infidelity": "lower is better",
-        "randomization_spearman": "low: weights matter",
-    }
-    if "compression_spearman" in summary:
-        reads["compression_spearman"] = "vs uncompressed: 1 = same ranking"
-    for key, text in reads.items():  # one row per figure; names shortened to fit 80 columns
-        row = summary.get(key)
-        if row is None:
-            table.add_row(key, "n/a", "", "", "not for tokens" if key == "infidelity" else "off")
-            continue
-        fmt = (
-            (lambda v: "—" if v is None else f"{v:.2%}")
-            if key == "completeness_error"
-            else (lambda v: "—" if v is None else f"{v:.4g}")
-        )
-        table.add_row(
-            key.replace("randomization_spearman", "random_spearman").replace("compression_", "compressed_"),
-            fmt(row["mean"]),
-            fmt(row["median"]),
-            fmt(row["max"]),
-            text,
-        )
-    console.print(table)
-    if record["n_steps_used"] is not None:
-        steps = record["n_steps_used"]
-        console.print(
-            f"IG steps used per sample: min {min(steps)}, max {max(steps)} (baseline: {record['baseline']})"
-        )
-    else:
-        console.print(f"baseline: {record['baseline']}")

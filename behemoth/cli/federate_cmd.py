@@ -1,7 +1,6 @@
 """`behemoth federate`: federated training on Flower (simulation or a loopback deployment), or the
 per-client label histogram of the partition (--show-partition)."""
 
-import json
 from pathlib import Path
 
 import typer
@@ -10,8 +9,9 @@ from rich.table import Table
 
 from behemoth import pipeline
 from behemoth.cli.app import app, split_config_args
+from behemoth.cli.printing import print_federated
 from behemoth.errors import BehemothError
-from behemoth.runs import RunDir, open_run, run_path
+from behemoth.runs import open_run, run_path
 
 console = Console(highlight=False, soft_wrap=True)
 
@@ -28,6 +28,12 @@ def federate(
         "--deploy",
         help="Run a real deployment on this machine: flower-superlink "
         "(TLS, node authentication) and one flower-supernode per client, then shut down.",
+    ),
+    insecure: bool = typer.Option(
+        False,
+        "--insecure",
+        help="With --deploy: allow federate.deploy.tls = false on an address that is not loopback "
+        "(weights then cross the network unencrypted). Without it, tls = false runs on loopback only.",
     ),
     show_partition: bool = typer.Option(
         False,
@@ -69,8 +75,9 @@ def federate(
         verbose=verbose,
         show=console.print,
         stream=console.file,
+        insecure=insecure,
     )
-    print_summary(run_dir or run_path(cfg))
+    print_federated(run_dir or run_path(cfg))
 
 
 def print_partition(cfg) -> None:
@@ -93,17 +100,3 @@ def print_partition(cfg) -> None:
         )
     console.print(table)
     console.print(f"label skew (mean total-variation distance to the overall label mix): {view.skew:.3f}")
-
-
-def print_summary(run_dir: Path) -> None:
-    summary = json.loads(RunDir(run_dir).summary.read_text())
-    line = (
-        f"run {run_dir}: {summary['rounds']} rounds ({summary['stop_reason']}), test accuracy "
-        f"{summary['test']['acc']:.4f} loss {summary['test']['loss']:.4f}, {summary['seconds']:.1f}s, "
-        f"sent {summary['bytes_sent'] / 2**20:.1f} MiB, received {summary['bytes_received'] / 2**20:.1f} MiB"
-    )
-    if summary.get("rounds_to_target") is not None:
-        line += f"; reached {summary['target_accuracy']:.4f} at round {summary['rounds_to_target']}"
-    if "epsilon" in summary:
-        line += f"; (epsilon, delta) = ({summary['epsilon']:.3f}, {summary['delta']:g})"
-    console.print(line)

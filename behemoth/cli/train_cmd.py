@@ -6,6 +6,7 @@ import typer
 from rich.console import Console
 
 from behemoth.cli.app import app, split_config_args
+from behemoth.cli.printing import print_training
 from behemoth.distributed import close_group, init_group, read_env
 from behemoth.distributed.launch import current_command, launch
 from behemoth.errors import BehemothError, RunDirError
@@ -93,16 +94,4 @@ def train(
             f"{summary['stop_reason']}; last good checkpoint kept in {summary['run']}/checkpoints"
         )
     if env.is_main:
-        print_summary(summary)
-
-
-def print_summary(summary: dict) -> None:
-    line = (
-        f"run {summary['run']}: {summary['steps']} steps in {summary['train_seconds']:.1f}s "
-        f"({summary['samples_per_second']:,.0f} samples/s, peak {summary['peak_memory_mb']:.0f} MB)"
-    )
-    console.print(line)
-    if "test" in summary:
-        test = summary["test"]
-        extra = f" perplexity {test['perplexity']:.2f}" if "perplexity" in test else ""
-        console.print(f"test accuracy {test['acc']:.4f} loss {test['loss']:.4f}{extra}")
+        print_training(summary)
