@@ -243,3 +243,33 @@ def test_int8_model_takes_perturbation_methods_and_refuses_gradient_ones(digits_
     explain(run_dir, "--compressed", "--method", "occlusion", "--samples", "3")
     summary = compression_rho(run_dir, "occlusion")
     assert summary["compression_spearman"]["mean"] > 0.5 and summary["randomization_spearman"] is None
+
+
+def test_ig_says_when_samples_miss_the_completeness_tolerance(digits_run):
+    # 2 steps and no room to double: some samples must stay above a 0.01% tolerance, and every output says so
+    result = explain(
+        digits_run,
+        "explain.n_steps=2",
+        "explain.max_steps=2",
+        "explain.completeness_tol=0.0001",
+        "explain.sanity_check=false",
+        "--method",
+        "ig",
+        "--samples",
+        "6",
+    )
+    record = json.loads((digits_run / "explain" / "ig" / "attributions.json").read_text())
+    missed, errors = record["completeness_misses"], record["fidelity"]["per_sample"]["completeness_error"]
+    assert missed["count"] == sum(e >= 0.0001 for e in errors) > 0
+    assert missed["samples"] == [i for i, e in enumerate(errors) if e >= 0.0001]
+    assert missed["max_error"] == max(errors) and missed["max_steps"] == 2
+    assert (
+        f"warning: {missed['count']} of 6 samples stayed above the 0% completeness tolerance" in result.output
+    )
+    from behemoth.reporting import build_report
+
+    html_path, _ = build_report(digits_run)
+    assert f"Warning: {missed['count']} of 6 samples stayed above" in html_path.read_text()
+    explain(digits_run, "--method", "ig", "--samples", "6")  # the default budget: complete again
+    record = json.loads((digits_run / "explain" / "ig" / "attributions.json").read_text())
+    assert record["completeness_misses"]["count"] == 0

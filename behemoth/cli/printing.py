@@ -104,6 +104,13 @@ def print_fidelity(record: dict) -> None:
             text,
         )
     console.print(table)
+    missed = record.get("completeness_misses")
+    if missed and missed["count"]:
+        console.print(
+            f"warning: {missed['count']} of {record['samples']} samples stayed above the "
+            f"{missed['tolerance']:.0%} completeness tolerance at explain.max_steps = {missed['max_steps']} "
+            f"(worst {missed['max_error']:.2%}; samples {missed['samples']}): raise explain.max_steps"
+        )
     if record["n_steps_used"] is not None:
         steps = record["n_steps_used"]
         console.print(

@@ -66,12 +66,42 @@ def _reader(path: Path):
                     metadata = _MetadataUnpickler(handle).load()
             except (OSError, pickle.UnpicklingError, EOFError, AttributeError) as exc:
                 raise RunDirError(f"checkpoint {path}: unreadable metadata ({exc})") from None
+            _check_storage_paths(metadata, path)
             if getattr(metadata, "storage_meta", None) is None:
                 metadata.storage_meta = _storage_meta()
             metadata.storage_meta.load_id = self.load_id
             return metadata
 
     return SafeReader(str(path))
+
+
+def _check_storage_paths(metadata, path: Path) -> None:
+    """Every file the metadata names is a regular file inside the checkpoint directory, checked before any
+    is read: the metadata is shared data, and a `relative_path` such as `../x`, `/etc/passwd` or a link
+    out would make DCP open (and torch.load) a file elsewhere."""
+    storage = getattr(metadata, "storage_data", None)
+    if not isinstance(storage, dict):
+        raise RunDirError(f"checkpoint {path}: unreadable metadata (no storage entries)")
+    root = Path(path).resolve()
+    for index, info in storage.items():
+        name = getattr(info, "relative_path", None)
+        if _escapes(root, name):
+            raise RunDirError(
+                f"checkpoint {path}: entry {getattr(index, 'fqn', index)} names file {name!r}, which is not "
+                "a file inside the checkpoint directory; refusing to read it"
+            )
+
+
+def _escapes(root: Path, name: object) -> bool:
+    """Whether `name` is anything but a plain file name whose target (links followed) is inside `root` and
+    a regular file or absent."""
+    if not isinstance(name, str) or name in ("", ".", "..") or any(c in name for c in "/\\\0"):
+        return True
+    try:
+        target = (root / name).resolve()
+        return not target.is_relative_to(root) or (target.exists() and not target.is_file())
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop (Python 3.11)
+        return True
 
 
 def _storage_meta():
@@ -106,6 +136,7 @@ def _one_process_on_purpose() -> Iterator[None]:
 def _load(payload: dict, path: Path, distributed: bool) -> None:
     import torch.distributed.checkpoint as dcp
 
+    _reader(path).read_metadata()  # crafted metadata fails here as one RunDirError (DCP would wrap it)
     with contextlib.nullcontext() if distributed else _one_process_on_purpose():
         dcp.load(payload, storage_reader=_reader(path), planner=_planner(), no_dist=not distributed)
 

@@ -98,6 +98,20 @@ def attribute_all(tm: Explained, x, target, baselines, ecfg: ExplainConfig, prog
     return torch.cat(parts), (torch.cat(steps) if steps else None)
 
 
+def misses(fidelity: dict[str, Any], ecfg: ExplainConfig) -> dict[str, Any]:
+    """IG samples whose completeness error stayed at or above explain.completeness_tol even at max_steps:
+    their attributions do not add up to f(x) - f(x'), and the record says so instead of hiding them."""
+    errors = fidelity["per_sample"]["completeness_error"]
+    above = [i for i, error in enumerate(errors) if error is not None and error >= ecfg.completeness_tol]
+    return {
+        "tolerance": ecfg.completeness_tol,
+        "max_steps": ecfg.max_steps,
+        "samples": above,
+        "count": len(above),
+        "max_error": max((errors[i] for i in above), default=None),
+    }
+
+
 def measure(tm: Explained, x, attr, baselines, target, ecfg: ExplainConfig) -> dict[str, Any]:
     """Per-sample fidelity figures (lists) under 'per_sample' and their summaries."""
     completeness = fid.completeness_error(tm, attr, x, baselines, target)
@@ -221,6 +235,7 @@ def explain_run(
         "seconds": seconds,
         "attributions_per_second": len(x) / seconds,
         "n_steps_used": steps.tolist() if steps is not None else None,
+        "completeness_misses": misses(fidelity, ecfg) if ecfg.method == "ig" else None,
         "labels": labels.tolist(),
         "predictions": predictions.tolist(),
         "targets": target.tolist(),

@@ -5,6 +5,8 @@ register` read)."""
 
 import datetime
 import ipaddress
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,14 +26,25 @@ class TLSFiles:
 
 
 def _write_private(path: Path, data: bytes) -> Path:
-    path.write_bytes(data)
-    path.chmod(0o600)
+    """Write a private key readable by its owner only from the moment it exists: mkstemp creates the temp
+    file with mode 0600 (whatever the umask), it is filled, then renamed over `path` (which replaces any
+    file or link there rather than writing through it). Never written first and chmod'ed after."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 
 def make_tls(folder: Path, host: str) -> TLSFiles:
     """A CA and a server certificate whose subjectAltName names `host` (plus localhost/127.0.0.1)."""
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP384R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "behemoth federation CA")])
@@ -97,7 +110,7 @@ def make_tls(folder: Path, host: str) -> TLSFiles:
 
 def make_node_keys(folder: Path, count: int) -> list[tuple[Path, Path]]:
     """(private key, public key) per SuperNode: NIST P-384 keys in OpenSSH format."""
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     keys = []
     for i in range(count):
         key = ec.generate_private_key(ec.SECP384R1())

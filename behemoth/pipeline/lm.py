@@ -52,12 +52,15 @@ def export(run: str | Path, out: Path | None = None, step: int | None = None) ->
     import torch
 
     from behemoth.models import build_model
-    from behemoth.training.checkpoint import checkpoint_weights, latest_checkpoint, write_safetensors
+    from behemoth.training.checkpoint import (
+        checkpoint_at_step,
+        checkpoint_weights,
+        latest_checkpoint,
+        write_safetensors,
+    )
 
     run_dir, cfg = open_run(run)
-    checkpoint = (
-        latest_checkpoint(run_dir) if step is None else RunDir(run_dir).checkpoints / f"step-{step:08d}"
-    )
+    checkpoint = latest_checkpoint(run_dir) if step is None else checkpoint_at_step(run_dir, step)
     if checkpoint is None or not checkpoint.is_dir():
         what = "no checkpoint" if step is None else f"no checkpoint at step {step}"
         held = sorted(p.name for p in RunDir(run_dir).checkpoints.glob("step-*"))

@@ -266,6 +266,19 @@ def explanations(art: RunArtifacts) -> Section | None:
                 f"samples, target: {record['target']}",
             }
         )
+        missed = record.get("completeness_misses")
+        if missed and missed["count"]:
+            blocks.append(
+                {
+                    "kind": "text",
+                    "text": (
+                        f"Warning: {missed['count']} of {record['samples']} samples stayed above the "
+                        f"{missed['tolerance']:.0%} completeness tolerance at {missed['max_steps']} IG "
+                        f"steps (worst {missed['max_error']:.2%}, samples {missed['samples']}): their "
+                        "attributions do not add up to the change in the model's output."
+                    ),
+                }
+            )
         if not path.is_file():
             blocks.append({"kind": "text", "text": f"picture missing: {path}"})
         elif path.suffix == ".png":

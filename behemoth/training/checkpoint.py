@@ -1,16 +1,28 @@
 """Checkpoints: weights as safetensors, the rest (optimizer, scheduler, progress, RNG) as a tensor-only
-file read back with torch.load(weights_only=True). Written atomically, pruned to the last N.
+file read back with torch.load(weights_only=True). Pruned to the last N.
 
-Layout: <run>/checkpoints/step-00000420/{model.safetensors, state.pt} and <run>/checkpoints/latest.
-Sharded strategies (fsdp, pipeline) write step-00000420/{dcp/, state.pt} instead: every rank writes its
-shards with torch.distributed.checkpoint (see behemoth.distributed.dcp). Either kind loads into any
-strategy at any world size: model and optimizer state are keyed by parameter name, not position.
+Layout: <run>/checkpoints/step-00000420/{model.safetensors, state.pt, manifest.json} and
+<run>/checkpoints/latest (the name of the newest committed checkpoint). Sharded strategies (fsdp,
+pipeline) write step-00000420/{dcp/, state.pt, manifest.json} instead: every rank writes its shards with
+torch.distributed.checkpoint (see behemoth.distributed.dcp). Either kind loads into any strategy at any
+world size: model and optimizer state are keyed by parameter name, not position.
+
+A kill at any instant leaves a loadable checkpoint. A checkpoint is built in a `.tmp-*` folder, its
+manifest.json (size and sha256 of every file) written last, then renamed into place, and only then does
+`latest` name it. A rewrite of a step already on disk goes in under a fresh name (step-00000420-2) and
+`latest` moves to it before the earlier folder is deleted; it then takes the usual name. Loading checks the
+manifest and falls back to the newest intact older checkpoint.
 """
 
+import hashlib
+import json
 import os
 import random
+import re
 import shutil
 import tempfile
+import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +34,15 @@ from torch import nn
 from behemoth.distributed import DistEnv, barrier, holds_shard
 from behemoth.errors import RunDirError
 from behemoth.files import atomic_write_text, fsync_dir
+
+MANIFEST = "manifest.json"
+FORMAT = 2  # state.pt's "checkpoint_format" when a manifest was written (absent: written before manifests)
+_STEP_NAME = re.compile(r"step-(\d+)(?:-(\d+))?")
+_STALE_PREFIXES = (".tmp-", ".latest.")  # a killed save's build folders, a killed pointer write's temp file
+
+
+class CheckpointWarning(UserWarning):
+    """A checkpoint was skipped (corrupt or incomplete) or is used unverified (written before manifests)."""
 
 
 def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -100,65 +121,315 @@ def save_checkpoint(
     keep_last: int,
     env: DistEnv | None = None,
 ) -> Path:
-    """Write checkpoint `step` atomically (build in a temp folder, then rename) and keep the last N.
+    """Write checkpoint `step` (build in a temp folder, manifest last, rename, point `latest` at it) and
+    keep the last N; returns where it went.
 
     Every rank calls this. Unsharded (single, ddp): rank 0 writes model.safetensors + state.pt (DDP replicas
     are equal). Sharded (the model holds part of the weights: fsdp, pipeline): every rank writes its shards
-    into dcp/, then rank 0 adds state.pt and renames; the other ranks return once their part is on disk (the
-    caller's barrier waits for the rename).
+    into dcp/, then rank 0 adds state.pt and the manifest and renames; the other ranks return once their part
+    is on disk (the caller's barrier waits for the rename). Rank 0 first removes what a killed save left
+    behind.
     """
     main, sharded = env is None or env.is_main, holds_shard(model)
     root = run_dir / "checkpoints"
-    final = root / f"step-{step:08d}"
     if sharded:
         from behemoth.distributed.dcp import save_sharded
 
-        tmp = root / f".tmp-{final.name}"  # one name for every rank (across nodes: a shared filesystem)
+        tmp = root / f".tmp-step-{step:08d}"  # one name for every rank (across nodes: a shared filesystem)
         if main:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
+            _start_save(run_dir)
+            tmp.mkdir()
         barrier(env)
         groups = save_sharded(tmp / "dcp", model, optimizer, env is not None and env.distributed)
         state = {**state, "param_groups": groups}
     if not main:
-        return final
+        return root / f"step-{step:08d}"
     if not sharded:
-        root.mkdir(parents=True, exist_ok=True)
+        _start_save(run_dir)
         tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
         save_weights(model, tmp / "model.safetensors")
         state = {**state, "optimizer": named_optimizer_state(model, optimizer)}
-    with open(tmp / "state.pt", "wb") as handle:
-        torch.save({**state, "rng": rng_state()}, handle)
+    _write_state(tmp / "state.pt", state)
+    write_manifest(tmp, step)
+    return _commit(tmp, root, step, keep_last)
+
+
+def _start_save(run_dir: Path) -> None:
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    clean_stale_temporaries(run_dir)
+
+
+def _write_state(path: Path, state: dict[str, Any]) -> None:
+    with open(path, "wb") as handle:
+        torch.save({**state, "rng": rng_state(), "checkpoint_format": FORMAT}, handle)
         handle.flush()
         os.fsync(handle.fileno())
-    if final.exists():
-        shutil.rmtree(final)
+
+
+def write_manifest(directory: Path, step: int) -> None:
+    """Size and sha256 of every file under `directory`, written last and atomically once everything else is
+    on disk (directories fsynced too): a checkpoint whose manifest checks out holds exactly what was saved."""
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
+    for folder in sorted({p.parent for p in files}):
+        fsync_dir(folder)
+    listed = {
+        p.relative_to(directory).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in files
+    }
+    text = json.dumps({"format": FORMAT, "step": step, "files": listed}, indent=1)
+    atomic_write_text(directory / MANIFEST, text)  # fsyncs `directory` after the rename
+
+
+def sha256_file(path: Path) -> str:
+    """Streamed: a checkpoint file of many GB needs no more memory than a small one."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _commit(tmp: Path, root: Path, step: int, keep_last: int) -> Path:
+    """Rename the finished folder in under a name nothing points at, then make `latest` name it: the
+    pointer flips atomically from one intact checkpoint to the next. Then prune (a rewritten step's earlier
+    folder goes too) and give a rewrite the step's usual name."""
+    final = _fresh_name(root, step)
     os.replace(tmp, final)
     fsync_dir(root)
     atomic_write_text(root / "latest", final.name)
-    for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
+    _prune(root, final.name, keep_last)
+    return _settle(root, final)
+
+
+def _settle(root: Path, path: Path) -> Path:
+    """step-00000420-2 becomes step-00000420 once the earlier folder is gone, and `latest` follows. Between
+    the two renames `latest` names no folder; latest_checkpoint then takes the newest intact one up to that
+    name: this one, under its usual name."""
+    usual = root / f"step-{_step_key(path.name)[0]:08d}"
+    if path == usual or usual.exists():
+        return path  # a first write, or the earlier folder could not be removed: keep the revision's name
+    os.replace(path, usual)
+    fsync_dir(root)
+    atomic_write_text(root / "latest", usual.name)
+    return usual
+
+
+def _step_key(name: str) -> tuple[int, int] | None:
+    """(step, revision) of a checkpoint folder's name: step-00000420 is revision 1, step-00000420-2 is 2."""
+    match = _STEP_NAME.fullmatch(name)
+    return (int(match[1]), int(match[2] or 1)) if match else None
+
+
+def _step_dirs(root: Path) -> list[Path]:
+    """Checkpoint folders, oldest first (by step, then revision)."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if _step_key(p.name) and p.is_dir()]
+    return sorted(found, key=lambda p: _step_key(p.name))
+
+
+def _fresh_name(root: Path, step: int) -> Path:
+    """step-00000420, or the next revision (step-00000420-2, ...) when that step is already on disk."""
+    revisions = [key[1] for p in root.iterdir() if (key := _step_key(p.name)) and key[0] == step]
+    base = root / f"step-{step:08d}"
+    return base.with_name(f"{base.name}-{max(revisions) + 1}") if revisions else base
+
+
+def _prune(root: Path, latest: str, keep_last: int) -> None:
+    """Keep the folder `latest` names and the newest `keep_last - 1` other steps (one folder each: the newest
+    revision); after a resume from an older checkpoint, steps past it count as the newest."""
+    chosen: dict[int, Path] = {}
+    for path in _step_dirs(root):
+        step = _step_key(path.name)[0]
+        if step not in chosen or chosen[step].name != latest:
+            chosen[step] = path
+    others = [chosen[step].name for step in sorted(chosen) if chosen[step].name != latest]
+    keep = {latest, *others[max(0, len(others) - (keep_last - 1)) :]}
+    for path in _step_dirs(root):
+        if path.name not in keep:
+            _discard(path)
+
+
+def _discard(path: Path) -> None:
+    """Rename aside first so a kill mid-delete leaves a `.tmp-*` folder (cleaned at the next start), not a
+    half-deleted checkpoint; best effort, like any cleanup."""
+    aside = path.with_name(f".tmp-discard-{path.name}-{uuid.uuid4().hex[:8]}")
+    try:
+        os.replace(path, aside)
+    except OSError:
+        return
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def clean_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Delete what killed saves left in <run>/checkpoints (`.tmp-*` folders, `.latest.*` files); returns them.
+
+    save_checkpoint and load_checkpoint call it on the main rank, when no save can be under way: a run that
+    starts or resumes starts clean.
+    """
+    root = run_dir / "checkpoints"
+    stale = sorted(p for p in root.iterdir() if p.name.startswith(_STALE_PREFIXES)) if root.is_dir() else []
+    for path in stale:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return stale
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    pointer = run_dir / "checkpoints" / "latest"
-    if not pointer.is_file():
+    """The checkpoint `latest` names if it is intact, else the newest intact one older than it (without a
+    usable `latest`: the newest intact one); None if there is none.
+
+    Each checkpoint skipped is reported with warnings.warn (CheckpointWarning), naming the file at fault:
+    warnings rather than logging so that callers and tests can catch them, and the CLI shows them on stderr.
+    """
+    root = run_dir / "checkpoints"
+    named = _read_pointer(root)
+    limit = _step_key(named) if named else None
+    if named and not (root / named).is_dir():
+        _warn(f"{root / 'latest'} names {named}, which is not there")
+    for path in reversed(_step_dirs(root)):
+        if limit is not None and _step_key(path.name) > limit:
+            continue  # written but never committed, or from a timeline a resume from an older one abandoned
+        problem = checkpoint_problem(path)
+        if problem is None:
+            if not (path / MANIFEST).is_file():
+                _warn(f"checkpoint {path} has no {MANIFEST} (written before checksums): using it unverified")
+            return path
+        _warn(f"skipping checkpoint {path.name}: {problem}")
+    return None
+
+
+def checkpoint_at_step(run_dir: Path, step: int) -> Path | None:
+    """The folder holding checkpoint `step` (step-00000420, or a rewrite's step-00000420-2), None if none
+    does: callers that pick a step must not build the name themselves."""
+    root = run_dir / "checkpoints"
+    found = [p for p in _step_dirs(root) if _step_key(p.name)[0] == step]
+    named = [p for p in found if p.name == _read_pointer(root)]
+    return (named or found or [None])[-1]
+
+
+def _read_pointer(root: Path) -> str | None:
+    try:
+        name = (root / "latest").read_text().strip()
+    except OSError:
         return None
-    path = run_dir / "checkpoints" / pointer.read_text().strip()
-    return path if path.is_dir() else None
+    if _step_key(name) is None:
+        _warn(f"{root / 'latest'} holds {name[:40]!r}, not a checkpoint name: ignoring it")
+        return None
+    return name
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, CheckpointWarning, stacklevel=3)
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why the checkpoint at `path` must not be loaded, naming the file at fault; None if it may be.
+
+    With a manifest, every file it lists must be there with its size and sha256 (intact checkpoints are
+    remembered by their files' size, mtime and inode, so a resume hashes each file once). Without one, only
+    a checkpoint written before manifests (state.pt without the format mark) passes, on its layout alone.
+    """
+    if (path / MANIFEST).is_file():
+        return _manifest_problem(path)
+    return _legacy_problem(path)
+
+
+_VERIFIED: dict[Path, tuple] = {}  # checkpoint folder -> fingerprint of its files when they checked out
+
+
+def _manifest_problem(path: Path) -> str | None:
+    manifest = path / MANIFEST
+    try:
+        listed = json.loads(manifest.read_text())["files"]
+        problem = _layout_problem(path, set(listed), manifest)
+        if problem is not None:
+            return problem
+        fingerprint = _fingerprint(path, listed)
+        if fingerprint is not None and _VERIFIED.get(path) == fingerprint:
+            return None
+        for name, entry in sorted(listed.items()):
+            problem = _entry_problem(path, name, entry["size"], entry["sha256"])
+            if problem is not None:
+                return problem
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        return f"{manifest} is unreadable or malformed ({type(exc).__name__}: {exc})"
+    _VERIFIED[path] = fingerprint
+    return None
+
+
+def _layout_problem(path: Path, names: set[str], source: Path) -> str | None:
+    if "state.pt" not in names:
+        return f"{path / 'state.pt'} is not in {source.name}"
+    if "model.safetensors" not in names and "dcp/.metadata" not in names:
+        return f"{path / 'model.safetensors'} (or dcp/) is not in {source.name}"
+    return None
+
+
+def _fingerprint(path: Path, listed: dict[str, Any]) -> tuple | None:
+    try:
+        stats = [(name, (path / name).stat()) for name in [MANIFEST, *sorted(listed)]]
+    except OSError:
+        return None  # a file is missing: the full check says which
+    return tuple((name, s.st_size, s.st_mtime_ns, s.st_ino) for name, s in stats)
+
+
+def _entry_problem(path: Path, name: str, size: int, digest: str) -> str | None:
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        return f"{path / MANIFEST} lists {name!r}, outside the checkpoint"
+    file = path / name
+    if not file.is_file():
+        return f"{file} is missing"
+    if file.stat().st_size != size:
+        return f"{file} has {file.stat().st_size} bytes, the manifest says {size}"
+    if sha256_file(file) != digest:
+        return f"{file} does not match its sha256 in the manifest"
+    return None
+
+
+def _legacy_problem(path: Path) -> str | None:
+    """A folder without a manifest: usable only if written before manifests and complete; a checkpoint whose
+    state.pt carries the format mark lost its manifest, so it is not trusted."""
+    state = path / "state.pt"
+    weights = "dcp/.metadata" if (path / "dcp").is_dir() else "model.safetensors"
+    for name in ("state.pt", weights):
+        if not (path / name).is_file():
+            return f"{path / MANIFEST} and {path / name} are missing"
+    try:
+        marked = "checkpoint_format" in torch.load(state, weights_only=True, mmap=True)
+    except Exception as exc:  # any failure to read it means: do not use it
+        return f"{state} is unreadable ({type(exc).__name__}: {exc})"
+    if marked:
+        return f"{path / MANIFEST} is missing (state.pt says one was written)"
+    return _safetensors_problem(path / weights) if weights == "model.safetensors" else None
+
+
+def _safetensors_problem(file: Path) -> str | None:
+    """A truncated or padded safetensors file: its header's offsets must end exactly at the file's end."""
+    try:
+        with open(file, "rb") as handle:
+            length = int.from_bytes(handle.read(8), "little")
+            header = json.loads(handle.read(length)) if 0 < length < 100_000_000 else None
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+        return f"{file} has an unreadable header ({type(exc).__name__})"
+    if file.stat().st_size != 8 + length + end:
+        return f"{file} has {file.stat().st_size} bytes, its header says {8 + length + end}"
+    return None
 
 
 def load_checkpoint(
     path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, env: DistEnv | None = None
 ) -> dict[str, Any]:
     """Load weights and optimizer state (either kind of checkpoint, any strategy); return the rest of the
-    saved state. This process's RNG is restored here too. Every rank calls it."""
-    if not (path / "state.pt").is_file() or not (
-        (path / "model.safetensors").is_file() or (path / "dcp").is_dir()
-    ):
-        raise RunDirError(f"checkpoint {path} is incomplete (model.safetensors or dcp/, or state.pt missing)")
+    saved state. This process's RNG is restored here too. Every rank calls it; the main rank also removes
+    what killed saves left behind (the loop resumes here)."""
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        raise RunDirError(f"checkpoint {path} cannot be loaded: {problem}")
+    if (env is None or env.is_main) and path.parent.name == "checkpoints":
+        clean_stale_temporaries(path.parent.parent)
     state = torch.load(path / "state.pt", weights_only=True)
+    state.pop("checkpoint_format", None)
     if (path / "dcp").is_dir():
         from behemoth.distributed.dcp import load_sharded
 
@@ -200,7 +471,11 @@ def load_full_state(
 
 
 def checkpoint_weights(path: Path) -> dict[str, torch.Tensor]:
-    """The whole model's weights from a checkpoint of either kind, as CPU tensors keyed by name."""
+    """The whole model's weights from a checkpoint of either kind, as CPU tensors keyed by name (checked
+    against its manifest first)."""
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        raise RunDirError(f"checkpoint {path} cannot be loaded: {problem}")
     if (path / "dcp").is_dir():
         from behemoth.distributed.dcp import read_sharded_weights
 

@@ -18,6 +18,7 @@ reproduces every float bit for bit (checked at pack time; otherwise float32 is k
 import hashlib
 import json
 import math
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,12 +133,16 @@ class ShardIndex:
 
 
 def read_index(root: Path) -> ShardIndex:
-    """The index of shard directory `root`, or a DataError naming what is wrong with it."""
+    """The index of shard directory `root`, or a DataError naming what is wrong with it.
+
+    Every file name it lists is checked here (`inside`), so a crafted index fails before any shard is read.
+    """
     path = root / INDEX
     if not path.is_file():
         raise DataError(
             f"{root} is not a shard directory: {INDEX} not found (write one with `behemoth data pack`)"
         )
+    inside(root, INDEX, "the index file")
     try:
         raw = json.loads(path.read_text())
         if raw.get("format") != FORMAT or raw.get("version") != VERSION:
@@ -151,9 +156,56 @@ def read_index(root: Path) -> ShardIndex:
             labels = ShardInfo(**labels_raw) if labels_raw else None
             splits[name] = SplitInfo(**split, decode=decode, shards=shards, labels=labels)
         fields = {k: raw[k] for k in ("dataset", "spec", "class_names", "meta", "codec", "level", "filter")}
-        return ShardIndex(**fields, splits=splits)
-    except (ValueError, KeyError, TypeError) as exc:
+        index = ShardIndex(**fields, splits=splits)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise DataError(f"{path}: damaged index ({type(exc).__name__}: {exc})") from None
+    check_files(root, index)
+    return index
+
+
+def check_files(root: Path, index: ShardIndex) -> None:
+    """Every shard and labels file the index names lies inside `root` (a DataError naming the first that
+    does not)."""
+    for name, split in index.splits.items():
+        for number, shard in enumerate(split.shards):
+            inside(root, shard.file, f"split {name!r} shard {number} file")
+        if split.labels is not None:
+            inside(root, split.labels.file, f"split {name!r} labels file")
+
+
+def inside(root: Path, name: object, entry: str) -> Path:
+    """`root / name`, if `name` is a plain file name whose target (links followed) is a regular file inside
+    `root` or does not exist yet. A shard directory is shared data: its index must not make the reader
+    open, or hash and report on, a file elsewhere (`../x`, `/etc/passwd`, a link out)."""
+    problem = name_problem(name) or target_problem(Path(root), str(name))
+    if problem:
+        raise DataError(
+            f"{Path(root) / INDEX}: {entry} {name!r} {problem}; "
+            f"shard files must be plain file names inside {root}"
+        )
+    return Path(root) / str(name)
+
+
+def name_problem(name: object) -> str | None:
+    """Why `name` is not a plain file name, or None."""
+    if not isinstance(name, str) or name in ("", ".", "..") or "\0" in name:
+        return "is not a file name"
+    if "/" in name or "\\" in name:
+        return "is a path, not a file name"
+    return None
+
+
+def target_problem(root: Path, name: str) -> str | None:
+    """Why `root / name` (links followed) is outside `root` or not a regular file, or None."""
+    try:
+        target = (root / name).resolve()
+        if not target.is_relative_to(root.resolve()):
+            return f"leads to {target}, outside the directory"
+        if target.exists() and not stat.S_ISREG(target.stat().st_mode):
+            return "is not a regular file"
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python 3.11)
+        return f"cannot be resolved ({exc})"
+    return None
 
 
 def sha256(data: bytes | memoryview) -> str:
