@@ -2,6 +2,7 @@
 
 The stage functions (`behemoth.train`, `evaluate`, `compress`, `explain`, `federate`, `tune`, `report`, ...)
 are loaded on first use, so `import behemoth` stays light (no torch until one is called).
+`behemoth.trust_code("pkg.module")` lets model names import your own code (see behemoth.models.trust).
 """
 
 __version__ = "0.1.0"
@@ -20,6 +21,7 @@ _API = (
     "predict",
     "report",
     "train",
+    "trust_code",
     "tune",
 )
 _LAZY = {name: "behemoth.pipeline" for name in _API} | {"load_packed": "behemoth.compression.pack"}

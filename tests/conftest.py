@@ -9,9 +9,16 @@ import torch
 
 from behemoth.config import TrainConfig
 from behemoth.data.bundle import DataBundle, TensorSplit
+from behemoth.models.trust import ENV_VAR as TRUST_ENV_VAR
+from behemoth.models.trust import trust_code
 from behemoth.spec import DataSpec
 
 REPO = Path(__file__).resolve().parents[1]
+# The only user code the tests let model names import: the factories in tests/models_fixtures, and the two
+# names test_config.py uses to show what an allowed but broken name reports (a missing module, no factory).
+USER_MODELS = ("tests.models_fixtures", "tests.conftest", "nosuchpkg")
+
+trust_code(*USER_MODELS)  # in-process: build_model("tests.models_fixtures.tiny:build", ...) and the CliRunner
 
 
 @pytest.fixture(scope="session")
@@ -81,4 +88,5 @@ def subprocess_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("OMP_NUM_THREADS", "1")
+    env[TRUST_ENV_VAR] = ",".join(USER_MODELS)  # CLI subprocesses allow the test factories, nothing else
     return env

@@ -1,4 +1,7 @@
-"""Build a zoo model (behemoth.models.zoo) or a user's "pkg.module:factory", checked against the data."""
+"""Build a zoo model (behemoth.models.zoo) or a user's "pkg.module:factory", checked against the data.
+
+A factory's module is imported only if the user trusts it (behemoth.models.trust): every path that turns a
+name into a model (configs, run directories, .bhm headers, the Python API) comes through here."""
 
 import importlib
 import inspect
@@ -11,6 +14,7 @@ from torch import nn
 
 from behemoth.errors import ConfigError, ModelError
 from behemoth.models.entry import ModelEntry
+from behemoth.models.trust import check_defined_in_trusted, check_trusted
 from behemoth.models.zoo import ZOO
 from behemoth.spec import DataSpec
 
@@ -43,6 +47,10 @@ def validate_model_options(name: str, options: dict[str, Any]) -> BaseModel | di
 
 
 def load_user_factory(name: str) -> Callable[..., nn.Module]:
+    """The factory a "pkg.module:factory" name points at. The name may come from someone else's file (a
+    .bhm header, a run's config.toml), so its module must be one the user trusts before any import, and
+    the factory must be defined in trusted code, not merely imported there."""
+    check_trusted(name)
     module_name, _, attr = name.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -51,6 +59,7 @@ def load_user_factory(name: str) -> Callable[..., nn.Module]:
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise ConfigError(f"model.name = {name!r}: {module_name} has no callable {attr!r}")
+    check_defined_in_trusted(name, factory)
     return factory
 
 

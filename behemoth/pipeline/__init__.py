@@ -14,6 +14,7 @@ from typing import Any
 
 from behemoth.config import RunConfig
 from behemoth.distributed import DistEnv
+from behemoth.models import trust_code
 from behemoth.pipeline.compress import compress, distill
 from behemoth.pipeline.config import load_run_config, resolve_config
 from behemoth.pipeline.data import preview
@@ -44,6 +45,7 @@ __all__ = [
     "resolve_config",
     "run_training",
     "train",
+    "trust_code",
     "tune",
 ]
 
