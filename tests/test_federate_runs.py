@@ -122,7 +122,9 @@ def test_poisoned_clients_under_dp_with_a_crash_and_resume(tmp_path):
     for r in (1, 2, 3):
         assert f"round {r}: rejected update from partition 1: non-finite values in" in log
     assert [r["clients.rejected"] for r in records[1:]] == [1, 1, 1]
-    assert records[-1]["test.acc"] > 0.75, records[-1]  # a mean with the scaled client would be near chance
+    # a mean with the scaled client would be near chance (0.1); DP noise now comes from os.urandom, not the
+    # run's seed, so accuracy varies from run to run (about 0.72-0.82 over repeated runs)
+    assert records[-1]["test.acc"] > 0.6, records[-1]
 
     cfg = load_config(run_dir / "config.toml")
     plans = [DPSGDPlan.for_partition(len(p), 16) for p in partition(_digits_train_labels(cfg), cfg.federate)]

@@ -18,14 +18,19 @@ al. 2017: K clients, a fraction C of them sampled per round, E local epochs of b
     mode = "client"
     noise_multiplier = 1.1
     clip_norm = 1.0
+
+Also the two rules a federation's peers are held to: RoundSettings, all a server may tell a client each
+round (the rest of a client's config is its own), and check_deploy_security (no TLS only on loopback).
 """
 
-from typing import Literal
+import ipaddress
+from collections.abc import Mapping
+from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from behemoth.config.section import Section
-from behemoth.errors import ConfigError
+from behemoth.errors import BehemothError, ConfigError
 
 # federate.strategy's names, here so the config stays free of flwr: behemoth.federated.strategies builds each
 # from its STRATEGY_REGISTRY, which a test keeps equal to this list
@@ -62,7 +67,7 @@ class DeployConfig(Section):
 
     host: str = "127.0.0.1"
     port: int = Field(0, ge=0, le=65535)  # the SuperLink's port; 0 picks a free one
-    tls: bool = True  # a CA and a server certificate are generated for the run
+    tls: bool = True  # a CA and a server certificate are generated; false only on loopback or --insecure
     node_auth: bool = True  # SuperNodes prove an EC key registered with the SuperLink
     startup_timeout: float = Field(60.0, gt=0.0)  # seconds to wait for the SuperLink to listen
 
@@ -197,3 +202,73 @@ def _check_secagg(fed: FederateConfig) -> None:
             f"federate.secagg = true with {m} clients per round: the masked sum overflows above "
             f"{SECAGG_MAX_CLIENTS}"
         )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` names this machine only: "localhost" or a loopback address (127.0.0.0/8, ::1)."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:  # any other host name may resolve anywhere
+        return False
+
+
+def check_deploy_security(deploy: DeployConfig, insecure: bool) -> None:
+    """Refuse a deployment that would quietly send weights in the clear: `tls = false` is for traffic that
+    never leaves this machine, or for a user who says so (`--insecure`). Node authentication needs TLS."""
+    if not deploy.tls and not insecure and not is_loopback(deploy.host):
+        raise ConfigError(
+            f"federate.deploy.tls = false with host = {deploy.host!r}, not a loopback address: weights "
+            "would cross the network unencrypted; set federate.deploy.tls = true, or pass --insecure "
+            "(insecure=True from Python) to run without TLS anyway"
+        )
+    if deploy.node_auth and not deploy.tls:
+        raise ConfigError("federate.deploy.node_auth = true: needs federate.deploy.tls = true")
+
+
+class RefusedMessage(BehemothError):
+    """A client refuses what a server sent: a record or round setting outside RoundSettings, or arrays that do
+    not fit its own model. Raised in the ClientApp, so the reply is an error the server counts as a failed
+    client; the round goes on without it."""
+
+
+class RoundSettings(BaseModel):
+    """The only things a server may set for one client round; everything else about a client (model, data,
+    privacy, which code it trusts) comes from the client's own config, so a server can choose neither the
+    code a client runs, nor the file it reads, nor the noise it adds. Wire names as Flower writes them."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    server_round: int = Field(alias="server-round", ge=1)
+    local_epochs: int | None = Field(None, alias="local-epochs", ge=1, le=10_000)
+    lr: float | None = Field(None, gt=0.0, allow_inf_nan=False)
+    proximal_mu: float = Field(0.0, alias="proximal-mu", ge=0.0, allow_inf_nan=False)  # FedProx
+    fail_after_steps: int | None = Field(None, alias="fail-after-steps", ge=0)  # federate.faults.dropout
+
+
+ROUND_SETTINGS = tuple(field.alias or name for name, field in RoundSettings.model_fields.items())
+
+
+def parse_round_settings(values: Mapping[str, Any]) -> RoundSettings:
+    """A round's ConfigRecord as RoundSettings, or RefusedMessage naming the first key or value refused."""
+    try:
+        return RoundSettings.model_validate(dict(values))
+    except ValidationError as error:
+        raise RefusedMessage(_settings_problem(error.errors()[0])) from None
+
+
+def _settings_problem(error: Mapping[str, Any]) -> str:
+    """One line for a pydantic error on the round settings."""
+    key = str(error["loc"][0]) if error.get("loc") else "?"
+    if error["type"] == "extra_forbidden":
+        return (
+            f"the server sent {key!r}, not a round setting (a client takes only "
+            f"{', '.join(ROUND_SETTINGS)} from a server; the rest is its own config)"
+        )
+    if error["type"] == "missing":
+        return f"the server's round settings lack {key!r}"
+    shown = repr(error.get("input"))
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return f"round setting {key!r} = {shown}: {error['msg']}"

@@ -1,62 +1,173 @@
 """The Flower ClientApp: a SuperNode's side of every round, in simulation and in deployment alike.
 
-A train message carries the global weights and a ConfigRecord with the run config (JSON) and the round's
-settings; the node's `partition-id` (node config) picks its slice of the training data. The reply holds the
-updated weights and a MetricRecord whose `num-examples` weights the average. `train_round` and
-`evaluate_round` hold the work itself, which the SecAgg+ ClientApp (secagg_client.py) shares.
+The trust boundary. A client takes its model, data, privacy and trust settings from its OWN config, never
+from a message: a server sends the global weights ("arrays") and a few round settings ("config", checked
+against RoundSettings: the round, lr, local epochs, FedProx's mu, a simulated failure). Any other record or
+setting, and arrays that do not fit the client's own model (names, shapes, dtypes, all finite), refuse
+the round: logged here, and raised, so the reply is an error that the server counts as a failed client.
+
+Where the own config comes from is the one thing simulation and deployment do differently, and
+`own_config` is the one place that decides it:
+
+- simulation: `make_client_app(cfg)` binds the config of the `behemoth federate` process that starts the
+  virtual SuperNodes (the user's own, on this machine); Ray carries it to its workers inside the app;
+- deployment: the module's `app` has none bound, so each SuperNode's own node config names it, as its
+  operator started it: `flower-supernode --node-config "... behemoth-config='/path/config.toml'"` (a TOML
+  file or a run directory), which no server can change.
+
+Everything after that (the checks, the training, the reply) is the same code. The node's `partition-id`
+(node config) picks its slice of the training data. The reply holds the updated weights and a
+MetricRecord whose `num-examples` weights the average. `train_round` and `evaluate_round` hold the work
+itself, which the SecAgg+ ClientApp (secagg_client.py) shares.
 """
 
 import functools
 import logging
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from behemoth.config import RunConfig
+from behemoth.config import RunConfig, load_config
+from behemoth.config.federate import RefusedMessage, RoundSettings, parse_round_settings
 from behemoth.data import DataBundle, TensorSplit
 from behemoth.errors import ConfigError
-from behemoth.federated.exchange import (
-    CONFIG_KEY,
-    client_seed,
-    config_from_json,
-    federated_model,
-    load_arrays,
-)
+from behemoth.federated.exchange import client_seed, federated_model, load_checked
 from behemoth.federated.local import local_train, poison_update
 from behemoth.federated.partition import partition
+from behemoth.federated.privacy import noise_multiplier_for, secure_seed
+from behemoth.models.trust import ENV_VAR, parse_trust_list, trust_code
+from behemoth.runs import RunDir
 from behemoth.training import evaluate, resolve_device
 from behemoth.training.assembly import load_run_data
 
 log = logging.getLogger("behemoth.federated")
-app = ClientApp()
+
+NODE_CONFIG_KEY = "behemoth-config"  # node config entry naming the client's own config (deployment)
+MESSAGE_RECORDS = {"arrays": ArrayRecord, "config": ConfigRecord}  # all a server's message may hold
+Handler = Callable[[Message, Context], Message]
+
+
+@functools.cache
+def trust_own_environment() -> None:
+    """The modules this client's user allowed (BEHEMOTH_TRUST_CODE, which `behemoth --trust-code` exports to
+    the SuperNodes and Ray actors it starts). A ClientApp is its own process's entry point, so this is the one
+    place it reads that variable; nothing a server sends can add to it."""
+    trust_code(*parse_trust_list(os.environ.get(ENV_VAR, "")))
+
+
+def own_config(context: Context, bound: RunConfig | None) -> RunConfig:
+    """The client's own config: `bound` into its ClientApp (simulation), else the file or run directory its
+    SuperNode's node config names (deployment). Never anything a message carries."""
+    trust_own_environment()
+    if bound is not None:
+        return bound
+    ref = context.node_config.get(NODE_CONFIG_KEY)
+    if not isinstance(ref, str) or not ref:
+        raise ConfigError(
+            f"this SuperNode's node config has no {NODE_CONFIG_KEY!r}: start flower-supernode with "
+            f"--node-config \"partition-id=I num-partitions=K {NODE_CONFIG_KEY}='/path/config.toml'\""
+        )
+    return _read_own_config(ref)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_own_config(ref: str) -> RunConfig:
+    """The config at `ref` (a .toml file, or a run directory's config.toml), read once per process."""
+    path = Path(ref).expanduser()
+    return load_config(RunDir(path).config_file if path.is_dir() else path)
+
+
+def message_parts(msg: Message) -> tuple[RoundSettings, ArrayRecord]:
+    """The round settings and the arrays of a server's message, which may hold nothing else."""
+    unexpected = sorted(set(msg.content.keys()) - set(MESSAGE_RECORDS))
+    if unexpected:
+        raise RefusedMessage(
+            f"the server sent a record {unexpected[0]!r}; a round carries only {', '.join(MESSAGE_RECORDS)}"
+        )
+    for name, kind in MESSAGE_RECORDS.items():
+        if not isinstance(msg.content.get(name), kind):
+            raise RefusedMessage(f"the server's message has no {kind.__name__} {name!r}")
+    return parse_round_settings(msg.content["config"]), msg.content["arrays"]
+
+
+def log_refusal(context: Context, what: str, refused: RefusedMessage) -> None:
+    """The client's own record of a refused round (the server sees the same line as the failure reason)."""
+    log.warning(
+        "partition %s refused the server's %s: %s", context.node_config.get("partition-id"), what, refused
+    )
+
+
+def logs_refusals(handler: Handler) -> Handler:
+    """A message handler that logs a RefusedMessage before Flower turns it into an error reply."""
+
+    @functools.wraps(handler)
+    def run(msg: Message, context: Context) -> Message:
+        try:
+            return handler(msg, context)
+        except RefusedMessage as refused:
+            log_refusal(context, f"{msg.metadata.message_type} message", refused)
+            raise
+
+    return run
 
 
 @functools.lru_cache(maxsize=2)
 def _data_and_partitions(config_json: str) -> tuple[DataBundle, list[torch.Tensor]]:
     """Load the data and split it once per process (a Ray actor or a SuperNode's app process serves many
-    rounds); keyed by the config JSON, so another run's config gets its own entry."""
-    cfg = config_from_json(config_json)
+    rounds); keyed by the client's own config, so another run's config gets its own entry."""
+    cfg = RunConfig.model_validate_json(config_json)
     data = load_run_data(cfg)
     return data, partition(data.train.y, cfg.federate)
 
 
-def client_split(cfg_json: str, context: Context) -> tuple[RunConfig, DataBundle, TensorSplit, int]:
-    """This node's config, data bundle, training partition and partition id."""
-    cfg = config_from_json(cfg_json)
+@functools.lru_cache(maxsize=2)
+def _own_noise(config_json: str) -> float:
+    """The DP-SGD noise multiplier of the client's own federate.dp (with target_epsilon: calibrated over all
+    partitions, as the server's ledger does); a server cannot lower it."""
+    cfg = RunConfig.model_validate_json(config_json)
+    _, parts = _data_and_partitions(config_json)
+    return noise_multiplier_for(cfg.federate, [len(p) for p in parts])
+
+
+def client_split(cfg: RunConfig, context: Context) -> tuple[DataBundle, TensorSplit, int]:
+    """This node's data bundle, training partition and partition id, from its own config."""
     pid, count = int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
     if count != cfg.federate.clients or not 0 <= pid < count:
         raise ConfigError(
             f"this SuperNode has partition-id={pid} num-partitions={count}, but the run has "
             f"federate.clients = {cfg.federate.clients}"
         )
-    data, parts = _data_and_partitions(cfg_json)
+    data, parts = _data_and_partitions(cfg.model_dump_json())
     rows = parts[pid]
-    return cfg, data, TensorSplit(data.train.x[rows], data.train.y[rows]), pid
+    return data, TensorSplit(data.train.x[rows], data.train.y[rows]), pid
+
+
+def round_config(cfg: RunConfig, settings: RoundSettings) -> RunConfig:
+    """The client's own config with the server's lr and local epochs for this round. Under client DP the
+    server may neither raise the local epochs above the client's own (the noise was calibrated to them, and
+    each epoch spends privacy) nor ask for FedProx's term (DP-SGD's clipping would drop its gradient)."""
+    fed = cfg.federate
+    if fed.dp.mode == "client" and (settings.local_epochs or 0) > fed.local_epochs:
+        raise RefusedMessage(
+            f"local-epochs = {settings.local_epochs}: above this client's federate.local_epochs = "
+            f"{fed.local_epochs}, which its DP-SGD noise was calibrated to"
+        )
+    if fed.dp.mode == "client" and settings.proximal_mu > 0:
+        raise RefusedMessage("proximal-mu: not with this client's federate.dp.mode = 'client'")
+    epochs = settings.local_epochs or fed.local_epochs
+    lr = settings.lr or cfg.train.lr
+    return cfg.model_copy(
+        update={
+            "federate": fed.model_copy(update={"local_epochs": epochs}),
+            "train": cfg.train.model_copy(update={"lr": lr}),
+        }
+    )
 
 
 @dataclass
@@ -66,33 +177,36 @@ class ClientUpdate:
     start: dict[str, torch.Tensor]  # the global weights received
     weights: dict[str, torch.Tensor]  # after local training (and any simulated poisoning)
     metrics: dict[str, int | float]  # num-examples (FedAvg's weight), training figures, DP bookkeeping
-    seed: int  # this client's seed for the round (local shuffles, DP noise)
+    seed: int  # this client's seed for the round: by run seed without DP, from os.urandom with it
 
 
 def train_round(
-    config: Mapping[str, Any], context: Context, arrays: ArrayRecord | Sequence[np.ndarray]
+    cfg: RunConfig,
+    settings: RoundSettings,
+    context: Context,
+    arrays: ArrayRecord | Sequence[np.ndarray],
 ) -> ClientUpdate:
-    """Local training on this node's partition from the global `arrays`, as the round's `config` says:
-    seeds, DP-SGD noise, FedProx's mu, a simulated failure, poisoned replies (federate.faults)."""
-    cfg, data, split, pid = client_split(str(config[CONFIG_KEY]), context)
+    """Local training on this node's partition from the global `arrays`, under the client's own config
+    `cfg` and the server's round `settings`: seeds, DP-SGD noise, FedProx's mu, a simulated failure,
+    poisoned replies (federate.faults, the client's own)."""
+    local_cfg = round_config(cfg, settings)
+    data, split, pid = client_split(cfg, context)
     fed = cfg.federate
     torch.set_num_threads(fed.client_threads)
-    server_round = int(config["server-round"])
     model = federated_model(cfg, data.spec)
-    load_arrays(model, arrays)
+    load_checked(model, arrays)
     global_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    fail_after = int(config["fail-after-steps"]) if "fail-after-steps" in config else None
-    noise = float(config["dp-noise"]) if fed.dp.mode == "client" else None
-    seed = client_seed(fed.seed, server_round, pid)
+    private = fed.dp.mode == "client"
+    seed = secure_seed() if private else client_seed(fed.seed, settings.server_round, pid)
     result = local_train(
         model,
         split,
         data.spec,
-        cfg,
+        local_cfg,
         seed,
-        proximal_mu=float(config.get("proximal-mu", 0.0)),
-        noise_multiplier=noise,
-        fail_after=fail_after,
+        proximal_mu=settings.proximal_mu,
+        noise_multiplier=_own_noise(cfg.model_dump_json()) if private else None,
+        fail_after=settings.fail_after_steps,
     )
     weights = result.weights
     if pid in fed.faults.scaled_clients:
@@ -112,14 +226,17 @@ def train_round(
 
 
 def evaluate_round(
-    config: Mapping[str, Any], context: Context, arrays: ArrayRecord | Sequence[np.ndarray]
+    cfg: RunConfig,
+    settings: RoundSettings,
+    context: Context,
+    arrays: ArrayRecord | Sequence[np.ndarray],
 ) -> dict[str, int | float]:
     """The global model on this client's own partition (federate.fraction_evaluate > 0): how well one
-    model fits every silo, which is what non-IID data makes hard."""
-    cfg, data, split, _ = client_split(str(config[CONFIG_KEY]), context)
+    model fits every silo, which is what non-IID data makes hard. `settings` were checked; none apply."""
+    data, split, _ = client_split(cfg, context)
     torch.set_num_threads(cfg.federate.client_threads)
     model = federated_model(cfg, data.spec)
-    load_arrays(model, arrays)
+    load_checked(model, arrays)
     result = evaluate(
         model,
         split,
@@ -132,16 +249,26 @@ def evaluate_round(
     return {"num-examples": len(split), "local-loss": result["loss"], "local-acc": result["acc"]}
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
-    update = train_round(msg.content["config"], context, msg.content["arrays"])
-    content = RecordDict(
-        {"arrays": ArrayRecord.from_torch_state_dict(update.weights), "metrics": MetricRecord(update.metrics)}
-    )
-    return Message(content=content, reply_to=msg)
+def make_client_app(bound: RunConfig | None = None) -> ClientApp:
+    """The ClientApp: `bound` is the client's own config in simulation; None in deployment (own_config)."""
+    client = ClientApp()
+
+    @client.train()
+    @logs_refusals
+    def train(msg: Message, context: Context) -> Message:
+        settings, arrays = message_parts(msg)
+        update = train_round(own_config(context, bound), settings, context, arrays)
+        content = {"arrays": ArrayRecord.from_torch_state_dict(update.weights)}
+        return Message(content=RecordDict({**content, "metrics": MetricRecord(update.metrics)}), reply_to=msg)
+
+    @client.evaluate()
+    @logs_refusals
+    def evaluate_local(msg: Message, context: Context) -> Message:
+        settings, arrays = message_parts(msg)
+        metrics = evaluate_round(own_config(context, bound), settings, context, arrays)
+        return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+    return client
 
 
-@app.evaluate()
-def evaluate_local(msg: Message, context: Context) -> Message:
-    metrics = evaluate_round(msg.content["config"], context, msg.content["arrays"])
-    return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+app = make_client_app()  # deployment: each SuperNode's own config, named by its node config

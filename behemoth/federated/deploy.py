@@ -1,11 +1,13 @@
 """`behemoth federate --deploy`: a real Flower deployment on this machine, then shut down.
 
 One `flower-superlink` (TLS with a CA generated for the run, SuperNode authentication), one
-`flower-supernode` per client (its `partition-id` as node config), and `flwr run` submitting the Flower
-app whose ServerApp/ClientApp are behemoth.federated.server_app:app / client_app:app (secagg_client:app with
-federate.secagg): the same code the simulation runs. Every process we start (and anything it spawned) is
-stopped on the way out, error or not.
+`flower-supernode` per client (its `partition-id`, and its own config as `behemoth-config`, in its node
+config: client_app.py reads the client's model, data and privacy from there, never from the server), and
+`flwr run` submitting the Flower app whose ServerApp/ClientApp are behemoth.federated.server_app:app /
+client_app:app (secagg_client:app with federate.secagg): the same code the simulation runs. Every
+process we start (and anything it spawned) is stopped on the way out, error or not.
 Logs stay in <run>/deploy/; keys and certificates live in a temporary folder deleted at the end.
+`federate.deploy.tls = false` runs only on loopback, or with `insecure` (--insecure).
 """
 
 import json
@@ -24,8 +26,9 @@ from pathlib import Path
 from typing import TextIO
 
 from behemoth.config import RunConfig
-from behemoth.errors import BehemothError, ConfigError
-from behemoth.federated.certs import make_node_keys, make_tls
+from behemoth.config.federate import DeployConfig, check_deploy_security
+from behemoth.errors import BehemothError
+from behemoth.federated.certs import TLSFiles, make_node_keys, make_tls
 from behemoth.federated.metrics import LOG_PREFIX
 from behemoth.runs import RunDir
 
@@ -185,14 +188,14 @@ def run_deployed(
     show: Callable[[str], None],
     verbose: bool = False,
     echo: TextIO | None = None,
+    insecure: bool = False,
 ) -> None:
     """Start the SuperLink and cfg.federate.clients SuperNodes, run the app to the end, stop everything.
 
     `show` gets our ServerApp's log lines as they stream; with `verbose`, Flower's lines too (to `echo`).
+    `insecure` allows federate.deploy.tls = false on an address that is not loopback.
     """
-    deploy = cfg.federate.deploy
-    if deploy.node_auth and not deploy.tls:
-        raise ConfigError("federate.deploy.node_auth = true: needs federate.deploy.tls = true")
+    check_deploy_security(cfg.federate.deploy, insecure)
     run_dir = run_dir.resolve()
     log_dir = RunDir(run_dir).deploy_logs
     log_dir.mkdir(exist_ok=True)
@@ -219,17 +222,7 @@ def _deploy(
     deploy, clients = cfg.federate.deploy, cfg.federate.clients
     host, port = deploy.host, deploy.port or free_port(deploy.host)
     tls = make_tls(secrets / "tls", host) if deploy.tls else None
-    security = ["--root-certificates", str(tls.ca_cert)] if tls else ["--insecure"]
-    home = secrets / "home"
-    home.mkdir()
-    connection = {
-        "address": f"{host}:{port}",
-        **({"root-certificates": str(tls.ca_cert)} if tls else {"insecure": True}),
-    }
-    (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-        + "".join(f"{k} = {json.dumps(v)}\n" for k, v in connection.items())
-    )
+    write_connection(secrets / "home", f"{host}:{port}", tls)
     app_dir = secrets / "app"
     app_dir.mkdir()
     (app_dir / "pyproject.toml").write_text(app_pyproject(cfg))
@@ -237,44 +230,15 @@ def _deploy(
         f"run-dir = {json.dumps(str(run_dir))}\nresume = {str(resume).lower()}\n"
     )
 
-    link = [
-        "flower-superlink",
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--disable-runtime-dependency-installation",
-    ]
-    link += (
-        [
-            "--ssl-ca-certfile",
-            str(tls.ca_cert),
-            "--ssl-certfile",
-            str(tls.server_cert),
-            "--ssl-keyfile",
-            str(tls.server_key),
-        ]
-        if tls
-        else ["--insecure"]
-    )
-    link += ["--enable-supernode-auth"] if deploy.node_auth else []
-    processes.start("superlink", link)
+    processes.start("superlink", superlink_argv(deploy, port, tls))
     wait_listening(host, port, processes, deploy.startup_timeout)
 
     keys = make_node_keys(secrets / "nodes", clients) if deploy.node_auth else [None] * clients
     if deploy.node_auth:  # the SuperLink admits only SuperNodes whose public key was registered
         register_nodes([public for _, public in keys], processes)
+    own_config = RunDir(run_dir).config_file  # here every client's own config is the run's
     for i, pair in enumerate(keys):
-        node = [
-            "flower-supernode",
-            "--superlink",
-            f"{host}:{port}",
-            "--port",
-            str(free_port("127.0.0.1")),
-            "--node-config",
-            f"partition-id={i} num-partitions={clients}",
-            *security,
-        ]
+        node = supernode_argv(f"{host}:{port}", i, clients, own_config, tls.ca_cert if tls else None)
         node += ["--auth-supernode-private-key", str(pair[0])] if pair is not None else []
         processes.start(f"supernode-{i}", node)
 
@@ -314,6 +278,45 @@ def _deploy(
             f"the deployed run did not finish (flwr run exit code {run.returncode}; last line: "
             f"{last[-200:]!r}); logs in {processes.log_dir}"
         )
+
+
+def write_connection(home: Path, address: str, tls: TLSFiles | None) -> None:
+    """$FLWR_HOME/config.toml naming the SuperLink connection that `flwr run` and `flwr supernode
+    register` use: its address and the CA it is trusted by (None: insecure)."""
+    home.mkdir(parents=True, exist_ok=True)
+    connection = {
+        "address": address,
+        **({"root-certificates": str(tls.ca_cert)} if tls else {"insecure": True}),
+    }
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+        + "".join(f"{k} = {json.dumps(v)}\n" for k, v in connection.items())
+    )
+
+
+def superlink_argv(deploy: DeployConfig, port: int, tls: TLSFiles | None) -> list[str]:
+    """flower-superlink on deploy.host:port: TLS with `tls` (None: --insecure), and node authentication."""
+    argv = ["flower-superlink", "--host", deploy.host, "--port", str(port)]
+    argv += ["--disable-runtime-dependency-installation"]
+    if tls is None:
+        argv += ["--insecure"]
+    else:
+        argv += ["--ssl-ca-certfile", str(tls.ca_cert), "--ssl-certfile", str(tls.server_cert)]
+        argv += ["--ssl-keyfile", str(tls.server_key)]
+    return argv + (["--enable-supernode-auth"] if deploy.node_auth else [])
+
+
+def supernode_argv(
+    superlink: str, index: int, clients: int, own_config: Path, ca_cert: Path | None
+) -> list[str]:
+    """flower-supernode number `index`: its partition and its own config in its node config, the CA it
+    trusts the SuperLink by (None: --insecure)."""
+    node_config = (
+        f"partition-id={index} num-partitions={clients} behemoth-config={json.dumps(str(own_config))}"
+    )
+    argv = ["flower-supernode", "--superlink", superlink, "--port", str(free_port("127.0.0.1"))]
+    argv += ["--node-config", node_config]
+    return argv + (["--root-certificates", str(ca_cert)] if ca_cert is not None else ["--insecure"])
 
 
 def _watch(processes: Processes, run: subprocess.Popen) -> None:

@@ -1,10 +1,10 @@
-"""What the server and the clients share: the run config (as JSON inside each message, so a SuperNode on
-another machine needs no file from the server), the model they build from it, and its weights as a Flower
-ArrayRecord (one named array per state_dict entry)."""
+"""What the server and the clients exchange: the model's weights as a Flower ArrayRecord (one named array
+per state_dict entry), the model every party builds from its own config, and the checks a client runs on
+the arrays it receives. The run config itself never travels: a client reads its own (client_app.py), and
+a server may set only RoundSettings (behemoth.config.federate)."""
 
-import json
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -12,27 +12,9 @@ from flwr.app import ArrayRecord
 from torch import nn
 
 from behemoth.config import RunConfig
+from behemoth.config.federate import RefusedMessage
 from behemoth.spec import DataSpec
 from behemoth.training.assembly import build_run_model
-
-CONFIG_KEY = "behemoth-config"  # ConfigRecord entry holding the run config
-
-
-SHARED_SECTIONS = {
-    "name",
-    "data",
-    "model",
-    "train",
-    "federate",
-}  # what a client needs; other stages keep defaults
-
-
-def config_to_json(cfg: RunConfig) -> str:
-    return json.dumps(cfg.model_dump(mode="json", include=SHARED_SECTIONS), sort_keys=True)
-
-
-def config_from_json(text: str) -> RunConfig:
-    return RunConfig.model_validate(json.loads(text))
 
 
 def federated_model(cfg: RunConfig, spec: DataSpec) -> nn.Module:
@@ -66,11 +48,71 @@ def load_arrays(model: nn.Module, arrays: ArrayRecord | Sequence[np.ndarray]) ->
     if set(arrays.keys()) != set(state):
         missing = sorted(set(state) ^ set(arrays.keys()))
         raise ValueError(f"the arrays do not match the model's state_dict (first difference: {missing[0]!r})")
+    _copy_into(state, {key: array.numpy() for key, array in arrays.items()})
+
+
+def load_checked(model: nn.Module, arrays: ArrayRecord | Sequence[np.ndarray]) -> None:
+    """A client's load_arrays: the arrays go into its model only after `check_arrays` accepted them."""
+    state = model.state_dict()
+    _copy_into(state, check_arrays(state, arrays))
+
+
+def _copy_into(state: Mapping[str, torch.Tensor], named: Mapping[str, np.ndarray]) -> None:
     with torch.no_grad():
-        for key, array in arrays.items():
-            state[key].copy_(torch.from_numpy(array.numpy()))
+        for key, values in named.items():
+            state[key].copy_(torch.from_numpy(np.require(values, requirements=["C", "W"])))
+
+
+def check_arrays(
+    state: Mapping[str, torch.Tensor], arrays: ArrayRecord | Sequence[np.ndarray]
+) -> dict[str, np.ndarray]:
+    """The received arrays as NumPy, once each fits the client's own model: the same names (or, as a legacy
+    list, the same count), each entry's shape, a dtype of the right kind, every value finite. Whatever a
+    server (or anyone between) sends, the model never takes weights it was not built for, nor NaN; the
+    first problem is a RefusedMessage naming the entry."""
+    named = _received(state, arrays)
+    for key, target in state.items():
+        problem = _array_problem(target, named[key])
+        if problem:
+            raise RefusedMessage(f"received array {key!r} {problem}")
+    return named
+
+
+def _received(
+    state: Mapping[str, torch.Tensor], arrays: ArrayRecord | Sequence[np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Name -> ndarray, once the names (or the count of a legacy list) match the state_dict."""
+    if not isinstance(arrays, ArrayRecord):
+        if len(arrays) != len(state):
+            raise RefusedMessage(f"received {len(arrays)} arrays for a model of {len(state)} entries")
+        return {key: np.asarray(a) for key, a in zip(state, arrays)}
+    extra, missing = sorted(set(arrays.keys()) - set(state)), sorted(set(state) - set(arrays.keys()))
+    if extra or missing:
+        what = f"an array {extra[0]!r} the model does not have" if extra else f"no array {missing[0]!r}"
+        raise RefusedMessage(f"received {what}")
+    named = {}
+    for key, array in arrays.items():
+        try:
+            named[key] = array.numpy()  # NumPy's format without pickles (Flower: allow_pickle=False)
+        except (TypeError, ValueError) as error:
+            raise RefusedMessage(f"received array {key!r} is not a NumPy array ({error})") from None
+    return named
+
+
+def _array_problem(target: torch.Tensor, values: np.ndarray) -> str | None:
+    """Why `values` cannot replace `target`, or None. Floats may come at another precision (an average in
+    float64); an integer buffer may come back as a float (FedAvg averages batch norm's counters)."""
+    if tuple(values.shape) != tuple(target.shape):
+        return f"has shape {tuple(values.shape)}, the model's is {tuple(target.shape)}"
+    kinds = "f" if target.is_floating_point() else "fiub"
+    if values.dtype.kind not in kinds:
+        return f"has dtype {values.dtype}, the model's is {target.dtype}"
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        return "holds NaN or inf"
+    return None
 
 
 def client_seed(seed: int, server_round: int, partition: int) -> int:
-    """An independent seed per (run seed, round, client): local shuffles, dropout masks, DP noise."""
+    """An independent seed per (run seed, round, client) for runs without DP: local shuffles, dropout masks.
+    Everyone who knows the run's seed can compute it, so DP-SGD never uses it (local.py)."""
     return zlib.crc32(f"federate/{seed}/{server_round}/{partition}".encode())

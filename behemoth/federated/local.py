@@ -4,6 +4,10 @@ client's partition. No Flower here: client_app.py adapts this to messages.
 
 FedProx enters as a `loss_fn` (task loss + mu/2 ||w - w_global||^2), DP-SGD as a feed + hook
 (privacy.py), simulated failures as a hook; the loop itself is untouched.
+
+Randomness: without DP a round is a pure function of its `seed` (bitwise reproducible runs); with DP-SGD
+every draw (Poisson batches, noise, anything else the round samples) comes from fresh os.urandom seeds,
+whatever `seed` says, so nobody who knows the run's seed can replay the noise.
 """
 
 from dataclasses import dataclass
@@ -15,7 +19,7 @@ from behemoth.config import CheckpointConfig, EarlyStopConfig, RunConfig
 from behemoth.data.augment.for_data import augment_for
 from behemoth.data.bundle import DataBundle, TensorSplit
 from behemoth.errors import ConfigError
-from behemoth.federated.privacy import DPSGDHook, DPSGDPlan, PoissonFeed, private_module
+from behemoth.federated.privacy import DPSGDHook, DPSGDPlan, PoissonFeed, private_module, secure_seed
 from behemoth.spec import DataSpec
 from behemoth.training import BaseHook, resolve_device, task_loss, train
 from behemoth.training.assembly import build_feed
@@ -102,9 +106,12 @@ def local_train(
 ) -> LocalResult:
     """Train `model` (holding the global weights) on `split` for federate.local_epochs; return its update.
 
-    `noise_multiplier` switches on DP-SGD (federate.dp.mode = 'client'); `fail_after` simulates a dropout.
+    `noise_multiplier` switches on DP-SGD (federate.dp.mode = 'client'), and then `seed` is not used (see
+    the module's docstring); `fail_after` simulates a dropout.
     """
     fed = cfg.federate
+    if noise_multiplier is not None:
+        seed = secure_seed()
     batch = min(fed.local_batch or len(split), len(split))  # B = 0 means the whole partition (B = inf)
     train_cfg = cfg.train.model_copy(
         update={
@@ -127,10 +134,10 @@ def local_train(
         plan = DPSGDPlan.for_partition(len(split), batch)
         trainee = private_module(model)  # same parameters, per-sample gradients
         feed = PoissonFeed(
-            split, plan, seed, resolve_device(train_cfg.device), augment_for(cfg.data.augment, data)
+            split, plan, secure_seed(), resolve_device(train_cfg.device), augment_for(cfg.data.augment, data)
         )
         hooks.append(
-            DPSGDHook(noise_multiplier, fed.dp.clip_norm, round(plan.sample_rate * len(split)), seed)
+            DPSGDHook(noise_multiplier, fed.dp.clip_norm, round(plan.sample_rate * len(split)), secure_seed())
         )
     loss_fn = proximal_loss(model, proximal_mu, train_cfg.label_smoothing) if proximal_mu > 0 else None
     result = train(trainee, data, train_cfg, batch, hooks=hooks, feed=feed, loss_fn=loss_fn)

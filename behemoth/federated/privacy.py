@@ -7,8 +7,19 @@ noise), and a Poisson feed draws every batch as Opacus' analysis assumes. The lo
 Server mode: Flower's DifferentialPrivacyServerSideFixedClipping does the clipping and noise; here we
 only count it. Flower's own accountant needs Google's dp-accounting (not installed), so both modes are
 counted with Opacus' RDP accountant.
+
+Threat model of client DP. DP-SGD protects each row of a client's partition from whoever sees the client's
+updates, the server included: (epsilon, delta) bounds how much any one row can change what leaves the
+client. That holds only while the noise and the Poisson draws are secret, so they come from `secure_seed`
+(os.urandom, fresh per client per round) and never from anything the server knows or sends (its config,
+seed or round number), and DPOptimizer runs in Opacus' secure_mode (noise robust to floating-point
+attacks). Epsilon is per client, over its own records; it says nothing about what the model learns of a
+client's data as a whole, and a server that runs more rounds than the client's config planned spends more
+than federate.dp.target_epsilon.
 """
 
+import hashlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +32,19 @@ from behemoth.data.randomness import step_generator
 from behemoth.errors import ConfigError
 from behemoth.training.feed import BatchTransform, MicroBatch
 from behemoth.training.hooks import BaseHook
+
+
+def secure_seed() -> int:
+    """63 bits from the operating system's CSPRNG: the seed of one client round's DP noise or Poisson draws,
+    which no one else (the server least) can know or reproduce."""
+    return int.from_bytes(os.urandom(8), "big") >> 1
+
+
+def keyed_generator(seed: int, *position: int) -> torch.Generator:
+    """A generator for (seed, position...), keyed by 64 bits of BLAKE2b: a 63-bit secret seed keeps its
+    strength (a CRC-32 key, as batch transforms use, would leave 2**32 candidates)."""
+    key = hashlib.blake2b("/".join(map(str, (seed, *position))).encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(key, "big") >> 1)
 
 
 def rdp_epsilon(history: list[tuple[float, float, int]], delta: float) -> float:
@@ -122,6 +146,7 @@ class DPSGDHook(BaseHook):
     """Swaps the loop's optimizer for Opacus' DPOptimizer at the start of training.
 
     DPOptimizer shares the wrapped optimizer's param_groups, so the loop's schedule keeps driving the lr.
+    `seed` must be secret (secure_seed): whoever knows it can regenerate the noise and subtract it.
     """
 
     def __init__(self, noise_multiplier: float, clip_norm: float, expected_batch: int, seed: int) -> None:
@@ -135,7 +160,7 @@ class DPSGDHook(BaseHook):
     def on_train_start(self, ctx: Any) -> None:
         from opacus.optimizers import DPOptimizer
 
-        generator = torch.Generator(device=ctx.device).manual_seed(self.seed)  # reproducible noise
+        generator = torch.Generator(device=ctx.device).manual_seed(self.seed)
         ctx.optimizer = DPOptimizer(
             ctx.optimizer,
             noise_multiplier=self.noise,
@@ -143,13 +168,15 @@ class DPSGDHook(BaseHook):
             expected_batch_size=self.expected_batch,
             loss_reduction="mean",
             generator=generator,
+            secure_mode=True,  # each draw the sum of several Gaussians: no floating-point attack
         )
 
 
 class PoissonFeed:
     """Batches drawn as DP-SGD's analysis assumes: each row joins a step's batch with probability q.
 
-    A pure function of (seed, epoch, step), like TensorFeed, so it plugs into the loop as a `Feed`.
+    A pure function of (seed, epoch, step), like TensorFeed, so it plugs into the loop as a `Feed`; with a
+    secret seed (secure_seed) the server cannot tell which rows a step used.
     An empty draw takes no step (the loop cannot average over zero rows); the accountant still counts it,
     which can only over-state epsilon.
     """
@@ -166,7 +193,7 @@ class PoissonFeed:
         self.steps_per_epoch = plan.steps_per_epoch
 
     def draw(self, epoch: int, step: int) -> torch.Tensor:
-        coins = torch.rand(len(self.split), generator=step_generator(self.seed, epoch, step, 0, 0))
+        coins = torch.rand(len(self.split), generator=keyed_generator(self.seed, epoch, step))
         return torch.nonzero(coins < self.plan.sample_rate).squeeze(1)  # (~q * n,) row indices
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[int, list[MicroBatch]]]:

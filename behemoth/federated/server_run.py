@@ -1,5 +1,5 @@
 """What every server run shares, with or without SecAgg+: the setup (`prepare`: data, model, RNGs, the last
-checkpoint), the per-round checkpoint, the config every client is told, the opening log line and the
+checkpoint), the per-round checkpoint, the round settings every client is told, the opening log line and the
 closing summary. server_app.serve and secagg.serve_secagg both build on these, so neither imports the
 other's module for them: server_app -> secagg -> server_run, one way.
 """
@@ -18,7 +18,7 @@ from torch import nn
 from behemoth.config import RunConfig
 from behemoth.data import TensorSplit, load_data
 from behemoth.errors import ConfigError
-from behemoth.federated.exchange import CONFIG_KEY, config_to_json, federated_model, load_arrays
+from behemoth.federated.exchange import federated_model, load_arrays
 from behemoth.federated.metrics import RoundRecorder, RoundSource, log, read_records, summarize, trim_records
 from behemoth.federated.partition import partition
 from behemoth.federated.privacy import PrivacyLedger, noise_multiplier_for
@@ -119,12 +119,11 @@ def checkpointer(
     return checkpoint
 
 
-def shared_config(cfg: RunConfig, ledger: PrivacyLedger) -> dict[str, Any]:
-    """What every client is told every round: the run config (JSON) and the DP-SGD noise (client DP)."""
-    shared: dict[str, Any] = {CONFIG_KEY: config_to_json(cfg)}
-    if cfg.federate.dp.mode == "client":
-        shared["dp-noise"] = ledger.noise
-    return shared
+def shared_config(cfg: RunConfig, _ledger: PrivacyLedger | None = None) -> dict[str, Any]:
+    """The round settings every client is told every round (besides the round number Flower adds, and
+    FedProx's mu): lr and local epochs. Only what behemoth.config.federate.RoundSettings allows; the run
+    config and the DP noise stay here, since each client uses its own (client_app.py)."""
+    return {"local-epochs": cfg.federate.local_epochs, "lr": cfg.train.lr}
 
 
 def announce(cfg: RunConfig, parts: ServerParts) -> None:

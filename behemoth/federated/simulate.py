@@ -1,5 +1,6 @@
 """Flower's simulation engine on this machine: the ServerApp in-process, the clients on Ray actors
-(cores / federate.client_cpus at once), `federate.clients` virtual SuperNodes."""
+(cores / federate.client_cpus at once), `federate.clients` virtual SuperNodes. Each client's own config is
+the one this process was given, bound into its ClientApp (client_app.py says why)."""
 
 import logging
 import os
@@ -22,9 +23,9 @@ def run_simulated(cfg: RunConfig, run_dir: Path, resume: bool, verbose: bool = F
     from behemoth.federated.server_app import make_server_app
 
     if cfg.federate.secagg:
-        from behemoth.federated.secagg_client import app as client_app
+        from behemoth.federated.secagg_client import make_secagg_app as make_client_app
     else:
-        from behemoth.federated.client_app import app as client_app
+        from behemoth.federated.client_app import make_client_app
 
     if not verbose:
         # our log lines say per round what failed and why; Flower would add a traceback per failed client
@@ -36,7 +37,7 @@ def run_simulated(cfg: RunConfig, run_dir: Path, resume: bool, verbose: bool = F
     }
     run_simulation(
         server_app=make_server_app(cfg, run_dir, resume),
-        client_app=client_app,
+        client_app=make_client_app(cfg),
         num_supernodes=fed.clients,
         backend_config=backend,
         verbose_logging=verbose,

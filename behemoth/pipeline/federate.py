@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from behemoth.config import RunConfig
-from behemoth.errors import RunDirError
+from behemoth.config.federate import check_deploy_security
+from behemoth.errors import ConfigError, RunDirError
 from behemoth.runs import RunDir, create_run_dir, run_path, write_config, write_spec
 from behemoth.training.assembly import load_run_data
 
@@ -23,13 +24,20 @@ def federate(
     verbose: bool = False,
     show: Callable[[str], None] = print,
     stream: TextIO | None = None,
+    insecure: bool = False,
 ) -> dict[str, Any]:
     """Start (or continue) the federated run in `run_dir` (default runs/<name>); return its summary.json.
 
     `show` receives the deployment's progress lines; `stream` (default: none) the per-round log lines.
+    `insecure` (--insecure) lets a deployment run without TLS on an address that is not loopback; without
+    it, federate.deploy.tls = false is refused there before anything is written.
     """
     from behemoth.federated.metrics import attach_run_log  # flwr and torch load only when a run starts
 
+    if insecure and not deploy:
+        raise ConfigError("--insecure: only with --deploy (a simulation sends nothing over a network)")
+    if deploy:
+        check_deploy_security(cfg.federate.deploy, insecure)
     run_dir = Path(run_dir) if run_dir is not None else run_path(cfg)
     if resume:
         check_resumable(cfg, run_dir)
@@ -42,7 +50,7 @@ def federate(
     if deploy:
         from behemoth.federated.deploy import run_deployed
 
-        run_deployed(cfg, run_dir, resume, show=show, verbose=verbose, echo=stream)
+        run_deployed(cfg, run_dir, resume, show=show, verbose=verbose, echo=stream, insecure=insecure)
     else:
         from behemoth.federated.simulate import run_simulated
 
