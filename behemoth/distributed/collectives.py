@@ -28,14 +28,44 @@ def barrier(env: DistEnv | None) -> None:
         dist.barrier()
 
 
-def gather_rng_states(env: DistEnv | None) -> torch.Tensor:
-    """Every rank's torch CPU RNG state, stacked (world_size, state_bytes), so dropout resumes exactly."""
-    state = torch.get_rng_state()
+# A checkpoint's RNG states: {"cpu": (world_size, bytes), "cuda": (world_size, bytes) when on CUDA}, uint8.
+RngStates = dict[str, torch.Tensor]
+
+
+def _all_gather_rows(state: torch.Tensor, env: DistEnv | None) -> torch.Tensor:
+    """(world_size, *state.shape) on the CPU: every rank's `state`, in rank order."""
     if env is None or not env.distributed:
         return state.unsqueeze(0)
-    states = [torch.empty_like(state) for _ in range(env.world_size)]
-    dist.all_gather(states, state)
-    return torch.stack(states)
+    local = state.to(env.device)  # the group's backend decides: NCCL moves CUDA tensors only, gloo CPU ones
+    parts = [torch.empty_like(local) for _ in range(env.world_size)]
+    dist.all_gather(parts, local)
+    return torch.stack(parts).cpu()
+
+
+def gather_rng_states(env: DistEnv | None, device: torch.device | None = None) -> RngStates:
+    """Every rank's torch CPU RNG state, and its CUDA one when `device` is a GPU, so dropout resumes exactly.
+
+    Per rank, not rank 0's for all: DDP ranks draw different dropout masks, each from its own streams.
+    """
+    states = {"cpu": _all_gather_rows(torch.get_rng_state(), env)}
+    if device is not None and device.type == "cuda":
+        states["cuda"] = _all_gather_rows(torch.cuda.get_rng_state(device), env)
+    return states
+
+
+def set_rng_states(states: RngStates | torch.Tensor, env: DistEnv | None, device: torch.device) -> bool:
+    """Give this rank back its own streams from `gather_rng_states`; False (nothing set) when the states
+    come from another world size. A bare tensor is the CPU states of a checkpoint written before CUDA
+    states were kept."""
+    states = {"cpu": states} if isinstance(states, torch.Tensor) else states
+    rank, world = (env.rank, env.world_size) if env is not None else (0, 1)
+    if len(states["cpu"]) != world:
+        return False
+    # clone: torch.set_rng_state ignores a view's storage offset and reads past the tensor (segfault)
+    torch.set_rng_state(states["cpu"][rank].clone())
+    if "cuda" in states and device.type == "cuda":
+        torch.cuda.set_rng_state(states["cuda"][rank].clone(), device)
+    return True
 
 
 def _row_counts(rows: int, env: DistEnv) -> list[int]:

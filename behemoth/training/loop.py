@@ -1,8 +1,9 @@
 """The training loop: one file, read top to bottom. Everything optional hooks in through `hooks`.
 
-Exact resume: the data order is a function of (seed, epoch), and a checkpoint holds the model,
-optimizer, scheduler, early-stopping state, RNG states and the position (epoch, step in epoch),
-so a resumed run takes the same steps on the same batches as an uninterrupted one.
+Exact resume: the data order is a function of (seed, epoch), and a checkpoint holds the model, optimizer,
+scheduler, early-stopping state, fp16 loss scale, every rank's RNG states (CPU and CUDA) and the position
+(epoch, step in epoch), so a resumed run takes the same steps on the same batches as an uninterrupted one.
+Hooks must not draw from the global RNG (they start after it is restored): mfu.py has its own generator.
 """
 
 import math
@@ -27,6 +28,7 @@ from behemoth.distributed import (
     no_gradient_sync,
     parallelize,
 )
+from behemoth.distributed.collectives import set_rng_states
 from behemoth.errors import ConfigError
 from behemoth.training.checkpoint import load_checkpoint, save_checkpoint
 from behemoth.training.early_stop import EarlyStopping
@@ -34,7 +36,13 @@ from behemoth.training.feed import Feed, MicroBatch, TensorFeed
 from behemoth.training.hooks import call
 from behemoth.training.metrics import evaluate, peak_memory_mb, task_loss
 from behemoth.training.optim import optimizer_for
-from behemoth.training.precision import autocast, check_precision, grad_scaler
+from behemoth.training.precision import (
+    autocast,
+    check_precision,
+    grad_scaler,
+    load_scaler_state,
+    scaler_state,
+)
 from behemoth.training.schedules import build_scheduler
 
 # (logits, targets, inputs) -> scalar loss; the default is task_loss with label smoothing. Distillation
@@ -72,6 +80,7 @@ class TrainContext:
     stop_reason: str | None = None
     early_stopping: EarlyStopping | None = None
     last_eval: dict[str, float] = field(default_factory=dict)
+    scaler: torch.amp.GradScaler | None = None  # fp16 loss scaling; its state is checkpointed
 
     @property
     def total_steps(self) -> int:
@@ -140,10 +149,10 @@ def train(
             f"train.early_stop.monitor = {cfg.early_stop.monitor!r}: "
             "no validation split (data.val_fraction = 0)"
         )
+    ctx.scaler = scaler = grad_scaler(cfg.precision, device)  # before restore: a resume reloads its scale
     if resume_from is not None:
         restore(ctx, resume_from)
     step_fn = torch.compile(step_fn) if cfg.compile else step_fn
-    scaler = grad_scaler(cfg.precision, device)
 
     call(hooks, "on_train_start", ctx)
     started, samples_at_start = time.perf_counter(), ctx.samples_seen
@@ -266,7 +275,8 @@ def checkpoint(ctx: TrainContext, hooks: list) -> None:
             "samples_seen": ctx.samples_seen,
         },
         "stop_reason": ctx.stop_reason or "",
-        "rng_per_rank": gather_rng_states(ctx.env),
+        "rng_per_rank": gather_rng_states(ctx.env, ctx.device),  # CPU, and CUDA when on a GPU
+        "grad_scaler": scaler_state(ctx.scaler) if ctx.scaler is not None else {},
     }
     path = save_checkpoint(
         ctx.run_dir, ctx.step, ctx.model, ctx.optimizer, state, ctx.cfg.checkpoint.keep_last, ctx.env
@@ -285,8 +295,7 @@ def restore(ctx: TrainContext, path: Path) -> None:
     ctx.step, ctx.samples_seen = position["step"], position["samples_seen"]
     if not state["stop_reason"].startswith("reached train.max_steps"):  # a larger max_steps may continue
         ctx.stop_reason = state["stop_reason"] or None
-    world = ctx.env.world_size if ctx.env is not None else 1
-    if len(state["rng_per_rank"]) == world:  # same world size: each rank's dropout stream continues exactly
-        rank = ctx.env.rank if ctx.env is not None else 0
-        # clone: torch.set_rng_state ignores a view's storage offset and reads past the tensor (segfault)
-        torch.set_rng_state(state["rng_per_rank"][rank].clone())
+    if ctx.scaler is not None:  # "grad_scaler" is absent from checkpoints written before it was kept
+        load_scaler_state(ctx.scaler, state.get("grad_scaler"))
+    # same world size: each rank's dropout streams continue exactly (else rank 0's, set by load_checkpoint)
+    set_rng_states(state["rng_per_rank"], ctx.env, ctx.device)

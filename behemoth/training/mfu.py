@@ -11,7 +11,8 @@ score matrix even though causal masking could skip half (the usual convention). 
 (activation checkpointing) is not model FLOPs and is not counted: MFU, not hardware utilisation.
 
 The peak is measured, not looked up: a short torch.mm timing at the start of the run, in the run's
-dtype and with its threads, on the same (shared, noisy) machine.
+dtype and with its threads, on the same (shared, noisy) machine. Its random matrices come from a generator
+of their own, so measuring never moves the training run's RNG streams.
 """
 
 import time
@@ -36,8 +37,11 @@ def matmul_peak_flops(
 ) -> float:
     """The best FLOP/s of an (size x size) @ (size x size) torch.mm over repeated timings
     (2 size^3 FLOPs each)."""
-    a = torch.randn(size, size, device=device).to(dtype)
-    b = torch.randn(size, size, device=device).to(dtype)
+    # A generator of its own: drawing from the global one would shift the training run's dropout stream,
+    # and only in a resumed run (the hook starts after the checkpoint's RNG state is restored).
+    generator = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(size, size, device=device, generator=generator).to(dtype)
+    b = torch.randn(size, size, device=device, generator=generator).to(dtype)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     torch.mm(a, b)  # warm-up: first call pays for kernel selection and page faults
     sync()

@@ -1,7 +1,8 @@
 """Numeric precision of the train step.
 
 Two separate switches:
-- train.precision, the *compute* dtype: fp32, bf16 autocast (CPU and CUDA), fp16 autocast + GradScaler (CUDA);
+- train.precision, the *compute* dtype: fp32, bf16 autocast (CPU and CUDA), fp16 autocast + GradScaler (CUDA;
+  its state goes into checkpoints, see scaler_state);
 - train.param_dtype, the *storage* dtype of parameters (and so of their gradients and torch.optim states):
   bf16 halves them. Autocast alone keeps fp32 parameters and saves only activation memory.
 """
@@ -33,6 +34,25 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
 def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
     """fp16 needs loss scaling so small gradients do not flush to zero; bf16 has fp32's range and does not."""
     return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+
+def scaler_state(scaler: torch.amp.GradScaler) -> dict[str, float | int]:
+    """The scaler's state as plain numbers (empty when it is disabled), fit for a weights_only checkpoint.
+
+    A resumed fp16 run needs it: a fresh scaler starts again from the initial scale, so its first steps
+    would be skipped or scaled differently from the uninterrupted run's.
+    """
+    return {
+        key: value.item() if isinstance(value, torch.Tensor) else value
+        for key, value in scaler.state_dict().items()
+    }
+
+
+def load_scaler_state(scaler: torch.amp.GradScaler, state: dict[str, float | int] | None) -> None:
+    """Restore `scaler_state`'s numbers; nothing to do for a disabled scaler or a checkpoint without any
+    (written by a run without loss scaling, or before scaler states were saved)."""
+    if scaler.is_enabled() and state:
+        scaler.load_state_dict(state)
 
 
 @contextlib.contextmanager
