@@ -93,6 +93,14 @@ def test_datasets_and_models_listings():
     for name in ("mlp", "lenet5", "lenet_caffe", "cnn", "rnn", "gpt", "vit"):
         assert name in models
     assert "431,080" in models and "1,663,370" in models
+    # the optimizer and strategy registries are what the listing and `train --help` show
+    from behemoth.config.federate import STRATEGIES
+    from behemoth.config.optimizers import OPTIMIZERS
+
+    words = " ".join(models.split())  # rich wraps long lines
+    assert f"Optimizers (train.optimizer): {', '.join(OPTIMIZERS)}" in words
+    assert f"Federated strategies (federate.strategy): {', '.join(STRATEGIES)}" in words
+    assert "adamw8bit" in invoke("train", "--help").output
 
 
 def test_refuses_to_overwrite_and_keeps_the_old_run(digits_run):

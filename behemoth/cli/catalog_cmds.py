@@ -4,6 +4,8 @@ from rich.console import Console
 from rich.table import Table
 
 from behemoth.cli.app import app
+from behemoth.config.federate import STRATEGIES
+from behemoth.config.optimizers import OPTIMIZERS
 from behemoth.data import list_datasets
 from behemoth.models import count_parameters, list_models
 from behemoth.pipeline.config import recipe_names
@@ -24,7 +26,8 @@ def datasets() -> None:
 
 @app.command()
 def models() -> None:
-    """List the model zoo with parameter counts (on each model's example data)."""
+    """List the model zoo with parameter counts (on each model's example data), and the optimizers and
+    federated strategies a config may name."""
     from behemoth.models import build_model
 
     table = Table(title="models")
@@ -41,6 +44,9 @@ def models() -> None:
         )
     console.print(table)
     console.print(
-        'Your own model: model.name = "package.module:factory" (a function returning an nn.Module).'
+        'Your own model: model.name = "package.module:factory" (a function returning an nn.Module; '
+        "allow its module with --trust-code)."
     )
+    console.print(f"Optimizers (train.optimizer): {', '.join(OPTIMIZERS)}")
+    console.print(f"Federated strategies (federate.strategy): {', '.join(STRATEGIES)}")
     console.print(f"Recipes (behemoth train NAME): {', '.join(recipe_names())}")

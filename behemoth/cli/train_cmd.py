@@ -7,6 +7,7 @@ from rich.console import Console
 
 from behemoth.cli.app import app, split_config_args
 from behemoth.cli.printing import print_training
+from behemoth.config.optimizers import OPTIMIZERS
 from behemoth.distributed import close_group, init_group, read_env
 from behemoth.distributed.launch import current_command, launch
 from behemoth.errors import BehemothError, RunDirError
@@ -22,7 +23,10 @@ class TrainingDiverged(BehemothError):
     """Raised after a run stopped on a non-finite loss (the last good checkpoint is kept)."""
 
 
-@app.command(no_args_is_help=False)
+@app.command(
+    no_args_is_help=False,
+    epilog=f"Optimizers (train.optimizer): {', '.join(OPTIMIZERS)}. Models: behemoth models.",
+)
 def train(
     args: list[str] = typer.Argument(
         None,
