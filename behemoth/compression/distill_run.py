@@ -20,6 +20,7 @@ from behemoth.training import JsonlHook, ProgressHook, TensorBoardHook, evaluate
 from behemoth.training.assembly import assemble
 from behemoth.training.checkpoint import save_weights
 from behemoth.training.feed import Feed
+from behemoth.training.loop import result_summary
 
 
 def check_teacher_fits(teacher_dir: Path, data: DataBundle) -> None:
@@ -83,14 +84,7 @@ def distill_run(
         "alpha": cc.alpha,
         "dataset": data.name,
         "train_samples": len(data.train),
-        "steps": result.steps,
-        "epochs": result.epochs,
-        "stop_reason": result.stop_reason,
-        "diverged": result.diverged,
-        "train_seconds": result.seconds,
-        "samples_per_second": result.samples_per_second,
-        "peak_memory_mb": result.peak_memory_mb,
-        "val": {k[4:]: v for k, v in result.last_eval.items() if k.startswith("val.")},
+        **result_summary(result),
     }
     if data.test is not None and not result.diverged:
         for who, model in (("test", student), ("teacher_test", teacher)):

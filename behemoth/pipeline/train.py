@@ -14,6 +14,7 @@ from behemoth.runs import RunDir, create_run_dir, run_path, write_json
 from behemoth.training import JsonlHook, ProgressHook, TensorBoardHook, evaluate, latest_checkpoint, train
 from behemoth.training.assembly import assemble
 from behemoth.training.checkpoint import save_final_weights
+from behemoth.training.loop import result_summary
 from behemoth.training.mfu import mfu_hooks
 
 
@@ -69,23 +70,15 @@ def run_training(
         env=env,
         feed=parts.feed,
     )
-    save_final_weights(
-        model, run_dir, env
-    )  # rank 0; fsdp/pipeline: the last checkpoint's shards, consolidated
+    # rank 0; fsdp/pipeline: the last checkpoint's shards, consolidated
+    save_final_weights(model, run_dir, env)
     summary: dict[str, Any] = {
         "run": str(run_dir),
         "model": cfg.model.name,
         "parameters": parameters,
         "dataset": data.name,
         "train_samples": len(data.train),
-        "steps": result.steps,
-        "epochs": result.epochs,
-        "stop_reason": result.stop_reason,
-        "diverged": result.diverged,
-        "train_seconds": result.seconds,
-        "samples_per_second": result.samples_per_second,
-        "peak_memory_mb": result.peak_memory_mb,
-        "val": {k[4:]: v for k, v in result.last_eval.items() if k.startswith("val.")},
+        **result_summary(result),
         "world_size": world,
         "data": describe(data),
     }

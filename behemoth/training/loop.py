@@ -299,3 +299,17 @@ def restore(ctx: TrainContext, path: Path) -> None:
         load_scaler_state(ctx.scaler, state.get("grad_scaler"))
     # same world size: each rank's dropout streams continue exactly (else rank 0's, set by load_checkpoint)
     set_rng_states(state["rng_per_rank"], ctx.env, ctx.device)
+
+
+def result_summary(result: TrainResult) -> dict[str, Any]:
+    """What a finished training reports in summary.json, shared by `behemoth train` and `behemoth distill`."""
+    return {
+        "steps": result.steps,
+        "epochs": result.epochs,
+        "stop_reason": result.stop_reason,
+        "diverged": result.diverged,
+        "train_seconds": result.seconds,
+        "samples_per_second": result.samples_per_second,
+        "peak_memory_mb": result.peak_memory_mb,
+        "val": {k[4:]: v for k, v in result.last_eval.items() if k.startswith("val.")},
+    }
