@@ -10,7 +10,8 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from behemoth.files import atomic_write_text
 from behemoth.reporting.artifacts import RunArtifacts, collect
-from behemoth.reporting.sections import BUILDERS, Section
+from behemoth.reporting.sections import Section
+from behemoth.reporting.stage_sections import BUILDERS
 from behemoth.runs import RunDir
 
 
