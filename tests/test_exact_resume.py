@@ -1,21 +1,14 @@
-"""A run SIGKILLed mid-training and resumed with `behemoth train --resume` ends with the same weights, bit for
-bit, as one that was never interrupted: dropout, augmentation and everything the hooks do included.
+"""The pieces of state an exact resume needs beyond the weights, each through a checkpoint: the GradScaler's,
+each rank's CPU and CUDA RNG (CUDA cases skip without a GPU), a BPE run's saved tokenizer; and randomness
+outside training (the MFU timing) that must leave the training streams alone.
 
-The kill lands at a random step past the first checkpoint (the step is in the failure message). The unit
-tests below cover the two pieces of state such a run needs beyond the CPU RNG: the GradScaler's and each
-rank's CUDA RNG (skipped without CUDA).
+tests/test_resume_table.py kills every shipped recipe with SIGKILL and checks the resumed weights bitwise.
 """
 
-import json
-import random
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from behemoth.distributed import DistEnv, gather_rng_states
 from behemoth.distributed.collectives import set_rng_states
@@ -24,11 +17,9 @@ from behemoth.training.early_stop import EarlyStopping
 from behemoth.training.loop import TrainContext, checkpoint, restore
 from behemoth.training.mfu import matmul_peak_flops
 from behemoth.training.precision import grad_scaler, load_scaler_state, scaler_state
-from tests.conftest import REPO, behemoth_cmd, failure_text, quick_train_config, subprocess_env
+from tests.conftest import quick_train_config
 
 NEEDS_CUDA = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
-MAX_STEPS = 32
-EVERY = 5  # checkpoint every EVERY steps (and at each epoch's end)
 TINY_GPT = [
     "model.n_layer=2",
     "model.n_head=2",
@@ -41,87 +32,6 @@ TINY_GPT = [
     "data.test_limit=64",
     "train.warmup=5",
 ]
-TINY_CNN = [
-    "model.channels=[8,16]",
-    "model.hidden=32",
-    "model.dropout=0.25",  # the recipe has none: dropout shows any draw from the global RNG on resume
-    "data.batch_size=32",
-    "data.train_limit=3000",  # stratified 10% of the training part: 9 steps an epoch
-    "data.test_limit=200",
-]
-RECIPES = {"gpt-text": TINY_GPT, "mnist-augment": TINY_CNN}
-COMMON = [f"train.max_steps={MAX_STEPS}", f"train.checkpoint.every_steps={EVERY}", "train.log_every=1"]
-
-
-def recipe_or_skip(recipe: str) -> list[str]:
-    if not (REPO / "configs" / f"{recipe}.toml").is_file():
-        pytest.skip(f"no {recipe} recipe in configs/")
-    return [recipe, *RECIPES[recipe], *COMMON]
-
-
-def start(runs: Path, name: str, args: list[str]) -> subprocess.Popen:
-    # with the progress display: every hook the CLI installs runs (plain lines, stderr is no terminal)
-    return spawn(behemoth_cmd("train", *args, f"runs_dir={str(runs)!r}", f"name={name}"))
-
-
-def spawn(command: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(
-        command, cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-
-
-def finish(process: subprocess.Popen, timeout: float = 300) -> None:
-    out, err = process.communicate(timeout=timeout)
-    assert process.returncode == 0, failure_text(out + err)
-
-
-def last_step(metrics: Path) -> int:
-    """The last training step metrics.jsonl reports (0 before the first)."""
-    if not metrics.is_file():
-        return 0
-    steps = [json.loads(line).get("step", 0) for line in metrics.read_text().splitlines() if line.strip()]
-    return max(steps, default=0)
-
-
-def kill_at(process: subprocess.Popen, metrics: Path, step: int, timeout: float = 300) -> int:
-    """SIGKILL `process` as soon as metrics.jsonl reports `step`; return the last step it reported."""
-    deadline = time.monotonic() + timeout
-    while last_step(metrics) < step:
-        if process.poll() is not None:
-            out, err = process.communicate()
-            pytest.fail(
-                f"the run ended (rc {process.returncode}) before step {step}\n{failure_text(out + err)}"
-            )
-        assert time.monotonic() < deadline, f"no step {step} after {timeout}s"
-        time.sleep(0.002)
-    process.send_signal(signal.SIGKILL)
-    process.communicate()
-    assert process.returncode == -signal.SIGKILL, f"rc {process.returncode}: it ended before the kill"
-    return last_step(metrics)
-
-
-def final_weights(run: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(run / "model.safetensors"))
-
-
-@pytest.mark.parametrize("recipe", list(RECIPES))
-def test_killed_and_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one(tmp_path, recipe):
-    args = recipe_or_skip(recipe)
-    seed = random.SystemRandom().randrange(2**32)
-    kill_step = random.Random(seed).randint(EVERY + 1, MAX_STEPS - 14)  # leave the killer time to act
-    straight = start(tmp_path, "straight", args)  # both at once: two cores
-    killed = start(tmp_path, "killed", args)
-    reached = kill_at(killed, tmp_path / "killed" / "metrics.jsonl", kill_step)
-    where = f"{recipe}: killed at step {reached} (target {kill_step}, seed {seed})"
-    assert reached < MAX_STEPS and not (tmp_path / "killed" / "model.safetensors").exists(), where
-    finish(spawn(behemoth_cmd("train", "--resume", str(tmp_path / "killed"))))
-    finish(straight)
-    summary = json.loads((tmp_path / "killed" / "summary.json").read_text())
-    assert summary["steps"] == MAX_STEPS, where
-    expected, resumed = final_weights(tmp_path / "straight"), final_weights(tmp_path / "killed")
-    assert expected.keys() == resumed.keys(), where
-    differ = [key for key in expected if not torch.equal(expected[key], resumed[key])]
-    assert not differ, f"{where}: {len(differ)}/{len(expected)} tensors differ, e.g. {differ[:5]}"
 
 
 # ---- the pieces: GradScaler state and per-rank CUDA RNG through a checkpoint's state ----
@@ -258,3 +168,39 @@ def test_cuda_rng_state_is_gathered_and_restored(tmp_path, device):
     torch.rand(1000, device=device)  # e.g. a timing hook's matrices
     assert set_rng_states(states, None, device)
     assert torch.equal(torch.rand(8, device=device), expected)
+
+
+def test_a_resumed_bpe_run_reads_its_saved_tokenizer_instead_of_training_one(tmp_path, monkeypatch):
+    import behemoth.data.tokenizers as tokenizers
+    from behemoth.pipeline.config import load_run_config
+    from behemoth.pipeline.train import run_training
+
+    overrides = [
+        *(o for o in TINY_GPT if not o.startswith("data.train_limit")),
+        "data.train_limit=64",
+        "data.vocab_size=300",
+        "train.warmup=1",
+        "train.max_steps=4",
+        "train.checkpoint.every_steps=2",
+        f"runs_dir={str(tmp_path)!r}",
+    ]
+    cfg = load_run_config("gpt-bpe", overrides)
+    run_training(cfg, progress=False)
+    saved = (tmp_path / "gpt-bpe" / "tokenizer.json").read_text()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the resumed run trained a new BPE tokenizer")
+
+    monkeypatch.setattr(tokenizers, "train_bpe", no_training)
+    longer = cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_steps": 6})})
+    summary = run_training(longer, resume=tmp_path / "gpt-bpe", progress=False)
+    assert summary["steps"] == 6
+    assert (tmp_path / "gpt-bpe" / "tokenizer.json").read_text() == saved
+
+
+def test_tokenizer_file_needs_bpe():
+    from behemoth.errors import ConfigError
+    from behemoth.pipeline.config import load_run_config
+
+    with pytest.raises(ConfigError, match="tokenizer_file.*needs data.tokenizer = 'bpe'"):
+        load_run_config("gpt-text", ["data.tokenizer_file='x.json'"])

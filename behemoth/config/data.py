@@ -300,6 +300,8 @@ class DataConfig(Section):
         "byte"  # text: UTF-8 bytes (256 tokens) or BPE trained on the train split
     )
     vocab_size: int | None = Field(None, ge=257, le=65536)  # bpe: vocabulary size (default 2048)
+    # bpe: a saved tokenizer.json to use instead of training one (a resumed run reads its own)
+    tokenizer_file: str | None = None
     sampling: SamplingConfig = SamplingConfig()  # which training rows an epoch visits
     augment: AugmentConfig = AugmentConfig()  # batched training augmentation (ops off by default)
     shards: ShardsConfig = ShardsConfig()  # data.name = "shards" reading; `behemoth data pack` options
@@ -310,3 +312,10 @@ class DataConfig(Section):
         if vocab_size is not None and info.data.get("tokenizer") == "byte":
             raise ValueError("needs data.tokenizer = 'bpe' (the byte tokenizer always has 256 tokens)")
         return vocab_size
+
+    @field_validator("tokenizer_file")
+    @classmethod
+    def _tokenizer_file_needs_bpe(cls, path: str | None, info: ValidationInfo) -> str | None:
+        if path is not None and info.data.get("tokenizer") != "bpe":
+            raise ValueError("needs data.tokenizer = 'bpe' (the byte tokenizer has no file)")
+        return path

@@ -95,7 +95,7 @@ def split_text(text: str, val_fraction: float) -> dict[str, str]:
 def build_language_model(name: str, text: str, cfg: DataConfig, source: str) -> DataBundle:
     """Split contiguously (train | val | test), tokenise each part and pack into (N, block_size) x and y."""
     texts = split_text(text, cfg.val_fraction)
-    tokenizer = make_tokenizer(cfg.tokenizer, texts["train"], cfg.vocab_size)
+    tokenizer = make_tokenizer(cfg.tokenizer, texts["train"], cfg.vocab_size, cfg.tokenizer_file)
     parts = {split: tokenizer.encode(part) for split, part in texts.items()}  # (n,) ids per split
     block = cfg.block_size
     packed = {split: pack(part, block, split, source) for split, part in parts.items()}

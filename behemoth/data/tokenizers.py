@@ -98,10 +98,21 @@ def load_bpe(path: Path) -> BPETokenizer:
         raise DataError(f"{path}: not a readable tokenizer.json ({exc})") from None
 
 
-def make_tokenizer(kind: str, train_text: str, vocab_size: int | None) -> TextTokenizer:
-    """The tokenizer data.tokenizer names: bytes, or BPE learned from the training text."""
+def make_tokenizer(
+    kind: str, train_text: str, vocab_size: int | None, saved: str | None = None
+) -> TextTokenizer:
+    """The tokenizer data.tokenizer names: bytes, or BPE learned from the training text (or read from the
+    `saved` tokenizer.json: a resumed run must not depend on retraining giving the same merges)."""
     if kind == "byte":
         return ByteTokenizer()
+    if kind == "bpe" and saved is not None:
+        tokenizer = load_bpe(Path(saved))
+        if vocab_size is not None and tokenizer.vocab_size != vocab_size:
+            raise DataError(
+                f"data.tokenizer_file = {saved!r} holds {tokenizer.vocab_size} tokens, "
+                f"data.vocab_size = {vocab_size}"
+            )
+        return tokenizer
     if kind == "bpe":
         return train_bpe(train_text, vocab_size or DEFAULT_BPE_VOCAB)
     raise DataError(f"data.tokenizer = {kind!r}: unknown tokenizer (byte or bpe)")

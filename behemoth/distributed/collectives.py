@@ -18,7 +18,8 @@ def broadcast_flag(flag: bool, env: DistEnv | None, src: int = 0) -> bool:
     """Rank `src` decides, every rank gets its decision (e.g. early stopping)."""
     if env is None or not env.distributed:
         return flag
-    tensor = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    # on the group's device: NCCL moves CUDA tensors only, gloo CPU ones
+    tensor = torch.tensor([1 if flag else 0], dtype=torch.int32, device=env.device)
     dist.broadcast(tensor, src=src)
     return bool(tensor.item())
 

@@ -4,7 +4,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from behemoth.pipeline.evaluate import evaluate as evaluate_run
-from behemoth.reporting import build_report
 from behemoth.runs import RunDir, open_run
 
 
@@ -13,6 +12,8 @@ def report(
 ) -> tuple[Path, Path]:
     """Write <run>/report/report.html and summary.json; with `evaluate`, first evaluate the test split when
     eval.json is missing (per-class scores and the confusion matrix)."""
+    from behemoth.reporting import build_report  # matplotlib loads only when a report is written
+
     run_dir, _ = open_run(run)
     has_weights = RunDir(run_dir).weights.is_file() or RunDir(run_dir).checkpoints.is_dir()
     if evaluate and not RunDir(run_dir).evaluation.is_file() and has_weights:

@@ -31,6 +31,8 @@ def run_training(
     Under torchrun (`env` with world size > 1) every rank trains; rank 0 alone writes files and logs.
     """
     main = env is None or env.is_main
+    if resume is not None:
+        cfg = with_saved_tokenizer(cfg, resume)
     parts = assemble(cfg, env)  # data, model and feed: a bad config fails here, before anything is written
     data, model = parts.data, parts.model
     if resume is None:
@@ -97,3 +99,12 @@ def run_training(
         write_json(RunDir(run_dir).summary, summary)
     barrier(env)
     return summary
+
+
+def with_saved_tokenizer(cfg: RunConfig, run_dir: Path) -> RunConfig:
+    """A resumed BPE run tokenizes with the tokenizer.json it saved, not with one trained again."""
+    saved = RunDir(run_dir).tokenizer_file
+    if cfg.data.tokenizer != "bpe" or cfg.data.tokenizer_file is not None or not saved.is_file():
+        return cfg
+    data = cfg.data.model_copy(update={"tokenizer_file": str(saved)})
+    return cfg.model_copy(update={"data": data})

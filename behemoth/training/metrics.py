@@ -8,13 +8,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics.classification import (
-    MulticlassAccuracy,
-    MulticlassConfusionMatrix,
-    MulticlassF1Score,
-    MulticlassPrecision,
-    MulticlassRecall,
-)
 
 from behemoth.data.bundle import TensorSplit
 from behemoth.distributed import DistEnv, all_reduce_sum, shard_rows
@@ -31,6 +24,16 @@ def task_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: floa
 
 
 def _detailed_metrics(num_classes: int) -> dict[str, Any]:
+    # imported here: torchmetrics loads scipy and (when installed) transformers, ~2.5 s that every
+    # training process would pay at start for metrics only the full report uses
+    from torchmetrics.classification import (
+        MulticlassAccuracy,
+        MulticlassConfusionMatrix,
+        MulticlassF1Score,
+        MulticlassPrecision,
+        MulticlassRecall,
+    )
+
     return {
         "precision_macro": MulticlassPrecision(num_classes, average="macro"),
         "recall_macro": MulticlassRecall(num_classes, average="macro"),
