@@ -170,7 +170,7 @@ def test_tune_cli_writes_a_study_and_a_best_config_that_trains(tmp_path):
         "importances.png",
     ):
         assert (run_dir / name).is_file(), name
-    study = optuna.load_study(study_name="digits-tune", storage=f"sqlite:///{run_dir / 'study.sqlite3'}")
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{run_dir / 'study.sqlite3'}")
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 4
     best = json.loads((run_dir / "best.json").read_text())
     assert best["best_value"] == study.best_value and f"val.acc = {study.best_value:.4f}" in output
@@ -247,26 +247,31 @@ def _count(db, states=("COMPLETE", "PRUNED")) -> int:
         return 0
 
 
-def test_a_killed_study_resumes_and_finishes(tmp_path):
-    args = [
-        "tune",
-        "digits-tune",
-        f"runs_dir={str(tmp_path)!r}",
-        "train.epochs=6",
-        "tune.pruner='none'",
-        "--trials",
-        "5",
-        "--no-progress",
-    ]
-    proc = subprocess.Popen(
-        behemoth_cmd(*args),
-        env=subprocess_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    db = tmp_path / "digits-tune" / "study.sqlite3"
-    deadline = time.monotonic() + 60
+def test_a_killed_study_resumes_and_ends_as_the_uninterrupted_one(tmp_path):
+    """SIGKILL mid-trial, `tune --resume`: the interrupted trial runs again with its values, later trials get
+    the values the uninterrupted study drew (tuning/sampler.py), and every trial's value and best.toml come
+    out the same, bit for bit."""
+
+    def start(name: str) -> subprocess.Popen:
+        args = [
+            "tune",
+            "digits-tune",
+            f"runs_dir={str(tmp_path)!r}",
+            f"name={name}",
+            "train.epochs=6",
+            "tune.pruner='none'",
+            "--trials",
+            "5",
+            "--no-progress",
+        ]
+        command = behemoth_cmd(*args)
+        return subprocess.Popen(
+            command, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+
+    straight, proc = start("straight"), start("killed")
+    db = tmp_path / "killed" / "study.sqlite3"
+    deadline = time.monotonic() + 120
     while _count(db) < 2 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
@@ -274,8 +279,16 @@ def test_a_killed_study_resumes_and_finishes(tmp_path):
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read()  # killed, not finished on its own
     killed_at = _count(db)
     assert 2 <= killed_at < 5
-    assert not (tmp_path / "digits-tune" / "best.toml").exists()
-    output = invoke("tune", "--resume", str(tmp_path / "digits-tune"), "--no-progress").output
+    assert not (tmp_path / "killed" / "best.toml").exists()
+    output = invoke("tune", "--resume", str(tmp_path / "killed"), "--no-progress").output
     assert f"5 trials ({killed_at} done)" in output
     assert _count(db) == 5 and _count(db, ("RUNNING", "WAITING")) == 0
-    assert (tmp_path / "digits-tune" / "best.toml").is_file()
+    assert straight.wait(timeout=300) == 0, straight.stderr.read()
+
+    def finished(name: str) -> list[tuple[dict, float]]:
+        study = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / name / 'study.sqlite3'}")
+        return [(t.params, t.value) for t in study.get_trials(states=(TrialState.COMPLETE,))]
+
+    assert finished("killed") == finished("straight")
+    best = [(tmp_path / name / "best.toml").read_text() for name in ("straight", "killed")]
+    assert best[0].replace("straight-best", "killed-best") == best[1]

@@ -27,6 +27,7 @@ from behemoth.files import atomic_write_text
 from behemoth.runs import RunDir, write_json
 from behemoth.training import BaseHook, train
 from behemoth.training.assembly import assemble, load_run_data
+from behemoth.tuning.sampler import INTERRUPTED, PlaceSeededSampler
 from behemoth.tuning.space import config_with, decode_params, suggest
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -66,12 +67,13 @@ def make_pruner(tune: TuneConfig, epochs: int) -> optuna.pruners.BasePruner:
 
 def open_study(cfg: RunConfig, run_dir: Path, resume: bool) -> optuna.Study:
     """Create the study (fresh run dir) or load it; on resume, trials a killed process left running
-    are marked failed and queued again with the same params, so the search loses nothing."""
+    are marked failed and queued again with the same params, so the search loses nothing, and the
+    sampler proposes what an uninterrupted study would have (tuning/sampler.py)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # we print our own line per trial
     kwargs = dict(
         storage=storage_url(run_dir),
         study_name=cfg.name,
-        sampler=optuna.samplers.TPESampler(seed=cfg.tune.seed),
+        sampler=PlaceSeededSampler(seed=cfg.tune.seed),
         pruner=make_pruner(cfg.tune, cfg.train.epochs),
     )
     if not resume:
@@ -84,6 +86,7 @@ def open_study(cfg: RunConfig, run_dir: Path, resume: bool) -> optuna.Study:
         trial_id = storage.get_trial_id_from_study_id_trial_number(
             storage.get_study_id_from_name(cfg.name), trial.number
         )
+        storage.set_trial_user_attr(trial_id, INTERRUPTED, True)  # its retry takes its place
         storage.set_trial_state_values(trial_id, TrialState.FAIL)
         if trial.params:
             study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
