@@ -263,3 +263,48 @@ def test_a_killed_recipe_resumes_bitwise(tmp_path, recipe, overrides, nproc):
     # the resumed run logs each step once more after the checkpoint it went back to, never a gap
     steps = logged_steps(tmp_path / "killed" / "metrics.jsonl")
     assert sorted(set(steps)) == list(range(1, summaries[0]["steps"] + 1)), where
+
+
+# ---- federated rounds: the recipe's engine, killed after a round's checkpoint ----
+
+FEDERATED = [
+    "federate.rounds=4",
+    "federate.target_accuracy=1.0",  # never stops early: four rounds either way
+    "federate.local_epochs=1",
+    "model.dropout=0.2",  # clients draw dropout masks from their per-round seeds
+]
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "fedadam"])  # fedadam: server moments must survive the kill
+def test_a_killed_federation_resumes_bitwise(tmp_path, strategy):
+    def start(name: str) -> subprocess.Popen:
+        overrides = [
+            *FEDERATED,
+            f"federate.strategy={strategy}",
+            f"runs_dir={str(tmp_path)!r}",
+            f"name={name}",
+        ]
+        return spawn(behemoth_cmd("federate", "federated-digits", *overrides))
+
+    straight, killed = start("straight"), start("killed")
+    latest, deadline = tmp_path / "killed" / "federated" / "latest", time.monotonic() + 300
+    while not (latest.is_file() and latest.read_text() >= "round-0002"):
+        assert killed.poll() is None, failure_text("".join(killed.communicate()))
+        assert time.monotonic() < deadline, "no round 2 checkpoint after 300 s"
+        time.sleep(0.01)
+    kill_tree(killed.pid)
+    killed.communicate()
+    where = f"{strategy}: killed after {latest.read_text()}"
+    assert not (tmp_path / "killed" / "summary.json").exists(), f"{where}: it finished before the kill"
+    finish(spawn(behemoth_cmd("federate", "--resume", str(tmp_path / "killed"))))
+    finish(straight)
+
+    expected, resumed = (
+        load_file(str(tmp_path / name / "model.safetensors")) for name in ("straight", "killed")
+    )
+    differ = [key for key in expected if not torch.equal(expected[key], resumed[key])]
+    assert not differ, f"{where}: {len(differ)}/{len(expected)} tensors differ"
+    rounds = [
+        json.loads((tmp_path / n / "summary.json").read_text())["rounds"] for n in ("straight", "killed")
+    ]
+    assert rounds == [4, 4], where

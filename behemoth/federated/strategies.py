@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
     DifferentialPrivacyServerSideFixedClipping,
@@ -228,6 +228,24 @@ def _record_bytes(record: Any) -> int:
     return rest.count_bytes() + sum(len(k) for k in empty)
 
 
+def in_dtypes(arrays: ArrayRecord | None, dtypes: Mapping[str, np.dtype]) -> ArrayRecord | None:
+    """The aggregate in the global model's dtypes. FedOpt's NumPy arithmetic turns float32 into float64
+    (a float64 scalar promotes), which a resumed run, reading the float32 model back, would not repeat."""
+    if arrays is None or not dtypes:
+        return arrays
+    return ArrayRecord(
+        {
+            key: Array(array.numpy().astype(dtypes.get(key, array.numpy().dtype), copy=False))
+            for key, array in arrays.items()
+        }
+    )
+
+
+def partition_of(reply: Message) -> int:
+    metrics = next(iter(reply.content.metric_records.values()))
+    return int(metrics.get("partition-id", -1))
+
+
 def non_finite(content: RecordDict) -> str | None:
     """The first array holding NaN or inf, if any."""
     for record in content.array_records.values():
@@ -247,6 +265,7 @@ class GuardedStrategy(Strategy):
     ) -> None:
         self.inner, self.fed, self.ledger, self.offset = inner, fed, ledger, round_offset
         self.stats: dict[int, RoundStats] = {}
+        self.dtypes: dict[str, np.dtype] = {}  # of the global arrays last sent
         self.empty_rounds = 0  # consecutive rounds without a usable update
 
     def summary(self) -> None:
@@ -257,6 +276,7 @@ class GuardedStrategy(Strategy):
     ) -> Iterable[Message]:
         r = server_round + self.offset
         stats = self.stats[r] = RoundStats()
+        self.dtypes = {key: array.numpy().dtype for key, array in arrays.items()}
         messages = list(self.inner.configure_train(r, arrays, config, grid))
         messages = self._mark_dropouts(r, messages)
         stats.sampled = len(messages)
@@ -298,7 +318,7 @@ class GuardedStrategy(Strategy):
                 continue
             stats.bytes_received += payload_bytes(reply.content)
             metrics = next(iter(reply.content.metric_records.values()))
-            partition = int(metrics.get("partition-id", -1))
+            partition = partition_of(reply)
             if self.fed.dp.mode == "client":  # released to the server: counted whether accepted or not
                 self.ledger.record_client(
                     partition, int(metrics["dp-steps"]), float(metrics["dp-sample-rate"])
@@ -315,7 +335,10 @@ class GuardedStrategy(Strategy):
             self.empty_rounds = count_empty_round(self.fed, self.empty_rounds, r)
             return None, None
         self.empty_rounds = 0
+        # in partition order, not arrival order: a float sum depends on its order, and a run must repeat
+        usable.sort(key=partition_of)
         arrays, metrics = self.inner.aggregate_train(r, usable)
+        arrays = in_dtypes(arrays, self.dtypes)
         stats.aggregated = arrays is not None
         if stats.aggregated and self.fed.dp.mode == "server":
             self.ledger.releases += 1
