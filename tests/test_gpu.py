@@ -129,3 +129,12 @@ def test_two_gpus_with_nccl_match_one(tmp_path, strategy):
     one, two = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("one", "two"))
     for key in one:  # TF32 / cuBLAS reduction order: close, not bitwise
         torch.testing.assert_close(two[key], one[key], rtol=1e-3, atol=1e-4)
+
+
+def test_broadcast_flag_sends_a_cuda_tensor_over_nccl(one_rank_nccl_group):
+    """NCCL moves CUDA tensors only: the flag must be built on the group's device. A group of one rank, told
+    it is one of two, runs the real broadcast."""
+    from behemoth.distributed import DistEnv, broadcast_flag
+
+    env = DistEnv(rank=0, world_size=2, device=torch.device("cuda", 0))
+    assert broadcast_flag(True, env) is True and broadcast_flag(False, env) is False

@@ -22,7 +22,7 @@ adds some the recipe does not have, so that every feature a resume must restore 
 | 8-bit AdamW (torchao)           | rnn-text-adamw8bit (slow: compiles)         |
 | BPE tokenizer                   | gpt-bpe                                     |
 | DDP, FSDP (2 gloo processes)    | mnist-augment-ddp, gpt-text-fsdp            |
-| fp16 + GradScaler on CUDA       | mnist-mlp-fp16-cuda (skipped without CUDA)  |
+| fp16 + GradScaler on CUDA       | digits-fp16-cuda (skipped without CUDA)     |
 
 The kill lands at a step drawn at random past the first checkpoint; the step and the seed that drew it are
 in every failure message.
@@ -151,12 +151,13 @@ ROWS = {
         nproc=2,
     ),
     "gpt-text-fsdp": row("gpt-text", *GPT_SMALL, "train.strategy=fsdp", nproc=2),
-    "mnist-mlp-fp16-cuda": row(
-        "mnist-mlp",
-        *MNIST_SMALL,
-        "train.warmup=3",
+    "digits-fp16-cuda": row(  # the GradScaler's state and the CUDA RNG (dropout) must survive the kill
+        "digits",
+        "data.batch_size=64",
+        "model.dropout=0.2",
         "train.device=cuda",
         "train.precision=fp16",
+        "train.log_every=1",
         marks=NEEDS_CUDA,
     ),
 }
