@@ -170,7 +170,7 @@ def test_tune_cli_writes_a_study_and_a_best_config_that_trains(tmp_path):
         "importances.png",
     ):
         assert (run_dir / name).is_file(), name
-    study = optuna.load_study(study_name=name, storage=f"sqlite:///{run_dir / 'study.sqlite3'}")
+    study = optuna.load_study(study_name="digits-tune", storage=f"sqlite:///{run_dir / 'study.sqlite3'}")
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 4
     best = json.loads((run_dir / "best.json").read_text())
     assert best["best_value"] == study.best_value and f"val.acc = {study.best_value:.4f}" in output
@@ -292,3 +292,32 @@ def test_a_killed_study_resumes_and_ends_as_the_uninterrupted_one(tmp_path):
     assert finished("killed") == finished("straight")
     best = [(tmp_path / name / "best.toml").read_text() for name in ("straight", "killed")]
     assert best[0].replace("straight-best", "killed-best") == best[1]
+
+
+def test_tune_shows_every_trial_while_it_runs(tmp_path):
+    """The live table's feed: `watch` gets the study's trials while they run, and at the end all of them,
+    each with the worker that ran it."""
+    import os
+
+    from rich.console import Console
+
+    from behemoth.cli.tune_cmds import trials_table
+    from behemoth.pipeline import tune
+
+    seen = []
+    result = tune(
+        "digits-tune",
+        [f"runs_dir={str(tmp_path)!r}", "train.epochs=2", "tune.pruner='none'"],
+        trials=2,
+        log=lambda line: None,
+        announce=lambda line: None,
+        watch=seen.append,
+    )
+    final = seen[-1]
+    assert [r.state for r in final] == ["COMPLETE", "COMPLETE"]
+    assert {r.worker.rsplit(":", 1)[1] for r in final} == {str(os.getpid())}
+    assert [r.value for r in final] == [t.value for t in result.study.trials]
+    console = Console(record=True, width=200)
+    console.print(trials_table(final))
+    text = console.export_text()
+    assert "2 complete" in text and "train.lr=" in text and f":{os.getpid()}" in text

@@ -1,9 +1,11 @@
 """`behemoth lr-find` (learning-rate range test) and `behemoth tune` (hyperparameter search on Optuna)."""
 
+from contextlib import nullcontext
 from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.live import Live
 from rich.table import Table
 
 from behemoth import pipeline
@@ -74,21 +76,41 @@ def tune(
     """Hyperparameter search (Optuna TPE) over the tune.space table, pruning bad trials on per-epoch validation.
 
     Writes runs/<name>/: study.sqlite3 (resumable with --resume), trials.csv, best.toml (a ready config:
-    `behemoth train runs/<name>/best.toml`), best.json, history.png, importances.png.
+    `behemoth train runs/<name>/best.toml`), best.json, history.png, importances.png. With tune.storage set
+    to a database URL (postgresql://user@host/db), several workers, on one machine or many, share one study:
+    start the same command on each. A terminal shows a live table of every worker's trials.
     """  # noqa: E501 - Typer's command list (behemoth --help) keeps the summary's line breaks as written
     config_arg, overrides = split_config_args(args or [])
-    result = pipeline.tune(
-        config_arg,
-        overrides,
-        trials=trials,
-        timeout=timeout,
-        jobs=jobs,
-        resume=resume,
-        overwrite=overwrite,
-        log=(lambda line: None) if no_progress else console.print,
-        announce=console.print,
-    )
+    live = not no_progress and console.is_terminal  # a live table of every worker's trials; else lines
+    with Live(console=console, auto_refresh=False) if live else nullcontext() as display:
+        result = pipeline.tune(
+            config_arg,
+            overrides,
+            trials=trials,
+            timeout=timeout,
+            jobs=jobs,
+            resume=resume,
+            overwrite=overwrite,
+            log=(lambda line: None) if no_progress or live else console.print,
+            announce=console.print,
+            watch=(lambda rows: display.update(trials_table(rows), refresh=True)) if live else None,
+        )
     print_study(result.study, result.summary, result.run_dir)
+
+
+def trials_table(rows: list, last: int = 20) -> Table:
+    """The study's last `last` trials: state, value, params, and the worker that ran each."""
+    counts = {
+        state: sum(r.state == state for r in rows) for state in ("RUNNING", "COMPLETE", "PRUNED", "FAIL")
+    }
+    table = Table(title=", ".join(f"{n} {s.lower()}" for s, n in counts.items()))
+    for column in ("trial", "state", "value", "params", "worker"):
+        table.add_column(column, justify="right" if column in ("trial", "value") else "left")
+    for r in rows[-last:]:
+        params = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.params.items())
+        value = "" if r.value is None else f"{r.value:.4f}"
+        table.add_row(str(r.number), r.state.lower(), value, params, r.worker or "")
+    return table
 
 
 def print_study(study, summary: dict, run_dir: Path, top: int = 5) -> None:

@@ -21,6 +21,7 @@ from behemoth.errors import ConfigError
 
 RANGE_KINDS = ("log_uniform", "uniform", "int", "log_int")
 KINDS = (*RANGE_KINDS, "choice")
+STORAGE_SCHEMES = ("postgresql://", "postgresql+psycopg://", "sqlite:///")
 
 
 class TuneConfig(Section):
@@ -32,7 +33,18 @@ class TuneConfig(Section):
     startup_trials: int = Field(3, ge=0)  # median: never prune before this many trials finished
     warmup_epochs: int = Field(1, ge=0)  # median: never prune before this many epochs of a trial
     seed: int = 0  # TPE sampler seed
+    # None: study.sqlite3 in the run directory. A database URL (postgresql://user@host:5432/db; keep the
+    # password in PGPASSWORD or ~/.pgpass, not here) lets several `behemoth tune` workers share one study
+    storage: str | None = None
+    heartbeat: int = Field(10, ge=1)  # seconds; a running trial silent for 2x this is failed and retried
     space: dict[str, dict[str, Any]] = {}
+
+    @field_validator("storage")
+    @classmethod
+    def _database_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(STORAGE_SCHEMES):
+            raise ValueError(f"expected a database URL starting with {' or '.join(STORAGE_SCHEMES)}")
+        return url
 
     @property
     def resolved_direction(self) -> str:

@@ -1,8 +1,10 @@
 """`behemoth.tune(config)` (Optuna search over [tune.space]) and `behemoth.lr_find(cfg)` (lr range test)."""
 
 import os
+import threading
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,15 @@ class TuneResult:
     run_dir: Path
     summary: dict[str, Any]  # what best.json holds
     study: Any  # the optuna.Study, for callers that want every trial
+
+
+@dataclass
+class TrialRow:
+    number: int
+    state: str  # RUNNING, COMPLETE, PRUNED, FAIL, WAITING
+    value: float | None
+    params: dict[str, Any]
+    worker: str | None  # host:pid of the process that ran it
 
 
 def tune_config(
@@ -56,11 +67,13 @@ def tune(
     overwrite: bool = False,
     log: Callable[[str], None] = print,
     announce: Callable[[str], None] = print,
+    watch: Callable[[list[TrialRow]], None] | None = None,
 ) -> TuneResult:
     """Hyperparameter search (Optuna TPE) over tune.space, pruning on per-epoch validation; writes
     runs/<name>/ (study.sqlite3, trials.csv, best.toml, best.json, plots) and returns the best.
 
-    `announce` gets the study's opening line (what it searches, trials done), `log` one line per trial."""
+    `announce` gets the study's opening line (what it searches, trials done), `log` one line per trial,
+    `watch` every trial of the study (every worker's) about once a second while it runs."""
     import torch
 
     from behemoth.tuning.space import check_values
@@ -70,7 +83,7 @@ def tune(
     check_values(raw, cfg.tune.space)
     if trials is not None:
         cfg.tune.trials = trials  # kept in config.toml, so a --resume without --trials finishes this count
-    run_dir = resume if resume is not None else create_run_dir(run_path(cfg), overwrite)
+    run_dir = resume if resume is not None else study_dir(cfg, overwrite)
     write_config(run_dir, cfg)
     # Trials run as Optuna threads sharing one process: torch releases the GIL inside its kernels, so
     # threads overlap the heavy work, and loaded data are shared. Intra-op threads are one process-wide
@@ -83,8 +96,48 @@ def tune(
         f"{', '.join(cfg.tune.space)}; {cfg.tune.trials} trials ({done} done), pruner {cfg.tune.pruner}, "
         f"{jobs} at a time -> {run_dir}"
     )
-    run_trials(study, TrialRunner(cfg, raw, log=log), cfg.tune.trials, timeout or cfg.tune.timeout, jobs)
+    with watching(study, watch):
+        run_trials(study, TrialRunner(cfg, raw, log=log), cfg.tune.trials, timeout or cfg.tune.timeout, jobs)
     return TuneResult(run_dir, write_results(study, cfg, raw, run_dir), study)
+
+
+@contextmanager
+def watching(
+    study: Any, watch: Callable[[list[TrialRow]], None] | None, every: float = 1.0
+) -> Iterator[None]:
+    """Call `watch` with the study's trials every `every` seconds (from a thread) until the block ends."""
+    if watch is None:
+        yield
+        return
+    done = threading.Event()
+
+    def rows() -> list[TrialRow]:
+        return [
+            TrialRow(t.number, t.state.name, t.value, t.params, t.user_attrs.get("worker"))
+            for t in study.get_trials(deepcopy=False)
+        ]
+
+    def loop() -> None:
+        while not done.wait(every):
+            watch(rows())
+
+    thread = threading.Thread(target=loop, daemon=True, name="tune-watch")
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+        watch(rows())
+
+
+def study_dir(cfg: RunConfig, overwrite: bool) -> Path:
+    """A new run directory; with a shared database (tune.storage), a worker joining the study on this
+    machine writes its files into the one another worker made."""
+    path = run_path(cfg)
+    if cfg.tune.storage is not None and not overwrite and RunDir(path).config_file.is_file():
+        return path
+    return create_run_dir(path, overwrite)
 
 
 def lr_find(

@@ -3,8 +3,8 @@ killed mid-trial and resumed proposes exactly what the uninterrupted study would
 
 Optuna's TPESampler holds one random stream for the whole study; a resumed process starts it again from the
 seed, so every trial after the kill would get other values. Here each trial gets a TPESampler of its own,
-seeded by its place: its number less the trials that a kill interrupted before it (open_study marks those
-failed and queues a retry with the same values, which takes the interrupted trial's place). TPE reads the
+seeded by its place: its number less the trials that died before it (each is marked failed and queued
+again with the same values: the retry takes the dead trial's place; tuning/storage.py). TPE reads the
 history from the study, which holds the same finished trials either way.
 """
 
@@ -15,7 +15,7 @@ from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler, TPESampler
 from optuna.trial import FrozenTrial, TrialState
 
-INTERRUPTED = "interrupted"  # user attribute of a trial that a killed process left running
+from behemoth.tuning.storage import RETRY_OF
 
 
 class PlaceSeededSampler(BaseSampler):
@@ -25,9 +25,10 @@ class PlaceSeededSampler(BaseSampler):
 
     def _sampler(self, study: optuna.Study, trial: FrozenTrial) -> TPESampler:
         if trial.number not in self._per_trial:
-            earlier = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-            interrupted = sum(t.number < trial.number and t.user_attrs.get(INTERRUPTED) for t in earlier)
-            place = trial.number - interrupted
+            retried = {t.user_attrs.get(RETRY_OF) for t in study.get_trials(deepcopy=False)}
+            place = trial.number - sum(
+                1 for number in retried if number is not None and number < trial.number
+            )
             self._per_trial[trial.number] = TPESampler(seed=self.seed * 1_000_003 + place, **self.tpe_options)
         return self._per_trial[trial.number]
 

@@ -10,6 +10,8 @@ runs/<name>/
   history.png, importances.png
 """
 
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -27,10 +29,12 @@ from behemoth.files import atomic_write_text
 from behemoth.runs import RunDir, write_json
 from behemoth.training import BaseHook, train
 from behemoth.training.assembly import assemble, load_run_data
-from behemoth.tuning.sampler import INTERRUPTED, PlaceSeededSampler
+from behemoth.tuning.sampler import PlaceSeededSampler
 from behemoth.tuning.space import config_with, decode_params, suggest
+from behemoth.tuning.storage import masked, open_storage, retry_dead_trial, storage_url
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+WORKER = f"{socket.gethostname()}:{os.getpid()}"  # which process ran a trial (several may share a study)
 
 
 class PruningHook(BaseHook):
@@ -51,10 +55,6 @@ class PruningHook(BaseHook):
             raise optuna.TrialPruned(f"epoch {ctx.epoch}: {self.objective} = {value:.4f}")
 
 
-def storage_url(run_dir: Path) -> str:
-    return f"sqlite:///{RunDir(run_dir).tune_file('study.sqlite3').resolve()}"
-
-
 def make_pruner(tune: TuneConfig, epochs: int) -> optuna.pruners.BasePruner:
     if tune.pruner == "median":
         return optuna.pruners.MedianPruner(
@@ -66,30 +66,36 @@ def make_pruner(tune: TuneConfig, epochs: int) -> optuna.pruners.BasePruner:
 
 
 def open_study(cfg: RunConfig, run_dir: Path, resume: bool) -> optuna.Study:
-    """Create the study (fresh run dir) or load it; on resume, trials a killed process left running
-    are marked failed and queued again with the same params, so the search loses nothing, and the
-    sampler proposes what an uninterrupted study would have (tuning/sampler.py)."""
+    """Create the study or join it (a shared database: another worker may have made it), or load it on
+    resume. The run directory's own study has one worker: on resume, the trials it left running are dead
+    at once; in a shared database, heartbeats tell (tuning/storage.py). Either way a dead trial is marked
+    failed and queued again with its values, and the sampler proposes what an uninterrupted study would
+    have (tuning/sampler.py)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # we print our own line per trial
+    shared = cfg.tune.storage is not None
+    if resume and not shared and not RunDir(run_dir).tune_file("study.sqlite3").is_file():
+        raise BehemothError(f"{run_dir} has no study.sqlite3: nothing to resume")
     kwargs = dict(
-        storage=storage_url(run_dir),
+        storage=open_storage(cfg.tune, run_dir),
         study_name=cfg.name,
         sampler=PlaceSeededSampler(seed=cfg.tune.seed),
         pruner=make_pruner(cfg.tune, cfg.train.epochs),
     )
-    if not resume:
-        return optuna.create_study(direction=cfg.tune.resolved_direction, **kwargs)
-    if not RunDir(run_dir).tune_file("study.sqlite3").is_file():
-        raise BehemothError(f"{run_dir} has no study.sqlite3: nothing to resume")
+    if not resume or shared:
+        study = optuna.create_study(direction=cfg.tune.resolved_direction, load_if_exists=shared, **kwargs)
+        if study.direction.name.lower() != cfg.tune.resolved_direction:
+            raise BehemothError(
+                f"study {cfg.name!r} in {masked(storage_url(cfg.tune, run_dir))} was made to "
+                f"{study.direction.name.lower()}, this config says {cfg.tune.resolved_direction}"
+            )
+        return study
     study = optuna.load_study(**kwargs)
     storage = study._storage  # optuna's public Study API cannot change a trial's state
+    study_id = storage.get_study_id_from_name(cfg.name)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        trial_id = storage.get_trial_id_from_study_id_trial_number(
-            storage.get_study_id_from_name(cfg.name), trial.number
-        )
-        storage.set_trial_user_attr(trial_id, INTERRUPTED, True)  # its retry takes its place
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
         storage.set_trial_state_values(trial_id, TrialState.FAIL)
-        if trial.params:
-            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+        retry_dead_trial(study, trial)
     return study
 
 
@@ -116,6 +122,7 @@ class TrialRunner:
 
     def __call__(self, trial: optuna.Trial) -> float:
         started = time.perf_counter()
+        trial.set_user_attr("worker", WORKER)
         values = suggest(trial, self.cfg.tune.space)
         try:
             cfg = config_with(self.raw, values)
@@ -161,19 +168,52 @@ def _short(value: Any) -> str:
 def run_trials(
     study: optuna.Study, runner: TrialRunner, trials: int, timeout: float | None, jobs: int
 ) -> int:
-    """Run until the study holds `trials` finished (complete or pruned) trials, or `timeout` passes.
+    """Run until the study holds `trials` finished (complete or pruned) trials, or `timeout` passes; with
+    other workers on the same database, their running trials count too, and this worker then waits for
+    them (running any trial a dead worker left to retry), so every worker writes the same results.
 
     Returns how many trials this call ran. A trial whose sampled config is invalid is recorded as
     failed (the message names the key) and the search goes on.
     """
-    done = len(study.get_trials(deepcopy=False, states=FINISHED))
-    remaining = trials - done
-    if remaining <= 0:
-        return 0
     ended = (*FINISHED, TrialState.FAIL)
     before = len(study.get_trials(deepcopy=False, states=ended))
-    study.optimize(runner, n_trials=remaining, timeout=timeout, n_jobs=jobs, catch=(BehemothError,))
+    remaining = trials - len(study.get_trials(deepcopy=False, states=FINISHED))
+    if remaining > 0:
+        study.optimize(
+            runner,
+            n_trials=remaining,
+            timeout=timeout,
+            n_jobs=jobs,
+            catch=(BehemothError,),
+            callbacks=[StopAtCount(trials)],
+        )
+    settle(study, runner)
     return len(study.get_trials(deepcopy=False, states=ended)) - before
+
+
+class StopAtCount:
+    """Stops a worker once the study's finished, running and queued trials reach the count (other
+    workers' too), so several workers on one database run `trials` in all, not each."""
+
+    def __init__(self, trials: int) -> None:
+        self.trials = trials
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        live = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)
+        if len(study.get_trials(deepcopy=False, states=live)) >= self.trials:
+            study.stop()
+
+
+def settle(study: optuna.Study, runner: TrialRunner, poll: float = 1.0) -> None:
+    """Wait until no trial runs elsewhere; run the retries of trials whose worker died meanwhile."""
+    while True:
+        optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed, queued again
+        if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            study.optimize(runner, n_trials=1, catch=(BehemothError,))
+        elif study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            time.sleep(poll)
+        else:
+            return
 
 
 def best_config(study: optuna.Study, cfg: RunConfig, raw: dict[str, Any]) -> RunConfig:
