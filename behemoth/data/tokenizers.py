@@ -28,6 +28,7 @@ class TextTokenizer(Protocol):
 
     def encode(self, text: str) -> np.ndarray: ...  # (n,) integer ids
     def decode(self, ids: torch.Tensor | np.ndarray | list[int]) -> str: ...
+    def to_json(self) -> str: ...  # as a `tokenizers` tokenizer.json
 
 
 def _as_list(ids: torch.Tensor | np.ndarray | list[int]) -> list[int]:
@@ -45,6 +46,36 @@ class ByteTokenizer:
 
     def decode(self, ids: torch.Tensor | np.ndarray | list[int]) -> str:
         return bytes(_as_list(ids)).decode("utf-8", errors="replace")
+
+    def to_json(self) -> str:
+        """The same tokenizer as a `tokenizers` tokenizer.json (for a Hugging Face export): byte-level, with
+        a vocabulary of the 256 bytes at ids equal to their values and no merges."""
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+        vocab = {char: byte for byte, char in enumerate(byte_level_alphabet())}
+        tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        return tokenizer.to_str()
+
+
+def byte_level_alphabet() -> list[str]:
+    """GPT-2's printable stand-in for each byte, indexed by the byte's value (what the ByteLevel
+    pre-tokenizer turns byte b into). `tokenizers` exposes the set (ByteLevel.alphabet()) but not the
+    order, and a byte tokenizer's ids must be the byte values, hence this short table."""
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    chars, shift = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            chars[byte] = chr(byte)
+        else:
+            chars[byte] = chr(256 + shift)
+            shift += 1
+    return [chars[byte] for byte in range(256)]
 
 
 class BPETokenizer:

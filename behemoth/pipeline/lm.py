@@ -2,9 +2,13 @@
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from behemoth.errors import BehemothError, RunDirError
 from behemoth.runs import RunDir, open_run, read_spec
+
+if TYPE_CHECKING:
+    from behemoth.pipeline.hf_export import ExportedHF
 
 
 def generate(
@@ -47,9 +51,18 @@ class Exported:
     sharded: bool  # read from torch.distributed.checkpoint shards
 
 
-def export(run: str | Path, out: Path | None = None, step: int | None = None) -> Exported:
-    """One safetensors file of a run's checkpoint (any strategy wrote it), checked against the run's model."""
+def export(
+    run: str | Path, out: Path | None = None, step: int | None = None, *, hf: Path | None = None
+) -> "Exported | ExportedHF":
+    """One safetensors file of a run's checkpoint (any strategy wrote it), checked against the run's model;
+    or, with `hf`, the run's model and tokenizer as a Hugging Face directory (pipeline/hf_export.py)."""
     import torch
+
+    if hf is not None:
+        from behemoth.pipeline.hf_export import export_hf
+
+        run_dir, cfg = open_run(run)
+        return export_hf(run_dir, cfg, Path(hf), step)
 
     from behemoth.models import build_model
     from behemoth.training.checkpoint import (
