@@ -18,6 +18,7 @@ from behemoth.config.federate import FederateConfig
 from behemoth.config.section import Section
 from behemoth.config.train import TrainConfig
 from behemoth.config.tune import TuneConfig, check_config_path
+from behemoth.errors import ConfigError
 
 
 class ModelConfig(Section):
@@ -63,6 +64,24 @@ class RunConfig(Section):
             self.data.tokenizer = "hf"
         if self.data.tokenizer == "hf" and self.data.tokenizer_path is None:
             self.data.tokenizer_path = path
+        return self
+
+    @model_validator(mode="after")
+    def _lora_has_a_base(self) -> "RunConfig":
+        """A zoo model has no pretrained weights of its own: LoRA needs named layers and a trained base."""
+        lora = self.train.lora
+        if lora is None or self.model.name == "hf":
+            return self
+        if lora.target_modules is None:
+            raise ConfigError(
+                f"train.lora.target_modules: name the layers to adapt for model.name = {self.model.name!r} "
+                '(gpt: ["qkv", "proj", "fc"])'
+            )
+        if lora.base_run is None:
+            raise ConfigError(
+                f"train.lora.base_run: model.name = {self.model.name!r} has no pretrained weights; name the "
+                "trained run whose weights the adapters adapt"
+            )
         return self
 
     @model_validator(mode="after")

@@ -22,7 +22,7 @@ from torch import nn
 from behemoth.config import RunConfig
 from behemoth.errors import BehemothError, RunDirError
 from behemoth.files import atomic_write_text, fsync_dir
-from behemoth.runs import read_spec
+from behemoth.runs import RunDir, read_spec
 
 TOKENIZER_CONFIG = "tokenizer_config.json"
 EXPORTABLE = ("gpt", "hf")
@@ -36,16 +36,31 @@ class ExportedHF:
     tokenizer: str | None  # byte, bpe, hf; None for an image classifier
 
 
-def export_hf(run_dir: Path, cfg: RunConfig, out: Path, step: int | None = None) -> ExportedHF:
-    """Write run `run_dir`'s model (its final weights, or checkpoint `step`) as a transformers directory."""
+def export_hf(
+    run_dir: Path, cfg: RunConfig, out: Path, step: int | None = None, merge: bool = False
+) -> ExportedHF:
+    """Write run `run_dir`'s model (its final weights, or checkpoint `step`) as a transformers directory;
+    `merge` folds a LoRA run's adapters into the weights first (a LoRA run needs it)."""
     check_destination(Path(out))
     if cfg.model.name not in EXPORTABLE:
         raise BehemothError(
             f"export --hf: model.name = {cfg.model.name!r} has no transformers counterpart "
             f"(exportable: {', '.join(EXPORTABLE)})"
         )
+    if merge and cfg.train.lora is None:
+        raise BehemothError(f"--merge: {run_dir} has no LoRA adapters to fold in (no [train.lora])")
+    if cfg.train.lora is not None and not merge:
+        raise BehemothError(
+            f"{run_dir} trained LoRA adapters: pass --merge to fold them into the exported weights "
+            f"(peft loads the adapters alone from {RunDir(run_dir).adapter_dir})"
+        )
     spec, _, _ = read_spec(run_dir)
-    hf = transformers_model(trained_model(run_dir, cfg, step), cfg.model.name)
+    model = trained_model(run_dir, cfg, step)
+    if merge:
+        from behemoth.training.lora import merge_lora
+
+        model = merge_lora(model)
+    hf = transformers_model(model, cfg.model.name)
     tokenizer = None
     with _built_beside(Path(out)) as tmp:
         hf.save_pretrained(tmp)
@@ -58,16 +73,16 @@ def export_hf(run_dir: Path, cfg: RunConfig, out: Path, step: int | None = None)
 def trained_model(run_dir: Path, cfg: RunConfig, step: int | None) -> nn.Module:
     """The run's model with its final weights, or with checkpoint `step`'s."""
     from behemoth.models import build_model
-    from behemoth.training.assembly import load_trained_model
-    from behemoth.training.checkpoint import checkpoint_at_step, checkpoint_weights
+    from behemoth.training.assembly import load_trained_model, with_run_lora
+    from behemoth.training.checkpoint import checkpoint_at_step, checkpoint_weights, load_model_weights
 
     if step is None:
         return load_trained_model(run_dir, cfg)
     checkpoint = checkpoint_at_step(run_dir, step)
     if checkpoint is None:
         raise RunDirError(f"{run_dir} has no checkpoint at step {step}")
-    model = build_model(cfg.model.name, cfg.model.options, read_spec(run_dir)[0])
-    model.load_state_dict(checkpoint_weights(checkpoint))
+    model = with_run_lora(build_model(cfg.model.name, cfg.model.options, read_spec(run_dir)[0]), cfg)
+    load_model_weights(model, checkpoint_weights(checkpoint))
     return model.eval()
 
 

@@ -52,17 +52,25 @@ class Exported:
 
 
 def export(
-    run: str | Path, out: Path | None = None, step: int | None = None, *, hf: Path | None = None
+    run: str | Path,
+    out: Path | None = None,
+    step: int | None = None,
+    *,
+    hf: Path | None = None,
+    merge: bool = False,
 ) -> "Exported | ExportedHF":
     """One safetensors file of a run's checkpoint (any strategy wrote it), checked against the run's model;
-    or, with `hf`, the run's model and tokenizer as a Hugging Face directory (pipeline/hf_export.py)."""
+    or, with `hf`, the run's model and tokenizer as a Hugging Face directory (pipeline/hf_export.py), a LoRA
+    run's adapters folded in with `merge`."""
     import torch
 
     if hf is not None:
         from behemoth.pipeline.hf_export import export_hf
 
         run_dir, cfg = open_run(run)
-        return export_hf(run_dir, cfg, Path(hf), step)
+        return export_hf(run_dir, cfg, Path(hf), step, merge)
+    if merge:
+        raise BehemothError("--merge writes a Hugging Face directory: give --hf DIR")
 
     from behemoth.models import build_model
     from behemoth.training.checkpoint import (
