@@ -130,6 +130,9 @@ def test_an_hf_run_exports_its_fine_tuned_model(tmp_path, text):
     # a second export replaces the first
     export_cli(run, out)
     assert (out / "model.safetensors").is_file()
+    # the plain export (one safetensors file, checked against the model built on the meta device) works too
+    plain = behemoth.export(run)
+    assert plain.tensors == len(ours.state_dict()) and plain.path.is_file()
 
 
 def test_models_without_a_transformers_counterpart_fail_in_one_line(tmp_path):

@@ -111,6 +111,8 @@ def test_peft_loads_the_adapters_and_export_merges_them(lora_run, corpus, tmp_pa
 
     with pytest.raises(BehemothError, match="pass --merge"):
         behemoth.export(run, hf=tmp_path / "unmerged")
+    with pytest.raises(BehemothError, match="--merge --hf DIR"):
+        behemoth.export(run)  # its checkpoints hold adapters only
     out = tmp_path / "merged"
     result = runner.invoke(app, ["export", str(run), "--merge", "--hf", str(out)], catch_exceptions=False)
     assert result.exit_code == 0, result.output

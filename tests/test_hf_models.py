@@ -199,3 +199,24 @@ def test_data_that_do_not_fit_the_model_fail_in_one_line(corpus):
     assert "model.task" in unknown
     cfg = load_config(None, llama_args(root, text, llama, "name=x", "data.tokenizer=byte"))
     assert cfg.data.tokenizer == "byte"  # set on purpose, it is kept: 256 byte ids fit a 400-token model
+
+
+def test_a_sharded_checkpoint_loads_like_one_file(corpus, tmp_path):
+    """save_pretrained's shards (model-0000k-of-0000n.safetensors + an index): transformers reads them
+    one by one into a model built on the meta device; the weights are the same as from one file."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from behemoth.models import build_model
+    from behemoth.spec import DataSpec
+
+    _, _, llama = corpus
+    sharded = tmp_path / "sharded"
+    AutoModelForCausalLM.from_pretrained(str(llama)).save_pretrained(sharded, max_shard_size="20KB")
+    shutil.copyfile(llama / "tokenizer.json", sharded / "tokenizer.json")
+    assert len(list(sharded.glob("model-*-of-*.safetensors"))) > 1
+    spec = DataSpec("language_model", (32,), VOCAB)
+    one, many = (build_model("hf", {"path": str(p)}, spec) for p in (llama, sharded))
+    x = torch.randint(0, VOCAB, (2, 32))
+    with torch.no_grad():
+        assert torch.equal(one(x), many(x))

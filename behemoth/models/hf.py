@@ -174,6 +174,11 @@ def load_pretrained(auto_class: str, path: str, **kwargs: Any) -> nn.Module:
     transformers.utils.logging.disable_progress_bar()
     auto = getattr(transformers, auto_class)
     try:
+        if torch.get_default_device().type == "meta":  # names and shapes only (export checks a checkpoint)
+            config = transformers.AutoConfig.from_pretrained(
+                str(Path(path).expanduser()), local_files_only=True, trust_remote_code=False, **kwargs
+            )
+            return auto.from_config(config, trust_remote_code=False)
         return auto.from_pretrained(
             str(Path(path).expanduser()), dtype=torch.get_default_dtype(), **SAFE_LOADING, **kwargs
         )

@@ -71,6 +71,12 @@ def export(
         return export_hf(run_dir, cfg, Path(hf), step, merge)
     if merge:
         raise BehemothError("--merge writes a Hugging Face directory: give --hf DIR")
+    run_dir, cfg = open_run(run)
+    if cfg.train.lora is not None:
+        raise BehemothError(
+            f"{run_dir} trained LoRA adapters (its checkpoints hold them only): write the whole model with "
+            f"--merge --hf DIR; the adapters alone are in {RunDir(run_dir).adapter_dir} (peft's format)"
+        )
 
     from behemoth.models import build_model
     from behemoth.training.checkpoint import (
@@ -80,7 +86,6 @@ def export(
         write_safetensors,
     )
 
-    run_dir, cfg = open_run(run)
     checkpoint = latest_checkpoint(run_dir) if step is None else checkpoint_at_step(run_dir, step)
     if checkpoint is None or not checkpoint.is_dir():
         what = "no checkpoint" if step is None else f"no checkpoint at step {step}"
