@@ -191,3 +191,35 @@ def test_lora_config_errors_are_one_line(corpus):
         load_config(None, ["model.name=gpt", 'train.lora.target_modules=["qkv"]'])
     with pytest.raises(BehemothError, match="train.lora.target_modules"):
         load_config(None, ["model.name=gpt", "train.lora.r=4"])
+
+
+@pytest.mark.parametrize("head", ["trained", "frozen"])
+def test_lora_on_an_image_classifier_with_a_new_head(tmp_path, head):
+    """A 5-class ViT on the 10 digits gets a fresh head: trained and saved with modules_to_save, or frozen
+    at its random draw, which reloading must draw again (evaluate gives the training run's accuracy)."""
+    from tests.hf_tiny import tiny_vit
+
+    vit = tiny_vit(tmp_path / "vit", labels=5)
+    extra = ["train.lora.modules_to_save=['classifier']"] if head == "trained" else []
+    summary = behemoth.train(
+        None,
+        [
+            f"runs_dir={str(tmp_path / 'runs')!r}",
+            "name=vit",
+            "model.name=hf",
+            f"model.path={str(vit)!r}",
+            "data.name=digits",
+            "data.batch_size=32",
+            "train.epochs=2",
+            "train.optimizer=adamw",
+            "train.lr=1e-2",
+            "train.threads=1",
+            "train.lora.r=4",
+            "train.lora.target_modules=['q_proj', 'v_proj']",
+            *extra,
+        ],
+        progress=False,
+    )
+    if head == "trained":
+        assert summary["test"]["acc"] > 0.5  # chance: 0.1
+    assert behemoth.evaluate(tmp_path / "runs" / "vit")["acc"] == summary["test"]["acc"]

@@ -156,7 +156,11 @@ def prepare(cfg: RunConfig) -> tuple[DataBundle, nn.Module]:
 def load_trained_model(run_dir: Path, cfg: RunConfig) -> nn.Module:
     """A run's model with its final weights (or its latest checkpoint's), in eval mode."""
     spec, _, _ = read_spec(run_dir)
-    model = with_run_lora(build_model(cfg.model.name, cfg.model.options, spec), cfg)
+    # A LoRA run saves its adapters only: frozen weights drawn at random when it was built (a new classifier
+    # head of an hf model) must be drawn again as train.seed drew them, without touching the caller's RNG.
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.train.seed)
+        model = with_run_lora(build_model(cfg.model.name, cfg.model.options, spec), cfg)
     weights = RunDir(run_dir).weights
     if weights.is_file():
         load_weights(model, weights)

@@ -41,6 +41,10 @@ def add_lora(model: nn.Module, cfg: LoraConfig) -> nn.Module:
         wrapped = peft.get_peft_model(target, config)
     except ValueError as exc:  # peft: no module matched, or no default targets for this model type
         first = str(exc).strip().splitlines()[0]
+        if cfg.target_modules is None:
+            raise ConfigError(
+                f"train.lora.target_modules: not given, and peft has no default for this model ({first})"
+            ) from None
         raise ConfigError(f"train.lora.target_modules = {cfg.target_modules}: {first}") from None
     if target is model:
         return wrapped
