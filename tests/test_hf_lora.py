@@ -223,3 +223,14 @@ def test_lora_on_an_image_classifier_with_a_new_head(tmp_path, head):
     if head == "trained":
         assert summary["test"]["acc"] > 0.5  # chance: 0.1
     assert behemoth.evaluate(tmp_path / "runs" / "vit")["acc"] == summary["test"]["acc"]
+
+
+def test_adapters_are_stored_in_train_param_dtype(corpus):
+    from behemoth.spec import DataSpec
+    from behemoth.training.assembly import build_run_model
+
+    root, text, llama = corpus
+    cfg = load_config(None, [*lora_args(root, text, llama, "bf16"), "train.param_dtype=bf16"])
+    model = build_run_model(cfg, DataSpec("language_model", (32,), VOCAB))
+    adapters = {p.dtype for name, p in model.named_parameters() if "lora_" in name}
+    assert adapters == {p.dtype for p in model.parameters()} == {torch.bfloat16}

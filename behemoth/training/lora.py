@@ -38,7 +38,9 @@ def add_lora(model: nn.Module, cfg: LoraConfig) -> nn.Module:
         task_type=task,
     )
     try:
-        wrapped = peft.get_peft_model(target, config)
+        # adapters in the base's dtype: train.param_dtype is the storage of every parameter (peft would
+        # otherwise keep bf16 bases' adapters in fp32)
+        wrapped = peft.get_peft_model(target, config, autocast_adapter_dtype=False)
     except ValueError as exc:  # peft: no module matched, or no default targets for this model type
         first = str(exc).strip().splitlines()[0]
         if cfg.target_modules is None:
