@@ -7,7 +7,8 @@ runs/<name>/
   spec.json          data spec, class names, preprocessing, tokenizer reference, description of the data
   tokenizer.json     a trained (BPE) tokenizer
   checkpoints/       step-NNNNNNNN/{model.safetensors,state.pt} and `latest`
-  model.safetensors  final weights
+  model.safetensors  final weights (a LoRA run's: its adapters only)
+  adapter/           a LoRA run's adapters in peft's format (adapter_config.json, adapter_model.safetensors)
   metrics.jsonl      train and eval records
   tb/                TensorBoard event files
   data_preview.png   training images as the model sees them
@@ -75,6 +76,11 @@ class RunDir:
     @property
     def weights(self) -> Path:
         return self.path / "model.safetensors"
+
+    @property
+    def adapter_dir(self) -> Path:
+        """[train.lora]: the adapters as peft saves them (PeftModel.from_pretrained loads this folder)."""
+        return self.path / "adapter"
 
     @property
     def metrics(self) -> Path:

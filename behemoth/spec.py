@@ -47,17 +47,19 @@ class Preprocessing:
 
 @dataclass(frozen=True)
 class TokenizerRef:
-    """Which tokenizer a language-model run was trained with: bytes, or BPE saved as a file inside the run."""
+    """Which tokenizer a language-model run was trained with: bytes, or a tokenizer.json saved inside the run
+    (BPE trained on the run's text, or "hf": a Hugging Face model's own tokenizer, copied from its directory).
+    """
 
-    kind: Literal["byte", "bpe"]
-    file: str | None = None  # bpe: a file name inside the run directory
+    kind: Literal["byte", "bpe", "hf"]
+    file: str | None = None  # bpe, hf: a file name inside the run directory
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any]) -> "TokenizerRef | None":
         kind = meta.get("tokenizer")
-        if kind not in ("byte", "bpe"):
+        if kind not in ("byte", "bpe", "hf"):
             return None
-        name = str(meta.get("tokenizer_file", DEFAULT_TOKENIZER_FILE)) if kind == "bpe" else None
+        name = str(meta.get("tokenizer_file", DEFAULT_TOKENIZER_FILE)) if kind != "byte" else None
         if name is not None and (not name or Path(name).name != name or name in (".", "..")):
             raise ValueError(f"tokenizer_file = {name!r}: must name a file inside the run directory")
         return cls(kind, name)

@@ -44,6 +44,10 @@ def models() -> None:
         )
     console.print(table)
     console.print(
+        'A Hugging Face model: model.name = "hf", model.path = a local directory (config.json, '
+        "*.safetensors, tokenizer.json): causal language models and image classifiers."
+    )
+    console.print(
         'Your own model: model.name = "package.module:factory" (a function returning an nn.Module; '
         "allow its module with --trust-code)."
     )

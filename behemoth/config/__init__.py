@@ -11,7 +11,7 @@ from behemoth.config.federate import FederateConfig
 from behemoth.config.loader import apply_overrides, config_from_dict, dump_config, load_config
 from behemoth.config.schema import ModelConfig, RunConfig
 from behemoth.config.sizes import parse_size
-from behemoth.config.train import CheckpointConfig, EarlyStopConfig, TrainConfig
+from behemoth.config.train import CheckpointConfig, EarlyStopConfig, LoraConfig, TrainConfig
 from behemoth.config.tune import TuneConfig
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "EarlyStopConfig",
     "ExplainConfig",
     "FederateConfig",
+    "LoraConfig",
     "ModelConfig",
     "RunConfig",
     "SamplingConfig",

@@ -296,9 +296,10 @@ class DataConfig(Section):
     train_limit: int | None = Field(None, ge=1)  # keep only the first N training samples
     test_limit: int | None = Field(None, ge=1)
     block_size: int = Field(128, ge=2)  # text: tokens per training sequence
-    tokenizer: Literal["byte", "bpe"] = (
-        "byte"  # text: UTF-8 bytes (256 tokens) or BPE trained on the train split
-    )
+    # text: UTF-8 bytes (256 tokens), BPE trained on the train split, or a Hugging Face model's tokenizer
+    # (with model.name = "hf" on text data it is that model's, unless data.tokenizer is set)
+    tokenizer: Literal["byte", "bpe", "hf"] = "byte"
+    tokenizer_path: str | None = None  # hf: the directory holding tokenizer.json (default: model.path)
     vocab_size: int | None = Field(None, ge=257, le=65536)  # bpe: vocabulary size (default 2048)
     # bpe: a saved tokenizer.json to use instead of training one (a resumed run reads its own)
     tokenizer_file: str | None = None
@@ -309,8 +310,11 @@ class DataConfig(Section):
     @field_validator("vocab_size")
     @classmethod
     def _vocab_size_needs_bpe(cls, vocab_size: int | None, info: ValidationInfo) -> int | None:
-        if vocab_size is not None and info.data.get("tokenizer") == "byte":
+        kind = info.data.get("tokenizer")
+        if vocab_size is not None and kind == "byte":
             raise ValueError("needs data.tokenizer = 'bpe' (the byte tokenizer always has 256 tokens)")
+        if vocab_size is not None and kind == "hf":
+            raise ValueError("needs data.tokenizer = 'bpe' (a Hugging Face tokenizer has its own vocabulary)")
         return vocab_size
 
     @field_validator("tokenizer_file")
@@ -319,3 +323,11 @@ class DataConfig(Section):
         if path is not None and info.data.get("tokenizer") != "bpe":
             raise ValueError("needs data.tokenizer = 'bpe' (the byte tokenizer has no file)")
         return path
+
+    @model_validator(mode="after")
+    def _tokenizer_path_needs_hf(self) -> "DataConfig":
+        if self.tokenizer_path is not None and self.tokenizer != "hf":
+            raise ValueError(
+                f"data.tokenizer_path is read with data.tokenizer = 'hf' (not {self.tokenizer!r})"
+            )
+        return self

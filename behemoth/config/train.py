@@ -21,6 +21,24 @@ class CheckpointConfig(Section):
     keep_last: int = Field(2, ge=1)
 
 
+class LoraConfig(Section):
+    """[train.lora]: train low-rank adapters (peft's LoRA) beside frozen base weights, W + (alpha / r) B A.
+
+    Only the adapters train, are checkpointed and are saved (in peft's format, in <run>/adapter/); `behemoth
+    export RUN --merge --hf DIR` folds them into the weights. The base is model.path's weights for an hf
+    model, or base_run's trained weights for a zoo model (gpt).
+    """
+
+    r: int = Field(8, ge=1)  # rank of each adapter
+    alpha: float = Field(16.0, gt=0.0)  # the update is scaled by alpha / r
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)  # on the adapter's input
+    # modules to adapt, by name or name suffix (gpt: "qkv", "proj", "fc"); None: peft's defaults for the
+    # transformers model type (e.g. q_proj, v_proj for Llama)
+    target_modules: list[str] | None = Field(None, min_length=1)
+    modules_to_save: list[str] | None = None  # trained in full and saved too (e.g. a new classifier head)
+    base_run: str | None = None  # a trained run whose final weights are the base (its model.safetensors)
+
+
 class TrainConfig(Section):
     epochs: int = Field(2, ge=1)
     max_steps: int | None = Field(None, ge=1)  # stop after this many optimizer steps
@@ -81,6 +99,7 @@ class TrainConfig(Section):
     log_every: int = Field(50, ge=1)
     early_stop: EarlyStopConfig = EarlyStopConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
+    lora: LoraConfig | None = None  # [train.lora]: low-rank adapters on a frozen base (off when absent)
 
     @field_validator("optimizer")
     @classmethod

@@ -2,8 +2,9 @@
 
 Splits are contiguous stretches of the text, so no test sequence shares text with a training one:
 test = the last 10% of the UTF-8 bytes, val = the tail of what remains (val_fraction of it), train = the rest
-(each cut moved forward to the next character boundary). The tokenizer (data.tokenizer: "byte", or "bpe"
-trained on the train split only, see tokenizers.py) encodes each split on its own; each is then packed into
+(each cut moved forward to the next character boundary). The tokenizer (data.tokenizer: "byte", "bpe"
+trained on the train split only, or "hf": a Hugging Face model's own, see tokenizers.py) encodes each split
+on its own; each is then packed into
 non-overlapping sequences of block_size + 1 tokens: x = seq[:, :-1], y = seq[:, 1:].
 """
 
@@ -95,7 +96,9 @@ def split_text(text: str, val_fraction: float) -> dict[str, str]:
 def build_language_model(name: str, text: str, cfg: DataConfig, source: str) -> DataBundle:
     """Split contiguously (train | val | test), tokenise each part and pack into (N, block_size) x and y."""
     texts = split_text(text, cfg.val_fraction)
-    tokenizer = make_tokenizer(cfg.tokenizer, texts["train"], cfg.vocab_size, cfg.tokenizer_file)
+    tokenizer = make_tokenizer(
+        cfg.tokenizer, texts["train"], cfg.vocab_size, saved=cfg.tokenizer_file, path=cfg.tokenizer_path
+    )
     parts = {split: tokenizer.encode(part) for split, part in texts.items()}  # (n,) ids per split
     block = cfg.block_size
     packed = {split: pack(part, block, split, source) for split, part in parts.items()}
@@ -114,7 +117,7 @@ def build_language_model(name: str, text: str, cfg: DataConfig, source: str) -> 
         else "none",
         "layout": "tokens",
     }
-    if tokenizer.name == "bpe":
+    if tokenizer.name in ("bpe", "hf"):
         meta["tokenizer_file"] = (
             TOKENIZER_FILE  # the pipeline saves the tokenizer there, in the run directory
         )

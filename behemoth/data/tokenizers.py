@@ -1,5 +1,5 @@
-"""Tokenizers for language models: UTF-8 bytes, or byte-level BPE trained locally with Hugging Face
-`tokenizers`.
+"""Tokenizers for language models: UTF-8 bytes, byte-level BPE trained locally with Hugging Face
+`tokenizers`, or a Hugging Face model's own tokenizer ("hf", read from its directory).
 
 Both map any text to ids and back exactly (BPE works on bytes too, so nothing is ever out of vocabulary).
 A BPE tokenizer is trained on the training split only and saved with the run as tokenizer.json (the format
@@ -28,6 +28,7 @@ class TextTokenizer(Protocol):
 
     def encode(self, text: str) -> np.ndarray: ...  # (n,) integer ids
     def decode(self, ids: torch.Tensor | np.ndarray | list[int]) -> str: ...
+    def to_json(self) -> str: ...  # as a `tokenizers` tokenizer.json
 
 
 def _as_list(ids: torch.Tensor | np.ndarray | list[int]) -> list[int]:
@@ -45,6 +46,36 @@ class ByteTokenizer:
 
     def decode(self, ids: torch.Tensor | np.ndarray | list[int]) -> str:
         return bytes(_as_list(ids)).decode("utf-8", errors="replace")
+
+    def to_json(self) -> str:
+        """The same tokenizer as a `tokenizers` tokenizer.json (for a Hugging Face export): byte-level, with
+        a vocabulary of the 256 bytes at ids equal to their values and no merges."""
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+        vocab = {char: byte for byte, char in enumerate(byte_level_alphabet())}
+        tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        return tokenizer.to_str()
+
+
+def byte_level_alphabet() -> list[str]:
+    """GPT-2's printable stand-in for each byte, indexed by the byte's value (what the ByteLevel
+    pre-tokenizer turns byte b into). `tokenizers` exposes the set (ByteLevel.alphabet()) but not the
+    order, and a byte tokenizer's ids must be the byte values, hence this short table."""
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    chars, shift = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            chars[byte] = chr(byte)
+        else:
+            chars[byte] = chr(256 + shift)
+            shift += 1
+    return [chars[byte] for byte in range(256)]
 
 
 class BPETokenizer:
@@ -67,6 +98,46 @@ class BPETokenizer:
 
     def save(self, path: Path) -> None:
         atomic_write_text(path, self.to_json())
+
+
+class HFTokenizer(BPETokenizer):
+    """A Hugging Face model's tokenizer (any `tokenizers` model: BPE, Unigram, WordPiece). Text is encoded
+    without special tokens: the data are one stream of text, packed into sequences, not separate inputs.
+    The vocabulary counts added tokens too (the ids the model's embedding must cover)."""
+
+    name = "hf"
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.asarray(self.tokenizer.encode(text, add_special_tokens=False).ids, dtype=np.int64)
+
+
+def load_hf_tokenizer(directory: str | Path) -> HFTokenizer:
+    """The tokenizer of the Hugging Face directory `directory`: its tokenizer.json (read by `tokenizers`,
+    which runs no code), else what transformers' AutoTokenizer makes of its files (local only, no remote
+    code), as long as that is a fast tokenizer (one `tokenizers` can save as tokenizer.json for the run)."""
+    folder = Path(directory).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"data.tokenizer_path = {str(directory)!r}: not a directory")
+    if (folder / TOKENIZER_FILE).is_file():
+        return HFTokenizer(load_bpe(folder / TOKENIZER_FILE).tokenizer)
+    try:
+        from transformers import AutoTokenizer
+
+        loaded = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+    except Exception as exc:  # transformers raises OSError, ValueError, ... for a missing tokenizer
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(
+            f"{folder}: no tokenizer: no {TOKENIZER_FILE}, and transformers' AutoTokenizer finds none "
+            f"({first})"
+        ) from None
+    backend = getattr(loaded, "backend_tokenizer", None)
+    if backend is None:
+        raise DataError(f"{folder}: its tokenizer ({type(loaded).__name__}) has no {TOKENIZER_FILE} form")
+    return HFTokenizer(backend)
 
 
 def train_bpe(text: str, vocab_size: int = DEFAULT_BPE_VOCAB) -> BPETokenizer:
@@ -99,10 +170,15 @@ def load_bpe(path: Path) -> BPETokenizer:
 
 
 def make_tokenizer(
-    kind: str, train_text: str, vocab_size: int | None, saved: str | None = None
+    kind: str,
+    train_text: str,
+    vocab_size: int | None,
+    saved: str | None = None,
+    path: str | None = None,
 ) -> TextTokenizer:
-    """The tokenizer data.tokenizer names: bytes, or BPE learned from the training text (or read from the
-    `saved` tokenizer.json: a resumed run must not depend on retraining giving the same merges)."""
+    """The tokenizer data.tokenizer names: bytes, BPE learned from the training text (or read from the
+    `saved` tokenizer.json: a resumed run must not depend on retraining giving the same merges), or the
+    Hugging Face tokenizer in `path` (data.tokenizer_path)."""
     if kind == "byte":
         return ByteTokenizer()
     if kind == "bpe" and saved is not None:
@@ -115,23 +191,29 @@ def make_tokenizer(
         return tokenizer
     if kind == "bpe":
         return train_bpe(train_text, vocab_size or DEFAULT_BPE_VOCAB)
-    raise DataError(f"data.tokenizer = {kind!r}: unknown tokenizer (byte or bpe)")
+    if kind == "hf":
+        if path is None:
+            raise DataError("data.tokenizer = 'hf' needs data.tokenizer_path (a Hugging Face directory)")
+        return load_hf_tokenizer(path)
+    raise DataError(f"data.tokenizer = {kind!r}: unknown tokenizer (byte, bpe or hf)")
 
 
 def save_run_tokenizer(path: Path, tokenizer: TextTokenizer | None) -> None:
-    """Write a trained tokenizer to `path` (the run's tokenizer.json); bytes need no file."""
+    """Write a trained or model's tokenizer to `path` (the run's tokenizer.json); bytes need no file."""
     if isinstance(tokenizer, BPETokenizer):
         tokenizer.save(path)
 
 
 def load_tokenizer(ref: TokenizerRef, directory: Path) -> TextTokenizer:
-    """The tokenizer `ref` names: bytes, or the BPE file it names inside `directory` (a run directory)."""
+    """The tokenizer `ref` names: bytes, or the tokenizer file it names inside `directory` (a run
+    directory)."""
     if ref.kind == "byte":
         return ByteTokenizer()
     path = directory / (ref.file or TOKENIZER_FILE)
     if not path.is_file():
-        raise RunDirError(f"{path} is missing: the run's BPE tokenizer was not saved")
-    return load_bpe(path)
+        raise RunDirError(f"{path} is missing: the run's {ref.kind} tokenizer was not saved")
+    loaded = load_bpe(path)
+    return HFTokenizer(loaded.tokenizer) if ref.kind == "hf" else loaded
 
 
 def load_run_tokenizer(run_dir: Path) -> TextTokenizer:

@@ -1,4 +1,5 @@
-"""Build a zoo model (behemoth.models.zoo) or a user's "pkg.module:factory", checked against the data.
+"""Build a zoo model (behemoth.models.zoo), a local Hugging Face directory ("hf", behemoth.models.hf) or a
+user's "pkg.module:factory", checked against the data.
 
 A factory's module is imported only if the user trusts it (behemoth.models.trust): every path that turns a
 name into a model (configs, run directories, .bhm headers, the Python API) comes through here."""
@@ -18,6 +19,8 @@ from behemoth.models.trust import check_defined_in_trusted, check_trusted
 from behemoth.models.zoo import ZOO
 from behemoth.spec import DataSpec
 
+HF_MODEL = "hf"  # not a zoo entry: it has no example to list, its weights come from model.path
+
 
 def list_models() -> list[ModelEntry]:
     return sorted(ZOO.values(), key=lambda e: e.name)
@@ -32,17 +35,28 @@ def validate_model_options(name: str, options: dict[str, Any]) -> BaseModel | di
     if is_user_model(name):
         load_user_factory(name)
         return options
+    if name == HF_MODEL:
+        from behemoth.models.hf import HFOptions
+
+        return _validated(HFOptions, options)
     if name not in ZOO:
         known = ", ".join(sorted(ZOO))
         raise ConfigError(
-            f"model.name = {name!r}: unknown model (known: {known}; or 'package.module:factory')"
+            f"model.name = {name!r}: unknown model (known: {known}; 'hf' with model.path = a local Hugging "
+            "Face directory; or 'package.module:factory')"
         )
+    return _validated(ZOO[name].options, options)
+
+
+def _validated(options_class: type[BaseModel], options: dict[str, Any]) -> BaseModel:
     try:
-        return ZOO[name].options.model_validate(options)
+        return options_class.model_validate(options)
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(["model", *(str(p) for p in err["loc"])])
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        if err["type"] == "missing":
+            raise ConfigError(f"{where}: required, and not given") from None
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
         raise ConfigError(f"{where} = {err.get('input')!r}: {msg}") from None
 
 
@@ -76,6 +90,10 @@ def build_model(name: str, options: dict[str, Any], spec: DataSpec) -> nn.Module
             raise ModelError(f"model {name}: factory rejected its options {sorted(options)}: {exc}") from None
         if not isinstance(model, nn.Module):
             raise ModelError(f"model {name}: factory returned {type(model).__name__}, not a torch.nn.Module")
+    elif name == HF_MODEL:
+        from behemoth.models.hf import build_hf
+
+        model = build_hf(validate_model_options(name, options), spec)
     else:
         entry = ZOO[name]
         if spec.task not in entry.tasks:
@@ -106,6 +124,8 @@ def check_output_shape(model: nn.Module, spec: DataSpec, name: str) -> None:
         with torch.no_grad():
             out = model(example_input(spec))
     except Exception as exc:
+        if any(p.is_meta for p in model.parameters()):
+            return  # names and shapes only (built on the meta device): some ops (.item()) cannot run there
         raise ModelError(
             f"model {name}: forward failed on input of shape {(2, *spec.input_shape)}: {exc}"
         ) from None

@@ -2,9 +2,13 @@
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from behemoth.errors import BehemothError, RunDirError
 from behemoth.runs import RunDir, open_run, read_spec
+
+if TYPE_CHECKING:
+    from behemoth.pipeline.hf_export import ExportedHF
 
 
 def generate(
@@ -47,9 +51,32 @@ class Exported:
     sharded: bool  # read from torch.distributed.checkpoint shards
 
 
-def export(run: str | Path, out: Path | None = None, step: int | None = None) -> Exported:
-    """One safetensors file of a run's checkpoint (any strategy wrote it), checked against the run's model."""
+def export(
+    run: str | Path,
+    out: Path | None = None,
+    step: int | None = None,
+    *,
+    hf: Path | None = None,
+    merge: bool = False,
+) -> "Exported | ExportedHF":
+    """One safetensors file of a run's checkpoint (any strategy wrote it), checked against the run's model;
+    or, with `hf`, the run's model and tokenizer as a Hugging Face directory (pipeline/hf_export.py), a LoRA
+    run's adapters folded in with `merge`."""
     import torch
+
+    if hf is not None:
+        from behemoth.pipeline.hf_export import export_hf
+
+        run_dir, cfg = open_run(run)
+        return export_hf(run_dir, cfg, Path(hf), step, merge)
+    if merge:
+        raise BehemothError("--merge writes a Hugging Face directory: give --hf DIR")
+    run_dir, cfg = open_run(run)
+    if cfg.train.lora is not None:
+        raise BehemothError(
+            f"{run_dir} trained LoRA adapters (its checkpoints hold them only): write the whole model with "
+            f"--merge --hf DIR; the adapters alone are in {RunDir(run_dir).adapter_dir} (peft's format)"
+        )
 
     from behemoth.models import build_model
     from behemoth.training.checkpoint import (
@@ -59,7 +86,6 @@ def export(run: str | Path, out: Path | None = None, step: int | None = None) ->
         write_safetensors,
     )
 
-    run_dir, cfg = open_run(run)
     checkpoint = latest_checkpoint(run_dir) if step is None else checkpoint_at_step(run_dir, step)
     if checkpoint is None or not checkpoint.is_dir():
         what = "no checkpoint" if step is None else f"no checkpoint at step {step}"

@@ -15,6 +15,7 @@ from behemoth.training import JsonlHook, ProgressHook, TensorBoardHook, evaluate
 from behemoth.training.assembly import assemble
 from behemoth.training.checkpoint import save_final_weights
 from behemoth.training.loop import result_summary
+from behemoth.training.lora import save_adapter
 from behemoth.training.mfu import mfu_hooks
 
 
@@ -60,6 +61,7 @@ def run_training(
     )
     all_hooks = (logging_hooks if main else []) + list(hooks or [])
     parameters = count_parameters(model)  # before training: a pipeline stage keeps only its part
+    trainable = count_parameters(model, trainable_only=True)
     result = train(
         model,
         data,
@@ -74,10 +76,13 @@ def run_training(
     )
     # rank 0; fsdp/pipeline: the last checkpoint's shards, consolidated
     save_final_weights(model, run_dir, env)
+    if cfg.train.lora is not None and main:
+        save_adapter(model, RunDir(run_dir).adapter_dir)  # peft's format, for peft and transformers users
     summary: dict[str, Any] = {
         "run": str(run_dir),
         "model": cfg.model.name,
         "parameters": parameters,
+        **({"trainable_parameters": trainable} if cfg.train.lora is not None else {}),
         "dataset": data.name,
         "train_samples": len(data.train),
         **result_summary(result),

