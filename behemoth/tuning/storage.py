@@ -6,6 +6,8 @@ every reported value, and heartbeats find a worker that died: its running trial 
 heartbeat came for `grace` seconds, and queued again with the same values (`retry_dead_trial`).
 """
 
+import random
+import time
 import warnings
 from pathlib import Path
 
@@ -43,22 +45,35 @@ def retry_dead_trial(study: optuna.Study, trial: FrozenTrial) -> None:
 def open_storage(tune: TuneConfig, run_dir: Path) -> optuna.storages.RDBStorage:
     """The study's storage, with heartbeats; one line naming the URL (password masked) when it cannot be
     reached or the URL is malformed."""
-    from sqlalchemy.exc import SQLAlchemyError
+    from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
     url = storage_url(tune, run_dir)
     connect = {"connect_timeout": 10} if url.startswith("postgresql") else {}
-    try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" in optuna: they are what we rely on
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                url,
-                engine_kwargs={"connect_args": connect, "pool_pre_ping": True},
-                heartbeat_interval=tune.heartbeat,
-                grace_period=2 * tune.heartbeat,
-                heartbeat_stale_trial_callback=retry_dead_trial,
-            )
-    except (SQLAlchemyError, ImportError, ValueError) as exc:
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        raise BehemothError(
-            f"tune.storage = {masked(url)!r}: cannot open the study database ({reason})"
-        ) from None
+    for attempt in range(3):
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental" in optuna: we rely on them
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url,
+                    engine_kwargs={"connect_args": connect, "pool_pre_ping": True},
+                    heartbeat_interval=tune.heartbeat,
+                    grace_period=2 * tune.heartbeat,
+                    heartbeat_stale_trial_callback=retry_dead_trial,
+                )
+        except IntegrityError:  # workers started together both created the tables: the other one won
+            time.sleep(0.5 + random.random())
+        except (SQLAlchemyError, ImportError, ValueError) as exc:
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            raise BehemothError(
+                f"tune.storage = {masked(url)!r}: cannot open the study database ({reason})"
+            ) from None
+    raise BehemothError(
+        f"tune.storage = {masked(url)!r}: cannot create the study tables (other workers raced)"
+    )
+
+
+def fail_dead_trials(study: optuna.Study) -> None:
+    """Mark failed the running trials whose worker stopped sending heartbeats (and queue them again)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)

@@ -31,7 +31,7 @@ from behemoth.training import BaseHook, train
 from behemoth.training.assembly import assemble, load_run_data
 from behemoth.tuning.sampler import PlaceSeededSampler
 from behemoth.tuning.space import config_with, decode_params, suggest
-from behemoth.tuning.storage import masked, open_storage, retry_dead_trial, storage_url
+from behemoth.tuning.storage import fail_dead_trials, masked, open_storage, retry_dead_trial, storage_url
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 WORKER = f"{socket.gethostname()}:{os.getpid()}"  # which process ran a trial (several may share a study)
@@ -207,7 +207,7 @@ class StopAtCount:
 def settle(study: optuna.Study, runner: TrialRunner, poll: float = 1.0) -> None:
     """Wait until no trial runs elsewhere; run the retries of trials whose worker died meanwhile."""
     while True:
-        optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed, queued again
+        fail_dead_trials(study)
         if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             study.optimize(runner, n_trials=1, catch=(BehemothError,))
         elif study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
