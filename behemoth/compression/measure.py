@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from behemoth.compression.weight_only import WEIGHT_ONLY_TYPES
 from behemoth.data.bundle import TensorSplit
 from behemoth.spec import DataSpec
 from behemoth.training.metrics import evaluate
@@ -27,6 +28,11 @@ def weight_tensors(model: nn.Module) -> list[torch.Tensor]:
     """Every parameter of `model` as a float tensor, int8 packed weights (torch.ao modules) included."""
     tensors = [p.detach() for p in model.parameters()]
     for module in model.modules():
+        if isinstance(module, WEIGHT_ONLY_TYPES):  # int8/int4 weights in buffers
+            tensors.append(module.dequantized())
+            if module.bias is not None:
+                tensors.append(module.bias)
+            continue
         weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
         if callable(weight) and callable(bias) and hasattr(module, "_packed_params"):  # quantized Linear/Conv
             tensors.append(weight().dequantize())
@@ -46,11 +52,15 @@ def count_nonzeros(model: nn.Module) -> int:
 def accuracy(
     model: nn.Module, split: TensorSplit, spec: DataSpec, batch_size: int = 1000
 ) -> dict[str, float]:
-    """Test loss, accuracy, error and error count on `split` (fp32 or int8, on the CPU)."""
+    """Test loss, accuracy, error and error count on `split` (fp32 or int8, on the CPU); a language model's
+    accuracy is next-token accuracy, and it gets its perplexity too."""
     with torch.inference_mode():
         result = evaluate(model, split, spec, batch_size, "fp32", torch.device("cpu"))
     errors = round((1.0 - result["acc"]) * len(split))
-    return {"loss": result["loss"], "acc": result["acc"], "error": 1.0 - result["acc"], "errors": errors}
+    out = {"loss": result["loss"], "acc": result["acc"], "error": 1.0 - result["acc"], "errors": errors}
+    if "perplexity" in result:
+        out["perplexity"] = result["perplexity"]
+    return out
 
 
 def latencies(
@@ -104,5 +114,6 @@ def summary_row(
         "error": test["error"],
         "errors": test["errors"],
         "loss": test["loss"],
+        **({"perplexity": test["perplexity"]} if "perplexity" in test else {}),
         **(extra or {}),
     }
