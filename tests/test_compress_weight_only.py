@@ -75,32 +75,6 @@ def test_bad_group_and_shapes_are_refused_by_name():
         quantize_weight_only(gpt, 4, 64)
 
 
-@pytest.fixture(scope="module")
-def lm_run(tmp_path_factory):
-    runs = tmp_path_factory.mktemp("wo")
-    cfg = load_config(
-        resolve_config("gpt-text"),
-        [
-            f"runs_dir={str(runs)!r}",
-            "name=tiny",
-            "data.block_size=32",
-            "data.batch_size=16",
-            "data.val_fraction=0.001",
-            "data.test_limit=32",
-            "model.n_layer=2",
-            "model.n_head=2",
-            "model.n_embd=64",
-            "model.block_size=32",
-            "train.max_steps=8",
-            "train.warmup=0",
-            "train.eval_every_steps=8",
-            "train.lr=3e-3",
-        ],
-    )
-    run_training(cfg, progress=False)
-    return runs / "tiny", cfg
-
-
 def expected_bytes(model: torch.nn.Module, bits: int, group: int) -> int:
     """Weight bytes of the packed model: low-bit Linear weights with their bf16 scales (and zeros), float32
     for everything else, the tied head once."""
@@ -117,8 +91,8 @@ def expected_bytes(model: torch.nn.Module, bits: int, group: int) -> int:
 
 
 @pytest.mark.parametrize("recipe,bits,group", [("quant=int4w,group=32", 4, 32), ("quant=int8w", 8, 128)])
-def test_a_trained_gpt_packs_loads_and_generates_as_in_memory(lm_run, tmp_path, recipe, bits, group):
-    run, cfg = lm_run
+def test_a_trained_gpt_packs_loads_and_generates_as_in_memory(tiny_lm_run, tmp_path, recipe, bits, group):
+    run, cfg = tiny_lm_run
     out = tmp_path / "model.bhm"
     result = behemoth.compress(run, f"{recipe},code=none", [f"compress.output={str(out)!r}"], latency=False)
     float_model = load_trained_model(run, cfg)
@@ -171,7 +145,7 @@ def test_a_quantized_head_is_untied_and_round_trips(tmp_path):
     assert tied.tied == {"lm_head.weight": "tok_emb.weight"} and "lm_head.weight" not in tied.tensors
 
 
-def test_a_forged_file_and_a_classifier_run_fail_in_one_line(lm_run, tmp_path):
+def test_a_forged_file_and_a_classifier_run_fail_in_one_line(tiny_lm_run, tmp_path):
     torch.manual_seed(0)
     options = {"n_layer": 1, "n_head": 2, "n_embd": 64, "block_size": 16}
     gpt = GPT(256, GPTOptions(**options)).eval()
@@ -197,7 +171,7 @@ def test_a_forged_file_and_a_classifier_run_fail_in_one_line(lm_run, tmp_path):
     del packed.tensors["blocks.0.attn.qkv.weight"]
     with pytest.raises(PackedFileError, match="does not tie"):
         build_from_packed(packed)
-    run, _ = lm_run
+    run, _ = tiny_lm_run
     digits = load_config(
         resolve_config("digits"),
         [f"runs_dir={str(tmp_path)!r}", "name=clf", "train.max_steps=2", "train.epochs=1"],

@@ -7,12 +7,9 @@ import torch
 from typer.testing import CliRunner
 
 from behemoth.cli.app import app
-from behemoth.config import load_config
 from behemoth.data.tokenizers import ByteTokenizer
 from behemoth.lm import generate_text, generate_texts, sample, sample_cached, stream_text
 from behemoth.models.gpt import GPT, GPTOptions
-from behemoth.pipeline import run_training
-from behemoth.pipeline.config import resolve_config
 
 runner = CliRunner()
 
@@ -105,27 +102,9 @@ def test_stream_yields_whole_characters_and_joins_to_the_text():
     assert joined == generate_text(model, ByteTokenizer(), "And", 20, 0.9, 10, seed=5)
 
 
-def test_generate_cli_streams_what_it_prints_whole(tmp_path):
-    cfg = load_config(
-        resolve_config("gpt-text"),
-        [
-            f"runs_dir={str(tmp_path)!r}",
-            "name=tiny",
-            "data.block_size=32",
-            "data.batch_size=8",
-            "data.val_fraction=0.001",
-            "data.test_limit=16",
-            "model.n_layer=1",
-            "model.n_head=2",
-            "model.n_embd=32",
-            "model.block_size=32",
-            "train.max_steps=3",
-            "train.warmup=0",
-            "train.eval_every_steps=3",
-        ],
-    )
-    run_training(cfg, progress=False)
-    args = ["generate", str(tmp_path / "tiny"), "--prompt", "And God", "--max-new-tokens", "40"]
+def test_generate_cli_streams_what_it_prints_whole(tiny_lm_run):
+    run, _ = tiny_lm_run
+    args = ["generate", str(run), "--prompt", "And God", "--max-new-tokens", "40"]
     whole = runner.invoke(app, [*args, "--temperature", "0"])
     streamed = runner.invoke(app, [*args, "--temperature", "0", "--stream"])
     assert whole.exit_code == 0 and streamed.exit_code == 0, streamed.output

@@ -6,8 +6,8 @@ Layout (little endian):
     b"BHM1" | u32 header bytes | u32 CRC-32 of the header | header (zlib JSON) | payload (streams)
 The header holds the model's config (zoo name and options), the data spec, the layer shapes (a structurally
 pruned model is rebuilt at its pruned size), the runtime (float / int8_static / int8_dynamic with its
-activation scales) and, per tensor, its record kind (pack_records.KINDS) and where its streams lie in the
-payload with a CRC-32 of each.
+activation scales / weight_only), the weight ties (an alias is stored once) and, per tensor, its record
+kind (pack_records.KINDS) and where its streams lie in the payload with a CRC-32 of each.
 
 Each weight is stored in whichever layout is smaller: dense, or sparse (nonzero values plus their positions
 as relative indices, Deep Compression §2). Values are raw float32, int8 symbols, or codebook indices
