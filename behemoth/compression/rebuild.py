@@ -131,7 +131,7 @@ def _weight_only_records(model: nn.Module, aliases: dict[str, str]) -> dict[str,
             tensors[f"{layer}.weight"] = (
                 Int8WeightOnly(module.weight_int8.clone(), module.scales.clone())
                 if isinstance(module, Int8WeightOnlyLinear)
-                else Int4WeightOnly(module.codes(), module.scales_and_zeros.clone(), module.group)
+                else Int4WeightOnly(module.codes(), module.stored_scales_and_zeros().clone(), module.group)
             )
     return tensors
 

@@ -99,9 +99,17 @@ class Int4WeightOnlyLinear(nn.Module):
         self.out_features, self.in_features = codes.shape
         check_int4_shape("layer", self.out_features, self.in_features, group)
         self.group = group
-        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32).contiguous(), 1)
-        self.register_buffer("weight_int4", packed)  # (N, K / 2) uint8, the kernel's layout
-        self.register_buffer("scales_and_zeros", scales_and_zeros.to(torch.bfloat16).contiguous())
+        # the kernel takes rows in multiples of 16 (GPT-2's 50257-word head is not): zero rows pad it, and
+        # forward drops their outputs
+        extra = -self.out_features % 16
+        codes = torch.cat(
+            [codes.to(torch.int32), codes.new_full((extra, self.in_features), 8).to(torch.int32)]
+        )
+        sz = scales_and_zeros.to(torch.bfloat16)
+        sz = torch.cat([sz, sz.new_zeros(sz.size(0), extra, 2)], dim=1)  # (K / group, N + extra, 2)
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.contiguous(), 1)
+        self.register_buffer("weight_int4", packed)  # (N + extra, K / 2) uint8, the kernel's layout
+        self.register_buffer("scales_and_zeros", sz.contiguous())
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
 
     @classmethod
@@ -120,15 +128,20 @@ class Int4WeightOnlyLinear(nn.Module):
     def codes(self) -> torch.Tensor:
         """The (N, K) 4-bit codes, uint8 in [0, 15], read back out of the kernel's packed layout."""
         packed = self.weight_int4.flatten()
+        rows = self.weight_int4.size(0)  # with the padding rows
         nibbles = torch.stack([packed & 15, packed >> 4], dim=1).flatten()
-        codes = torch.empty(self.out_features * self.in_features, dtype=torch.uint8)
-        codes[int4_codes_order(self.out_features, self.in_features)] = nibbles
-        return codes.view(self.out_features, self.in_features)
+        codes = torch.empty(rows * self.in_features, dtype=torch.uint8)
+        codes[int4_codes_order(rows, self.in_features)] = nibbles
+        return codes.view(rows, self.in_features)[: self.out_features]
+
+    def stored_scales_and_zeros(self) -> torch.Tensor:
+        """(K / group, N, 2) bf16, without the padding rows."""
+        return self.scales_and_zeros[:, : self.out_features]
 
     def dequantized(self) -> torch.Tensor:
         """The float weight this module multiplies by, (N, K)."""
         N, K = self.out_features, self.in_features
-        sz = self.scales_and_zeros.float().transpose(0, 1)  # (N, G, 2)
+        sz = self.stored_scales_and_zeros().float().transpose(0, 1)  # (N, G, 2)
         q = self.codes().float().view(N, K // self.group, self.group)
         return ((q - 8) * sz[..., :1] + sz[..., 1:]).view(N, K)
 
@@ -136,7 +149,7 @@ class Int4WeightOnlyLinear(nn.Module):
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(
             _matmul_input(x, self.in_features), self.weight_int4, self.group, self.scales_and_zeros
         )
-        y = y.view(*x.shape[:-1], self.out_features).to(x.dtype)
+        y = y[:, : self.out_features].reshape(*x.shape[:-1], self.out_features).to(x.dtype)
         return y if self.bias is None else y + self.bias.to(x.dtype)
 
     def extra_repr(self) -> str:
@@ -153,8 +166,6 @@ def check_int4_shape(name: str, out_features: int, in_features: int, group: int)
         raise WeightOnlyError(
             f"{name}: {in_features} inputs are not a multiple of compress.group = {group} (try a smaller one)"
         )
-    if out_features % 16:
-        raise WeightOnlyError(f"{name}: {out_features} outputs: the int4 kernel needs a multiple of 16")
 
 
 def target_linears(model: nn.Module, head: bool = False) -> list[str]:
