@@ -122,3 +122,13 @@ def tiny_lm_run(tmp_path_factory):
     )
     run_training(cfg, progress=False)
     return runs / "tiny", cfg
+
+
+@pytest.fixture
+def single_thread():
+    """Tiny models gain nothing from a second thread, and on a busy shared machine each op's thread barrier
+    waits for a descheduled worker (a 0.2 s test took 13 s at 2 threads): run them on one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

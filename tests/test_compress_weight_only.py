@@ -29,6 +29,7 @@ from behemoth.pipeline.config import resolve_config
 from behemoth.spec import DataSpec
 from behemoth.training.assembly import load_trained_model
 
+pytestmark = pytest.mark.usefixtures("single_thread")
 runner = CliRunner()
 LAYER_CASES = [("int8", None), ("int4", 32), ("int4", 64), ("int4", 128)]
 

@@ -11,6 +11,7 @@ from behemoth.data.tokenizers import ByteTokenizer
 from behemoth.lm import generate_text, generate_texts, sample, sample_cached, stream_text
 from behemoth.models.gpt import GPT, GPTOptions
 
+pytestmark = pytest.mark.usefixtures("single_thread")
 runner = CliRunner()
 
 

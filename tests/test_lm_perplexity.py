@@ -1,6 +1,6 @@
 """Perplexity is a first-class language-model metric: `behemoth evaluate` reports it on the validation and
 test text (exp of the mean token cross-entropy, checked against a hand computation), and the compression
-table of an LM run shows it beside the file bytes."""
+table of an LM run shows it beside the file bytes and the decode speed."""
 
 import json
 import math
@@ -14,6 +14,7 @@ from behemoth.cli.app import app
 from behemoth.training.assembly import load_run_data, load_trained_model
 from behemoth.training.precision import autocast
 
+pytestmark = pytest.mark.usefixtures("single_thread")
 runner = CliRunner()
 
 
@@ -42,11 +43,21 @@ def test_the_compression_table_of_an_lm_run_shows_perplexity(tiny_lm_run, tmp_pa
     run, _ = tiny_lm_run
     out = tmp_path / "m.bhm"
     result = runner.invoke(
-        app, ["compress", str(run), "--recipe", "quant=int8w,code=none", "--out", str(out), "--no-latency"]
+        app,
+        [
+            "compress",
+            str(run),
+            "compress.latency_repeats=1",
+            "--recipe",
+            "quant=int8w,code=none",
+            "--out",
+            str(out),
+        ],
     )
     assert result.exit_code == 0, result.output
-    assert "perplexity" in result.output and "token acc" in result.output
+    assert "perplexity" in result.output and "token acc" in result.output and "decode tok/s" in result.output
     rows = json.loads((tmp_path / "compress.json").read_text())["rows"]
     assert [r["step"] for r in rows] == ["baseline", "quantized"]
     assert all(r["perplexity"] == pytest.approx(math.exp(r["loss"]), rel=1e-6) for r in rows)
+    assert all(r["decode_tokens_per_s"] > 0 for r in rows)
     assert rows[1]["bytes"] == out.stat().st_size < rows[0]["bytes"]

@@ -35,7 +35,8 @@ def print_table(rows: list[dict[str, Any]], name: str) -> None:
     table = Table(title=f"compression of {name} (size = file bytes on disk; latency = median ms on this CPU)")
     lm = any("perplexity" in row for row in rows)  # a language model: next-token accuracy and perplexity
     quality = ("token acc", "perplexity") if lm else ("test acc", "error")
-    for column in ("step", "params", "nonzeros", "bytes", "x", *quality, "ms b=1", "ms b=256"):
+    speed = ("decode tok/s",) if lm else ()
+    for column in ("step", "params", "nonzeros", "bytes", "x", *quality, "ms b=1", "ms b=256", *speed):
         table.add_column(column, justify="left" if column == "step" else "right")
     for row in rows:
         table.add_row(
@@ -48,6 +49,7 @@ def print_table(rows: list[dict[str, Any]], name: str) -> None:
             f"{row.get('perplexity', float('nan')):.3f}" if lm else f"{row['error']:.2%}",
             f"{row['latency_ms_b1']:.3f}" if "latency_ms_b1" in row else "-",
             f"{row['latency_ms_b256']:.2f}" if "latency_ms_b256" in row else "-",
+            *([f"{row['decode_tokens_per_s']:.1f}" if "decode_tokens_per_s" in row else "-"] if lm else []),
         )
     console.print(table)
 

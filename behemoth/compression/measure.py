@@ -1,5 +1,6 @@
 """What compression is judged by, measured rather than estimated: bytes on disk, parameters and nonzeros
-(int8 and packed weights included), test accuracy, and CPU latency at batch 1 and 256.
+(int8 and packed weights included), test accuracy, CPU latency at batch 1 and 256, and for language models
+perplexity and decode tokens/s.
 
 Latencies of several models are measured interleaved (one round of every model, repeated) and reported
 as medians, so a noisy shared machine slows every model alike instead of whichever ran last.
@@ -15,6 +16,7 @@ from torch import nn
 
 from behemoth.compression.weight_only import WEIGHT_ONLY_TYPES
 from behemoth.data.bundle import TensorSplit
+from behemoth.models.sampling import has_cache, sample, sample_cached
 from behemoth.spec import DataSpec
 from behemoth.training.metrics import evaluate
 
@@ -91,6 +93,23 @@ def latencies(
                     if round_index >= warmup:
                         times[name][batch].append(elapsed * 1000)
     return {name: {b: statistics.median(v) for b, v in per.items()} for name, per in times.items()}
+
+
+def decode_speeds(
+    models: dict[str, nn.Module], prompt: torch.Tensor, new_tokens: int, repeats: int = 3
+) -> dict[str, float]:
+    """Greedy decode tokens/s at batch 1 of each language model (KV cache where it has one), {model: tok/s}:
+    new tokens over the wall time of the whole call, median of interleaved rounds after one warm-up."""
+    times: dict[str, list[float]] = {name: [] for name in models}
+    with torch.inference_mode():
+        for round_index in range(repeats + 1):
+            for name, model in models.items():
+                run = sample_cached if has_cache(model) else sample
+                start = time.perf_counter()
+                run(model, prompt, new_tokens, temperature=0)
+                if round_index:
+                    times[name].append(time.perf_counter() - start)
+    return {name: new_tokens / statistics.median(t) for name, t in times.items()}
 
 
 def summary_row(

@@ -18,7 +18,7 @@ from torch import nn
 
 from behemoth.compression import kmeans, prune, quantize, structured, weight_only
 from behemoth.compression.distill import DistillationLoss, load_teacher
-from behemoth.compression.measure import accuracy, latencies, summary_row
+from behemoth.compression.measure import accuracy, decode_speeds, latencies, summary_row
 from behemoth.compression.pack import load_packed, save_packed
 from behemoth.compression.rebuild import shapes_of, to_packed
 from behemoth.config import EarlyStopConfig, RunConfig
@@ -332,6 +332,13 @@ def compress_run(
         timing = latencies(recorder.models, test.x[:256], (1, 256), cc.latency_repeats)
         for row in rows:
             row["latency_ms_b1"], row["latency_ms_b256"] = timing[row["step"]][1], timing[row["step"]][256]
+        if task == "language_model":  # what a language model is used for: one token after another
+            prompt = test.x[:1, :8]  # (1, <= 8) ids
+            new_tokens = max(1, min(32, test.x.size(1) - prompt.size(1)))  # within the context window
+            say(f"measuring greedy decode speed (batch 1, {new_tokens} new tokens) ...")
+            speeds = decode_speeds(recorder.models, prompt, new_tokens, min(cc.latency_repeats, 3))
+            for row in rows:
+                row["decode_tokens_per_s"] = speeds[row["step"]]
     onnx = None
     if cc.onnx:
         from behemoth.compression.onnx_export import export_onnx, onnx_parity
