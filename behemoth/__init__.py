@@ -15,6 +15,7 @@ _API = (
     "export",
     "federate",
     "generate",
+    "generate_stream",
     "load_config",
     "lr_find",
     "plan",

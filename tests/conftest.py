@@ -90,3 +90,45 @@ def subprocess_env() -> dict[str, str]:
     env.setdefault("OMP_NUM_THREADS", "1")
     env[TRUST_ENV_VAR] = ",".join(USER_MODELS)  # CLI subprocesses allow the test factories, nothing else
     return env
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_run(tmp_path_factory):
+    """A 2 x 64 GPT trained 8 steps on KJV bytes (block 32): the subject of the KV-cache, weight-only and
+    perplexity tests. Returns (run directory, its config)."""
+    from behemoth.config import load_config
+    from behemoth.pipeline import run_training
+    from behemoth.pipeline.config import resolve_config
+
+    runs = tmp_path_factory.mktemp("lm")
+    cfg = load_config(
+        resolve_config("gpt-text"),
+        [
+            f"runs_dir={str(runs)!r}",
+            "name=tiny",
+            "data.block_size=32",
+            "data.batch_size=16",
+            "data.val_fraction=0.001",
+            "data.test_limit=32",
+            "model.n_layer=2",
+            "model.n_head=2",
+            "model.n_embd=64",
+            "model.block_size=32",
+            "train.max_steps=8",
+            "train.warmup=0",
+            "train.eval_every_steps=8",
+            "train.lr=3e-3",
+        ],
+    )
+    run_training(cfg, progress=False)
+    return runs / "tiny", cfg
+
+
+@pytest.fixture
+def single_thread():
+    """Tiny models gain nothing from a second thread, and on a busy shared machine each op's thread barrier
+    waits for a descheduled worker (a 0.2 s test took 13 s at 2 threads): run them on one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

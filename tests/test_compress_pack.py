@@ -17,7 +17,14 @@ import behemoth
 from behemoth.compression import coding, kmeans, prune, quantize, structured
 from behemoth.compression.pack import PackedFileError, packed_info, read_packed, save_packed
 from behemoth.compression.pack_format import CODES, PREFIX, PackedModel, decode, encode, read_header
-from behemoth.compression.pack_records import KINDS, Int8Weight, Record, kind_of
+from behemoth.compression.pack_records import (
+    KINDS,
+    Int4WeightOnly,
+    Int8Weight,
+    Int8WeightOnly,
+    Record,
+    kind_of,
+)
 from behemoth.compression.rebuild import shapes_of, to_packed
 from behemoth.models import build_model
 from behemoth.spec import DataSpec
@@ -186,6 +193,19 @@ def _codebook(shape, seed, k, pruned) -> kmeans.Codebook:
     return kmeans.Codebook(torch.randn(k, generator=g), index, bits=int(np.ceil(np.log2(k))))
 
 
+def _int8w(shape, seed) -> Int8WeightOnly:
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randint(-127, 128, shape, generator=g, dtype=torch.int8)
+    return Int8WeightOnly(q, torch.rand(shape[0], generator=g).to(torch.bfloat16))
+
+
+def _int4w(shape, seed, group) -> Int4WeightOnly:
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randint(0, 16, shape, generator=g).to(torch.uint8)
+    sz = torch.randn(shape[1] // group, shape[0], 2, generator=g).to(torch.bfloat16)
+    return Int4WeightOnly(codes, sz, group)
+
+
 KIND_CASES = [
     ("dense", "float32 matrix", lambda: _random((16, 8), 0), "dense"),
     ("dense", "pruned matrix", lambda: _random((16, 8), 1, keep=0.1), "sparse"),
@@ -198,6 +218,9 @@ KIND_CASES = [
     ("codebook", "pruned", lambda: _codebook((16, 16), 7, 16, 0.9), "sparse"),
     ("codebook", "unpruned", lambda: _codebook((16, 16), 8, 8, 0.0), "dense"),
     ("codebook", "lightly pruned", lambda: _codebook((16, 16), 9, 32, 0.05), "dense"),
+    ("int8w", "weight-only int8", lambda: _int8w((16, 24), 10), "dense"),
+    ("int4w", "weight-only int4, odd count", lambda: _int4w((3, 64), 11, 32), "dense"),
+    ("int4w", "weight-only int4, group 128", lambda: _int4w((16, 256), 12, 128), "dense"),
 ]
 
 

@@ -15,7 +15,9 @@ console = Console(highlight=False, soft_wrap=True)
 RECIPE_HELP = (
     "Comma-separated compress.* settings, e.g. prune=0.92,quant=kmeans6,code=huffman "
     "(keys: prune, scope, schedule, structured, retrain_epochs, quant = none|int8|dynamic|qat|kmeans<bits>, "
-    "conv_bits, finetune_epochs, code = none|huffman|zstd, ...)."
+    "conv_bits, finetune_epochs, code = none|huffman|zstd, ...). Language models: quant=int8w (weight-only "
+    "int8 per channel) or quant=int4w,group=128 (int4 in groups of 32, 64 or 128; head=true also quantizes "
+    "the output head)."
 )
 
 

@@ -1,6 +1,7 @@
 """`behemoth generate`: sample text from a trained language-model run, decoded with the run's own
 tokenizer."""
 
+import sys
 from pathlib import Path
 
 import typer
@@ -27,10 +28,23 @@ def generate(
     ),
     top_k: int = typer.Option(None, "--top-k", min=1, help="Sample among the k likeliest tokens only."),
     seed: int = typer.Option(None, "--seed", help="Seed the sampler: the same seed gives the same text."),
+    stream: bool = typer.Option(False, "--stream", help="Print each token as it is generated."),
+    packed: Path = typer.Option(
+        None,
+        "--packed",
+        help="Generate from this .bhm of the run (e.g. int4 weights by behemoth compress).",
+    ),
 ) -> None:
     """Continue a prompt with a trained language model (gpt, rnn) and print the text.
 
     The model reads at most data.block_size tokens of context (what it was trained on); the prompt is
     encoded and the output decoded with the run's tokenizer (bytes, or its tokenizer.json for BPE).
+    A GPT decodes with a KV cache: the prompt is read once, then one token per step.
     """
-    typer.echo(pipeline.generate(run, prompt, max_new_tokens, temperature, top_k, seed))
+    if not stream:
+        typer.echo(pipeline.generate(run, prompt, max_new_tokens, temperature, top_k, seed, packed))
+        return
+    for piece in pipeline.generate_stream(run, prompt, max_new_tokens, temperature, top_k, seed, packed):
+        typer.echo(piece, nl=False)
+        sys.stdout.flush()
+    typer.echo("")

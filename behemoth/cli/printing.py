@@ -33,7 +33,10 @@ def print_table(rows: list[dict[str, Any]], name: str) -> None:
     if not console.is_terminal:
         console.width = TABLE_WIDTH
     table = Table(title=f"compression of {name} (size = file bytes on disk; latency = median ms on this CPU)")
-    for column in ("step", "params", "nonzeros", "bytes", "x", "test acc", "error", "ms b=1", "ms b=256"):
+    lm = any("perplexity" in row for row in rows)  # a language model: next-token accuracy and perplexity
+    quality = ("token acc", "perplexity") if lm else ("test acc", "error")
+    speed = ("decode tok/s",) if lm else ()
+    for column in ("step", "params", "nonzeros", "bytes", "x", *quality, "ms b=1", "ms b=256", *speed):
         table.add_column(column, justify="left" if column == "step" else "right")
     for row in rows:
         table.add_row(
@@ -43,9 +46,10 @@ def print_table(rows: list[dict[str, Any]], name: str) -> None:
             f"{row['bytes']:,}",
             f"{row['compression']:.1f}",
             f"{row['acc']:.4f}",
-            f"{row['error']:.2%}",
+            f"{row.get('perplexity', float('nan')):.3f}" if lm else f"{row['error']:.2%}",
             f"{row['latency_ms_b1']:.3f}" if "latency_ms_b1" in row else "-",
             f"{row['latency_ms_b256']:.2f}" if "latency_ms_b256" in row else "-",
+            *([f"{row['decode_tokens_per_s']:.1f}" if "decode_tokens_per_s" in row else "-"] if lm else []),
         )
     console.print(table)
 

@@ -28,12 +28,22 @@ def pack_bits(symbols: np.ndarray, bits: int) -> bytes:
     symbols = np.asarray(symbols, dtype=np.uint32)
     if symbols.size and int(symbols.max()) >> bits:
         raise ValueError(f"symbol {int(symbols.max())} does not fit in {bits} bits")
+    if bits == 8:  # byte-aligned fast paths (the same bytes as below, without a (N, bits) bit matrix)
+        return symbols.astype(np.uint8).tobytes()
+    if bits == 4:
+        nibbles = np.concatenate([symbols, np.zeros(symbols.size % 2, np.uint32)]).astype(np.uint8)
+        return ((nibbles[0::2] << 4) | nibbles[1::2]).tobytes()
     shifts = np.arange(bits - 1, -1, -1, dtype=np.uint32)
     matrix = ((symbols[:, None] >> shifts) & 1).astype(np.uint8)  # (N, bits)
     return np.packbits(matrix.ravel()).tobytes()
 
 
 def unpack_bits(data: bytes, bits: int, count: int) -> np.ndarray:
+    if bits in (4, 8) and len(data) * 8 >= count * bits:  # byte-aligned fast paths
+        raw = np.frombuffer(data, dtype=np.uint8)
+        if bits == 4:
+            raw = np.stack([raw >> 4, raw & 15], axis=1).ravel()
+        return raw[:count].astype(np.int64)
     flat = np.unpackbits(np.frombuffer(data, dtype=np.uint8))[: count * bits]
     if flat.size != count * bits:
         raise ValueError(f"bit stream too short: {flat.size} bits for {count} symbols of {bits} bits")

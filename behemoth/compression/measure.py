@@ -1,5 +1,6 @@
 """What compression is judged by, measured rather than estimated: bytes on disk, parameters and nonzeros
-(int8 and packed weights included), test accuracy, and CPU latency at batch 1 and 256.
+(int8 and packed weights included), test accuracy, CPU latency at batch 1 and 256, and for language models
+perplexity and decode tokens/s.
 
 Latencies of several models are measured interleaved (one round of every model, repeated) and reported
 as medians, so a noisy shared machine slows every model alike instead of whichever ran last.
@@ -13,7 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from behemoth.compression.weight_only import WEIGHT_ONLY_TYPES
 from behemoth.data.bundle import TensorSplit
+from behemoth.models.sampling import has_cache, sample, sample_cached
 from behemoth.spec import DataSpec
 from behemoth.training.metrics import evaluate
 
@@ -27,6 +30,11 @@ def weight_tensors(model: nn.Module) -> list[torch.Tensor]:
     """Every parameter of `model` as a float tensor, int8 packed weights (torch.ao modules) included."""
     tensors = [p.detach() for p in model.parameters()]
     for module in model.modules():
+        if isinstance(module, WEIGHT_ONLY_TYPES):  # int8/int4 weights in buffers
+            tensors.append(module.dequantized())
+            if module.bias is not None:
+                tensors.append(module.bias)
+            continue
         weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
         if callable(weight) and callable(bias) and hasattr(module, "_packed_params"):  # quantized Linear/Conv
             tensors.append(weight().dequantize())
@@ -46,11 +54,15 @@ def count_nonzeros(model: nn.Module) -> int:
 def accuracy(
     model: nn.Module, split: TensorSplit, spec: DataSpec, batch_size: int = 1000
 ) -> dict[str, float]:
-    """Test loss, accuracy, error and error count on `split` (fp32 or int8, on the CPU)."""
+    """Test loss, accuracy, error and error count on `split` (fp32 or int8, on the CPU); a language model's
+    accuracy is next-token accuracy, and it gets its perplexity too."""
     with torch.inference_mode():
         result = evaluate(model, split, spec, batch_size, "fp32", torch.device("cpu"))
     errors = round((1.0 - result["acc"]) * len(split))
-    return {"loss": result["loss"], "acc": result["acc"], "error": 1.0 - result["acc"], "errors": errors}
+    out = {"loss": result["loss"], "acc": result["acc"], "error": 1.0 - result["acc"], "errors": errors}
+    if "perplexity" in result:
+        out["perplexity"] = result["perplexity"]
+    return out
 
 
 def latencies(
@@ -83,6 +95,23 @@ def latencies(
     return {name: {b: statistics.median(v) for b, v in per.items()} for name, per in times.items()}
 
 
+def decode_speeds(
+    models: dict[str, nn.Module], prompt: torch.Tensor, new_tokens: int, repeats: int = 3
+) -> dict[str, float]:
+    """Greedy decode tokens/s at batch 1 of each language model (KV cache where it has one), {model: tok/s}:
+    new tokens over the wall time of the whole call, median of interleaved rounds after one warm-up."""
+    times: dict[str, list[float]] = {name: [] for name in models}
+    with torch.inference_mode():
+        for round_index in range(repeats + 1):
+            for name, model in models.items():
+                run = sample_cached if has_cache(model) else sample
+                start = time.perf_counter()
+                run(model, prompt, new_tokens, temperature=0)
+                if round_index:
+                    times[name].append(time.perf_counter() - start)
+    return {name: new_tokens / statistics.median(t) for name, t in times.items()}
+
+
 def summary_row(
     step: str,
     model: nn.Module,
@@ -104,5 +133,6 @@ def summary_row(
         "error": test["error"],
         "errors": test["errors"],
         "loss": test["loss"],
+        **({"perplexity": test["perplexity"]} if "perplexity" in test else {}),
         **(extra or {}),
     }

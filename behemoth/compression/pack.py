@@ -19,11 +19,13 @@ from behemoth.compression.pack_format import (
     read_packed,
     save_packed,
 )
-from behemoth.compression.pack_records import Int8Weight, Record
+from behemoth.compression.pack_records import Int4WeightOnly, Int8Weight, Int8WeightOnly, Record
 from behemoth.compression.rebuild import build_from_packed
 
 __all__ = [
+    "Int4WeightOnly",
     "Int8Weight",
+    "Int8WeightOnly",
     "PackedFileError",
     "PackedModel",
     "Record",
@@ -38,5 +40,11 @@ __all__ = [
 
 
 def load_packed(path: str | Path) -> nn.Module:
-    """Rebuild the runnable model stored in a .bhm file (eval mode; int8 models on int8 kernels)."""
-    return build_from_packed(read_packed(path))
+    """Rebuild the runnable model stored in a .bhm file (eval mode; int8 models on int8 kernels, weight-only
+    int8/int4 language models on torch's weight-only kernels). Nothing in the file runs as code; tensors
+    that do not fit the model's layers are refused."""
+    packed = read_packed(path)
+    try:
+        return build_from_packed(packed)
+    except PackedFileError as exc:
+        raise PackedFileError(f"{path}: {exc}") from None

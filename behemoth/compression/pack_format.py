@@ -6,8 +6,8 @@ Layout (little endian):
     b"BHM1" | u32 header bytes | u32 CRC-32 of the header | header (zlib JSON) | payload (streams)
 The header holds the model's config (zoo name and options), the data spec, the layer shapes (a structurally
 pruned model is rebuilt at its pruned size), the runtime (float / int8_static / int8_dynamic with its
-activation scales) and, per tensor, its record kind (pack_records.KINDS) and where its streams lie in the
-payload with a CRC-32 of each.
+activation scales / weight_only), the weight ties (an alias is stored once) and, per tensor, its record
+kind (pack_records.KINDS) and where its streams lie in the payload with a CRC-32 of each.
 
 Each weight is stored in whichever layout is smaller: dense, or sparse (nonzero values plus their positions
 as relative indices, Deep Compression §2). Values are raw float32, int8 symbols, or codebook indices
@@ -56,13 +56,14 @@ class PackedModel:
     spec: DataSpec
     tensors: dict[str, Record]
     shapes: dict[str, list[int]]  # float state-dict shapes (to rebuild pruned layers at their size)
-    runtime: str = "float"  # float | int8_static | int8_dynamic
+    runtime: str = "float"  # float | int8_static | int8_dynamic | weight_only
     engine: str = "x86"
     per_channel: bool = True
     # int8_static: layer -> [scale, zero_point]
     activations: dict[str, list[float]] = field(default_factory=dict)
     class_names: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    tied: dict[str, str] = field(default_factory=dict)  # alias -> stored name (weight tying: stored once)
 
 
 # ----- writing -----
@@ -121,6 +122,7 @@ def encode(packed: PackedModel, code: str = "huffman") -> bytes:
         "activations": packed.activations,
         "class_names": packed.class_names,
         "meta": packed.meta,
+        "tied": packed.tied,
         "code": code,
         "tensors": entries,
         "payload_bytes": offset,
@@ -216,6 +218,7 @@ def decode(data: bytes, path: str | Path = "<bytes>") -> PackedModel:
         header["activations"],
         header["class_names"],
         header["meta"],
+        dict(header.get("tied", {})),  # files written before weight tying was stored have none
     )
 
 

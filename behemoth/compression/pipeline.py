@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from behemoth.compression import kmeans, prune, quantize, structured
+from behemoth.compression import kmeans, prune, quantize, structured, weight_only
 from behemoth.compression.distill import DistillationLoss, load_teacher
-from behemoth.compression.measure import accuracy, latencies, summary_row
+from behemoth.compression.measure import accuracy, decode_speeds, latencies, summary_row
 from behemoth.compression.pack import load_packed, save_packed
 from behemoth.compression.rebuild import shapes_of, to_packed
 from behemoth.config import EarlyStopConfig, RunConfig
@@ -71,6 +71,8 @@ def check_recipe(cc: CompressConfig) -> None:
         raise ConfigError(
             "compress.quant = 'qat' trains with fake quantization: needs compress.finetune_epochs >= 1"
         )
+    if cc.weight_only_bits is not None and cc.quant != "int4w" and cc.group != 128:
+        raise ConfigError(f"compress.group = {cc.group} is for quant = 'int4w' (int8w has one scale per row)")
     if cc.prune == 0 and cc.layer_sparsity:
         raise ConfigError(
             "compress.layer_sparsity is set but compress.prune = 0: set prune to turn pruning on"
@@ -241,6 +243,8 @@ def quantize_model(
                 lr_scale=cc.centroid_lr_scale,
             )
         return model, kmeans.finalize_shared(model)
+    if cc.weight_only_bits is not None:  # language models: no calibration, no retraining
+        return weight_only.quantize_weight_only(model, cc.weight_only_bits, cc.group, cc.head), None
     if cc.quant == "int8":
         batches = calibration_batches(data.train, cc.calibration_samples)
         return quantize.quantize_static(model, batches, cc.engine, cc.per_channel), None
@@ -270,6 +274,12 @@ def compress_run(
     """Apply cfg.compress to the trained run in `run_dir`; write the artifacts; return the table."""
     cc = cfg.compress
     check_recipe(cc)
+    task = read_spec(run_dir)[0].task
+    if cc.weight_only_bits is not None and task != "language_model":
+        raise ConfigError(
+            f"compress.quant = {cc.quant!r} is weight-only quantization for language models; {run_dir} is a "
+            f"{task} run (use quant = int8, dynamic or qat)"
+        )
     data = load_run_data(cfg)
     test = data.test if data.test is not None else data.val
     if test is None:
@@ -303,8 +313,12 @@ def compress_run(
     final, books = model, None
     if cc.quant != "none":
         final, books = quantize_model(model, data, cfg, teacher, example, show_progress)
+        low_bit = weight_only.weight_only_layers(final)
         for name in layers:
-            layers[name]["bits"] = books[name].bits if books else 8
+            if cc.weight_only_bits is not None:
+                layers[name]["bits"] = cc.weight_only_bits if name in low_bit else 32
+            else:
+                layers[name]["bits"] = books[name].bits if books else 8
         recorder.record("quantized", final, codebooks=books, float_model=model)
     rows = recorder.rows
     if cc.code != "none" or len(rows) == 1:
@@ -318,6 +332,13 @@ def compress_run(
         timing = latencies(recorder.models, test.x[:256], (1, 256), cc.latency_repeats)
         for row in rows:
             row["latency_ms_b1"], row["latency_ms_b256"] = timing[row["step"]][1], timing[row["step"]][256]
+        if task == "language_model":  # what a language model is used for: one token after another
+            prompt = test.x[:1, :8]  # (1, <= 8) ids
+            new_tokens = max(1, min(32, test.x.size(1) - prompt.size(1)))  # within the context window
+            say(f"measuring greedy decode speed (batch 1, {new_tokens} new tokens) ...")
+            speeds = decode_speeds(recorder.models, prompt, new_tokens, min(cc.latency_repeats, 3))
+            for row in rows:
+                row["decode_tokens_per_s"] = speeds[row["step"]]
     onnx = None
     if cc.onnx:
         from behemoth.compression.onnx_export import export_onnx, onnx_parity

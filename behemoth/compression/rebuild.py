@@ -1,6 +1,8 @@
-"""Between live models and .bhm records: `to_packed` reads a float, weight-shared or int8 model into a
-PackedModel; `build_from_packed` builds the zoo model from its config, resizes pruned layers, and loads
-the weights back (re-creating the int8 modules with the stored scales for int8 runtimes)."""
+"""Between live models and .bhm records: `to_packed` reads a float, weight-shared, int8 or weight-only
+(int8 / int4) model into a PackedModel; `build_from_packed` builds the zoo model from its config, resizes
+pruned layers, and loads the weights back (re-creating the int8 modules with the stored scales for int8
+runtimes, the weight-only modules for language models). A weight tied to another (a GPT's lm_head is its
+token embedding) is stored once and tied again on load."""
 
 from typing import Any
 
@@ -12,7 +14,7 @@ from torch import nn
 
 from behemoth.compression.kmeans import Codebook
 from behemoth.compression.pack_format import PackedFileError, PackedModel
-from behemoth.compression.pack_records import Int8Weight, Record
+from behemoth.compression.pack_records import Int4WeightOnly, Int8Weight, Int8WeightOnly, Record
 from behemoth.compression.quantize import (
     QUANT_LAYER_TYPES,
     convert,
@@ -22,6 +24,12 @@ from behemoth.compression.quantize import (
     quiet,
 )
 from behemoth.compression.structured import resize_to_shapes
+from behemoth.compression.weight_only import (
+    Int4WeightOnlyLinear,
+    Int8WeightOnlyLinear,
+    WeightOnlyError,
+    weight_only_layers,
+)
 from behemoth.models import build_model
 from behemoth.models.registry import example_input
 from behemoth.spec import DataSpec
@@ -94,6 +102,40 @@ def _dynamic_records(model: nn.Module) -> dict[str, Record]:
     return tensors
 
 
+def tied_aliases(model: nn.Module) -> dict[str, str]:
+    """{alias: name} for parameters that are another parameter (weight tying), by state-dict key."""
+    first: dict[int, str] = {}
+    aliases = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in first:
+            aliases[name] = first[id(param)]
+        else:
+            first[id(param)] = name
+    return aliases
+
+
+def _weight_only_records(model: nn.Module, aliases: dict[str, str]) -> dict[str, Record]:
+    """Weight-only layers as int8w / int4w records (+ float biases), other tensors dense, aliases once."""
+    layers = weight_only_layers(model)
+    tensors: dict[str, Record] = {}
+    for key, value in model.state_dict().items():
+        layer = key.rpartition(".")[0]
+        if key in aliases:
+            continue
+        if layer not in layers:
+            tensors[key] = value.detach().cpu().clone()
+        elif key.endswith(".bias"):
+            tensors[key] = value.detach().float().clone()
+        elif key.endswith((".weight_int8", ".weight_int4")):
+            module = layers[layer]
+            tensors[f"{layer}.weight"] = (
+                Int8WeightOnly(module.weight_int8.clone(), module.scales.clone())
+                if isinstance(module, Int8WeightOnlyLinear)
+                else Int4WeightOnly(module.codes(), module.stored_scales_and_zeros().clone(), module.group)
+            )
+    return tensors
+
+
 def to_packed(
     model: nn.Module,
     model_name: str,
@@ -125,7 +167,13 @@ def to_packed(
         return PackedModel(
             model_name, model_options, spec, _dynamic_records(model), runtime="int8_dynamic", **common
         )
-    tensors: dict[str, Record] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    aliases = tied_aliases(model)
+    if weight_only_layers(model):
+        tensors = _weight_only_records(model, aliases)
+        return PackedModel(
+            model_name, model_options, spec, tensors, runtime="weight_only", tied=aliases, **common
+        )
+    tensors = {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k not in aliases}
     for layer, book in (codebooks or {}).items():
         key = f"{layer}.weight"
         if not torch.equal(book.weight(), tensors[key].float()):
@@ -133,7 +181,7 @@ def to_packed(
                 f"codebook of {layer} does not reproduce its weights (fine-tuned after clustering?)"
             )
         tensors[key] = book
-    return PackedModel(model_name, model_options, spec, tensors, **common)
+    return PackedModel(model_name, model_options, spec, tensors, tied=aliases, **common)
 
 
 def float_value(record: Record) -> torch.Tensor:
@@ -141,7 +189,64 @@ def float_value(record: Record) -> torch.Tensor:
         return record.weight()
     if isinstance(record, Int8Weight):
         return qweight_of(record).dequantize()
+    if isinstance(record, (Int8WeightOnly, Int4WeightOnly)):
+        raise PackedFileError("a weight-only int8/int4 weight in a float runtime: the header is inconsistent")
     return record
+
+
+def _load_checked(model: nn.Module, tensors: dict[str, torch.Tensor], tied: dict[str, str], skip: set[str]):
+    """load_state_dict that names what does not fit: unknown or missing tensors (bar tied aliases and the
+    layers in `skip`, loaded separately) and wrong shapes, as PackedFileError."""
+    try:
+        result = model.load_state_dict(tensors, strict=False)
+    except RuntimeError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise PackedFileError(f"the weights do not fit the model: {lines[-1]}") from None
+    ties = tied_aliases(model)
+    forged = [alias for alias, name in tied.items() if ties.get(alias) != name]
+    if forged:  # an alias excuses a missing tensor only where the model really ties it
+        raise PackedFileError(f"the header ties {forged[0]!r}, which this model does not tie")
+    missing = [k for k in result.missing_keys if k not in tied and k.rpartition(".")[0] not in skip]
+    if result.unexpected_keys or missing:
+        what = f"unknown tensor {result.unexpected_keys[0]!r}" if result.unexpected_keys else ""
+        what = what or f"no tensor for {missing[0]!r}"
+        raise PackedFileError(f"the weights do not fit the model: {what}")
+
+
+def _weight_only_module(name: str, model: nn.Module, record: Record, bias: torch.Tensor | None) -> nn.Module:
+    """The int8/int4 module for `record`, checked against the Linear layer it replaces."""
+    try:
+        linear = model.get_submodule(name)
+    except AttributeError:
+        raise PackedFileError(f"tensor {name}.weight: the model has no layer {name!r}") from None
+    shape = tuple(record.q.shape if isinstance(record, Int8WeightOnly) else record.codes.shape)
+    if not isinstance(linear, nn.Linear) or shape != (linear.out_features, linear.in_features):
+        raise PackedFileError(
+            f"tensor {name}.weight: shape {list(shape)} does not fit layer {name} ({linear})"
+        )
+    if (bias is None) != (linear.bias is None) or (bias is not None and bias.shape != linear.bias.shape):
+        raise PackedFileError(f"tensor {name}.bias does not fit layer {name}")
+    try:
+        if isinstance(record, Int8WeightOnly):
+            return Int8WeightOnlyLinear(record.q, record.scales, bias)
+        return Int4WeightOnlyLinear(record.codes, record.scales_and_zeros, record.group, bias)
+    except WeightOnlyError as exc:
+        raise PackedFileError(f"tensor {name}.weight: {exc}") from None
+
+
+def _build_weight_only(model: nn.Module, packed: PackedModel) -> nn.Module:
+    quantized = {
+        key.removesuffix(".weight"): record
+        for key, record in packed.tensors.items()
+        if isinstance(record, (Int8WeightOnly, Int4WeightOnly))
+    }
+    for name, record in quantized.items():
+        module = _weight_only_module(name, model, record, packed.tensors.get(f"{name}.bias"))
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, module)
+    floats = {k: v for k, v in packed.tensors.items() if k.rpartition(".")[0] not in quantized}
+    _load_checked(model, {k: float_value(v) for k, v in floats.items()}, packed.tied, set(quantized))
+    return model.eval()
 
 
 def build_from_packed(packed: PackedModel) -> nn.Module:
@@ -150,8 +255,10 @@ def build_from_packed(packed: PackedModel) -> nn.Module:
     resize_to_shapes(model, packed.shapes)
     model.eval()
     if packed.runtime == "float":
-        model.load_state_dict({k: float_value(v) for k, v in packed.tensors.items()})
+        _load_checked(model, {k: float_value(v) for k, v in packed.tensors.items()}, packed.tied, set())
         return model
+    if packed.runtime == "weight_only":
+        return _build_weight_only(model, packed)
     if packed.runtime == "int8_dynamic":
         floats = {k: v for k, v in packed.tensors.items() if not isinstance(v, Int8Weight)}
         model.load_state_dict(floats, strict=False)  # the Linear weights come next, as int8

@@ -8,6 +8,7 @@ trains a student. Kept free of torch (like `[tune]` and `[explain]`) so loading 
     structured = 0.0        # fraction of hidden units / channels physically removed (0: off)
     retrain_epochs = 2      # retraining after pruning, through the training engine, at lr * retrain_lr_scale
     quant = "kmeans6"       # none | int8 (static, calibrated) | dynamic | qat | kmeans<bits> (weight sharing)
+                            # | int8w | int4w (language models: weight-only, bf16 compute; group = 128)
     code = "huffman"        # entropy coding of the .bhm artifact: none | huffman | zstd
 
 The CLI's `--recipe prune=0.92,quant=kmeans6,code=huffman` sets the same fields (`compress.<key>`).
@@ -20,8 +21,10 @@ from pydantic import Field, field_validator
 
 from behemoth.config.section import Section
 
-QUANT_PATTERN = re.compile(r"^(none|int8|dynamic|qat|kmeans([1-9]|1[0-6]))$")
-QUANT_CHOICES = "none | int8 | dynamic | qat | kmeans<bits> (bits 1..16, e.g. kmeans6)"
+QUANT_PATTERN = re.compile(r"^(none|int8|dynamic|qat|int8w|int4w|kmeans([1-9]|1[0-6]))$")
+QUANT_CHOICES = "none | int8 | dynamic | qat | int8w | int4w | kmeans<bits> (bits 1..16, e.g. kmeans6)"
+WEIGHT_ONLY = {"int8w": 8, "int4w": 4}  # language models: weight-only int8 per channel, int4 in groups
+GROUP_SIZES = (32, 64, 128)
 
 
 class CompressConfig(Section):
@@ -51,6 +54,8 @@ class CompressConfig(Section):
     per_channel: bool = True  # int8/qat weights: one scale per output channel (else per tensor)
     engine: Literal["x86", "fbgemm", "onednn", "qnnpack"] = "x86"  # torch.ao quantized kernels
     calibration_samples: int = Field(1024, ge=1)  # int8: training samples the activation observers see
+    group: int = 128  # int4w: inputs sharing one scale and zero (32, 64 or 128; smaller is finer, larger)
+    head: bool = False  # int8w/int4w: quantize the output head too (unties it from a tied embedding)
     # the artifact
     code: Literal["none", "huffman", "zstd"] = "huffman"
     output: str | None = None  # artifact path; default <run>/compressed/model.bhm
@@ -69,6 +74,13 @@ class CompressConfig(Section):
             raise ValueError(f"expected {QUANT_CHOICES}")
         return value
 
+    @field_validator("group")
+    @classmethod
+    def _known_group(cls, value: int) -> int:
+        if value not in GROUP_SIZES:
+            raise ValueError("expected 32, 64 or 128 (inputs per int4 scale and zero)")
+        return value
+
     @field_validator("layer_sparsity")
     @classmethod
     def _fractions(cls, value: dict[str, float]) -> dict[str, float]:
@@ -76,6 +88,11 @@ class CompressConfig(Section):
             if not 0.0 <= amount < 1.0:
                 raise ValueError(f"layer {name!r}: sparsity {amount} is not in [0, 1)")
         return value
+
+    @property
+    def weight_only_bits(self) -> int | None:
+        """8 or 4 for weight-only quantization (quant = int8w / int4w), else None."""
+        return WEIGHT_ONLY.get(self.quant)
 
     @property
     def kmeans_bits(self) -> int | None:

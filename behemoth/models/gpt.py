@@ -13,7 +13,8 @@ from torch import nn
 from behemoth.errors import ModelError
 from behemoth.models.common import BYTES_LM_SPEC
 from behemoth.models.entry import ModelEntry
-from behemoth.models.sampling import sample
+from behemoth.models.kv_cache import KVCache
+from behemoth.models.sampling import sample, sample_cached
 from behemoth.models.transformer_blocks import Block, init_gpt2
 from behemoth.spec import DataSpec
 
@@ -63,6 +64,26 @@ class GPT(nn.Module):
             x = block(x)  # (B, T, C)
         return self.lm_head(self.ln_f(x))  # (B, T, V)
 
+    def new_cache(self, capacity: int, pad: torch.Tensor) -> KVCache:
+        """An empty KV cache for up to `capacity` (<= block_size) tokens; pad (B,): left padding per row."""
+        if capacity > self.block_size:
+            raise ModelError(
+                f"a cache of {capacity} tokens is longer than model.block_size = {self.block_size}"
+            )
+        return KVCache.empty(len(self.blocks), capacity, pad)
+
+    def decode(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:  # (B, T) ids -> (B, V)
+        """The next-token logits after `idx`, which follows what `cache` holds (and is appended to it):
+        the prompt once (prefill), then one token per step. Only the last position goes through lm_head."""
+        _, T = idx.shape
+        pos = cache.positions(T)  # (T,) or (B, T): per-row positions under left padding
+        mask = cache.mask(T)  # None, or (B, 1, T, length + T)
+        x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, C)
+        for block, kv in zip(self.blocks, cache.layers):
+            x = block(x, kv, mask)  # (B, T, C)
+        cache.length += T
+        return self.lm_head(self.ln_f(x[:, -1]))  # (B, V)
+
     def generate(
         self,
         idx: torch.Tensor,
@@ -70,13 +91,16 @@ class GPT(nn.Module):
         temperature: float = 1.0,
         top_k: int | None = None,
         generator: torch.Generator | None = None,
+        use_cache: bool = True,
     ) -> torch.Tensor:
         """Sample `max_new_tokens` tokens after `idx` (B, T); returns (B, T + max_new_tokens).
 
         temperature < 1 sharpens (0: greedy), top_k keeps the k likeliest. The context is cropped to
-        block_size: positions beyond it have no embedding.
+        block_size: positions beyond it have no embedding. Decodes with a KV cache (the same tokens as
+        `sample`'s cache-free loop; `use_cache=False` runs that loop).
         """
-        return sample(
+        run = sample_cached if use_cache else sample
+        return run(
             self, idx, max_new_tokens, temperature, top_k, context=self.block_size, generator=generator
         )
 

@@ -1,9 +1,16 @@
-"""Autoregressive sampling with temperature and top-k, for any model mapping (B, T) ids to (B, T, V) logits.
+"""Autoregressive sampling with temperature and top-k.
 
-No KV cache: every new token re-reads the (cropped) context. That costs O(T) forward passes of up to
-`context` tokens each; it is exact for every model (GPT, RNN) and fast enough for sampling on a CPU.
-It lives with the models (GPT.generate calls it); turning text into ids and back is behemoth.lm's job.
+`sample` works for any model mapping (B, T) ids to (B, T, V) logits and has no cache: every new token
+re-reads the (cropped) context, exact for every model (GPT, RNN). `sample_cached` / `stream_tokens` are for
+models with a KV cache (`new_cache` and `decode`, e.g. GPT): the prompt is read once, then one token per
+step. Once the context reaches `context` tokens, the cache-free loop slides its window by one token each
+step, which moves every position embedding; the cached loop then re-prefills that same cropped window each
+step (as costly as the cache-free loop, and the same tokens) instead of approximating it.
+They live with the models (GPT.generate calls them); turning text into ids and back is behemoth.lm's job.
 """
+
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,6 +33,13 @@ def next_token(
     return torch.multinomial(probs, num_samples=1, generator=generator)
 
 
+def check_sampling(temperature: float, top_k: int | None) -> None:
+    if temperature < 0:
+        raise ValueError(f"temperature = {temperature}: must be >= 0 (0 is greedy)")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k = {top_k}: must be >= 1")
+
+
 @torch.no_grad()
 def sample(
     model: nn.Module,
@@ -41,10 +55,7 @@ def sample(
     `context` crops what the model reads to the last N tokens (a GPT has no position embedding beyond
     its block_size; an RNN trained on N-token sequences has never run longer). Dropout is off while sampling.
     """
-    if temperature < 0:
-        raise ValueError(f"temperature = {temperature}: must be >= 0 (0 is greedy)")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k = {top_k}: must be >= 1")
+    check_sampling(temperature, top_k)
     was_training = model.training
     model.eval()
     try:
@@ -55,3 +66,65 @@ def sample(
     finally:
         model.train(was_training)
     return idx
+
+
+def has_cache(model: nn.Module) -> bool:
+    """Whether `model` decodes with a KV cache (GPT does; an RNN does not)."""
+    return callable(getattr(model, "new_cache", None)) and callable(getattr(model, "decode", None))
+
+
+def stream_tokens(
+    model: Any,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    context: int | None = None,
+    generator: torch.Generator | None = None,
+    pad: torch.Tensor | None = None,
+) -> Iterator[torch.Tensor]:
+    """Yield each new (B, 1) id of a KV-cached decode of `idx` (B, T), as it is sampled.
+
+    `pad` (B,): rows of `idx` left-padded by that many columns (batched prompts of different lengths);
+    each row then gets the tokens it would get alone. Dropout is off while sampling.
+    """
+    check_sampling(temperature, top_k)
+    capacity = min(context or model.block_size, model.block_size)
+    pad = torch.zeros(idx.size(0), dtype=torch.int64, device=idx.device) if pad is None else pad
+    was_training = model.training
+    model.eval()
+    cache = None
+    try:
+        with torch.no_grad():
+            for _ in range(max_new_tokens):
+                # full (or first step): (re)prefill the window the cache-free loop reads
+                if cache is None or cache.length >= capacity:
+                    window = idx[:, -capacity:]  # (B, <= capacity)
+                    window_pad = (pad - (idx.size(1) - window.size(1))).clamp_min(0)  # (B,)
+                    if cache is None:
+                        cache = model.new_cache(capacity, window_pad)
+                    else:
+                        cache.reset(window_pad)
+                    logits = model.decode(window, cache)  # (B, V)
+                else:
+                    logits = model.decode(idx[:, -1:], cache)  # (B, V): one new token
+                token = next_token(logits, temperature, top_k, generator)  # (B, 1)
+                idx = torch.cat((idx, token), dim=1)
+                yield token
+    finally:
+        model.train(was_training)
+
+
+def sample_cached(
+    model: Any,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    context: int | None = None,
+    generator: torch.Generator | None = None,
+    pad: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`sample` with a KV cache: returns (B, T + max_new_tokens), the same tokens for greedy decoding."""
+    new = list(stream_tokens(model, idx, max_new_tokens, temperature, top_k, context, generator, pad))
+    return torch.cat([idx, *new], dim=1)

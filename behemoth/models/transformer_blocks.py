@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from behemoth.models.kv_cache import LayerKV
+
 
 class SelfAttention(nn.Module):
     """Multi-head self-attention through torch's fused scaled_dot_product_attention."""
@@ -26,14 +28,25 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim, bias=bias)
         self.resid_dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, kv: LayerKV | None = None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C). With `kv` (generation) the new keys and values are appended to the
+        layer's cache and the queries attend over everything cached; `mask` (B, 1, T, T_total), True where a
+        query may look, is needed then unless the cache was empty (causal) or T is 1 (sees all)."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)  # 3 x (B, T, C)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        if kv is not None:
+            k, v = kv.append(k, v)  # (B, nh, T_total, hs)
+        # is_causal aligns the mask top-left, right only when queries and keys are the same tokens
+        causal = self.causal and mask is None and T == k.size(2)
+        if self.causal and mask is None and 1 < T < k.size(2):
+            raise ValueError("attention over a filled cache with several new tokens needs an explicit mask")
         y = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=self.causal
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=causal
         )  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
         return self.resid_dropout(self.proj(y))
@@ -63,8 +76,10 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(dim, bias=bias)
         self.mlp = MLP(dim, mlp_hidden, dropout, bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
-        x = x + self.attn(self.ln_1(x))
+    def forward(
+        self, x: torch.Tensor, kv: LayerKV | None = None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:  # (B, T, C) -> (B, T, C); kv and mask: see SelfAttention
+        x = x + self.attn(self.ln_1(x), kv, mask)
         x = x + self.mlp(self.ln_2(x))
         return x
 

@@ -21,7 +21,7 @@ from behemoth.pipeline.data import preview
 from behemoth.pipeline.evaluate import evaluate, predict
 from behemoth.pipeline.explain import explain
 from behemoth.pipeline.federate import federate, partition_view
-from behemoth.pipeline.lm import export, generate
+from behemoth.pipeline.lm import export, generate, generate_stream
 from behemoth.pipeline.plan import plan
 from behemoth.pipeline.report import report
 from behemoth.pipeline.train import run_training
@@ -35,6 +35,7 @@ __all__ = [
     "export",
     "federate",
     "generate",
+    "generate_stream",
     "load_config",
     "lr_find",
     "partition_view",

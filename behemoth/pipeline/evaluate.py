@@ -18,7 +18,9 @@ from behemoth.training.assembly import load_run_data, load_trained_model
 
 def evaluate(run: str | Path, split: str = "test", out: Path | None = None) -> dict[str, Any]:
     """Loss, accuracy, precision, recall and F1 (macro and per class) of a trained run on one split; written
-    to `out` (default <run>/eval.json) and returned."""
+    to `out` (default <run>/eval.json) and returned. A language model gets its perplexity (exp of the mean
+    token cross-entropy) on that split, and under `by_split` the loss and perplexity on the validation and
+    test text too."""
     run_dir, cfg = open_run(run)
     data = load_run_data(cfg)
     chosen = data.splits().get(split)
@@ -42,6 +44,21 @@ def evaluate(run: str | Path, split: str = "test", out: Path | None = None) -> d
     )
     metrics["samples_per_second"] = len(chosen) / (time.perf_counter() - started)
     metrics.update({"split": split, "samples": len(chosen), "class_names": data.class_names})
+    if data.spec.task == "language_model":
+        metrics["by_split"] = {}
+        for name in ("val", "test"):
+            part = data.splits().get(name)
+            if part is None:
+                continue
+            same = metrics if name == split else None
+            scores = same or evaluate_split(
+                model, part, data.spec, cfg.data.eval_batch_size, cfg.train.precision, device
+            )
+            metrics["by_split"][name] = {
+                "loss": scores["loss"],
+                "perplexity": scores["perplexity"],
+                "tokens": part.y.numel(),
+            }
     write_json(out or RunDir(run_dir).evaluation, metrics)
     return metrics
 

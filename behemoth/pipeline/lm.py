@@ -1,8 +1,9 @@
 """`behemoth.generate(run, prompt)` and `behemoth.export(run)`: use and hand over a trained run's weights."""
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from behemoth.errors import BehemothError, RunDirError
 from behemoth.runs import RunDir, open_run, read_spec
@@ -11,18 +12,10 @@ if TYPE_CHECKING:
     from behemoth.pipeline.hf_export import ExportedHF
 
 
-def generate(
-    run: str | Path,
-    prompt: str = "\n",
-    max_new_tokens: int = 200,
-    temperature: float = 0.8,
-    top_k: int | None = None,
-    seed: int | None = None,
-) -> str:
-    """The prompt continued by a trained language model (gpt, rnn), encoded and decoded with the run's
-    tokenizer; the model reads at most data.block_size tokens of context."""
+def _language_model(run: str | Path, packed: str | Path | None) -> tuple[Any, Any, int]:
+    """(model, tokenizer, context) of a language-model run: its trained weights, or the .bhm `packed`
+    (e.g. from `behemoth compress RUN --recipe quant=int4w`), which must be a model of the same data."""
     from behemoth.data.tokenizers import load_run_tokenizer  # torch loads only when it runs
-    from behemoth.lm.generate import generate_text
     from behemoth.training import resolve_device
     from behemoth.training.assembly import load_trained_model, set_threads
 
@@ -32,14 +25,61 @@ def generate(
         raise BehemothError(
             f"{run_dir} is a {spec.task} run: generate needs a language model (e.g. gpt-text)"
         )
-    if not prompt:
-        raise BehemothError("--prompt is empty: give at least one character to continue")
     set_threads(cfg.train.threads)
     tokenizer = load_run_tokenizer(run_dir)
-    model = load_trained_model(run_dir, cfg).to(resolve_device(cfg.train.device))
-    return generate_text(
-        model, tokenizer, prompt, max_new_tokens, temperature, top_k, context=spec.input_shape[0], seed=seed
-    )
+    if packed is None:
+        model = load_trained_model(run_dir, cfg).to(resolve_device(cfg.train.device))
+    else:
+        from behemoth.compression.pack import load_packed, packed_info
+
+        header = packed_info(packed)
+        if header["spec"]["task"] != "language_model" or header["spec"]["num_classes"] != spec.num_classes:
+            raise BehemothError(
+                f"--packed {packed}: holds a {header['spec']['task']} model over "
+                f"{header['spec']['num_classes']} classes, not a language model of {run_dir}'s "
+                f"{spec.num_classes}-token vocabulary"
+            )
+        model = load_packed(packed)  # weight-only int8/int4 kernels are CPU kernels: stays on the CPU
+    return model, tokenizer, spec.input_shape[0]
+
+
+def generate(
+    run: str | Path,
+    prompt: str = "\n",
+    max_new_tokens: int = 200,
+    temperature: float = 0.8,
+    top_k: int | None = None,
+    seed: int | None = None,
+    packed: str | Path | None = None,
+) -> str:
+    """The prompt continued by a trained language model (gpt, rnn), encoded and decoded with the run's
+    tokenizer; the model reads at most data.block_size tokens of context (GPT: through a KV cache).
+    `packed`: generate from that .bhm of the run (quantized weights) instead of its trained weights."""
+    from behemoth.lm.generate import generate_text
+
+    if not prompt:
+        raise BehemothError("--prompt is empty: give at least one character to continue")
+    model, tokenizer, context = _language_model(run, packed)
+    return generate_text(model, tokenizer, prompt, max_new_tokens, temperature, top_k, context, seed)
+
+
+def generate_stream(
+    run: str | Path,
+    prompt: str = "\n",
+    max_new_tokens: int = 200,
+    temperature: float = 0.8,
+    top_k: int | None = None,
+    seed: int | None = None,
+    packed: str | Path | None = None,
+) -> Iterator[str]:
+    """`generate`, piece by piece: the prompt, then the text of each token as it is sampled (joined, the
+    same text as `generate`)."""
+    from behemoth.lm.generate import stream_text
+
+    if not prompt:
+        raise BehemothError("--prompt is empty: give at least one character to continue")
+    model, tokenizer, context = _language_model(run, packed)
+    return stream_text(model, tokenizer, prompt, max_new_tokens, temperature, top_k, context, seed)
 
 
 @dataclass

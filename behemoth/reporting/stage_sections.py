@@ -167,6 +167,9 @@ def compression(art: RunArtifacts) -> Section | None:
     has_latency = all("latency_ms_b1" in r for r in rows)
     header = ["step", "parameters", "nonzeros", "file bytes", "compression ×", "test accuracy", "test error"]
     header += ["ms, batch 1", "ms, batch 256"] if has_latency else []
+    lm = all("perplexity" in r for r in rows)  # a language model: its perplexity and decode speed too
+    has_decode = lm and all("decode_tokens_per_s" in r for r in rows)
+    header += (["test perplexity"] if lm else []) + (["decode tokens/s"] if has_decode else [])
     table_rows = []
     for r in rows:
         cells = [
@@ -180,6 +183,8 @@ def compression(art: RunArtifacts) -> Section | None:
         ]
         if has_latency:
             cells += [f"{r['latency_ms_b1']:.3f}", f"{r['latency_ms_b256']:.2f}"]
+        cells += [f"{r['perplexity']:.3f}"] if lm else []
+        cells += [f"{r['decode_tokens_per_s']:.1f}"] if has_decode else []
         table_rows.append(cells)
     blocks.append(table(header, table_rows))
     layers = result.get("layers") or {}

@@ -1,0 +1,208 @@
+"""Decode speed of behemoth's GPT at batch 1 (greedy, KV cache) in fp32, bf16, weight-only int8 and int4,
+against transformers' own `generate` on the same weights (fp32, bf16), on a GPT-2-small shape (12 x 768,
+vocabulary 50257, random weights: speed does not depend on what the weights learned).
+
+tokens/s = new tokens / wall time of the whole generate call (prompt prefill included, the same for every
+row), median over interleaved rounds. The memory-bandwidth bound is what a token cannot beat: every matmul
+weight is read once per token, so tokens/s <= copy bandwidth / weight bytes per token; the copy bandwidth
+(bytes read + written per second by a large tensor copy) is measured in the same run. int8 / int4 quantize
+the output head too (compress.head = true): with GPT-2's 50257-word vocabulary the tied head is a third of the
+weights, and left in fp32 it would dominate the bytes an int4 token reads.
+
+Run: nice -n 10 .venv/bin/python bench/generate.py [--new-tokens 128] [--rounds 3] [--threads 2] [--quick]
+Writes bench/results/generate.json.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from behemoth.compression.weight_only import quantize_weight_only  # noqa: E402
+from behemoth.models.gpt import GPT, GPTOptions  # noqa: E402
+from behemoth.models.sampling import sample_cached  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "generate.json"
+
+
+def copy_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
+    """Bytes moved per second (read + write) copying a `megabytes` float32 tensor: STREAM's copy figure."""
+    src = torch.randn(megabytes * 2**20 // 4)
+    dst = torch.empty_like(src)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        dst.copy_(src)
+        times.append(time.perf_counter() - start)
+    return 2 * src.numel() * 4 / min(times)
+
+
+def weight_bytes_per_token(model: torch.nn.Module) -> int:
+    """Bytes of every matmul weight (read once per decoded token); embeddings read one row, not counted."""
+    total = 0
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            total += module.weight.numel() * module.weight.element_size()
+        for buffer in ("weight_int8", "weight_int4", "scales", "scales_and_zeros"):
+            tensor = getattr(module, buffer, None)
+            if isinstance(tensor, torch.Tensor) and name:
+                total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def hf_twin(model: GPT, opts: GPTOptions, vocab: int):
+    """transformers' GPT2LMHeadModel with exactly `model`'s weights (exact GELU, as behemoth's nn.GELU)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        vocab_size=vocab,
+        n_positions=opts.block_size,
+        n_embd=opts.n_embd,
+        n_layer=opts.n_layer,
+        n_head=opts.n_head,
+        activation_function="gelu",
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
+    hf = GPT2LMHeadModel(config).eval()
+    ours = model.state_dict()
+    theirs = {
+        "transformer.wte.weight": ours["tok_emb.weight"],
+        "transformer.wpe.weight": ours["pos_emb.weight"],
+    }
+    theirs |= {"transformer.ln_f.weight": ours["ln_f.weight"], "transformer.ln_f.bias": ours["ln_f.bias"]}
+    pairs = {"ln_1": "ln_1", "ln_2": "ln_2", "attn.c_attn": "attn.qkv", "attn.c_proj": "attn.proj"}
+    pairs |= {"mlp.c_fc": "mlp.fc", "mlp.c_proj": "mlp.proj"}
+    for i in range(opts.n_layer):
+        for hf_name, name in pairs.items():
+            weight = ours[f"blocks.{i}.{name}.weight"]
+            # GPT-2's Conv1D stores (in, out): the transpose of nn.Linear's (out, in)
+            theirs[f"transformer.h.{i}.{hf_name}.weight"] = (
+                weight if "ln" in name else weight.t().contiguous()
+            )
+            theirs[f"transformer.h.{i}.{hf_name}.bias"] = ours[f"blocks.{i}.{name}.bias"]
+    missing, unexpected = hf.load_state_dict(theirs, strict=False)
+    left = [k for k in missing if k != "lm_head.weight"]  # tied to wte
+    if left or unexpected:
+        raise RuntimeError(f"weights do not map onto GPT2LMHeadModel: {left or unexpected}")
+    return hf
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--prompt-tokens", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved timed rounds (after one warm-up)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="a 4 x 256 model and 32 tokens (a smoke test)")
+    parser.add_argument("--out", default=str(RESULTS))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    vocab = 50257
+    opts = GPTOptions(n_layer=12, n_head=12, n_embd=768, block_size=1024, dropout=0.0)
+    if args.quick:
+        opts, args.new_tokens = GPTOptions(n_layer=4, n_head=4, n_embd=256, block_size=256), 32
+    fp32 = GPT(vocab, opts).eval()
+    models = {
+        "behemoth fp32": fp32,
+        "behemoth bf16": GPT(vocab, opts).to(torch.bfloat16).eval(),
+        "behemoth int8": quantize_weight_only(fp32, 8, head=True),
+        "behemoth int4 g128": quantize_weight_only(fp32, 4, 128, head=True),
+    }
+    models["behemoth bf16"].load_state_dict(fp32.state_dict())
+    try:
+        hf = hf_twin(fp32, opts, vocab)
+        models["transformers fp32"] = hf
+        models["transformers bf16"] = hf_twin(fp32, opts, vocab).to(torch.bfloat16)
+    except ImportError:
+        print("transformers is not installed: behemoth rows only", flush=True)
+    prompt = torch.randint(0, vocab, (1, args.prompt_tokens), generator=torch.Generator().manual_seed(1))
+
+    def run(name: str) -> torch.Tensor:
+        model = models[name]
+        if name.startswith("transformers"):
+            mask = torch.ones_like(prompt)
+            return model.generate(
+                prompt,
+                attention_mask=mask,
+                max_new_tokens=args.new_tokens,
+                min_new_tokens=args.new_tokens,
+                do_sample=False,
+                pad_token_id=0,
+            )
+        return sample_cached(model, prompt, args.new_tokens, temperature=0)
+
+    times: dict[str, list[float]] = {name: [] for name in models}
+    outputs = {}
+    with torch.inference_mode():
+        for round_index in range(args.rounds + 1):
+            for name in models:
+                start = time.perf_counter()
+                outputs[name] = run(name)
+                if round_index:  # round 0 warms up
+                    times[name].append(time.perf_counter() - start)
+            print(f"round {round_index}/{args.rounds} done", flush=True)
+    bandwidth = copy_bandwidth()
+    reference = outputs["behemoth fp32"][0, args.prompt_tokens :]
+    rows = {}
+    hf_fp32 = statistics.median(times["transformers fp32"]) if "transformers fp32" in times else None
+    print(f"\ncopy bandwidth {bandwidth / 1e9:.1f} GB/s (read + write), {args.threads} threads")
+    head = ("tok/s", "MB/token", "bound tok/s", "of bound", "vs hf fp32", "same tokens")
+    print(f"{'model':<22}" + "".join(f"{h:>12}" for h in head))
+    for name, model in models.items():
+        seconds = statistics.median(times[name])
+        per_token = weight_bytes_per_token(model)
+        if name.startswith("transformers"):
+            per_token = sum(p.numel() * p.element_size() for p in model.parameters() if p.ndim == 2)
+            per_token -= model.transformer.wpe.weight.numel() * model.transformer.wpe.weight.element_size()
+        tokens_per_s = args.new_tokens / seconds
+        bound = bandwidth / per_token
+        same = float((outputs[name][0, args.prompt_tokens :] == reference).float().mean())
+        rows[name] = {
+            "tokens_per_s": tokens_per_s,
+            "seconds": seconds,
+            "weight_bytes_per_token": per_token,
+            "bandwidth_bound_tokens_per_s": bound,
+            "fraction_of_bound": tokens_per_s / bound,
+            "vs_transformers_fp32": hf_fp32 / seconds if hf_fp32 else None,
+            "tokens_equal_to_behemoth_fp32": same,
+        }
+        ratio = f"{hf_fp32 / seconds:.2f}x" if hf_fp32 else "-"
+        cells = (
+            f"{tokens_per_s:.1f}",
+            f"{per_token / 1e6:.1f}",
+            f"{bound:.1f}",
+            f"{tokens_per_s / bound:.0%}",
+        )
+        print(f"{name:<22}" + "".join(f"{c:>12}" for c in (*cells, ratio, f"{same:.0%}")))
+    record = {
+        "shape": opts.model_dump(),
+        "vocab": vocab,
+        "prompt_tokens": args.prompt_tokens,
+        "new_tokens": args.new_tokens,
+        "rounds": args.rounds,
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "copy_bandwidth_bytes_per_s": bandwidth,
+        "rows": rows,
+        "command": "nice -n 10 .venv/bin/python bench/generate.py " + " ".join(sys.argv[1:]),
+    }
+    if not args.quick:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
+        print(f"written {args.out}")
+    print("reproduce: " + record["command"])
+
+
+if __name__ == "__main__":
+    main()
