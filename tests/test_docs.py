@@ -133,9 +133,10 @@ def test_toml_blocks_load_as_run_configs():
         assert isinstance(cfg, RunConfig)
 
 
-@pytest.mark.parametrize(
-    "page", sorted({b.page for b in BLOCKS if b.not_run is None and b.lang in ("python", "bash")})
-)
+RUNNABLE_PAGES = sorted({b.page for b in BLOCKS if b.not_run is None and b.lang in ("python", "bash")})
+
+
+@pytest.mark.parametrize("page", RUNNABLE_PAGES, ids=[str(p.relative_to(DOCS)) for p in RUNNABLE_PAGES])
 def test_runnable_blocks_run(page, tmp_path):
     """The page's python and bash blocks, in order, in one fresh directory (later blocks see earlier runs)."""
     for block in (b for b in blocks(page) if b.not_run is None and b.lang in ("python", "bash")):

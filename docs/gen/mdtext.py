@@ -22,6 +22,14 @@ def md_text(text: str) -> str:
     return "".join(parts).replace("|", r"\|")
 
 
+def escape_html(text: str) -> str:
+    """Angle brackets and ampersands outside `code` spans as entities, the rest of the Markdown kept."""
+    parts = _CODE.split(text)
+    for i in range(0, len(parts), 2):
+        parts[i] = parts[i].replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return "".join(parts)
+
+
 def code(text: str) -> str:
     """Inline code that survives a table cell (a `|` inside code still splits the cell otherwise)."""
     return "`" + text.replace("|", r"\|") + "`"
