@@ -153,6 +153,21 @@ def test_runnable_blocks_run(page, tmp_path):
             assert result.returncode == 0, f"{block}: {shown}\n{result.stderr[-3000:]}"
 
 
+def test_pictures_exist_and_come_from_the_script():
+    """mkdocs does not check images: every picture a page shows must exist, and docs/images holds exactly
+    what docs/gen/pictures.py writes (so rerunning it refreshes every picture, and none is pasted by hand)."""
+    shown = set()
+    for page in PAGES:
+        for target in re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", page.read_text()):
+            image = (page.parent / target).resolve()
+            assert image.is_file(), f"{page.relative_to(REPO)}: no picture {target}"
+            shown.add(image.name)
+    pictures = _gen("pictures")
+    written = {*pictures.REPORT_PLOTS.values(), pictures.GRID_NAME}
+    assert {p.name for p in (DOCS / "images").iterdir()} == written
+    assert shown == written
+
+
 def test_config_reference_names_every_key():
     page = _gen("config_reference").render()
     paths = []

@@ -28,6 +28,7 @@ REPORT_PLOTS = {
     "confusion matrix": "report-confusion.png",
     "compression trade-offs": "compress-pareto.png",
 }
+GRID_NAME = "explain-ig-grid.png"
 # small settings: a tiny MLP on digits, a few epochs, a light compression recipe
 OVERRIDES = [
     "train.epochs=8",
@@ -77,8 +78,8 @@ def make_pictures(work: Path, out: Path) -> list[Path]:
         (out / name).write_bytes(found[alt])
         written.append(out / name)
     grid = RunDir(Path(run)).explanations / "ig" / "grid.png"
-    shutil.copyfile(grid, out / "explain-ig-grid.png")
-    written.append(out / "explain-ig-grid.png")
+    shutil.copyfile(grid, out / GRID_NAME)
+    written.append(out / GRID_NAME)
     return written
 
 
