@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: 2.13.0 is the local CPU wheel; an open range would pull a CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q torch==2.13.0 -e ".[test,bench]"
+	$(PY) -m pip install -q torch==2.13.0 -e ".[test,bench,docs]"
 	touch $(STAMP)
 
 install: $(STAMP) system-data

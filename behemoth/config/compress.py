@@ -30,8 +30,8 @@ GROUP_SIZES = (32, 64, 128)
 class CompressConfig(Section):
     # unstructured magnitude pruning
     prune: float = Field(0.0, ge=0.0, lt=1.0)  # target fraction of zero weights (Linear/Conv weights)
-    scope: Literal["layer", "global"] = "global"
-    schedule: Literal["oneshot", "gradual"] = "gradual"
+    scope: Literal["layer", "global"] = "global"  # one threshold over all layers, or per layer
+    schedule: Literal["oneshot", "gradual"] = "gradual"  # gradual: Zhu & Gupta's cubic schedule
     layer_sparsity: dict[str, float] = {}  # per-layer targets that override `prune`, e.g. {"net.out" = 0.7}
     prune_end: float = Field(
         0.75, gt=0.0, le=1.0
@@ -45,7 +45,7 @@ class CompressConfig(Section):
     retrain_epochs: int = Field(2, ge=0)
     retrain_lr_scale: float = Field(0.1, gt=0.0, le=1.0)  # retrain at train.lr * this (Han et al.: 1/10)
     # quantization
-    quant: str = "none"  # see QUANT_CHOICES
+    quant: str = "none"  # int8 kernels, or a k-means codebook of 2^bits shared weights
     conv_bits: int | None = Field(None, ge=1, le=16)  # kmeans: bits for conv layers (Deep Compression: 8)
     finetune_epochs: int = Field(1, ge=0)  # kmeans: centroid fine-tuning; qat: fake-quant training epochs
     # kmeans: centroid fine-tuning lr = train.lr * this. A shared weight's gradient is the sum over its
@@ -57,14 +57,14 @@ class CompressConfig(Section):
     group: int = 128  # int4w: inputs sharing one scale and zero (32, 64 or 128; smaller is finer, larger)
     head: bool = False  # int8w/int4w: quantize the output head too (unties it from a tied embedding)
     # the artifact
-    code: Literal["none", "huffman", "zstd"] = "huffman"
+    code: Literal["none", "huffman", "zstd"] = "huffman"  # entropy coding of the .bhm file
     output: str | None = None  # artifact path; default <run>/compressed/model.bhm
     onnx: bool = False  # also export model.onnx (the final model, dense or int8) and check it in onnxruntime
     latency_repeats: int = Field(20, ge=1)  # timed forward passes per batch size (medians reported)
     # distillation: the teacher's run directory for `behemoth distill`; in `behemoth compress` every
     # retraining then distils from it (the uncompressed run itself is a good teacher for its pruned copy)
     teacher: str | None = None
-    temperature: float = Field(4.0, gt=0.0)
+    temperature: float = Field(4.0, gt=0.0)  # softmax temperature T of teacher and student
     alpha: float = Field(0.9, ge=0.0, le=1.0)  # weight of the soft-target term; 1 - alpha on the labels
 
     @field_validator("quant")

@@ -80,7 +80,7 @@ Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 class _Op(Section):
-    p: Probability = 1.0
+    p: Probability = 1.0  # probability that a sample gets this op
 
     @field_validator("*")
     @classmethod
@@ -261,9 +261,9 @@ class ShardsConfig(Section):
     shuffle_buffer: int = Field(16384, ge=1)  # samples permuted together while streaming
     prefetch: bool = True  # read, verify and decompress the next shard in a background thread
     # packing (the `behemoth data pack` flags override these)
-    codec: str = "zstd"
-    level: int = Field(5, ge=0, le=9)
-    filter: str = "shuffle"
+    codec: str = "zstd"  # blosc2 codec (lossless)
+    level: int = Field(5, ge=0, le=9)  # compression level
+    filter: str = "shuffle"  # blosc2 filter applied before the codec
     shard_size: str = "64MiB"  # uncompressed bytes per shard
 
     @field_validator("codec")
@@ -289,12 +289,12 @@ class DataConfig(Section):
     path: str | None = None  # file or folder for text/folder/table/arrays
     label_column: str | None = None  # table: the column holding the label
     image_size: tuple[int, int] | None = None  # folder: resize every image to (H, W)
-    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
-    split_seed: int = 0
-    batch_size: int = Field(128, ge=1)
-    eval_batch_size: int = Field(1000, ge=1)
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)  # share of the training split held out for validation
+    split_seed: int = 0  # seeds the validation split (and the test split of data without one: digits)
+    batch_size: int = Field(128, ge=1)  # the global batch (split across processes)
+    eval_batch_size: int = Field(1000, ge=1)  # batch size when evaluating (no gradients)
     train_limit: int | None = Field(None, ge=1)  # keep only the first N training samples
-    test_limit: int | None = Field(None, ge=1)
+    test_limit: int | None = Field(None, ge=1)  # keep only the first N test samples
     block_size: int = Field(128, ge=2)  # text: tokens per training sequence
     # text: UTF-8 bytes (256 tokens), BPE trained on the train split, or a Hugging Face model's tokenizer
     # (with model.name = "hf" on text data it is that model's, unless data.tokenizer is set)

@@ -24,12 +24,12 @@ GRADIENT_METHODS = ("ig", "saliency", "gradient_shap")  # need the model's gradi
 
 
 class ExplainConfig(Section):
-    method: Method = "ig"
+    method: Method = "ig"  # Captum attribution method
     samples: int = Field(8, ge=1)  # how many inputs of `split` to explain (the first N)
-    split: Literal["test", "val", "train"] = "test"
-    target: Literal["pred", "label"] = "pred"
+    split: Literal["test", "val", "train"] = "test"  # where the samples come from
+    target: Literal["pred", "label"] = "pred"  # explain the predicted class or the true label
     baseline: Literal["black", "zeros"] = "black"  # black: the normalised black image; zeros: the data mean
-    seed: int = 0
+    seed: int = 0  # the random draws of gradient_shap, kernel_shap and lime
     # budgets
     n_steps: int = Field(32, ge=2)  # IG: first number of steps; doubled per sample until completeness holds
     max_steps: int = Field(512, ge=2)  # IG: cap on the doubling
@@ -41,7 +41,7 @@ class ExplainConfig(Section):
     )  # image side of a feature patch (occlusion/lime/kernel_shap); None: auto
     # fidelity
     curve_steps: int = Field(20, ge=2)  # points on the deletion/insertion curves
-    infidelity_samples: int = Field(16, ge=1)
+    infidelity_samples: int = Field(16, ge=1)  # perturbations for Captum's infidelity
     sanity_check: bool = True  # model-randomization check (one more attribution pass)
 
     @model_validator(mode="after")

@@ -47,7 +47,7 @@ class DPConfig(Section):
     mode: Literal["off", "client", "server"] = "off"
     noise_multiplier: float = Field(1.0, gt=0.0)  # noise std / clip_norm
     clip_norm: float = Field(1.0, gt=0.0)  # client: per-sample gradient L2 bound; server: per-update L2 bound
-    delta: float = Field(1e-5, gt=0.0, lt=1.0)
+    delta: float = Field(1e-5, gt=0.0, lt=1.0)  # the delta of (epsilon, delta)
     target_epsilon: float | None = Field(None, gt=0.0)  # set: pick the noise that spends it over `rounds`
 
 
@@ -57,7 +57,7 @@ class FaultsConfig(Section):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)  # share of each round's sampled clients that fail mid-round
     dropout_after_steps: int = Field(1, ge=0)  # a failing client raises after this many local steps
     scaled_clients: list[int] = []  # partition ids sending global + poison_scale * (local - global)
-    poison_scale: float = -10.0
+    poison_scale: float = -10.0  # the scale of scaled_clients' updates
     nan_clients: list[int] = []  # partition ids sending NaN weights
     crash_after_round: int | None = Field(None, ge=1)  # the server fails after checkpointing this round
 
@@ -65,7 +65,7 @@ class FaultsConfig(Section):
 class DeployConfig(Section):
     """`behemoth federate --deploy`: one flower-superlink and `clients` flower-supernode processes."""
 
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"  # the SuperLink's address
     port: int = Field(0, ge=0, le=65535)  # the SuperLink's port; 0 picks a free one
     tls: bool = True  # a CA and a server certificate are generated; false only on loopback or --insecure
     node_auth: bool = True  # SuperNodes prove an EC key registered with the SuperLink
@@ -78,8 +78,8 @@ class FederateConfig(Section):
     min_clients: int = Field(1, ge=1)  # sample at least this many
     local_epochs: int = Field(1, ge=1)  # E
     local_batch: int = Field(10, ge=0)  # B; 0 = the whole partition (B = inf)
-    rounds: int = Field(10, ge=1)
-    strategy: str = "fedavg"  # one of STRATEGIES
+    rounds: int = Field(10, ge=1)  # each: sample clients, train them locally, merge, evaluate
+    strategy: str = "fedavg"  # the Flower strategy that merges the clients' updates
     target_accuracy: float | None = Field(None, gt=0.0, le=1.0)  # stop early on global test accuracy
     fraction_evaluate: float = Field(0.0, ge=0.0, le=1.0)  # clients also evaluating the global model locally
     seed: int = 0  # partitions, client sampling, dropouts, local shuffles
@@ -97,7 +97,7 @@ class FederateConfig(Section):
     krum_malicious: int = Field(0, ge=0)  # krum: f, the number of malicious clients tolerated
 
     # partitions of the training split
-    partition: Partition = "iid"
+    partition: Partition = "iid"  # how the training split is divided among the clients
     shards_per_client: int = Field(2, ge=1)  # shards
     alpha: float = Field(0.5, gt=0.0)  # dirichlet concentration: small = skewed
     min_partition_size: int = Field(10, ge=1)  # dirichlet: redraw until every client has this many

@@ -29,7 +29,7 @@ class ModelConfig(Section):
     """
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)
-    name: str = "cnn"
+    name: str = "cnn"  # a zoo model (`behemoth models`) or "pkg.module:factory"
 
     @property
     def options(self) -> dict[str, Any]:
@@ -40,8 +40,10 @@ TEXT_DATASETS = ("kjv", "text")  # the datasets data.tokenizer applies to
 
 
 class RunConfig(Section):
-    name: str = Field("run", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
-    runs_dir: str = "runs"
+    name: str = Field(
+        "run", min_length=1, pattern=r"^[A-Za-z0-9._-]+$"
+    )  # the run directory: <runs_dir>/<name>
+    runs_dir: str = "runs"  # where run directories are created
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()

@@ -11,14 +11,14 @@ from behemoth.config.section import Section
 
 class EarlyStopConfig(Section):
     monitor: str = "val.loss"  # any logged metric, e.g. val.loss, val.acc
-    mode: Literal["min", "max"] = "min"
+    mode: Literal["min", "max"] = "min"  # min: lower is better (a loss); max: higher (accuracy)
     patience: int = Field(0, ge=0)  # 0 disables early stopping
-    min_delta: float = Field(0.0, ge=0.0)
+    min_delta: float = Field(0.0, ge=0.0)  # smallest change that counts as an improvement
 
 
 class CheckpointConfig(Section):
     every_steps: int | None = Field(None, ge=1)  # also checkpoint every N optimizer steps
-    keep_last: int = Field(2, ge=1)
+    keep_last: int = Field(2, ge=1)  # older checkpoints are deleted
 
 
 class LoraConfig(Section):
@@ -40,10 +40,10 @@ class LoraConfig(Section):
 
 
 class TrainConfig(Section):
-    epochs: int = Field(2, ge=1)
+    epochs: int = Field(2, ge=1)  # passes over the training data
     max_steps: int | None = Field(None, ge=1)  # stop after this many optimizer steps
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0  # model init, shuffling, augmentation, dropout: one seed, a repeatable run
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
     threads: int | None = Field(None, ge=1)  # torch CPU threads; default: all cores
     strategy: Literal["auto", "single", "ddp", "fsdp", "pipeline"] = (
         "auto"  # auto: ddp under torchrun, else single
@@ -55,16 +55,16 @@ class TrainConfig(Section):
 
     # optimizer: a registry name (see behemoth.config.optimizers), which also says which options it reads
     optimizer: str = "sgd"
-    lr: float = Field(0.1, gt=0.0)
-    momentum: float = Field(0.0, ge=0.0, lt=1.0)
-    nesterov: bool = False
-    dampening: float = Field(0.0, ge=0.0, le=1.0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = Field(1e-8, gt=0.0)
+    lr: float = Field(0.1, gt=0.0)  # peak learning rate (the schedule scales it)
+    momentum: float = Field(0.0, ge=0.0, lt=1.0)  # sgd, rmsprop
+    nesterov: bool = False  # sgd
+    dampening: float = Field(0.0, ge=0.0, le=1.0)  # sgd
+    betas: tuple[float, float] = (0.9, 0.999)  # adam, adamw and their 8-bit versions
+    eps: float = Field(1e-8, gt=0.0)  # added to the denominator (adaptive optimizers)
     alpha: float = Field(0.99, gt=0.0, le=1.0)  # rmsprop smoothing
     centered: bool = False  # rmsprop
     rho: float = Field(0.9, gt=0.0, le=1.0)  # adadelta
-    weight_decay: float = Field(0.0, ge=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)  # L2 penalty (decoupled for adamw)
     decay_norm_and_bias: bool = False  # False: biases and norm weights get no weight decay
     optimizer_impl: Literal["default", "forloop", "foreach", "fused"] = (
         "default"  # torch.optim kernel; default: torch's pick
@@ -72,31 +72,31 @@ class TrainConfig(Section):
 
     # learning-rate schedule
     schedule: Literal["constant", "step", "exponential", "cosine", "onecycle"] = "constant"
-    schedule_unit: Literal["step", "epoch"] = "step"
+    schedule_unit: Literal["step", "epoch"] = "step"  # the schedule advances per optimizer step or per epoch
     step_size: int = Field(1, ge=1)  # step decay: decay every N units
     gamma: float = Field(0.1, gt=0.0, le=1.0)  # step/exponential decay factor per step_size/unit
     min_lr: float = Field(0.0, ge=0.0)  # cosine floor
     warmup: int = Field(0, ge=0)  # linear warmup length, in schedule units
     pct_start: float = Field(0.25, gt=0.0, lt=1.0)  # onecycle: fraction spent rising
     div_factor: float = Field(25.0, gt=0.0)  # onecycle: initial lr = lr / div_factor
-    final_div_factor: float = Field(1e4, gt=0.0)
+    final_div_factor: float = Field(1e4, gt=0.0)  # onecycle: last lr = initial lr / this
 
     # step details and regularisation
-    clip_norm: float | None = Field(None, gt=0.0)
-    clip_value: float | None = Field(None, gt=0.0)
+    clip_norm: float | None = Field(None, gt=0.0)  # clip the gradients' global L2 norm to this
+    clip_value: float | None = Field(None, gt=0.0)  # clip every gradient element to [-v, v]
     accumulate: int = Field(1, ge=1)  # micro-batches per optimizer step
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # compute dtype (autocast); fp16: CUDA only
     param_dtype: Literal["fp32", "bf16"] = "fp32"  # storage of parameters and gradients (precision: compute)
     release_freed_memory: bool = (
         False  # glibc: unmap freed tensors at once, so RSS follows use (train/allocator.py)
     )
-    channels_last: bool = False
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
-    compile: bool = False
+    channels_last: bool = False  # NHWC memory layout for image batches
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)  # cross-entropy against smoothed targets
+    compile: bool = False  # torch.compile the train step
 
     # evaluation, logging, checkpoints
     eval_every_steps: int | None = Field(None, ge=1)  # also validate mid-epoch
-    log_every: int = Field(50, ge=1)
+    log_every: int = Field(50, ge=1)  # log training loss and accuracy every N steps
     early_stop: EarlyStopConfig = EarlyStopConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     lora: LoraConfig | None = None  # [train.lora]: low-rank adapters on a frozen base (off when absent)
