@@ -27,9 +27,9 @@ STORAGE_SCHEMES = ("postgresql://", "postgresql+psycopg://", "sqlite:///")
 class TuneConfig(Section):
     trials: int = Field(20, ge=1)  # total trials in the study (a resumed study runs the rest)
     timeout: float | None = Field(None, gt=0)  # seconds for this invocation; None: no limit
-    objective: Literal["val.acc", "val.loss"] = "val.acc"
+    objective: Literal["val.acc", "val.loss"] = "val.acc"  # the validation metric to optimise
     direction: Literal["maximize", "minimize"] | None = None  # None: maximize acc, minimize loss
-    pruner: Literal["median", "hyperband", "none"] = "median"
+    pruner: Literal["median", "hyperband", "none"] = "median"  # stop bad trials early, per epoch
     startup_trials: int = Field(3, ge=0)  # median: never prune before this many trials finished
     warmup_epochs: int = Field(1, ge=0)  # median: never prune before this many epochs of a trial
     seed: int = 0  # TPE sampler seed
@@ -37,7 +37,7 @@ class TuneConfig(Section):
     # password in PGPASSWORD or ~/.pgpass, not here) lets several `behemoth tune` workers share one study
     storage: str | None = None
     heartbeat: int = Field(10, ge=1)  # seconds; a running trial silent for 2x this is failed and retried
-    space: dict[str, dict[str, Any]] = {}
+    space: dict[str, dict[str, Any]] = {}  # "section.key" = {kind = ...}: what to search
 
     @field_validator("storage")
     @classmethod
