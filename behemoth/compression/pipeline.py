@@ -11,7 +11,7 @@ Output, in <run>/compressed/ (or beside compress.output):
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -266,14 +266,21 @@ def compress_run(
     say: Say = lambda text: None,
     show_progress: bool = False,
     measure_latency: bool = True,
+    measure_split: Literal["test", "val"] = "test",
 ) -> CompressResult:
-    """Apply cfg.compress to the trained run in `run_dir`; write the artifacts; return the table."""
+    """Apply cfg.compress to the trained run in `run_dir`; write the artifacts; return the table.
+
+    measure_split = "val" scores every step on the validation split and never reads the test split: for
+    choosing a recipe (rates, bits) without touching the test set (bench/deep_compression.py --sweep)."""
     cc = cfg.compress
     check_recipe(cc)
     data = load_run_data(cfg)
-    test = data.test if data.test is not None else data.val
+    if measure_split == "val":
+        test = data.val
+    else:
+        test = data.test if data.test is not None else data.val
     if test is None:
-        raise BehemothError(f"{run_dir}: the dataset has no test or validation split to measure accuracy on")
+        raise BehemothError(f"{run_dir}: the dataset has no {measure_split} split to measure accuracy on")
     artifact = Path(cc.output) if cc.output else RunDir(run_dir).artifact
     out_dir = artifact.parent
     recorder = Recorder(cfg, run_dir, test, out_dir / "steps", say)
