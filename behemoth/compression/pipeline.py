@@ -138,8 +138,10 @@ def calibration_batches(split: TensorSplit, samples: int, batch: int = 256) -> l
 class Recorder:
     """Writes each step's .bhm, reloads it, and measures the reloaded model: one table row per step."""
 
-    def __init__(self, cfg: RunConfig, run_dir: Path, test: TensorSplit, steps_dir: Path, say: Say) -> None:
-        self.cfg, self.test, self.steps_dir, self.say = cfg, test, steps_dir, say
+    def __init__(
+        self, cfg: RunConfig, run_dir: Path, test: TensorSplit, steps_dir: Path, say: Say, split: str = "test"
+    ) -> None:
+        self.cfg, self.test, self.steps_dir, self.say, self.split = cfg, test, steps_dir, say, split
         self.spec, self.class_names, meta = read_spec(run_dir)
         self.meta = {k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool, list))}
         self.rows: list[dict[str, Any]] = []
@@ -154,7 +156,7 @@ class Recorder:
             )
         )
         self.models["baseline"] = model
-        self.say(f"baseline: {self.baseline_bytes:,} bytes, test accuracy {self.rows[0]['acc']:.4f}")
+        self.say(f"baseline: {self.baseline_bytes:,} bytes, {self.split} accuracy {self.rows[0]['acc']:.4f}")
 
     def step_path(self, step: str) -> Path:
         return self.steps_dir / f"{len(self.rows):02d}-{step}.bhm"
@@ -196,7 +198,8 @@ class Recorder:
         self.models[step] = reloaded
         row = self.rows[-1]
         self.say(
-            f"{step}: {row['bytes']:,} bytes ({row['compression']:.1f}x), test accuracy {row['acc']:.4f}"
+            f"{step}: {row['bytes']:,} bytes ({row['compression']:.1f}x), "
+            f"{self.split} accuracy {row['acc']:.4f}"
         )
 
 
@@ -283,7 +286,7 @@ def compress_run(
         raise BehemothError(f"{run_dir}: the dataset has no {measure_split} split to measure accuracy on")
     artifact = Path(cc.output) if cc.output else RunDir(run_dir).artifact
     out_dir = artifact.parent
-    recorder = Recorder(cfg, run_dir, test, out_dir / "steps", say)
+    recorder = Recorder(cfg, run_dir, test, out_dir / "steps", say, "test" if test is data.test else "val")
     example = test.x[:2]
 
     baseline = load_trained_model(run_dir, cfg)
