@@ -384,7 +384,7 @@ def main() -> None:
             json.dumps({"sizes": [results[key] for key in results], "search": found}, indent=1)
         )
     write_result(
-        "memory",
+        "memory-quick" if args.quick else "memory",  # a quick run never replaces the full sizes' figures
         {"sizes": sizes, "runs": [results[key] for key in results], "search": found},
         {
             "training_precision": "per setting (fp32 plain; bf16 parameters in best)",

@@ -80,6 +80,12 @@ def shards(r: Result) -> str:
 
 def quant_latency(r: Result) -> str:
     f = r["figures"]
+    if "mlp_drop_points" in f:  # per seed: speed-ups and drops with their ranges
+        return (
+            f"MLP **{num(f['mlp_speedup_spread'])}x**, drop {num(f['mlp_drop_points'], '.2f')} points; "
+            f"LeNet **{num(f['lenet_speedup_spread'])}x**, drop {num(f['lenet_drop_points'], '.2f')} "
+            f"({seeds_text(f['mlp_drop_points'])})"
+        )
     return (
         f"MLP **{f['mlp_speedup']:.1f}x**, LeNet **{f['lenet_speedup']:.1f}x**, "
         f"≤ {f['max_drop_points']:.2f} points"
@@ -228,6 +234,7 @@ MAIN: list[tuple[str, str, str, Callable[[Result], str], str]] = [
         memory,
         "≤ 8",
     ),
+    ("memory-quick", "`memory.py --quick`", "the same at small sizes, under the #19 protocol", memory, "≤ 8"),
     ("scaling", "`scaling.py --cpu-only`", "GPT samples/s, 1 vs 2 processes (gloo)", scaling, ""),
     (
         "fedavg",
