@@ -166,9 +166,16 @@ def fedavg(r: Result) -> str:
     )
 
 
+def percent(figure: Any, fmt: str = ".1f") -> str:
+    """A fraction as percent, or a spread of fractions as a median percent with its range."""
+    if isinstance(figure, dict):
+        return num({k: 100 * figure[k] for k in ("median", "min", "max")} | {"values": figure["values"]}, fmt)
+    return format(100 * figure, fmt)
+
+
 def dp_mnist(r: Result) -> str:
     rows = r["figures"]["rows"]
-    ours = " / ".join(f"{100 * row['acc']:.1f}%" for row in rows.values())
+    ours = " / ".join(f"{100 * median(row['acc']):.1f}%" for row in rows.values())
     theirs = " / ".join(f"{100 * row['opacus_acc']:.1f}" for row in rows.values())
     return f"{ours} (Opacus: {theirs})"
 
@@ -327,7 +334,7 @@ def dp_table(results: Path) -> str:
     for name, row in r["figures"]["rows"].items():
         lines.append(
             f"| {name} ({row['epochs']} epochs, σ {row['sigma']:g}) | {marks(r)}{row['epsilon']:.2f}, "
-            f"**{100 * row['acc']:.2f}%** | {', '.join(str(s) for s in row['seeds'])} | "
+            f"**{percent(row['acc'], '.2f')}%** | {', '.join(str(s) for s in row['seeds'])} | "
             f"{row['opacus_epsilon']:.2f}, {100 * row['opacus_acc']:.2f}% |"
         )
     return "\n".join(lines + [""] + footnotes([r]))
