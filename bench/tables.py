@@ -34,7 +34,8 @@ def num(figure: Any, fmt: str = ".1f", unit: str = "") -> str:
     """A figure, or a median with its range ("20.5 (18-26)") when it is a spread over seeds or repeats."""
     if isinstance(figure, dict):
         low, high = format(figure["min"], fmt), format(figure["max"], fmt)
-        return f"{format(figure['median'], fmt)}{unit} ({low}-{high})"
+        joint = " to " if figure["min"] < 0 else "-"  # "-0.03 to 0.09", never "-0.03-0.09"
+        return f"{format(figure['median'], fmt)}{unit} ({low}{joint}{high})"
     return f"{format(figure, fmt)}{unit}"
 
 
@@ -59,7 +60,13 @@ def time_to_accuracy(r: Result) -> str:
 
 
 def loop_overhead(r: Result) -> str:
-    return f"**{r['figures']['ratio']:.3f}**"
+    f = r["figures"]
+    text = f"**{f['ratio']:.3f}**"
+    if "hand_seconds" in f:  # the repeats' range shows how noisy the machine was
+        text += (
+            f" (repeats: behemoth {num(f['behemoth_seconds'])} s, hand-written {num(f['hand_seconds'])} s)"
+        )
+    return text
 
 
 def augment(r: Result) -> str:
