@@ -9,6 +9,7 @@ Each round times every implementation on the same batches, one after the other (
 see the same machine load); the medians over rounds are compared (target: behemoth >= 3x kornia).
 
 Run: .venv/bin/python bench/augment.py [--ops geometry|all] [--batch 256] [--rounds 15] [--threads N]
+Writes bench/results/augment-<ops>.json (every round's images/s).
 """
 
 import argparse
@@ -26,6 +27,7 @@ from behemoth.config import DataConfig  # noqa: E402
 from behemoth.config.data import AugmentConfig  # noqa: E402
 from behemoth.data import load_data  # noqa: E402
 from behemoth.data.augment import Augment  # noqa: E402
+from bench.results import spread, write_result  # noqa: E402
 
 GEOMETRY = dict(
     hflip={"p": 0.5},
@@ -131,10 +133,29 @@ def main() -> None:
         f"{torch.get_num_threads()} torch threads; {args.rounds} interleaved rounds, medians"
     )
     for name, value in medians.items():
-        spread = f"{min(speeds[name]):,.0f}-{max(speeds[name]):,.0f}"
-        print(f"  {name:16s} {value:>10,.0f} images/s   (rounds: {spread})")
+        span = f"{min(speeds[name]):,.0f}-{max(speeds[name]):,.0f}"
+        print(f"  {name:16s} {value:>10,.0f} images/s   (rounds: {span})")
     print(f"behemoth / kornia          = {medians['behemoth'] / medians['kornia']:.2f}x  (target >= 3)")
     print(f"behemoth / per-sample loop = {medians['behemoth'] / medians['per-sample loop']:.1f}x")
+    write_result(
+        f"augment-{args.ops}",
+        {
+            "behemoth": medians["behemoth"],
+            "kornia": medians["kornia"],
+            "ratio": medians["behemoth"] / medians["kornia"],
+            "loop_ratio": medians["behemoth"] / medians["per-sample loop"],
+            "images_per_second": {name: spread(values) for name, values in speeds.items()},
+        },
+        {
+            "training_precision": "n/a (float32 images)",
+            "evaluation_precision": "n/a",
+            "repeats": f"{args.rounds} interleaved rounds, medians",
+            "deviations": ["kornia's mixup/cutmix return label pairs, ours soft targets"]
+            if args.ops == "all"
+            else [],
+        },
+        reduced=None if args.rounds >= 15 else f"{args.rounds} rounds",
+    )
     print(
         f"reproduce: .venv/bin/python bench/augment.py --ops {args.ops} --batch {args.batch} "
         f"--rounds {args.rounds}" + (f" --threads {args.threads}" if args.threads else "")

@@ -12,12 +12,28 @@ train the baseline through behemoth (recipe mnist-mlp / lenet-caffe, all 60,000 
 sharing (fc bits / conv bits) with centroid fine-tuning, Huffman coding of codebook indices and relative
 sparse indices. (Han et al. retrain with the task loss alone: --no-self-distill.)
 
-Run: .venv/bin/python bench/deep_compression.py [--quick] [--epochs N] [--retrain-epochs N] [--reuse]
-     [--threads 1] [--only lenet-300-100|lenet5] [--prune-mlp 0.95] [--prune-lenet 0.94] [--fc-bits 5]
-     [--conv-bits 8]
+Protocol (issue #19). Choose on validation, report on test once:
+  --sweep   trains each baseline with seed 100 on 90% of the training images (data.val_fraction = 0.1)
+            and compresses it with every recipe in the grid (--grid-prune-mlp / --grid-prune-lenet,
+            --grid-fc-bits, --grid-conv-bits, --grid-temperature, --grid-alpha, --grid-retrain-epochs),
+            scoring each step on the validation split only (compress_run(measure_split="val"): the test
+            split is never read). The chosen
+            recipe per model is the highest compression whose validation error is at most the uncompressed
+            baseline's validation error + --tolerance points; it is written to
+            bench/results/deep_compression_sweep.json.
+  report    (the default) reads that choice, trains a baseline per --seeds (default 0,1,2; same 90% split),
+            compresses it once and scores the test set once; figures are medians with the range.
+Deviations stated beside the row: retraining distils from the uncompressed model (Han et al. retrain on the
+task loss; --no-self-distill turns it off); the baselines train on 54,000 images, not 60,000.
+
+Run: .venv/bin/python bench/deep_compression.py --sweep [--quick] [--only lenet-300-100|lenet5]
+     .venv/bin/python bench/deep_compression.py [--seeds 0,1,2] [--quick] [--epochs N] [--reuse] [--threads 1]
+     [--only ...] [--prune-mlp 0.95 --prune-lenet 0.94 --fc-bits 5 --conv-bits 8]  (given: not validated)
 """
 
 import argparse
+import itertools
+import json
 import sys
 import time
 from pathlib import Path
@@ -31,6 +47,10 @@ from behemoth.config import load_config  # noqa: E402
 from behemoth.pipeline import run_training  # noqa: E402
 from behemoth.pipeline.config import resolve_config  # noqa: E402
 from behemoth.runs import open_run  # noqa: E402
+from bench.results import RESULTS, spread, write_result  # noqa: E402
+
+SWEEP_SEED = 100  # the sweep's seed: outside every reported seed set
+SWEEP_FILE = RESULTS / "deep_compression_sweep.json"
 
 BASELINE_EPOCHS = {"lenet-300-100": 20, "lenet5": 12}
 RETRAIN_EPOCHS = {"lenet-300-100": 40, "lenet5": 16}  # pruning retraining; the MLP's epochs are cheap
@@ -56,8 +76,8 @@ PAPER = {  # Table 1 of Han et al. 2016
 }
 
 
-def baseline(key: str, args) -> Path:
-    name = f"bench-dc-{key}" + ("-quick" if args.quick else "")
+def baseline(key: str, args, seed: int) -> Path:
+    name = f"bench-dc-{key}-seed{seed}" + ("-quick" if args.quick else "")
     run_dir = Path(args.runs_dir) / name
     if args.reuse and (run_dir / "model.safetensors").is_file():
         print(f"  reusing baseline {run_dir}", flush=True)
@@ -67,7 +87,8 @@ def baseline(key: str, args) -> Path:
         f"name={name}",
         f"runs_dir={args.runs_dir!r}",
         f"train.epochs={epochs}",
-        "data.val_fraction=0.0",
+        f"train.seed={seed}",
+        f"data.val_fraction={args.val_fraction}",  # the held-out images choose the recipe (--sweep)
     ]
     if args.quick:
         overrides += ["data.train_limit=6000", "train.warmup=0"]
@@ -78,31 +99,35 @@ def baseline(key: str, args) -> Path:
     return run_dir
 
 
-def compress(key: str, run_dir: Path, args) -> dict:
-    amount = args.prune_mlp if key == "lenet-300-100" else args.prune_lenet
+def compress(key: str, run_dir: Path, args, settings: dict, split: str = "test", tag: str = "") -> dict:
     recipe = [
-        f"compress.prune={amount}",
+        f"compress.prune={settings['prune']}",
         "compress.scope='global'",
         "compress.schedule='gradual'",
-        f"compress.retrain_epochs={args.retrain_epochs or RETRAIN_EPOCHS[key]}",
+        f"compress.retrain_epochs={settings['retrain_epochs']}",
         f"compress.retrain_lr_scale={args.lr_scale}",
-        f"compress.quant='kmeans{args.fc_bits}'",
-        f"compress.conv_bits={args.conv_bits}",
+        f"compress.quant='kmeans{settings['fc_bits']}'",
+        f"compress.conv_bits={settings['conv_bits']}",
         f"compress.finetune_epochs={args.finetune_epochs}",
         "compress.code='huffman'",
-        f"compress.output={str(run_dir / 'compressed' / 'model.bhm')!r}",
+        f"compress.output={str(run_dir / ('compressed' + tag) / 'model.bhm')!r}",
         "compress.latency_repeats=10",
     ]
     if args.self_distill:  # retraining distils from the uncompressed run (T = 4, alpha = 0.7 by default)
         recipe += [
             f"compress.teacher={str(run_dir)!r}",
-            f"compress.temperature={args.temperature}",
-            f"compress.alpha={args.alpha}",
+            f"compress.temperature={settings['temperature']}",
+            f"compress.alpha={settings['alpha']}",
         ]
     _, cfg = open_run(run_dir, recipe)
     started = time.perf_counter()
     result = compress_run(
-        run_dir, cfg, say=lambda text: print("  " + text, flush=True), show_progress=args.progress
+        run_dir,
+        cfg,
+        say=lambda text: print("  " + text, flush=True),
+        show_progress=args.progress,
+        measure_latency=split == "test",
+        measure_split=split,
     )
     print(f"  compressed in {time.perf_counter() - started:.0f}s", flush=True)
     return {"rows": result.rows, "layers": result.layers, "artifact": str(result.artifact), "recipe": recipe}
@@ -146,6 +171,86 @@ def report(key: str, outcome: dict) -> bool:
     return ok
 
 
+def given_settings(key: str, args) -> dict | None:
+    """The recipe from the command line, when any of its values was given (then it is not validated)."""
+    prune = args.prune_mlp if key == "lenet-300-100" else args.prune_lenet
+    values = (prune, args.fc_bits, args.conv_bits, args.temperature, args.alpha, args.retrain_epochs)
+    if all(value is None for value in values):
+        return None
+    return {
+        "prune": prune if prune is not None else (0.95 if key == "lenet-300-100" else 0.94),
+        "fc_bits": args.fc_bits or 5,
+        "conv_bits": args.conv_bits or 8,
+        "temperature": args.temperature or 4.0,
+        "alpha": args.alpha if args.alpha is not None else 0.7,
+        "retrain_epochs": args.retrain_epochs or RETRAIN_EPOCHS[key],
+    }
+
+
+def grid(key: str, args) -> list[dict]:
+    prunes = args.grid_prune_mlp if key == "lenet-300-100" else args.grid_prune_lenet
+    retrain = args.grid_retrain_epochs or [RETRAIN_EPOCHS[key]]
+    return [
+        {"prune": p, "fc_bits": f, "conv_bits": c, "temperature": t, "alpha": a, "retrain_epochs": r}
+        for p, f, c, t, a, r in itertools.product(
+            prunes, args.grid_fc_bits, args.grid_conv_bits, args.grid_temperature, args.grid_alpha, retrain
+        )
+    ]
+
+
+def sweep(keys: list[str], args) -> None:
+    """Every grid recipe on seed 100's baseline, scored on the validation split (test is not read)."""
+    chosen = {}
+    for key in keys:
+        print(f"{key}: sweep on the validation split (seed {SWEEP_SEED})", flush=True)
+        run_dir = baseline(key, args, SWEEP_SEED)
+        candidates = []
+        for number, settings in enumerate(grid(key, args)):
+            rows = compress(key, run_dir, args, settings, split="val", tag=f"-sweep{number}")["rows"]
+            candidates.append(
+                {
+                    **settings,
+                    "ratio": rows[-1]["compression"],
+                    "val_error_percent": 100 * rows[-1]["error"],
+                    "baseline_val_error_percent": 100 * rows[0]["error"],
+                }
+            )
+            print(f"  {settings}: {rows[-1]['compression']:.1f}x, val error {100 * rows[-1]['error']:.2f}%")
+        limit = candidates[0]["baseline_val_error_percent"] + args.tolerance
+        fit = [c for c in candidates if c["val_error_percent"] <= limit + 1e-9] or candidates
+        best = max(fit, key=lambda c: (c["ratio"], -c["val_error_percent"]))
+        print(f"  chosen: {best}", flush=True)
+        chosen[key] = {"chosen": best, "candidates": candidates, "val_error_limit_percent": limit}
+    write_result(
+        "deep_compression_sweep",
+        chosen,
+        protocol(
+            args,
+            [SWEEP_SEED],
+            f"validation split ({args.val_fraction:.0%} of training images); test not read",
+        ),
+        reduced="--quick: 6000 training images, 1 epoch per stage" if args.quick else None,
+    )
+
+
+def protocol(args, seeds: list[int], selection: str) -> dict:
+    deviations = [
+        f"baselines train on {1 - args.val_fraction:.0%} of the training images (the rest chooses the recipe)"
+    ]
+    if args.self_distill:
+        deviations.insert(
+            0, "retraining distils from the uncompressed model (Han et al. retrain on the task loss)"
+        )
+    return {
+        "training_precision": "recipe default (mnist-mlp / lenet-caffe)",
+        "evaluation_precision": "fp32 (int8 steps on their kernels)",
+        "seeds": seeds,
+        "selection": selection,
+        "tolerance_points": args.tolerance,
+        "deviations": deviations,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -164,7 +269,7 @@ def main() -> None:
         "--retrain-epochs",
         type=int,
         default=None,
-        help="pruning retraining (default 40 for LeNet-300-100, 12 for LeNet-5; quick 1)",
+        help="pruning retraining (default: the sweep's choice)",
     )
     parser.add_argument(
         "--finetune-epochs", type=int, default=None, help="centroid fine-tuning (default 2; quick 1)"
@@ -176,26 +281,84 @@ def main() -> None:
         action="store_false",
         help="retrain with the plain task loss instead of distilling from the uncompressed run",
     )
-    parser.add_argument("--temperature", type=float, default=4.0)
-    parser.add_argument("--alpha", type=float, default=0.7)
-    parser.add_argument("--prune-mlp", type=float, default=0.95, help="global sparsity for LeNet-300-100")
-    parser.add_argument("--prune-lenet", type=float, default=0.94, help="global sparsity for LeNet-5")
-    parser.add_argument("--fc-bits", type=int, default=5)
-    parser.add_argument("--conv-bits", type=int, default=8)
+    parser.add_argument("--temperature", type=float, default=None)
+    parser.add_argument("--alpha", type=float, default=None)
+    parser.add_argument("--prune-mlp", type=float, default=None, help="global sparsity for LeNet-300-100")
+    parser.add_argument("--prune-lenet", type=float, default=None, help="global sparsity for LeNet-5")
+    parser.add_argument("--fc-bits", type=int, default=None)
+    parser.add_argument("--conv-bits", type=int, default=None)
+    parser.add_argument("--seeds", default="0,1,2", help="reported seeds (the sweep uses seed 100)")
+    parser.add_argument("--sweep", action="store_true", help="choose the recipe on the validation split")
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="training images held out to choose")
+    parser.add_argument("--tolerance", type=float, default=0.1, help="val error points allowed over baseline")
+    parser.add_argument("--grid-prune-mlp", default="0.92,0.95,0.97")
+    parser.add_argument("--grid-prune-lenet", default="0.92,0.94,0.96")
+    parser.add_argument("--grid-fc-bits", default="4,5")
+    parser.add_argument("--grid-conv-bits", default="8")
+    parser.add_argument("--grid-temperature", default="4")
+    parser.add_argument("--grid-alpha", default="0.7")
+    parser.add_argument("--grid-retrain-epochs", default=None, help="default: 40 (MLP), 16 (LeNet-5)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs-dir", default="runs")
     parser.add_argument("--reuse", action="store_true", help="reuse trained baselines if present")
     parser.add_argument("--progress", action="store_true", help="progress bars while training")
     args = parser.parse_args()
+    if not 0 < args.val_fraction < 1:
+        raise SystemExit("--val-fraction must be in (0, 1): the recipe is chosen on held-out training images")
     args.epochs = args.epochs or (1 if args.quick else None)
-    args.retrain_epochs = args.retrain_epochs or (1 if args.quick else None)
     args.finetune_epochs = args.finetune_epochs or (1 if args.quick else 2)
+    for name in ("grid_prune_mlp", "grid_prune_lenet", "grid_temperature", "grid_alpha"):
+        setattr(args, name, [float(v) for v in getattr(args, name).split(",")])
+    for name in ("grid_fc_bits", "grid_conv_bits"):
+        setattr(args, name, [int(v) for v in getattr(args, name).split(",")])
+    args.grid_retrain_epochs = (
+        [1]
+        if args.quick
+        else [int(v) for v in args.grid_retrain_epochs.split(",")]
+        if args.grid_retrain_epochs
+        else None
+    )
     torch.set_num_threads(args.threads)
-    verdicts = []
-    for key in args.only or list(PAPER):
-        print(f"{key}:", flush=True)
-        run_dir = baseline(key, args)
-        verdicts.append(report(key, compress(key, run_dir, args)))
+    keys = args.only or list(PAPER)
+    if args.sweep:
+        sweep(keys, args)
+        return
+    seeds = [int(seed) for seed in args.seeds.split(",")]
+    if SWEEP_SEED in seeds:
+        raise SystemExit(f"seed {SWEEP_SEED} chose the recipe: report other seeds")
+    swept = json.loads(SWEEP_FILE.read_text())["figures"] if SWEEP_FILE.is_file() else {}
+    verdicts, figures, selections = [], {}, []
+    for key in keys:
+        settings = given_settings(key, args)
+        if settings is None and key not in swept:
+            raise SystemExit(
+                f"{key}: no recipe chosen yet: run --sweep first (or give the recipe, unvalidated)"
+            )
+        if settings is None:
+            settings = {k: swept[key]["chosen"][k] for k in grid(key, args)[0]}
+            selections.append(f"{key}: from bench/results/deep_compression_sweep.json (validation, seed 100)")
+        else:
+            selections.append(f"{key}: given on the command line (not validated)")
+        ratios, errors, base_errors = [], [], []
+        for seed in seeds:
+            print(f"{key}, seed {seed}: {settings}", flush=True)
+            outcome = compress(key, baseline(key, args, seed), args, settings)
+            verdicts.append(report(key, outcome))
+            ratios.append(outcome["rows"][-1]["compression"])
+            errors.append(100 * outcome["rows"][-1]["error"])
+            base_errors.append(100 * outcome["rows"][0]["error"])
+        figures[key] = {
+            "ratio": spread(ratios),
+            "error_percent": spread(errors),
+            "baseline_error_percent": spread(base_errors),
+            "settings": settings,
+        }
+    write_result(
+        "deep_compression",
+        figures,
+        protocol(args, seeds, "; ".join(selections)),
+        reduced="--quick: 6000 training images, 1 epoch per stage" if args.quick else None,
+    )
     print("\nreproduce: .venv/bin/python bench/deep_compression.py " + " ".join(sys.argv[1:]))
     sys.exit(0 if all(verdicts) else 1)
 

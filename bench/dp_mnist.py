@@ -13,6 +13,9 @@ example reports for its whole training set. With --clients 1 it is the example i
     .venv/bin/python bench/dp_mnist.py --epochs 5                       # fewer epochs; noise re-solved
                                                                         # for each epsilon
 
+Protocol (issue #19): each row runs --seeds (default 0,1,2); the accuracy is the median with the range. The
+settings are the Opacus example's, not tuned here (so no test-set choice). Writes bench/results/dp_mnist.json.
+
 The example's rows are (epochs, lr, sigma, clip): eps 1.19: (15, 0.25, 1.3, 1.5); eps 3.01: (60, 0.15, 1.1,
 1.0); eps 7.10: (45, 0.25, 0.7, 1.5). With --epochs the noise multiplier is solved (dp.target_epsilon) so
 that epsilon still lands on the row's value; lr and clip stay.
@@ -21,6 +24,7 @@ that epsilon still lands on the row's value; lr and clip stay.
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -120,32 +124,66 @@ def main() -> None:
     parser.add_argument(
         "--epochs", type=int, default=None, help="rounds per row (default: the example's epochs)"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds; each row runs once per seed")
     parser.add_argument("--runs-dir", default=str(Path(tempfile.gettempdir()) / "behemoth-bench-dp"))
     parser.add_argument("--out", default=None, help="also write the results as JSON here")
     args = parser.parse_args()
     sys.path.insert(
         0, str(Path(__file__).resolve().parent)
     )  # the model factory's module, for Ray's workers too
-    results = {}
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench.results import spread, write_result
+
+    seeds = [int(seed) for seed in args.seeds.split(",")]
+    results: dict[str, dict[int, dict]] = {}
     for name in args.rows.split(","):
-        results[name] = run_row(row_config(name, args.clients, args.epochs, Path(args.runs_dir), args.seed))
-        print(f"{name}: {json.dumps(results[name])}", file=sys.stderr, flush=True)
+        for seed in seeds:
+            raw = row_config(name, args.clients, args.epochs, Path(args.runs_dir), seed)
+            raw["name"] += f"-seed{seed}"
+            results.setdefault(name, {})[seed] = run_row(raw)
+            print(f"{name} seed {seed}: {json.dumps(results[name][seed])}", file=sys.stderr, flush=True)
     command = " ".join(["python"] + sys.argv)
     print(
-        f"\nDP-SGD federated MNIST, {args.clients} client(s), sample rate {SAMPLE_RATE}, delta 1e-5   "
-        f"({command})"
+        f"\nDP-SGD federated MNIST, {args.clients} client(s), sample rate {SAMPLE_RATE}, delta 1e-5, "
+        f"seeds {args.seeds} (medians)   ({command})"
     )
     print(
         f"{'row':8} {'epochs':>6} {'sigma':>6} {'eps (ours)':>10} {'acc (ours)':>10} {'eps (Opacus)':>12} "
         f"{'acc (Opacus)':>12} {'minutes':>8}"
     )
-    for name, res in results.items():
+    figures = {}
+    for name, by_seed in results.items():
         eps, epochs, _, _, _, acc = ROWS[name]
+        runs = list(by_seed.values())
+        ours = spread([res["acc"] for res in runs])
+        epsilon = statistics.median(res["epsilon"] for res in runs)
+        sigma = statistics.median(res["noise_multiplier"] for res in runs)
+        minutes = statistics.median(res["seconds"] for res in runs) / 60
         print(
-            f"{name:8} {res['rounds']:6d} {res['noise_multiplier']:6.3f} {res['epsilon']:10.2f} "
-            f"{res['acc']:10.2%} {eps:12.2f} {acc:12.2%} {res['seconds'] / 60:8.1f}"
+            f"{name:8} {runs[0]['rounds']:6d} {sigma:6.3f} {epsilon:10.2f} "
+            f"{ours['median']:10.2%} {eps:12.2f} {acc:12.2%} {minutes:8.1f}"
         )
+        figures[name] = {
+            "epochs": runs[0]["rounds"],
+            "sigma": sigma,
+            "epsilon": epsilon,
+            "acc": ours,
+            "seeds": seeds,
+            "opacus_epsilon": eps,
+            "opacus_acc": acc,
+        }
+    write_result(
+        "dp_mnist",
+        {"rows": figures},
+        {
+            "training_precision": "fp32",
+            "evaluation_precision": "fp32 (server, test set)",
+            "seeds": seeds,
+            "selection": "the Opacus example's settings, not tuned here",
+            "deviations": ["the Opacus figures are the mean of 10 runs"],
+        },
+        reduced=None if args.epochs is None else f"{args.epochs} epochs per row (noise re-solved)",
+    )
     if args.out:
         Path(args.out).write_text(json.dumps({"command": command, "results": results}, indent=2))
 

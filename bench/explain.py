@@ -8,14 +8,18 @@ Both sides must bring every sample's completeness error |Σattr − (f(x) − f(
   behemoth:    `ig_until_complete`: a batched call at 32 steps, doubling only for samples still above 1%,
                completeness checks included in the time.
 Run: .venv/bin/python bench/explain.py [--samples 32] [--threads 1]
-     (best of 3 repeats; a shared machine is noisy)
+     (best of 3 repeats; a shared machine is noisy). Writes bench/results/explain.json.
 """
 
 import argparse
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from behemoth.config import load_config
 from behemoth.data import load_data
@@ -25,6 +29,7 @@ from behemoth.pipeline import run_training
 from behemoth.pipeline.config import resolve_config
 from behemoth.runs import RunDir, run_path
 from behemoth.training.assembly import load_trained_model
+from bench.results import write_result
 
 TOL = 0.01
 
@@ -116,6 +121,25 @@ def main() -> None:
     # every sample, not the median: a row whose worst sample misses the tolerance is not comparable
     worst = {name: float(errors.max()) for name, (_, errors, _) in rows.items()}
     missed = {name: value for name, value in worst.items() if value >= TOL}
+    write_result(
+        "explain",
+        {
+            "ratio_per_sample": rows["captum defaults, per sample"][0] / ours,
+            "ratio_batch": rows["captum defaults, one batch"][0] / ours,
+            "attributions_per_second": {name: args.samples / row[0] for name, row in rows.items()},
+            "worst_completeness_error": worst,
+            "budgets": {name: row[2] for name, row in rows.items()},
+        },
+        {
+            "training_precision": "fp32 (LeNet-5, one short epoch on 2000 images)",
+            "evaluation_precision": "fp32 attributions, both sides",
+            "repeats": f"best of {args.repeats}",
+            "deviations": [],
+        },
+        reduced=None
+        if args.samples >= 32 and args.repeats >= 3
+        else f"{args.samples} samples, {args.repeats} repeats",
+    )
     for name, value in missed.items():
         print(f"FAIL {name}: worst completeness error {value:.3%} >= {TOL:.0%}")
     if missed:

@@ -1,7 +1,9 @@
 """behemoth's train step vs a hand-written PyTorch loop: same model, data, batch, optimizer, precision.
 
 Both run the same number of optimizer steps on MNIST, interleaved, several repeats; the ratio of
-medians is printed (target <= 1.03). Run: .venv/bin/python bench/loop_overhead.py [--steps 200 --repeats 5]
+medians is printed (target <= 1.03). Both sides train in the same precision (--precision, default bf16);
+nothing is evaluated. Writes bench/results/loop_overhead.json (every repeat's seconds).
+Run: .venv/bin/python bench/loop_overhead.py [--steps 200 --repeats 5]
 """
 
 import argparse
@@ -21,6 +23,7 @@ from behemoth.data import load_data  # noqa: E402
 from behemoth.models import build_model  # noqa: E402
 from behemoth.training import train  # noqa: E402
 from behemoth.training.batching import epoch_order  # noqa: E402
+from bench.results import spread, write_result  # noqa: E402
 
 MODEL = {"channels": [16, 32], "hidden": 128, "norm": "batch"}
 
@@ -88,6 +91,19 @@ def main() -> None:
     print(f"\n{args.steps} steps, batch {args.batch}, {args.precision}, {torch.get_num_threads()} threads")
     print(f"median hand-written {statistics.median(hand):.3f}s, behemoth {statistics.median(ours):.3f}s")
     print(f"ratio behemoth / hand-written = {ratio:.3f}  (target <= 1.03)")
+    write_result(
+        "loop_overhead",
+        {"ratio": ratio, "hand_seconds": spread(hand), "behemoth_seconds": spread(ours), "steps": args.steps},
+        {
+            "training_precision": f"{args.precision} (both sides)",
+            "evaluation_precision": "n/a (time only)",
+            "repeats": f"{args.repeats} interleaved repeats, ratio of medians",
+            "deviations": [],
+        },
+        reduced=None
+        if (args.steps, args.repeats) == (200, 5)
+        else f"{args.steps} steps, {args.repeats} repeats",
+    )
 
 
 if __name__ == "__main__":

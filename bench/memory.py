@@ -13,9 +13,13 @@ Method. Every measurement is a fresh subprocess (`--child`) that
   2. reads its resident set size (the baseline) and resets the kernel's peak counter (/proc/self/clear_refs);
   3. builds the GPT (directly in bf16 when param_dtype is bf16) and trains 2 steps through
      behemoth.training.train;
-  4. reports the peak RSS of step 2 (steady state: optimizer state allocated, compilation done) and of
-     building + step 1 (what must fit for "one training step").
-bytes/param = (step-2 peak RSS - baseline) / parameters. It includes activations and temporaries, not only
+  4. reports the peak RSS of building + step 1 and of step 2 (steady state: optimizer state allocated,
+     compilation done).
+Two figures per run (issue #19: the step-2 peak alone left out building and step 1):
+  whole-run bytes/param = (max peak over building, step 1 and step 2 - baseline) / parameters: what must fit;
+  steady bytes/param    = (step-2 peak RSS - baseline) / parameters: what each later step needs.
+The baseline is the process after the warm-up (libraries loaded, data loaded), before the model exists. Both
+include activations and temporaries, not only
 model state; the model-state column (parameters + gradients + optimizer state, counted from the tensors)
 is the ZeRO accounting. GPT family: n_embd = 64 k, n_layer = k, n_head = k (head size 64), byte vocabulary,
 4 sequences of 128 tokens per step.
@@ -40,6 +44,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from bench.results import write_result  # noqa: E402
 
 GIB = 2**30
 SEQ, BATCH = 128, 4
@@ -197,6 +203,7 @@ def measure(setting: str, k: int, threads: int) -> dict:
     result["bytes_per_param"] = (result["peak_step2"] - result["baseline"]) / result["params"]
     result["state_per_param"] = sum(result["model_state"].values()) / result["params"]
     result["peak"] = max(result["peak_step1"], result["peak_step2"])  # what one training step needs in all
+    result["whole_bytes_per_param"] = (result["peak"] - result["baseline"]) / result["params"]
     return result
 
 
@@ -206,22 +213,22 @@ def gib(n: float) -> str:
 
 def size_table(results: dict[tuple[str, int], dict], sizes: list[int]) -> None:
     print(
-        "\nPeak training memory per parameter (steady state: step 2; RSS above the process baseline; "
-        "state = parameters + gradients + optimizer state, counted from the tensors)"
+        "\nPeak training memory per parameter (whole run: building + steps 1-2 / steady state: step 2; RSS "
+        "above the process baseline; state = parameters + gradients + optimizer state, from the tensors)"
     )
     head = f"{'k':>3} {'layers x width':>15} {'params':>8}"
     for setting in SIZE_SETTINGS:
-        head += f" | {setting[:20]:>20} {'GiB':>5} {'state':>5}"
+        head += f" | {setting[:20]:>20} {'whole':>6} {'GiB':>5} {'state':>5}"
     print(head + f" | {'plain/best':>10}")
     for k in sizes:
         row = f"{k:>3} {f'{k} x {64 * k}':>15} {gpt_params(k) / 1e6:>7.1f}M"
         for setting in SIZE_SETTINGS:
             r = results[(setting, k)]
             row += (
-                f" | {'failed':>20} {'':>5} {'':>5}"
+                f" | {'failed':>20} {'':>6} {'':>5} {'':>5}"
                 if "failed" in r
-                else f" | {r['bytes_per_param']:>14.2f} B/par {gib(r['peak_step2'] - r['baseline']):>5} "
-                f"{r['state_per_param']:>5.2f}"
+                else f" | {r['bytes_per_param']:>14.2f} B/par {r['whole_bytes_per_param']:>6.2f} "
+                f"{gib(r['peak_step2'] - r['baseline']):>5} {r['state_per_param']:>5.2f}"
             )
         plain, best = results[("plain", k)], results[("best", k)]
         if "failed" not in plain and "failed" not in best:
@@ -239,7 +246,7 @@ def saver_table(results: dict[tuple[str, int], dict], k: int) -> None:
         f"\nEach saver alone (k = {k}, {gpt_params(k) / 1e6:.1f}M parameters, "
         f"{BATCH} x {SEQ} tokens per step)"
     )
-    print(f"{'setting':>20} {'B/param':>8} {'state':>6} {'vs plain':>9} {'step 2 s':>9}")
+    print(f"{'setting':>20} {'B/param':>8} {'whole':>6} {'state':>6} {'vs plain':>9} {'step 2 s':>9}")
     plain = results[("plain", k)]
     for setting in SETTINGS:
         r = results.get((setting, k))
@@ -249,7 +256,8 @@ def saver_table(results: dict[tuple[str, int], dict], k: int) -> None:
             print(f"{setting:>20} failed: {r['failed']}")
             continue
         print(
-            f"{setting:>20} {r['bytes_per_param']:>8.2f} {r['state_per_param']:>6.2f} "
+            f"{setting:>20} {r['bytes_per_param']:>8.2f} {r['whole_bytes_per_param']:>6.2f} "
+            f"{r['state_per_param']:>6.2f} "
             f"{r['bytes_per_param'] / plain['bytes_per_param']:>8.2f}x {r['step_seconds'][1]:>9.2f}"
         )
 
@@ -375,6 +383,19 @@ def main() -> None:
         args.out.write_text(
             json.dumps({"sizes": [results[key] for key in results], "search": found}, indent=1)
         )
+    write_result(
+        "memory-quick" if args.quick else "memory",  # a quick run never replaces the full sizes' figures
+        {"sizes": sizes, "runs": [results[key] for key in results], "search": found},
+        {
+            "training_precision": "per setting (fp32 plain; bf16 parameters in best)",
+            "evaluation_precision": "n/a (memory only)",
+            "peaks": "whole run = building + step 1 + step 2; steady = step 2; both above the baseline",
+            "deviations": [],
+        },
+        reduced="--quick: k = 4, 6, 8, no search"
+        if args.quick
+        else ("no search" if args.no_search else None),
+    )
     print(
         f"\ncommand: {' '.join([Path(sys.executable).name, 'bench/memory.py', *sys.argv[1:]])}  "
         f"(threads {args.threads}; {BATCH} x {SEQ} tokens per step)"

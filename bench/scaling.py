@@ -4,7 +4,9 @@ of single / DDP / FSDP (/ FSDP with CPU offload) for GPTs of a few sizes.
 CPU: `behemoth train` end to end (the real engine under torchrun, gloo) on the KJV text with a small GPT:
 one process (1 thread, and 2 threads) against 2 processes with 1 thread each (the same 2 cores) for ddp,
 fsdp and pipeline. samples/s come from each run's summary (the training loop only, not start-up); runs are
-interleaved and the medians of --repeats are printed, with the ratio to one process with one thread.
+interleaved and the medians of --repeats are printed. Headline (issue #19): the same cores on both sides,
+2 processes x 1 thread against 1 process x 2 threads; the ratio to 1 process x 1 thread is shown beside it.
+Writes bench/results/scaling.json (every repeat's samples/s).
 GPU (skipped without CUDA): a worker started by torchrun with one process per GPU wraps a GPT-2-shaped model
 (vocabulary 50304, 1024 tokens) with behemoth's own wrappers (DistributedDataParallel, distributed.fsdp.
 shard_model with bf16 mixed precision) and times bf16 steps (median after warm-up) and the peak of
@@ -28,6 +30,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.results import spread, write_result  # noqa: E402
 
 CPU_GPT = [
     "data.block_size=64",
@@ -86,7 +90,7 @@ def cpu_run(runs: Path, name: str, nproc: int, threads: int, strategy: str) -> f
     return json.loads((runs / name / "summary.json").read_text())["samples_per_second"]
 
 
-def cpu_table(repeats: int) -> None:
+def cpu_table(repeats: int) -> dict[str, dict]:
     rates: dict[str, list[float]] = {label: [] for label, *_ in CPU_CASES}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(repeats):  # interleaved: load from other work hits every case alike
@@ -95,11 +99,15 @@ def cpu_table(repeats: int) -> None:
                     cpu_run(Path(tmp), f"run{nproc}{threads}{strategy}", nproc, threads, strategy)
                 )
     base = statistics.median(rates["1 proc x 1 thr"])
+    same = statistics.median(rates["1 proc x 2 thr"])
     print(f"\nCPU, GPT 4x128 on KJV (T=64, global batch 32), {os.cpu_count()} cores, medians of {repeats}")
-    print(f"{'case':<16}{'samples/s':>10}{'vs 1x1':>8}")
+    print(f"{'case':<16}{'samples/s':>10}{'vs 1x2 (same cores)':>21}{'vs 1x1':>8}")
+    figures = {}
     for label, values in rates.items():
         median = statistics.median(values)
-        print(f"{label:<16}{median:>10.0f}{median / base:>7.2f}x")
+        print(f"{label:<16}{median:>10.0f}{median / same:>20.2f}x{median / base:>7.2f}x")
+        figures[label] = {**spread(values), "vs_same_cores": median / same, "vs_one_thread": median / base}
+    return figures
 
 
 def gpu_worker(size: str, case: str, steps: int, batch: int) -> None:
@@ -216,7 +224,19 @@ def main() -> None:
         return
     print("command: .venv/bin/python bench/scaling.py " + " ".join(sys.argv[1:]))
     if not args.gpu_only:
-        cpu_table(args.repeats)
+        figures = cpu_table(args.repeats)
+        write_result(
+            "scaling",
+            {"cpu": figures},
+            {
+                "training_precision": "fp32",
+                "evaluation_precision": "n/a (throughput only)",
+                "repeats": f"{args.repeats} interleaved repeats per case, medians",
+                "comparison": "headline: 2 processes x 1 thread vs 1 process x 2 threads (the same 2 cores)",
+                "deviations": [],
+            },
+            reduced=None if args.repeats >= 3 else f"{args.repeats} repeats",
+        )
     if not args.cpu_only:
         if torch.cuda.is_available():
             gpu_table(args.gpu_sizes.split(","), args.steps, args.batch)

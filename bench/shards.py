@@ -8,12 +8,19 @@ each epoch alternating between the two sides (same machine load), medians over e
   decoded: the same, each batch decoded to the loader's normalised float32 (what the feed hands on)
   feed:    behemoth's ShardFeed from shards             vs TensorFeed over the float32 tensors in memory
            (what switching a run to data.name = "shards" costs its data feed)
+  cold:    the decoded stream with every shard file evicted from the page cache before the epoch (issue #19:
+           the other rows read files just written, from the cache). Eviction: fsync, then
+           posix_fadvise(POSIX_FADV_DONTNEED); the "raw read" columns check it worked, timing a plain read
+           of the files right after eviction against one from the cache (on a virtual disk the host may
+           still cache them: the check shows it).
+Writes bench/results/shards.json (every epoch's speeds; medians).
 
 Run: .venv/bin/python bench/shards.py [--codecs zstd lz4 blosclz] [--shard-size 8MiB] [--epochs 9]
      [--threads N]
 """
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -34,6 +41,7 @@ from behemoth.data.sampling import keyed_generator  # noqa: E402
 from behemoth.data.shards import ShardDataset, ShardSplit, pack_bundle  # noqa: E402
 from behemoth.training.feed import TensorFeed  # noqa: E402
 from behemoth.training.feeds import ShardFeed  # noqa: E402
+from bench.results import spread, write_result  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -70,6 +78,25 @@ def feed_epoch(feed, epoch: int) -> float:
     return count / (time.perf_counter() - start)
 
 
+def evict(files: list[Path]) -> None:
+    """Drop the files' pages from the page cache (they must be clean: fsync first)."""
+    for path in files:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def raw_read(files: list[Path]) -> float:
+    """MB/s of a plain read of the files (no checks, no decompression)."""
+    start, count = time.perf_counter(), 0
+    for path in files:
+        count += len(path.read_bytes())
+    return count / 1e6 / (time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -92,9 +119,10 @@ def main() -> None:
         f"{torch.get_num_threads()} torch threads; {args.epochs} interleaved epochs, medians (samples/s)"
     )
     header = f"{'codec':8s} {'packed':>9s} {'ratio':>6s} {'vs f32':>7s} {'pack s':>6s}"
-    for name in ("bytes", "decoded", "feed"):
+    for name in ("bytes", "decoded", "feed", "cold"):
         header += f" | {name + ' stream':>15s} {'memory':>10s} {'ratio':>5s}"
-    print(header)
+    print(header + f" | {'raw read MB/s cold':>18s} {'warm':>6s}")
+    figures: dict[str, dict] = {}
     memory_feed = TensorFeed(data.train, args.batch, 1, seed=0, device=CPU)
     with tempfile.TemporaryDirectory(prefix="behemoth-bench-shards-") as tmp:
         for codec in args.codecs:
@@ -113,6 +141,16 @@ def main() -> None:
                 first += shard.count
             stream = ShardDataset(split, seed=0, buffer=args.buffer)
             stream_feed = ShardFeed(ShardDataset(split, seed=0, buffer=args.buffer), args.batch, 1, 0, CPU)
+            files = sorted(p for p in out.rglob("*") if p.is_file())
+
+            def cold_epoch(epoch: int) -> float:
+                evict(files)
+                return stream_epoch(stream, epoch, args.batch, True)
+
+            def cold_read(_: int) -> float:
+                evict(files)
+                return raw_read(files)
+
             runs = {
                 "bytes stream": lambda e: stream_epoch(stream, e, args.batch, False),
                 "bytes memory": lambda e: memory_epoch(split, x_all, y_all, e, args.batch, False),
@@ -120,6 +158,10 @@ def main() -> None:
                 "decoded memory": lambda e: memory_epoch(split, x_all, y_all, e, args.batch, True),
                 "feed stream": lambda e: feed_epoch(stream_feed, e),
                 "feed memory": lambda e: feed_epoch(memory_feed, e),
+                "cold stream": cold_epoch,
+                "cold memory": lambda e: memory_epoch(split, x_all, y_all, e, args.batch, True),
+                "raw read cold": cold_read,
+                "raw read warm": lambda e: raw_read(files),
             }
             for run in runs.values():  # warm-up: page cache, buffers
                 run(99)
@@ -132,13 +174,37 @@ def main() -> None:
                 f"{codec:8s} {info.bytes / 2**20:6.2f}MiB {info.raw_bytes / info.bytes:5.2f}x "
                 f"{float_bytes / info.bytes:6.1f}x {pack_seconds:6.2f}"
             )
-            for name in ("bytes", "decoded", "feed"):
+            for name in ("bytes", "decoded", "feed", "cold"):
                 stream_speed, memory_speed = m[f"{name} stream"], m[f"{name} memory"]
                 row += f" | {stream_speed:15,.0f} {memory_speed:10,.0f} {stream_speed / memory_speed:5.0%}"
-            print(row, flush=True)
+            print(row + f" | {m['raw read cold']:18,.0f} {m['raw read warm']:6,.0f}", flush=True)
+            figures[codec] = {
+                "packed_bytes": info.bytes,
+                "ratio": info.raw_bytes / info.bytes,
+                "vs_float32": float_bytes / info.bytes,
+                "pack_seconds": pack_seconds,
+                **{
+                    f"{name}_ratio": m[f"{name} stream"] / m[f"{name} memory"]
+                    for name in ("bytes", "decoded", "feed", "cold")
+                },
+                "samples_per_second": {name: spread(values) for name, values in speeds.items()},
+            }
     print(
         f"ratio: stored uint8 bytes / packed bytes ({info.raw_bytes / 2**20:.1f} MiB stored); "
         "vs f32: the float32 tensors a run holds in memory / packed bytes"
+    )
+    write_result(
+        "shards",
+        figures,
+        {
+            "training_precision": "n/a (data feed only)",
+            "evaluation_precision": "n/a",
+            "repeats": f"{args.epochs} interleaved epochs per side; stream / memory = ratio of medians",
+            "deviations": [],
+        },
+        reduced=None
+        if args.epochs >= 9 and len(args.codecs) == 3
+        else f"{args.epochs} epochs, codecs {args.codecs}",
     )
     print(
         f"reproduce: .venv/bin/python bench/shards.py --codecs {' '.join(args.codecs)} "

@@ -188,3 +188,18 @@ def test_bad_recipe_fails_with_one_line_naming_the_field(digits_run):
 def test_bad_values_are_config_errors(digits_run, args, message):
     result = runner.invoke(app, ["compress", str(digits_run), *args])
     assert isinstance(result.exception, ConfigError) and message in str(result.exception)
+
+
+def test_measure_split_val_scores_every_step_on_the_validation_split(digits_run, tmp_path):
+    from behemoth.compression.pipeline import compress_run
+    from behemoth.runs import open_run
+    from behemoth.training.assembly import load_trained_model
+
+    run_dir, cfg = open_run(
+        digits_run, ["compress.prune=0.5", f"compress.output={str(tmp_path / 'm.bhm')!r}"]
+    )
+    result = compress_run(run_dir, cfg, measure_latency=False, measure_split="val")
+    data = load_data(cfg.data)
+    baseline = load_trained_model(run_dir, cfg)
+    assert result.rows[0]["acc"] == accuracy(baseline, data.val, cfg_spec(digits_run))["acc"]
+    assert result.rows[0]["errors"] == round((1 - result.rows[0]["acc"]) * len(data.val))

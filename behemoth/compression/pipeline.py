@@ -11,7 +11,7 @@ Output, in <run>/compressed/ (or beside compress.output):
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -140,8 +140,10 @@ def calibration_batches(split: TensorSplit, samples: int, batch: int = 256) -> l
 class Recorder:
     """Writes each step's .bhm, reloads it, and measures the reloaded model: one table row per step."""
 
-    def __init__(self, cfg: RunConfig, run_dir: Path, test: TensorSplit, steps_dir: Path, say: Say) -> None:
-        self.cfg, self.test, self.steps_dir, self.say = cfg, test, steps_dir, say
+    def __init__(
+        self, cfg: RunConfig, run_dir: Path, test: TensorSplit, steps_dir: Path, say: Say, split: str = "test"
+    ) -> None:
+        self.cfg, self.test, self.steps_dir, self.say, self.split = cfg, test, steps_dir, say, split
         self.spec, self.class_names, meta = read_spec(run_dir)
         self.meta = {k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool, list))}
         self.rows: list[dict[str, Any]] = []
@@ -156,7 +158,7 @@ class Recorder:
             )
         )
         self.models["baseline"] = model
-        self.say(f"baseline: {self.baseline_bytes:,} bytes, test accuracy {self.rows[0]['acc']:.4f}")
+        self.say(f"baseline: {self.baseline_bytes:,} bytes, {self.split} accuracy {self.rows[0]['acc']:.4f}")
 
     def step_path(self, step: str) -> Path:
         return self.steps_dir / f"{len(self.rows):02d}-{step}.bhm"
@@ -198,7 +200,8 @@ class Recorder:
         self.models[step] = reloaded
         row = self.rows[-1]
         self.say(
-            f"{step}: {row['bytes']:,} bytes ({row['compression']:.1f}x), test accuracy {row['acc']:.4f}"
+            f"{step}: {row['bytes']:,} bytes ({row['compression']:.1f}x), "
+            f"{self.split} accuracy {row['acc']:.4f}"
         )
 
 
@@ -270,8 +273,12 @@ def compress_run(
     say: Say = lambda text: None,
     show_progress: bool = False,
     measure_latency: bool = True,
+    measure_split: Literal["test", "val"] = "test",
 ) -> CompressResult:
-    """Apply cfg.compress to the trained run in `run_dir`; write the artifacts; return the table."""
+    """Apply cfg.compress to the trained run in `run_dir`; write the artifacts; return the table.
+
+    measure_split = "val" scores every step on the validation split and never reads the test split: for
+    choosing a recipe (rates, bits) without touching the test set (bench/deep_compression.py --sweep)."""
     cc = cfg.compress
     check_recipe(cc)
     task = read_spec(run_dir)[0].task
@@ -281,12 +288,15 @@ def compress_run(
             f"{task} run (use quant = int8, dynamic or qat)"
         )
     data = load_run_data(cfg)
-    test = data.test if data.test is not None else data.val
+    if measure_split == "val":
+        test = data.val
+    else:
+        test = data.test if data.test is not None else data.val
     if test is None:
-        raise BehemothError(f"{run_dir}: the dataset has no test or validation split to measure accuracy on")
+        raise BehemothError(f"{run_dir}: the dataset has no {measure_split} split to measure accuracy on")
     artifact = Path(cc.output) if cc.output else RunDir(run_dir).artifact
     out_dir = artifact.parent
-    recorder = Recorder(cfg, run_dir, test, out_dir / "steps", say)
+    recorder = Recorder(cfg, run_dir, test, out_dir / "steps", say, "test" if test is data.test else "val")
     example = test.x[:2]
 
     baseline = load_trained_model(run_dir, cfg)
