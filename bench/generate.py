@@ -14,7 +14,6 @@ Writes bench/results/generate.json.
 """
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -27,8 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from behemoth.compression.weight_only import quantize_weight_only  # noqa: E402
 from behemoth.models.gpt import GPT, GPTOptions  # noqa: E402
 from behemoth.models.sampling import sample_cached  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results" / "generate.json"
+from bench.results import RESULTS, write_result  # noqa: E402
 
 
 def copy_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
@@ -104,7 +102,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timed rounds (after one warm-up)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="a 4 x 256 model and 32 tokens (a smoke test)")
-    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--out", default=str(RESULTS), help="folder for generate.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -185,23 +183,25 @@ def main() -> None:
             f"{tokens_per_s / bound:.0%}",
         )
         print(f"{name:<22}" + "".join(f"{c:>12}" for c in (*cells, ratio, f"{same:.0%}")))
-    record = {
+    figures = {
         "shape": opts.model_dump(),
         "vocab": vocab,
         "prompt_tokens": args.prompt_tokens,
         "new_tokens": args.new_tokens,
         "rounds": args.rounds,
-        "threads": args.threads,
-        "torch": torch.__version__,
         "copy_bandwidth_bytes_per_s": bandwidth,
         "rows": rows,
-        "command": "nice -n 10 .venv/bin/python bench/generate.py " + " ".join(sys.argv[1:]),
+    }
+    protocol = {
+        "training_precision": "none (random weights: speed only)",
+        "evaluation_precision": "each row's own (fp32, bf16, int8 or int4 weights; bf16 compute for low-bit)",
+        "selection": "no settings chosen: greedy decoding, the same weights and prompt for every row",
+        "seeds": [0],
+        "deviations": [f"{args.threads} thread(s); median of {args.rounds} rounds"],
     }
     if not args.quick:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
-        print(f"written {args.out}")
-    print("reproduce: " + record["command"])
+        write_result("generate", figures, protocol, results_dir=Path(args.out))
+    print("reproduce: nice -n 10 .venv/bin/python bench/generate.py " + " ".join(sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -101,6 +101,21 @@ def quant_latency(r: Result) -> str:
     )
 
 
+def generate(r: Result) -> str:
+    rows = r["figures"]["rows"]
+
+    def cell(name: str) -> str:
+        row = rows[name]
+        ratio, bound = row["vs_transformers_fp32"], row["fraction_of_bound"]
+        return f"{row['tokens_per_s']:.1f} tok/s ({ratio:.2f}x, {bound:.0%})"
+
+    return (
+        f"int8 **{cell('behemoth int8')}**, int4 g128 **{cell('behemoth int4 g128')}**; "
+        f"transformers fp32 {rows['transformers fp32']['tokens_per_s']:.1f} tok/s "
+        "(x: vs transformers fp32; %: of the copy-bandwidth bound)"
+    )
+
+
 def deep_compression(r: Result) -> str:
     a, b = r["figures"]["lenet-300-100"], r["figures"]["lenet5"]
     return (
@@ -227,6 +242,14 @@ MAIN: list[tuple[str, str, str, Callable[[Result], str], str]] = [
         "int8 (torch.ao x86 kernels) vs fp32 at batch 256",
         quant_latency,
         "≥ 2x, ≤ 0.3",
+    ),
+    (
+        "generate",
+        "`generate.py`",
+        "GPT-2-small-shaped decode at batch 1, greedy, 128 tokens: weight-only int8/int4 "
+        "vs transformers' generate",
+        generate,
+        "≥ 4x, ≥ 5x",
     ),
     (
         "deep_compression",
