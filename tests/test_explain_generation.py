@@ -165,3 +165,17 @@ def _space(run_dir) -> int:
     from behemoth.data.tokenizers import load_run_tokenizer
 
     return int(load_run_tokenizer(run_dir).encode(" ")[0])
+
+
+def test_default_prompt_is_the_start_of_the_validation_text(tiny_lm_run, tmp_path, single_thread):
+    from behemoth.config import load_config
+    from behemoth.explanations.generation_run import DEFAULT_PROMPT_TOKENS, explain_generation
+    from behemoth.training.assembly import load_run_data
+
+    run_dir, _ = tiny_lm_run
+    cfg = load_config(run_dir / "config.toml")
+    rec = explain_generation(run_dir, cfg, cfg.explain, None, 2, ("feature_ablation",), out_dir=tmp_path)
+    val = load_run_data(cfg).splits()["val"].x[0, :DEFAULT_PROMPT_TOKENS].tolist()
+    assert rec["prompt_ids"] == val and rec["methods"] == ["feature_ablation"]
+    assert len(rec["rows"]) == 2 and rec["completeness_misses"] is None
+    assert "ig" not in rec["rows"][0]["scores"]
