@@ -8,7 +8,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from behemoth import pipeline
 from behemoth.cli.app import app
-from behemoth.cli.printing import print_fidelity
+from behemoth.cli.printing import print_fidelity, print_generation_attributions
 from behemoth.config.explain import METHODS
 
 console = Console()
@@ -33,6 +33,19 @@ def explain(
     compressed: bool = typer.Option(
         False, "--compressed", help="Shorthand for --packed RUN/compressed/model.bhm."
     ),
+    prompt: str = typer.Option(
+        None,
+        "--prompt",
+        help="Language models: continue this prompt greedily and attribute each generated token to the "
+        "prompt's tokens (feature_ablation and ig, or --method); writes <run>/explain/generation/.",
+    ),
+    max_new_tokens: int = typer.Option(
+        None,
+        "--max-new-tokens",
+        min=1,
+        help="With --prompt: tokens to generate and attribute (default 8); alone: the prompt is the start "
+        "of the validation text.",
+    ),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Attribute predictions to inputs (Captum), draw them, and report how faithful they are.
@@ -42,6 +55,13 @@ def explain(
     model-randomization check. With --packed/--compressed: <run>/explain/<method>-compressed/, plus the
     Spearman rank correlation of each sample's attributions before vs after compression.
     """
+    if prompt is not None or max_new_tokens is not None:
+        record = pipeline.explain(
+            run, list(overrides or []), method=method, prompt=prompt, max_new_tokens=max_new_tokens
+        )
+        print_generation_attributions(record)
+        console.print(f"written {record['out_dir']}/attributions.json and {record['picture']}")
+        return
     with Progress(
         TextColumn("explain"),
         BarColumn(),

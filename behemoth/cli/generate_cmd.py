@@ -39,7 +39,8 @@ def generate(
 
     The model reads at most data.block_size tokens of context (what it was trained on); the prompt is
     encoded and the output decoded with the run's tokenizer (bytes, or its tokenizer.json for BPE).
-    A GPT decodes with a KV cache: the prompt is read once, then one token per step.
+    A GPT decodes with a KV cache: the prompt is read once, then one token per step; a Hugging Face causal
+    LM (model.name = "hf") with transformers' generate and its own cache.
     """
     if not stream:
         typer.echo(pipeline.generate(run, prompt, max_new_tokens, temperature, top_k, seed, packed))

@@ -124,6 +124,38 @@ def print_fidelity(record: dict) -> None:
         console.print(f"baseline: {record['baseline']}")
 
 
+def print_generation_attributions(record: dict[str, Any]) -> None:
+    """The generated text, and per generated token the prompt token each method credits most."""
+    if not console.is_terminal:
+        console.width = TABLE_WIDTH
+    console.print(f"prompt {record['prompt']!r} -> generated {record['generated_text']!r} (greedy)")
+    table = Table(title="most attributed prompt token per generated token")
+    table.add_column("generated")
+    for method in record["methods"]:
+        table.add_column(f"top {method}")
+    has_ig = "ig" in record["methods"]
+    if has_ig:
+        table.add_column("IG completeness error", justify="right")
+    prompt = record["prompt_tokens"]
+    for row in record["rows"]:
+        cells = [row["token"]]
+        for method in record["methods"]:
+            scores = row["scores"][method]
+            top = max(range(len(scores)), key=lambda j: abs(scores[j]))
+            cells.append(f"{prompt[top]!r} @{top} ({scores[top]:+.3g})")
+        if has_ig:
+            cells.append(f"{row['ig_completeness_error']:.2%} ({row['ig_steps']} steps)")
+        table.add_row(*cells)
+    console.print(table)
+    missed = record.get("completeness_misses")
+    if missed and missed["count"]:
+        console.print(
+            f"warning: {missed['count']} of {record['samples']} generated tokens stayed above the "
+            f"{missed['tolerance']:.0%} completeness tolerance at explain.max_steps = {missed['max_steps']} "
+            f"(worst {missed['max_error']:.2%}; tokens {missed['samples']}): raise explain.max_steps"
+        )
+
+
 def print_federated(run_dir: Path) -> None:
     summary = json.loads(RunDir(run_dir).summary.read_text())
     line = (

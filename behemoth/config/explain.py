@@ -20,6 +20,9 @@ METHODS: tuple[str, ...] = Method.__args__
 # methods whose attributions should sum to f(x) - f(x'): IG exactly (in the limit of steps), the SHAP
 # estimators in expectation; saliency, LIME and occlusion make no such promise
 COMPLETE_METHODS = ("ig", "gradient_shap", "kernel_shap")
+# language models continuing a prompt: each generated token attributed to the prompt's tokens (Captum's LLM
+# attribution); explain/generation.py implements them
+GENERATION_METHODS: tuple[str, ...] = ("feature_ablation", "ig")
 GRADIENT_METHODS = ("ig", "saliency", "gradient_shap")  # need the model's gradients (not int8 kernels)
 
 

@@ -131,3 +131,56 @@ body {{ font-family: sans-serif; max-width: 60em; margin: 2em auto; }}
 </body></html>
 """
     path.write_text(page)
+
+
+def _cell(value: float, scale: float) -> str:
+    alpha = min(1.0, abs(value) / scale)
+    colour = f"rgba(192,57,43,{alpha:.2f})" if value > 0 else f"rgba(46,111,183,{alpha:.2f})"
+    return f'<td style="background:{colour}" title="{value:+.4g}">{value:+.2f}</td>'
+
+
+def generation_matrix(
+    prompt_tokens: list[str],
+    rows: list[dict],
+    methods: list[str],
+    heading: str,
+) -> str:
+    """One table per method: a row per generated token, a column per prompt token, each cell shaded by that
+    prompt token's attribution to the generated token (scaled per row); rows carry IG's completeness error.
+    Self-contained HTML (inline style, no script); every token is escaped."""
+    head = "".join(f"<th>{html.escape(t)}</th>" for t in prompt_tokens)
+    tables = []
+    for method in methods:
+        lines = []
+        for row in rows:
+            values = row["scores"][method]
+            scale = max(abs(v) for v in values) or 1.0
+            error = row.get("ig_completeness_error") if method == "ig" else None
+            tail = f"<td class='err'>{error:.2%}</td>" if error is not None else ""
+            lines.append(
+                f"<tr><th class='gen'>{html.escape(row['token'])}</th>"
+                f"{''.join(_cell(v, scale) for v in values)}{tail}</tr>"
+            )
+        extra = "<th>completeness error</th>" if method == "ig" else ""
+        tables.append(
+            f"<h3>{html.escape(method)}</h3>\n<table><tr><th>generated \\ prompt</th>{head}{extra}</tr>\n"
+            + "\n".join(lines)
+            + "</table>"
+        )
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{html.escape(heading)}</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; }}
+table {{ border-collapse: collapse; font-family: monospace; font-size: 12px; }}
+th, td {{ border: 1px solid #ddd; padding: 2px 4px; text-align: center; white-space: pre; }}
+th.gen {{ text-align: right; }}
+td.err {{ color: #555; }}
+</style></head><body>
+<h2>{html.escape(heading)}</h2>
+<p>Each row is a generated token; each cell, how much that prompt token raised
+(<span style="background:rgba(192,57,43,0.8)">red</span>) or lowered
+(<span style="background:rgba(46,111,183,0.8)">blue</span>) the generated token's log-probability, against
+the baseline token in its place; rows are shaded to their own largest value, hover a cell for it.</p>
+{chr(10).join(tables)}
+</body></html>
+"""

@@ -1,5 +1,6 @@
 """Text in, text out: encode prompts with the run's tokenizer, sample with behemoth.models.sampling (with a
-KV cache where the model has one), decode; `stream_text` yields the text as it is generated."""
+KV cache where the model has one; a Hugging Face causal LM with transformers' `generate` and its cache),
+decode; `stream_text` yields the text as it is generated."""
 
 from collections.abc import Iterator
 
@@ -7,6 +8,7 @@ import torch
 from torch import nn
 
 from behemoth.data.tokenizers import TextTokenizer
+from behemoth.models.hf_generate import hf_generate, hf_stream_tokens, is_hf_causal
 from behemoth.models.sampling import has_cache, sample, sample_cached, stream_tokens
 
 REPLACEMENT = "\ufffd"  # what a decoder writes for bytes that are not (yet) a whole UTF-8 character
@@ -24,6 +26,12 @@ def _generator(model: nn.Module, seed: int | None) -> torch.Generator | None:
     return torch.Generator(device=device).manual_seed(seed) if seed is not None else None
 
 
+def _hf_cached(model: nn.Module, prompt_len: int, max_new_tokens: int, context: int | None) -> bool:
+    """A Hugging Face causal LM generates with transformers' own cache while the whole text fits the context
+    the run reads (data.block_size); past it, the cache-free loop slides that window, as for every model."""
+    return is_hf_causal(model) and (context is None or prompt_len + max_new_tokens <= context)
+
+
 def generate_text(
     model: nn.Module,
     tokenizer: TextTokenizer,
@@ -38,6 +46,9 @@ def generate_text(
     """The prompt followed by `max_new_tokens` sampled tokens, decoded; the same seed gives the same text."""
     device = next(model.parameters()).device
     ids = _encode(tokenizer, prompt, device).unsqueeze(0)  # (1, T)
+    if use_cache and _hf_cached(model, ids.size(1), max_new_tokens, context):
+        out = hf_generate(model, ids, max_new_tokens, temperature, top_k, seed)
+        return tokenizer.decode(out[0].cpu())
     run = sample_cached if use_cache and has_cache(model) else sample
     out = run(model, ids, max_new_tokens, temperature, top_k, context, _generator(model, seed))
     return tokenizer.decode(out[0].cpu())
@@ -90,7 +101,9 @@ def stream_text(
     ids = _encode(tokenizer, prompt, device)
     yield tokenizer.decode(ids.cpu())
     generator, prompt_ids = _generator(model, seed), ids.unsqueeze(0)  # (1, T)
-    if has_cache(model):
+    if _hf_cached(model, prompt_ids.size(1), max_new_tokens, context):
+        tokens = hf_stream_tokens(model, prompt_ids, max_new_tokens, temperature, top_k, seed)
+    elif has_cache(model):
         tokens = stream_tokens(model, prompt_ids, max_new_tokens, temperature, top_k, context, generator)
     else:  # no cache: one cache-free step per token
         tokens = _uncached_steps(model, prompt_ids, max_new_tokens, temperature, top_k, context, generator)

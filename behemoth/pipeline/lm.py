@@ -53,7 +53,8 @@ def generate(
     packed: str | Path | None = None,
 ) -> str:
     """The prompt continued by a trained language model (gpt, rnn), encoded and decoded with the run's
-    tokenizer; the model reads at most data.block_size tokens of context (GPT: through a KV cache).
+    tokenizer; the model reads at most data.block_size tokens of context (GPT: through a KV cache; an hf
+    causal LM: through transformers' generate and its cache).
     `packed`: generate from that .bhm of the run (quantized weights) instead of its trained weights."""
     from behemoth.lm.generate import generate_text
 

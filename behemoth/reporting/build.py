@@ -41,8 +41,9 @@ def summarise(art: RunArtifacts, sections: list[Section]) -> dict[str, Any]:
             {
                 "method": r["method"],
                 "samples": r["samples"],
-                "fidelity": r["fidelity"]["summary"],
+                "fidelity": (r.get("fidelity") or {}).get("summary"),
                 "attributions_per_second": r.get("attributions_per_second"),
+                "ig_completeness_max": r.get("ig_completeness_max"),  # a generation explained
             }
             for r in art.explanations
         ],

@@ -29,9 +29,50 @@ FIDELITY_ROWS = (
 )
 
 
+def generation_blocks(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """A language model's generation explained (`behemoth explain RUN --prompt ...`): the prompt, what was
+    generated, IG's completeness, and the prompt x generated matrix."""
+    blocks: list[dict[str, Any]] = [
+        {
+            "kind": "heading",
+            "text": f"{' and '.join(record['methods'])} — {record['samples']} generated tokens attributed "
+            f"to {len(record['prompt_tokens'])} prompt tokens",
+        },
+        {
+            "kind": "text",
+            "text": f"Prompt {record['prompt']!r}, greedy continuation {record['generated_text']!r}. "
+            f"Target: {record['target']}. Baseline: {record['baseline']}.",
+        },
+    ]
+    missed = record.get("completeness_misses")
+    if record.get("ig_completeness_max") is not None:
+        warn = (
+            f" Warning: {missed['count']} generated tokens stayed above the {missed['tolerance']:.0%} "
+            f"tolerance at {missed['max_steps']} IG steps (tokens {missed['samples']}): their rows do not "
+            "add up to the change in log-probability."
+            if missed and missed["count"]
+            else ""
+        )
+        blocks.append(
+            {
+                "kind": "text",
+                "text": f"IG completeness error (|Σ row − Δ log p| / |Δ log p|) at most "
+                f"{record['ig_completeness_max']:.2%}.{warn}",
+            }
+        )
+    path = Path(record["picture_path"])
+    if path.is_file():
+        blocks.append({"kind": "frame", "html": path.read_text(), "alt": "generated-token attributions"})
+    else:
+        blocks.append({"kind": "text", "text": f"picture missing: {path}"})
+    return blocks
+
+
 def explanations(art: RunArtifacts) -> Section | None:
     if not art.explanations:
         return None
+    generated = [r for r in art.explanations if r.get("kind") == "generation"]
+    records = [r for r in art.explanations if r.get("kind") != "generation"]
     blocks: list[dict[str, Any]] = [
         {
             "kind": "text",
@@ -40,21 +81,22 @@ def explanations(art: RunArtifacts) -> Section | None:
             "say how far to trust its picture.",
         }
     ]
+    for record in generated:
+        blocks += generation_blocks(record)
+    if not records:
+        return Section("explain", "Explanations", blocks)
     methods = [
-        r["method"] + (" (compressed)" if r.get("model", "").endswith(".bhm") else "")
-        for r in art.explanations
+        r["method"] + (" (compressed)" if r.get("model", "").endswith(".bhm") else "") for r in records
     ]
     header = ["figure", *methods]
     rows = []
     for key, label in FIDELITY_ROWS:
-        values = [(r["fidelity"]["summary"].get(key) or {}).get("mean") for r in art.explanations]
+        values = [(r["fidelity"]["summary"].get(key) or {}).get("mean") for r in records]
         if any(v is not None for v in values):
             rows.append([label, *(fmt(v) for v in values)])
-    rows.append(
-        ["attributions per second", *(fmt(r.get("attributions_per_second")) for r in art.explanations)]
-    )
+    rows.append(["attributions per second", *(fmt(r.get("attributions_per_second")) for r in records)])
     blocks.append(table(header, rows))
-    for record in art.explanations:
+    for record in records:
         path = Path(record["picture_path"])
         of = f" of {Path(record['model']).name}" if record.get("model", "").endswith(".bhm") else ""
         blocks.append(
