@@ -321,3 +321,28 @@ def test_tune_shows_every_trial_while_it_runs(tmp_path):
     console.print(trials_table(final))
     text = console.export_text()
     assert "2 complete" in text and "train.lr=" in text and f":{os.getpid()}" in text
+
+
+@pytest.mark.parametrize("killed", ["after drawing", "before drawing"])
+def test_a_dead_trial_does_not_shift_what_later_trials_draw(killed):
+    """The two windows a SIGKILL can hit: after a trial drew its values (retried with them, in its place) and
+    before (nothing to retry: the next new trial takes its place). Either way the study goes on drawing what
+    the uninterrupted one drew."""
+    from behemoth.tuning.sampler import PlaceSeededSampler
+    from behemoth.tuning.storage import retry_dead_trial
+
+    def objective(trial):
+        return trial.suggest_float("x", 0, 1) + trial.suggest_int("n", 1, 9)
+
+    straight = optuna.create_study(sampler=PlaceSeededSampler(seed=3))
+    straight.optimize(objective, n_trials=5)
+    study = optuna.create_study(sampler=PlaceSeededSampler(seed=3))
+    study.optimize(objective, n_trials=2)
+    dead = study.ask()
+    if killed == "after drawing":
+        objective(dead)
+    study.tell(dead, state=TrialState.FAIL)
+    retry_dead_trial(study, study.trials[-1])
+    study.optimize(objective, n_trials=3)
+    complete = [t.params for t in study.trials if t.state == TrialState.COMPLETE]
+    assert complete == [t.params for t in straight.trials]

@@ -4,7 +4,8 @@ killed mid-trial and resumed proposes exactly what the uninterrupted study would
 Optuna's TPESampler holds one random stream for the whole study; a resumed process starts it again from the
 seed, so every trial after the kill would get other values. Here each trial gets a TPESampler of its own,
 seeded by its place: its number less the trials that died before it (each is marked failed and queued
-again with the same values: the retry takes the dead trial's place; tuning/storage.py). TPE reads the
+again with the same values: the retry takes the dead trial's place; tuning/storage.py; a trial killed
+before it drew any value is not retried, and the next new trial takes its place). TPE reads the
 history from the study, which holds the same finished trials either way.
 """
 
@@ -25,10 +26,12 @@ class PlaceSeededSampler(BaseSampler):
 
     def _sampler(self, study: optuna.Study, trial: FrozenTrial) -> TPESampler:
         if trial.number not in self._per_trial:
-            retried = {t.user_attrs.get(RETRY_OF) for t in study.get_trials(deepcopy=False)}
-            place = trial.number - sum(
-                1 for number in retried if number is not None and number < trial.number
-            )
+            trials = study.get_trials(deepcopy=False)
+            # dead trials: retried ones, and ones killed before they drew a value (nothing to retry)
+            dead = {t.user_attrs.get(RETRY_OF) for t in trials} | {
+                t.number for t in trials if t.state == TrialState.FAIL and not t.params
+            }
+            place = trial.number - sum(1 for number in dead if number is not None and number < trial.number)
             self._per_trial[trial.number] = TPESampler(seed=self.seed * 1_000_003 + place, **self.tpe_options)
         return self._per_trial[trial.number]
 
