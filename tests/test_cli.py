@@ -160,7 +160,9 @@ def test_debug_shows_the_traceback():
     assert result.returncode != 0 and "Traceback" in result.stderr and "ConfigError" in result.stderr
 
 
-RECIPES = recipe_names()  # every shipped recipe, including the ones later stages add
+# every shipped recipe, including the ones later stages add; the training recipes train (and resume) in
+# tests/test_resume_table.py, so here only the ones whose own command is another (tune, federate)
+RECIPES = [name for name in recipe_names() if name.startswith(("federated-", "digits-tune"))]
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
