@@ -33,7 +33,7 @@ def _nf4() -> Any:
     return importlib.import_module(NF4_MODULE)
 
 
-def _largest_divisor_at_most(n: int, cap: int) -> int:
+def largest_divisor_at_most(n: int, cap: int) -> int:
     return next(d for d in range(min(n, cap), 0, -1) if n % d == 0)
 
 
@@ -46,8 +46,8 @@ class NF4Linear(nn.Module):
         numel = weight.numel()
         # torchao needs whole blocks: 64 weights per block and 256 block scales per scale block, shrunk to
         # divisors for small layers (a tiny test model's 32 x 32 projection has only 16 blocks)
-        block = _largest_divisor_at_most(numel, NF4_BLOCK)
-        scaler_block = _largest_divisor_at_most(numel // block, NF4_SCALER_BLOCK)
+        block = largest_divisor_at_most(numel, NF4_BLOCK)
+        scaler_block = largest_divisor_at_most(numel // block, NF4_SCALER_BLOCK)
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight = nn.Parameter(_nf4().to_nf4(weight, block, scaler_block), requires_grad=False)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
@@ -110,7 +110,7 @@ class Int8Linear(nn.Module):
 QUANTIZERS: dict[int, type[nn.Module]] = {4: NF4Linear, 8: Int8Linear}
 
 
-def _excluded(model: nn.Module) -> set[int]:
+def kept_in_full(model: nn.Module) -> set[int]:
     """ids of Linears that must stay as they are: the output head, and any Linear tied to an embedding."""
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     heads = set()
@@ -128,7 +128,7 @@ def quantize_frozen_base(model: nn.Module, bits: int) -> int:
     import peft
 
     quantize = QUANTIZERS[bits]
-    skip = _excluded(model)
+    skip = kept_in_full(model)
     for wrapper in model.modules():  # modules_to_save: both the trained copy and the original stay
         if isinstance(wrapper, peft.utils.other.ModulesToSaveWrapper):
             skip |= {id(m) for m in wrapper.modules()}
