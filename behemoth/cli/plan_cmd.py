@@ -1,5 +1,7 @@
 """`behemoth plan`: memory per process for each way to train a config, and the fastest way that fits."""
 
+import shlex
+
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -35,6 +37,9 @@ def plan(
     config_arg, overrides = split_config_args(args or [])
     cfg = pipeline.load_config(config_arg or "mnist-cnn", overrides)
     result = pipeline.plan(cfg, memory, nproc, device)
+    if isinstance(result, pipeline.FinetunePlan):
+        print_finetune_plan(result)
+        return
     print_plan(result.rows, result.budget, result.title)
     if result.best is None:
         console.print(
@@ -68,3 +73,27 @@ def print_plan(rows: list, budget: int, title: str) -> None:
             "yes" if row.peak <= budget else "no",
         )
     console.print(table)
+
+
+def print_finetune_plan(result: "pipeline.FinetunePlan") -> None:
+    """An hf model's plan: one row per way to fine-tune it, and the first (least lossy) that fits."""
+    unit, scale = ("GiB", 2**30) if result.budget >= 2**30 else ("MiB", 2**20)
+    table = Table(title=f"{result.title}\none process, in {unit} (activations: an estimate)")
+    for column in ("mode", "trainable", "weights", "grads", "optim", "activ", "total", "fits"):
+        table.add_column(column, justify="left" if column == "mode" else "right")
+    for row in result.rows:
+        sizes = [
+            f"{v / scale:.2f}" for v in (row.weights, row.grads, row.optimizer, row.activations, row.total)
+        ]
+        table.add_row(row.mode, f"{row.trainable:,}", *sizes, "yes" if row.total <= result.budget else "no")
+    console.print(table)
+    if result.best is None:
+        least = min(result.rows, key=lambda r: r.total)
+        console.print(
+            f"nothing fits in {human(result.budget)}; the least is {human(least.total)} ({least.mode}): "
+            "shorten sequences, lower data.batch_size or add memory"
+        )
+        raise typer.Exit(1)
+    console.print(f"recommended: {result.best.mode} -- {human(result.best.total)} of {human(result.budget)}")
+    how = " ".join(map(shlex.quote, result.overrides)) if result.overrides else "(without [train.lora])"
+    console.print(f"  behemoth train CONFIG {how}")

@@ -37,6 +37,9 @@ class LoraConfig(Section):
     target_modules: list[str] | None = Field(None, min_length=1)
     modules_to_save: list[str] | None = None  # trained in full and saved too (e.g. a new classifier head)
     base_run: str | None = None  # a trained run whose final weights are the base (its model.safetensors)
+    # QLoRA: hold the frozen base's Linears (not embeddings or the head) in 4 bits (torchao's NF4, as
+    # torchtune's QLoRA) or 8 bits (int8, one scale per output channel); None: the base as it is
+    base_bits: Literal[4, 8] | None = None
 
 
 class TrainConfig(Section):

@@ -185,3 +185,10 @@ def load_pretrained(auto_class: str, path: str, **kwargs: Any) -> nn.Module:
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"model.path = {path!r}: transformers cannot load it: {first}") from None
+
+
+def build_hf_on_meta(path: str) -> nn.Module:
+    """The directory's causal LM built from config.json on the meta device: shapes only, no weight read
+    (what a memory plan needs of a model too big to load)."""
+    with torch.device("meta"):
+        return load_pretrained("AutoModelForCausalLM", path)

@@ -22,7 +22,7 @@ from behemoth.pipeline.evaluate import evaluate, predict
 from behemoth.pipeline.explain import explain
 from behemoth.pipeline.federate import federate, partition_view
 from behemoth.pipeline.lm import export, generate, generate_stream
-from behemoth.pipeline.plan import plan
+from behemoth.pipeline.plan import FinetunePlan, plan
 from behemoth.pipeline.report import report
 from behemoth.pipeline.train import run_training
 from behemoth.pipeline.tune import lr_find, tune
@@ -32,6 +32,7 @@ __all__ = [
     "distill",
     "evaluate",
     "explain",
+    "FinetunePlan",
     "export",
     "federate",
     "generate",

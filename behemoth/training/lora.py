@@ -20,6 +20,7 @@ from torch import nn
 from behemoth.config import LoraConfig
 from behemoth.errors import ConfigError
 from behemoth.models.hf import HFCausalLM
+from behemoth.training.qlora import dequantize_base, quantize_frozen_base
 
 
 def add_lora(model: nn.Module, cfg: LoraConfig) -> nn.Module:
@@ -48,6 +49,8 @@ def add_lora(model: nn.Module, cfg: LoraConfig) -> nn.Module:
                 f"train.lora.target_modules: not given, and peft has no default for this model ({first})"
             ) from None
         raise ConfigError(f"train.lora.target_modules = {cfg.target_modules}: {first}") from None
+    if cfg.base_bits is not None:  # QLoRA: the frozen base quantized under the adapters (see qlora.py)
+        quantize_frozen_base(wrapped, cfg.base_bits)
     if target is model:
         return wrapped
     model.hf = wrapped
@@ -96,6 +99,7 @@ def merge_lora(model: nn.Module) -> nn.Module:
     wrapped = peft_model(model)
     if wrapped is None:
         return model
+    dequantize_base(wrapped)  # a QLoRA base: merged into the weights it computed with
     merged = wrapped.merge_and_unload()
     if wrapped is model:
         return merged
