@@ -217,23 +217,35 @@ def test_median_pruner_stops_a_hopeless_trial_after_its_first_epoch(tmp_path):
     assert hopeless.intermediate_values[1] < 0.5
 
 
-def test_resume_retries_a_trial_left_running_and_completes_the_count(tmp_path):
+@pytest.mark.parametrize("drawn", ["all values", "some values"])
+def test_resume_retries_a_trial_left_running_and_completes_the_count(tmp_path, drawn):
+    """A trial killed after drawing all its values runs again with them; one killed while drawing is not
+    retried: the next new trial takes its place and draws the same values again, all of them."""
+    from behemoth.tuning.space import suggest
+
     raw = tune_raw(tmp_path, "train.epochs=2", "tune.pruner='none'")
     cfg = config_from_dict(raw)
     run_dir = tmp_path / "study"
     run_dir.mkdir()
     study = open_study(cfg, run_dir, resume=False)
     orphan = study.ask()  # as if the process died in the middle of this trial
-    orphan.suggest_float("train.lr", 1e-4, 1.0, log=True)
+    if drawn == "all values":
+        suggest(orphan, cfg.tune.space)
+    else:
+        orphan.suggest_float("train.lr", 1e-4, 1.0, log=True)
     resumed = open_study(cfg, run_dir, resume=True)
     assert resumed.trials[0].state == TrialState.FAIL
-    assert resumed.trials[1].state == TrialState.WAITING
-    assert resumed.trials[1].user_attrs["retry_of"] == 0
+    retried = drawn == "all values"
+    assert len(resumed.trials) == (2 if retried else 1)
+    if retried:
+        assert resumed.trials[1].state == TrialState.WAITING and resumed.trials[1].user_attrs["retry_of"] == 0
     started = run_trials(
         resumed, TrialRunner(cfg, raw, log=lambda line: None), trials=2, timeout=None, jobs=1
     )
     assert started == 2
     assert resumed.trials[1].params["train.lr"] == pytest.approx(orphan.params["train.lr"])
+    if retried:
+        assert resumed.trials[1].params == orphan.params
     assert len(resumed.get_trials(states=(TrialState.COMPLETE,))) == 2
     assert run_trials(resumed, TrialRunner(cfg, raw), trials=2, timeout=None, jobs=1) == 0  # nothing left
 

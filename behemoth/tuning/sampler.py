@@ -5,8 +5,8 @@ Optuna's TPESampler holds one random stream for the whole study; a resumed proce
 seed, so every trial after the kill would get other values. Here each trial gets a TPESampler of its own,
 seeded by its place: its number less the trials that died before it (each is marked failed and queued
 again with the same values: the retry takes the dead trial's place; tuning/storage.py; a trial killed
-before it drew any value is not retried, and the next new trial takes its place). TPE reads the
-history from the study, which holds the same finished trials either way.
+before it drew all its values is not retried: the next new trial takes its place and draws them again).
+TPE reads the history from the study, which holds the same finished trials either way.
 """
 
 from typing import Any
@@ -16,7 +16,7 @@ from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler, TPESampler
 from optuna.trial import FrozenTrial, TrialState
 
-from behemoth.tuning.storage import RETRY_OF
+from behemoth.tuning.storage import INTERRUPTED, RETRY_OF
 
 
 class PlaceSeededSampler(BaseSampler):
@@ -29,7 +29,9 @@ class PlaceSeededSampler(BaseSampler):
             trials = study.get_trials(deepcopy=False)
             # dead trials: retried ones, and ones killed before they drew a value (nothing to retry)
             dead = {t.user_attrs.get(RETRY_OF) for t in trials} | {
-                t.number for t in trials if t.state == TrialState.FAIL and not t.params
+                t.number
+                for t in trials
+                if t.state == TrialState.FAIL and (not t.params or t.user_attrs.get(INTERRUPTED))
             }
             place = trial.number - sum(1 for number in dead if number is not None and number < trial.number)
             self._per_trial[trial.number] = TPESampler(seed=self.seed * 1_000_003 + place, **self.tpe_options)

@@ -19,6 +19,7 @@ from behemoth.errors import BehemothError
 from behemoth.runs import RunDir
 
 RETRY_OF = "retry_of"  # user attribute of a trial queued again in place of one a dead worker left running
+INTERRUPTED = "interrupted"  # user attribute of a trial a killed process left running (set on resume)
 
 
 def storage_url(tune: TuneConfig, run_dir: Path) -> str:

@@ -31,7 +31,14 @@ from behemoth.training import BaseHook, train
 from behemoth.training.assembly import assemble, load_run_data
 from behemoth.tuning.sampler import PlaceSeededSampler
 from behemoth.tuning.space import config_with, decode_params, suggest
-from behemoth.tuning.storage import fail_dead_trials, masked, open_storage, retry_dead_trial, storage_url
+from behemoth.tuning.storage import (
+    INTERRUPTED,
+    fail_dead_trials,
+    masked,
+    open_storage,
+    retry_dead_trial,
+    storage_url,
+)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 WORKER = f"{socket.gethostname()}:{os.getpid()}"  # which process ran a trial (several may share a study)
@@ -94,8 +101,12 @@ def open_study(cfg: RunConfig, run_dir: Path, resume: bool) -> optuna.Study:
     study_id = storage.get_study_id_from_name(cfg.name)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        storage.set_trial_user_attr(trial_id, INTERRUPTED, True)
         storage.set_trial_state_values(trial_id, TrialState.FAIL)
-        retry_dead_trial(study, trial)
+        if set(trial.params) == set(cfg.tune.space):
+            retry_dead_trial(study, trial)
+        # else it died while drawing its values: the next new trial takes its place and draws them all
+        # again, from the same seed (tuning/sampler.py), as a retry of the values drawn so far could not
     return study
 
 
