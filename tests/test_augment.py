@@ -225,7 +225,6 @@ class Stopper(BaseHook):
             raise KeyboardInterrupt
 
 
-@pytest.mark.slow  # tests/test_resume_table.py's mnist-augment row runs the same path, SIGKILL included
 def test_augmented_sampled_run_resumes_bit_for_bit(digit_images, tmp_path):
     """The in-process resume pattern of test_train_loop, with sampling + every augmentation op on."""
     cfg = load_config(

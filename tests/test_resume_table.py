@@ -26,6 +26,12 @@ adds some the recipe does not have, so that every feature a resume must restore 
 
 The kill lands at a step drawn at random past the first checkpoint; the step and the seed that drew it are
 in every failure message.
+
+Marked slow (`pytest -m slow` runs them), to keep the suite within its time: lenet-caffe, rnn and vit-mnist,
+whose features faster tests resume in-process (tests/test_sampling.py resumes the random and balanced feeds
+mid-epoch; tests/test_train_loop.py resumes accumulation with dropout bit for bit), and the 8-bit row
+(tests/test_memory_savers.py resumes its state in-process). `test_every_shipped_training_recipe_has_a_row`
+counts the slow rows too.
 """
 
 import json
@@ -99,7 +105,11 @@ ROWS = {
     "gpt-bpe": row("gpt-bpe", *GPT_SMALL, "data.vocab_size=300"),
     "gpt-text": row("gpt-text", *GPT_SMALL),
     "lenet-caffe": row(
-        "lenet-caffe", *MNIST_SMALL, "data.sampling.kind=random", "data.sampling.fraction=0.5"
+        "lenet-caffe",
+        *MNIST_SMALL,
+        "data.sampling.kind=random",
+        "data.sampling.fraction=0.5",
+        marks=(pytest.mark.slow,),  # a faster test covers its feature: see the note above the table
     ),
     "lenet5": row(
         "lenet5", *MNIST_SMALL, "data.sampling.kind=systematic", "data.sampling.size=640", "train.step_size=1"
@@ -126,10 +136,21 @@ ROWS = {
     ),
     "rnn-text": row("rnn-text", *RNN_TEXT_SMALL),
     "rnn": row(
-        "rnn", *MNIST_SMALL, "model.hidden_size=32", "data.sampling.kind=balanced", "data.sampling.size=320"
+        "rnn",
+        *MNIST_SMALL,
+        "model.hidden_size=32",
+        "data.sampling.kind=balanced",
+        "data.sampling.size=320",
+        marks=(pytest.mark.slow,),  # a faster test covers its feature: see the note above the table
     ),
     "vit-mnist": row(
-        "vit-mnist", *MNIST_SMALL, "model.dim=32", "model.depth=2", "model.heads=2", "train.accumulate=3"
+        "vit-mnist",
+        *MNIST_SMALL,
+        "model.dim=32",
+        "model.depth=2",
+        "model.heads=2",
+        "train.accumulate=3",
+        marks=(pytest.mark.slow,),  # a faster test covers its feature: see the note above the table
     ),
     "rnn-text-adamw8bit": row(
         "rnn-text",
