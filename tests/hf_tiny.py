@@ -65,3 +65,29 @@ def tiny_vit(folder: Path, image_size: int = 8, channels: int = 1, labels: int =
     config = ViTConfig(**TINY, image_size=image_size, num_channels=channels, patch_size=4, num_labels=labels)
     ViTForImageClassification(config).save_pretrained(folder)
     return folder
+
+
+def lora_corpus(root: Path, vocab_size: int) -> tuple[Path, Path]:
+    """(text folder, tiny Llama with a BPE tokenizer of that text): what the LoRA and QLoRA tests train."""
+    text = write_text(root / "text", verses=1500)
+    llama = tiny_llama(root / "llama", vocab_size, tokenizer=bpe_tokenizer(kjv_text(1500), vocab_size))
+    return text, llama
+
+
+def hf_text_args(root: Path, text: Path, llama: Path, name: str) -> list[str]:
+    """Overrides that fine-tune the tiny Llama on the text in a few seconds, into root/runs/<name>."""
+    return [
+        f"runs_dir={str(root / 'runs')!r}",
+        f"name={name}",
+        "model.name=hf",
+        f"model.path={str(llama)!r}",
+        "data.name=text",
+        f"data.path={str(text)!r}",
+        "data.block_size=32",
+        "data.batch_size=16",
+        "data.test_limit=16",
+        "train.optimizer=adamw",
+        "train.lr=1e-2",
+        "train.threads=1",
+        "train.lora.dropout=0.1",  # draws from the RNG: resume must restore it
+    ]

@@ -16,7 +16,7 @@ from behemoth.errors import BehemothError
 from behemoth.runs import RunDir
 from behemoth.training.assembly import load_trained_model
 from behemoth.training.checkpoint import latest_checkpoint
-from tests.hf_tiny import TINY, bpe_tokenizer, kjv_text, tiny_llama, write_text
+from tests.hf_tiny import TINY, hf_text_args, lora_corpus
 
 runner = CliRunner()
 VOCAB, RANK = 300, 4
@@ -33,27 +33,13 @@ def one_thread():
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("lora")
-    text = write_text(root / "text", verses=1500)
-    llama = tiny_llama(root / "llama", VOCAB, tokenizer=bpe_tokenizer(kjv_text(1500), VOCAB))
-    return root, text, llama
+    return (root, *lora_corpus(root, VOCAB))
 
 
 def lora_args(root, text, llama, name: str, *extra: str) -> list[str]:
     return [
-        f"runs_dir={str(root / 'runs')!r}",
-        f"name={name}",
-        "model.name=hf",
-        f"model.path={str(llama)!r}",
-        "data.name=text",
-        f"data.path={str(text)!r}",
-        "data.block_size=32",
-        "data.batch_size=16",
-        "data.test_limit=16",
-        "train.optimizer=adamw",
-        "train.lr=1e-2",
-        "train.threads=1",
+        *hf_text_args(root, text, llama, name),
         f"train.lora.r={RANK}",
-        "train.lora.dropout=0.1",  # draws from the RNG: resume must restore it
         f"train.lora.target_modules={json.dumps(TARGETS)}",
         "train.checkpoint.every_steps=6",
         *extra,

@@ -14,7 +14,7 @@ from behemoth.runs import RunDir
 from behemoth.spec import DataSpec
 from behemoth.training.assembly import build_run_model, load_trained_model
 from behemoth.training.qlora import Int8Linear, NF4Linear, module_bytes
-from tests.hf_tiny import TINY, bpe_tokenizer, kjv_text, tiny_llama, write_text
+from tests.hf_tiny import TINY, hf_text_args, lora_corpus
 
 VOCAB = 300
 KINDS = {4: NF4Linear, 8: Int8Linear}
@@ -31,28 +31,14 @@ def one_thread():
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("qlora")
-    text = write_text(root / "text", verses=1500)
-    llama = tiny_llama(root / "llama", VOCAB, tokenizer=bpe_tokenizer(kjv_text(1500), VOCAB))
-    return root, text, llama
+    return (root, *lora_corpus(root, VOCAB))
 
 
 def args(root, text, llama, name: str, *extra: str) -> list[str]:
     return [
-        f"runs_dir={str(root / 'runs')!r}",
-        f"name={name}",
-        "model.name=hf",
-        f"model.path={str(llama)!r}",
-        "data.name=text",
-        f"data.path={str(text)!r}",
-        "data.block_size=32",
-        "data.batch_size=16",
-        "data.test_limit=16",
-        "train.optimizer=adamw",
-        "train.lr=1e-2",
-        "train.threads=1",
+        *hf_text_args(root, text, llama, name),
         "train.param_dtype=bf16",
         "train.lora.r=4",
-        "train.lora.dropout=0.1",  # draws from the RNG: resume must restore it
         "train.lora.target_modules=['q_proj', 'v_proj']",
         "train.checkpoint.every_steps=4",
         *extra,
