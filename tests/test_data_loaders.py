@@ -199,6 +199,16 @@ def test_kjv_splits_are_contiguous_and_in_order(kjv_text):
     assert len(data.train) == val_start // 65 and len(data.test) == data.meta["test_tokens"] // 65
 
 
+def test_python_docs_is_the_stdlib_reference_text_in_topic_order():
+    from pydoc_data import topics
+
+    data = load_data(DataConfig(name="python-docs", block_size=64, val_fraction=0.05))
+    first = sorted(topics.topics)[0]
+    assert data.spec.num_classes == 256 and data.meta["source"].endswith("topics.py")
+    assert ByteTokenizer().decode(data.train.x[0]) == topics.topics[first].strip().encode()[:64].decode()
+    assert data.meta["text_bytes"] > 400_000 and len(data.test) > 0 and len(data.val) > 0
+
+
 def test_byte_tokenizer_round_trip():
     tok = ByteTokenizer()
     text = "In the beginning — naïve café ∑ 日本"
@@ -214,6 +224,7 @@ def test_listing_says_what_is_available():
         "fashion_mnist",
         "digits",
         "kjv",
+        "python-docs",
         "text",
         "folder",
         "table",
@@ -221,6 +232,6 @@ def test_listing_says_what_is_available():
         "shards",
     }
     assert all(isinstance(info, DatasetInfo) and info.summary for info in infos.values())
-    assert infos["mnist"].available and infos["kjv"].available and infos["digits"].available
+    assert all(infos[name].available for name in ("mnist", "kjv", "python-docs", "digits"))
     assert infos["fashion_mnist"].available == (not sources.fashion_missing())
     assert "data.path" in infos["folder"].note and "label_column" in infos["table"].note

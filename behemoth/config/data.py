@@ -285,7 +285,8 @@ class ShardsConfig(Section):
 
 
 class DataConfig(Section):
-    name: str = "mnist"  # mnist | fashion_mnist | digits | kjv | text | folder | table | arrays | shards
+    # mnist | fashion_mnist | digits | kjv | python-docs | text | folder | table | arrays | shards
+    name: str = "mnist"
     path: str | None = None  # file or folder for text/folder/table/arrays
     label_column: str | None = None  # table: the column holding the label
     image_size: tuple[int, int] | None = None  # folder: resize every image to (H, W)

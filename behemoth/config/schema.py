@@ -36,7 +36,7 @@ class ModelConfig(Section):
         return dict(self.model_extra or {})
 
 
-TEXT_DATASETS = ("kjv", "text")  # the datasets data.tokenizer applies to
+TEXT_DATASETS = ("kjv", "python-docs", "text")  # the datasets data.tokenizer applies to
 
 
 class RunConfig(Section):

