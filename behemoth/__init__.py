@@ -9,6 +9,8 @@ __version__ = "0.1.0"
 
 _API = (
     "compress",
+    "demo",
+    "demo_lm",
     "distill",
     "evaluate",
     "explain",

@@ -103,6 +103,11 @@ class RunDir:
         return self.path / "eval.json"
 
     @property
+    def generations(self) -> Path:
+        """Samples of text from this run and the runs it came from (`behemoth demo --lm` writes it)."""
+        return self.path / "generations.json"
+
+    @property
     def explanations(self) -> Path:
         return self.path / "explain"
 

@@ -151,3 +151,22 @@ def test_report_renders_in_headless_chromium(trained_run, tmp_path):
         html, "behemoth report: rep", tmp_path / "profile", trained_run / "report" / "screenshot.png"
     )
     assert len(images) >= 5  # class balance, curves, per-class, confusion matrix, IG grid
+
+
+def test_generations_make_a_section_and_malformed_records_are_skipped(trained_run, tmp_path):
+    """generations.json (written by `behemoth demo --lm`) may come from someone else: records without text
+    are left out, and markup in the text is escaped."""
+    copy = tmp_path / "gen"
+    shutil.copytree(trained_run, copy, ignore=shutil.ignore_patterns("report", "checkpoints", "tb"))
+    records = [
+        {"stage": "1. base", "source": "runs/x", "prompt": "The ", "text": "The <script>x</script> end"},
+        {"stage": "2. broken"},
+        "not a record",
+    ]
+    (copy / "generations.json").write_text(json.dumps(records))
+    build_report(copy)
+    summary = json.loads((copy / "report" / "summary.json").read_text())
+    assert "generations" in summary["sections"]
+    page = (copy / "report" / "report.html").read_text()
+    assert "1. base (runs/x)" in page and "&lt;script&gt;x&lt;/script&gt;" in page
+    assert "2. broken" not in page

@@ -18,6 +18,8 @@ from behemoth.models import trust_code
 from behemoth.pipeline.compress import compress, distill
 from behemoth.pipeline.config import load_run_config, resolve_config
 from behemoth.pipeline.data import preview
+from behemoth.pipeline.demo import demo
+from behemoth.pipeline.demo_lm import demo_lm
 from behemoth.pipeline.evaluate import evaluate, predict
 from behemoth.pipeline.explain import explain
 from behemoth.pipeline.federate import federate, partition_view
@@ -29,6 +31,8 @@ from behemoth.pipeline.tune import lr_find, tune
 
 __all__ = [
     "compress",
+    "demo",
+    "demo_lm",
     "distill",
     "evaluate",
     "explain",

@@ -25,6 +25,7 @@ class RunArtifacts:
         None  # {"dir", "summary", "rounds"}: this run's or a nested run's rounds
     )
     compression: dict[str, Any] | None = None  # compressed/compress.json (behemoth compress)
+    generations: list[dict[str, Any]] = field(default_factory=list)  # generations.json: sampled text
 
 
 def read_json(path: Path) -> Any | None:
@@ -86,4 +87,5 @@ def collect(run_dir: Path) -> RunArtifacts:
         explanations=read_explanations(run_dir),
         federated=read_federated(run_dir, metrics),
         compression=read_json(RunDir(run_dir).compress_record),
+        generations=read_json(RunDir(run_dir).generations) or [],
     )

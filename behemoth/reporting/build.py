@@ -48,6 +48,7 @@ def summarise(art: RunArtifacts, sections: list[Section]) -> dict[str, Any]:
             for r in art.explanations
         ],
         "compression": (art.compression or {}).get("rows"),
+        "generations": art.generations,
         "federated": federated_summary(art.federated),
     }
 

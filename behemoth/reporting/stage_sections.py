@@ -250,6 +250,29 @@ def compression(art: RunArtifacts) -> Section | None:
     return Section("compress", "Compression", blocks)
 
 
+def generations(art: RunArtifacts) -> Section | None:
+    """Text sampled from the run and from the runs it grew out of, with one prompt and seed: what each stage
+    of a model's life did to what it writes."""
+    if not art.generations:
+        return None
+    records = [r for r in art.generations if isinstance(r, dict) and isinstance(r.get("text"), str)]
+    if not records:
+        return None
+    first = records[0]
+    blocks: list[dict[str, Any]] = [
+        {
+            "kind": "text",
+            "text": f"Every stage continues {first.get('prompt')!r} with the same sampler (temperature "
+            f"{first.get('temperature')}, top-k {first.get('top_k')}, seed {first.get('seed')}), "
+            f"{first.get('max_new_tokens')} new tokens.",
+        }
+    ]
+    for record in records:
+        blocks.append({"kind": "heading", "text": f"{record.get('stage')} ({record.get('source')})"})
+        blocks.append({"kind": "pre", "text": record["text"]})
+    return Section("generations", "Generations", blocks)
+
+
 # in page order; later stages append their builders here
 BUILDERS: list[Callable[[RunArtifacts], Section | None]] = [
     overview,
@@ -259,5 +282,6 @@ BUILDERS: list[Callable[[RunArtifacts], Section | None]] = [
     evaluation,
     compression,
     explanations,
+    generations,
     federated,
 ]
