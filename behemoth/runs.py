@@ -120,6 +120,10 @@ class RunDir:
         """The compressed model `behemoth compress` writes by default."""
         return self.compressed / "model.bhm"
 
+    def packed_evaluation(self, packed: Path) -> Path:
+        """Where `behemoth evaluate RUN --packed FILE.bhm` writes (eval.json stays the run's own)."""
+        return self.compressed / f"eval-{Path(packed).stem}.json"
+
     @property
     def export_dir(self) -> Path:
         return self.path / "export"

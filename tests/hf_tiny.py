@@ -91,3 +91,17 @@ def hf_text_args(root: Path, text: Path, llama: Path, name: str) -> list[str]:
         "train.threads=1",
         "train.lora.dropout=0.1",  # draws from the RNG: resume must restore it
     ]
+
+
+def tiny_gpt2(folder: Path, vocab_size: int, context: int = 64, tokenizer=None) -> Path:
+    """A 2-layer, 32-wide GPT-2 (transformers' Conv1D layers, lm_head tied to the embedding) saved in
+    `folder`, with `tokenizer` as tokenizer.json."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=vocab_size, n_positions=context)
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    if tokenizer is not None:
+        tokenizer.save(str(folder / "tokenizer.json"))
+    return folder

@@ -18,17 +18,23 @@ def evaluate(
     run: Path = typer.Argument(..., help="A run directory, e.g. runs/mnist-cnn."),
     split: str = typer.Option("test", help="Which split to evaluate: test, val or train."),
     out: Path = typer.Option(None, help="Where to write the JSON (default: <run>/eval.json)."),
+    packed: Path = typer.Option(
+        None,
+        "--packed",
+        help="Score this compressed model (.bhm from `behemoth compress`) on the run's data instead of its "
+        "trained weights (default JSON: <run>/compressed/eval-<file>.json).",
+    ),
 ) -> None:
     """Print loss, accuracy, precision, recall, F1 (macro and per class) and write them as JSON; a language
     model's perplexity on the validation and test text."""
-    metrics = pipeline.evaluate(run, split, out)
+    metrics = pipeline.evaluate(run, split, out, packed)
     print_metrics(metrics, metrics["class_names"])
     for name, scores in metrics.get("by_split", {}).items():  # language models
         console.print(
             f"{name}: perplexity {scores['perplexity']:.3f} (mean token cross-entropy {scores['loss']:.4f} "
             f"over {scores['tokens']:,} tokens)"
         )
-    console.print(f"written {out or Path(run) / 'eval.json'}")
+    console.print(f"written {metrics['file']}")
 
 
 def print_metrics(metrics: dict, class_names: list[str]) -> None:

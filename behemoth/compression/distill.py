@@ -3,6 +3,9 @@
 loss = alpha * T^2 * KL(softmax(t / T) || softmax(s / T)) + (1 - alpha) * CE(s, labels)
 
 The T^2 keeps the soft term's gradients the same size whatever the temperature (they scale as 1/T^2).
+For a language model every position is a sample (token-level KD): its data are already shifted (y[t] is
+x[t + 1]), so teacher and student logits at position t both predict y[t]; a Hugging Face teacher or student
+gives logits over the data's vocabulary only (models/hf.py drops an embedding's padding).
 `DistillationLoss` plugs into the engine as its `loss_fn`: the teacher sees the same (augmented) inputs.
 """
 

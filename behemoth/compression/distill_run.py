@@ -13,6 +13,7 @@ from torch import nn
 from behemoth.compression.distill import DistillationLoss, load_teacher
 from behemoth.config import RunConfig
 from behemoth.data import DataBundle
+from behemoth.data.tokenizers import load_run_tokenizer
 from behemoth.errors import ConfigError, ModelError
 from behemoth.models import count_parameters
 from behemoth.runs import RunDir, create_run_dir, read_spec, run_path, write_config, write_json, write_spec
@@ -33,6 +34,25 @@ def check_teacher_fits(teacher_dir: Path, data: DataBundle) -> None:
         raise ModelError(
             f"teacher {teacher_dir} was trained on inputs {spec.input_shape} with {spec.num_classes} "
             f"classes; the student's data has {data.spec.input_shape} and {data.spec.num_classes}"
+        )
+    if spec.task == "language_model" and data.tokenizer is not None:
+        check_same_vocabulary(teacher_dir, data.tokenizer)
+
+
+def token_map(tokenizer: Any) -> dict[str, int] | None:
+    """token -> id of a BPE / Hugging Face tokenizer (None for bytes: id = byte, the same everywhere)."""
+    inner = getattr(tokenizer, "tokenizer", None)
+    return None if inner is None else inner.get_vocab(with_added_tokens=True)
+
+
+def check_same_vocabulary(teacher_dir: Path, tokenizer: Any) -> None:
+    """Token-level distillation matches logits id by id: the teacher's id k must be the student's token k,
+    not only the vocabularies' sizes (a student BPE trained on its own would number tokens otherwise)."""
+    if token_map(load_run_tokenizer(teacher_dir)) != token_map(tokenizer):
+        raise ModelError(
+            f"teacher {teacher_dir} numbers its tokens differently from the student's data tokenizer: "
+            "use the teacher's tokenizer (data.tokenizer = 'hf' with data.tokenizer_path = the teacher's "
+            "model directory, or a student model directory with the same tokenizer.json)"
         )
 
 

@@ -4,10 +4,11 @@ kernels), and rebuild.py goes between live models and PackedModel.
 
 Layout (little endian):
     b"BHM1" | u32 header bytes | u32 CRC-32 of the header | header (zlib JSON) | payload (streams)
-The header holds the model's config (zoo name and options), the data spec, the layer shapes (a structurally
-pruned model is rebuilt at its pruned size), the runtime (float / int8_static / int8_dynamic with its
-activation scales / weight_only), the weight ties (an alias is stored once) and, per tensor, its record
-kind (pack_records.KINDS) and where its streams lie in the payload with a CRC-32 of each.
+The header holds the model's config (zoo name and options; a Hugging Face model's config.json), the data
+spec, the layer shapes (a structurally pruned model is rebuilt at its pruned size), the runtime (float /
+int8_static / int8_dynamic with its activation scales / weight_only), the weight ties (an alias is stored
+once) and, per tensor, its record kind (pack_records.KINDS) and where its streams lie in the payload with
+a CRC-32 of each.
 
 Each weight is stored in whichever layout is smaller: dense, or sparse (nonzero values plus their positions
 as relative indices, Deep Compression §2). Values are raw float32, int8 symbols, or codebook indices
@@ -64,6 +65,9 @@ class PackedModel:
     class_names: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
     tied: dict[str, str] = field(default_factory=dict)  # alias -> stored name (weight tying: stored once)
+    # a Hugging Face causal LM (model name "hf"): its config.json, so the file rebuilds the architecture
+    # with transformers' own classes and needs neither the model directory nor any code from it
+    hf_config: dict[str, Any] | None = None
 
 
 # ----- writing -----
@@ -123,6 +127,7 @@ def encode(packed: PackedModel, code: str = "huffman") -> bytes:
         "class_names": packed.class_names,
         "meta": packed.meta,
         "tied": packed.tied,
+        "hf_config": packed.hf_config,
         "code": code,
         "tensors": entries,
         "payload_bytes": offset,
@@ -219,6 +224,7 @@ def decode(data: bytes, path: str | Path = "<bytes>") -> PackedModel:
         header["class_names"],
         header["meta"],
         dict(header.get("tied", {})),  # files written before weight tying was stored have none
+        header.get("hf_config"),
     )
 
 
@@ -233,5 +239,7 @@ def read_packed(path: str | Path) -> PackedModel:
 def packed_info(path: str | Path) -> dict[str, Any]:
     """The header of a .bhm (checksummed), without decoding the tensors."""
     path = Path(path)
+    if not path.is_file():
+        raise PackedFileError(f"{path}: no such packed model")
     header, _ = read_header(path, path.read_bytes())
     return header

@@ -27,10 +27,12 @@ from behemoth.data import DataBundle
 from behemoth.data.bundle import TensorSplit
 from behemoth.errors import BehemothError, ConfigError
 from behemoth.files import atomic_write_bytes
+from behemoth.models.hf import conv1d_as_linear
 from behemoth.runs import COMPRESS_RECORD, RunDir, read_spec, write_json
 from behemoth.training import BaseHook, ProgressHook, train
 from behemoth.training.assembly import build_feed, load_run_data, load_trained_model
 from behemoth.training.checkpoint import save_weights
+from behemoth.training.lora import merge_lora
 
 Say = Callable[[str], None]
 
@@ -61,6 +63,13 @@ class KeepZeros(BaseHook):
                 param.mul_(mask)
 
 
+def plain_model(model: nn.Module) -> nn.Module:
+    """What compression works on: LoRA adapters merged into their base (peft's merge_and_unload, so the
+    artifact is a plain model and lora_B layers are never quantized on their own), and GPT-2's transformers
+    Conv1D layers as the nn.Linear they are transposed (see models/hf.py)."""
+    return conv1d_as_linear(merge_lora(model))
+
+
 def check_recipe(cc: CompressConfig) -> None:
     if cc.prune > 0 and cc.schedule == "gradual" and cc.retrain_epochs == 0:
         raise ConfigError(
@@ -76,6 +85,21 @@ def check_recipe(cc: CompressConfig) -> None:
     if cc.prune == 0 and cc.layer_sparsity:
         raise ConfigError(
             "compress.layer_sparsity is set but compress.prune = 0: set prune to turn pruning on"
+        )
+
+
+def check_model_recipe(cfg: RunConfig, task: str) -> None:
+    """Recipes that cannot apply to this kind of model, refused in one line before any work."""
+    cc = cfg.compress
+    if task == "language_model" and cc.quant in ("int8", "qat"):
+        raise ConfigError(
+            f"compress.quant = {cc.quant!r} quantizes activations from a float input, and a language model "
+            "reads token ids: use quant = int8w, int4w (weight-only) or dynamic"
+        )
+    if cfg.model.name == "hf" and cc.structured > 0:
+        raise ConfigError(
+            f"compress.structured = {cc.structured}: channel pruning rebuilds zoo models' layers, not a "
+            "Hugging Face model's (model.name = 'hf'): use compress.prune for unstructured pruning"
         )
 
 
@@ -287,6 +311,7 @@ def compress_run(
             f"compress.quant = {cc.quant!r} is weight-only quantization for language models; {run_dir} is a "
             f"{task} run (use quant = int8, dynamic or qat)"
         )
+    check_model_recipe(cfg, task)
     data = load_run_data(cfg)
     if measure_split == "val":
         test = data.val
@@ -299,14 +324,15 @@ def compress_run(
     recorder = Recorder(cfg, run_dir, test, out_dir / "steps", say, "test" if test is data.test else "val")
     example = test.x[:2]
 
-    baseline = load_trained_model(run_dir, cfg)
+    baseline = plain_model(load_trained_model(run_dir, cfg))
     weights_file = RunDir(run_dir).weights
-    if not weights_file.is_file():  # trained weights only in a checkpoint: measure a fresh dense file
+    # trained weights only in a checkpoint, or only LoRA adapters saved: measure a fresh dense file
+    if not weights_file.is_file() or cfg.train.lora is not None:
         weights_file = out_dir / "steps" / "baseline.safetensors"
         weights_file.parent.mkdir(parents=True, exist_ok=True)
         save_weights(baseline, weights_file)
     recorder.baseline(baseline, weights_file)
-    model = load_trained_model(run_dir, cfg)  # the copy that gets compressed
+    model = plain_model(load_trained_model(run_dir, cfg))  # the copy that gets compressed
     # compress.teacher: every retraining distils from that run (e.g. the uncompressed run itself)
     teacher = load_teacher(cc.teacher) if cc.teacher else None
 

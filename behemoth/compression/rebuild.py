@@ -30,7 +30,9 @@ from behemoth.compression.weight_only import (
     WeightOnlyError,
     weight_only_layers,
 )
+from behemoth.errors import ModelError
 from behemoth.models import build_model
+from behemoth.models.hf import build_hf_from_config, conv1d_as_linear, hf_config_json
 from behemoth.models.registry import example_input
 from behemoth.spec import DataSpec
 
@@ -158,6 +160,11 @@ def to_packed(
         class_names=list(class_names or []),
         meta=dict(meta or {}),
     )
+    hf_config = hf_config_json(model)
+    if hf_config is not None:
+        if any(type(m).__name__ == "Conv1D" for m in model.modules()):  # see build_from_packed
+            raise ValueError("pack a Hugging Face model after conv1d_as_linear: .bhm stores Linear layouts")
+        common["hf_config"] = hf_config
     if isinstance(model, tq.QuantWrapper) and isinstance(model.quant, nnq.Quantize):
         tensors, activations = _static_records(model)
         return PackedModel(
@@ -249,9 +256,22 @@ def _build_weight_only(model: nn.Module, packed: PackedModel) -> nn.Module:
     return model.eval()
 
 
+def fresh_model(packed: PackedModel) -> nn.Module:
+    """The model a PackedModel's weights go into, built from its header: a zoo model from its name and
+    options, a Hugging Face causal LM from the stored config.json (transformers' own classes, no code from
+    anywhere, no model directory read), with GPT-2's Conv1D layers as the Linears they were packed as."""
+    if packed.hf_config is None:
+        return build_model(packed.model_name, packed.model_options, packed.spec)
+    try:
+        model = build_hf_from_config(packed.hf_config, packed.spec, "the packed model's hf_config")
+    except ModelError as exc:
+        raise PackedFileError(str(exc)) from None
+    return conv1d_as_linear(model)
+
+
 def build_from_packed(packed: PackedModel) -> nn.Module:
     """The runnable model of a PackedModel, in eval mode."""
-    model = build_model(packed.model_name, packed.model_options, packed.spec)
+    model = fresh_model(packed)
     resize_to_shapes(model, packed.shapes)
     model.eval()
     if packed.runtime == "float":

@@ -11,6 +11,7 @@ A thin adapter gives the model behemoth's contract: token ids (B, T) -> logits (
 """
 
 import json
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -192,3 +193,59 @@ def build_hf_on_meta(path: str) -> nn.Module:
     (what a memory plan needs of a model too big to load)."""
     with torch.device("meta"):
         return load_pretrained("AutoModelForCausalLM", path)
+
+
+def conv1d_as_linear(model: nn.Module) -> nn.Module:
+    """`model` with every transformers `Conv1D` (GPT-2's attention and MLP layers: y = x W + b, W stored
+    (in, out)) replaced in place by the equal nn.Linear (W transposed to (out, in)), so pruning and
+    quantization, written for nn.Linear, see GPT-2's layers as they see Llama's. The same function up to
+    float rounding of the matmul."""
+    conv1d = getattr(sys.modules.get("transformers.pytorch_utils"), "Conv1D", None)
+    if conv1d is None:  # transformers not imported: no model of it here
+        return model
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, conv1d):
+            continue
+        fan_in, fan_out = module.weight.shape  # (K, N)
+        linear = nn.Linear(fan_in, fan_out, device=module.weight.device, dtype=module.weight.dtype)
+        with torch.no_grad():
+            linear.weight.copy_(module.weight.t())  # (N, K)
+            linear.bias.copy_(module.bias)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, linear)
+    return model
+
+
+def hf_config_json(model: nn.Module) -> dict[str, Any] | None:
+    """The config.json of the transformers causal LM inside `model` (plain JSON), None for other models:
+    what a .bhm stores to rebuild the architecture without the model directory."""
+    adapter = next((m for m in model.modules() if isinstance(m, HFCausalLM)), None)
+    if adapter is None:
+        return None
+    return json.loads(adapter.hf.config.to_json_string(use_diff=False))
+
+
+def build_hf_from_config(config: dict[str, Any], spec: DataSpec, where: str = "the config") -> nn.Module:
+    """An HFCausalLM of random weights built from config.json's contents by transformers' own classes
+    (`AutoConfig.for_model`, `AutoModelForCausalLM.from_config`): a model type transformers ships, never
+    code named by the config (its `auto_map` is dropped, trust_remote_code=False)."""
+    import transformers
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
+        raise ModelError(f"{where}: model_type {model_type!r} is not a model type transformers ships")
+    names = [str(a) for a in config.get("architectures") or []]
+    if not any(n.endswith(("ForCausalLM", "LMHeadModel")) for n in names):
+        raise ModelError(f"{where}: architectures {names} is not a causal LM")
+    check_language_data(config, where, spec)
+    fields = {k: v for k, v in config.items() if k not in ("model_type", "auto_map", "transformers_version")}
+    try:
+        hf_config = transformers.AutoConfig.for_model(model_type, **fields)
+        hf = transformers.AutoModelForCausalLM.from_config(
+            hf_config, trust_remote_code=False, dtype=torch.get_default_dtype()
+        )
+    except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{where}: transformers cannot build this config: {first}") from None
+    return HFCausalLM(hf, spec.num_classes)

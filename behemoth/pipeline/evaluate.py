@@ -10,17 +10,20 @@ import torch
 from behemoth.data.preprocessing import normalise
 from behemoth.errors import BehemothError, DataError
 from behemoth.runs import RunDir, open_run, write_json
-from behemoth.spec import Preprocessing
+from behemoth.spec import DataSpec, Preprocessing
 from behemoth.training import evaluate as evaluate_split
 from behemoth.training import resolve_device
 from behemoth.training.assembly import load_run_data, load_trained_model
 
 
-def evaluate(run: str | Path, split: str = "test", out: Path | None = None) -> dict[str, Any]:
+def evaluate(
+    run: str | Path, split: str = "test", out: Path | None = None, packed: Path | None = None
+) -> dict[str, Any]:
     """Loss, accuracy, precision, recall and F1 (macro and per class) of a trained run on one split; written
     to `out` (default <run>/eval.json) and returned. A language model gets its perplexity (exp of the mean
     token cross-entropy) on that split, and under `by_split` the loss and perplexity on the validation and
-    test text too."""
+    test text too. `packed`: score that .bhm of the run (e.g. int4w weights) on the run's data instead of
+    its trained weights, written by default to <run>/compressed/eval-<file>.json."""
     run_dir, cfg = open_run(run)
     data = load_run_data(cfg)
     chosen = data.splits().get(split)
@@ -28,8 +31,11 @@ def evaluate(run: str | Path, split: str = "test", out: Path | None = None) -> d
         raise BehemothError(
             f"--split {split}: {data.name} has no such split (has: {', '.join(data.splits())})"
         )
-    model = load_trained_model(run_dir, cfg)
-    device = resolve_device(cfg.train.device)
+    if packed is None:
+        model = load_trained_model(run_dir, cfg)
+        device = resolve_device(cfg.train.device)
+    else:  # int8 and weight-only kernels are CPU kernels
+        model, device = packed_model_of(run_dir, Path(packed), data.spec), torch.device("cpu")
     model.to(device)
     started = time.perf_counter()
     metrics = evaluate_split(
@@ -59,8 +65,30 @@ def evaluate(run: str | Path, split: str = "test", out: Path | None = None) -> d
                 "perplexity": scores["perplexity"],
                 "tokens": part.y.numel(),
             }
-    write_json(out or RunDir(run_dir).evaluation, metrics)
+    if packed is not None:
+        metrics["packed"] = str(packed)
+    default = RunDir(run_dir).evaluation if packed is None else RunDir(run_dir).packed_evaluation(packed)
+    metrics["file"] = str(out or default)
+    write_json(out or default, metrics)
     return metrics
+
+
+def packed_model_of(run_dir: Path, packed: Path, spec: DataSpec) -> torch.nn.Module:
+    """The model in a .bhm, refused in one line unless it reads the run's data (same task and shapes)."""
+    from behemoth.compression.pack import load_packed, packed_info
+
+    held = packed_info(packed)["spec"]  # the checksummed header only
+    if [held["task"], list(held["input_shape"]), held["num_classes"]] != [
+        spec.task,
+        list(spec.input_shape),
+        spec.num_classes,
+    ]:
+        raise BehemothError(
+            f"--packed {packed}: holds a {held['task']} model of input {held['input_shape']} and "
+            f"{held['num_classes']} classes, not one of {run_dir}'s data ({spec.task}, "
+            f"{list(spec.input_shape)}, {spec.num_classes})"
+        )
+    return load_packed(packed)
 
 
 def read_inputs(path: Path, input_shape: tuple[int, ...], prep: Preprocessing | None) -> torch.Tensor:
