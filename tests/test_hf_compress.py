@@ -170,14 +170,19 @@ def test_evaluate_and_generate_read_the_packed_model_from_the_cli(runs):
 def test_a_forged_config_in_the_bhm_is_refused_in_one_line(runs, tmp_path):
     result = behemoth.compress(runs["llama", False], "quant=int8w", latency=False)
     packed = read_packed(result.artifact)
+    original = dict(packed.hf_config)
     for forged, match in (
-        ({**packed.hf_config, "model_type": "my_remote_model"}, "not a model type transformers ships"),
-        ({**packed.hf_config, "architectures": ["LlamaForSequenceClassification"]}, "not a causal LM"),
+        ({**original, "model_type": "my_remote_model"}, "not a model type transformers ships"),
+        ({**original, "architectures": ["LlamaForSequenceClassification"]}, "not a causal LM"),
     ):
         packed.hf_config = forged
         save_packed(tmp_path / "forged.bhm", packed)
         with pytest.raises(PackedFileError, match=match):
             load_packed(tmp_path / "forged.bhm")
+    # code the config names (auto_map, as remote-code models carry) is never imported: transformers' class
+    packed.hf_config = {**original, "auto_map": {"AutoModelForCausalLM": "evil.EvilForCausalLM"}}
+    save_packed(tmp_path / "remote.bhm", packed)
+    assert type(load_packed(tmp_path / "remote.bhm").hf).__name__ == "LlamaForCausalLM"
 
 
 @pytest.mark.parametrize("arch", list(ARCH))

@@ -249,13 +249,16 @@ def build_hf_from_config(config: dict[str, Any], spec: DataSpec, where: str = "t
     if not any(n.endswith(("ForCausalLM", "LMHeadModel")) for n in names):
         raise ModelError(f"{where}: architectures {names} is not a causal LM")
     check_language_data(config, where, spec)
-    fields = {k: v for k, v in config.items() if k not in ("model_type", "auto_map", "transformers_version")}
+    # auto_map names code to import, quantization_config a quantizer backend (bitsandbytes fetches code at
+    # import): the weights that go in are the caller's own, so neither is wanted
+    dropped = ("model_type", "auto_map", "transformers_version", "quantization_config")
+    fields = {k: v for k, v in config.items() if k not in dropped}
     try:
         hf_config = transformers.AutoConfig.for_model(model_type, **fields)
         hf = transformers.AutoModelForCausalLM.from_config(
             hf_config, trust_remote_code=False, dtype=torch.get_default_dtype()
         )
-    except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+    except (ValueError, KeyError, TypeError, RuntimeError, ImportError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{where}: transformers cannot build this config: {first}") from None
     return HFCausalLM(hf, spec.num_classes)
