@@ -105,3 +105,23 @@ def tiny_gpt2(folder: Path, vocab_size: int, context: int = 64, tokenizer=None) 
     if tokenizer is not None:
         tokenizer.save(str(folder / "tokenizer.json"))
     return folder
+
+
+def hf_run_args(root, text, model_dir, name: str, *extra: str) -> list[str]:
+    """A full fine-tuning of a Hugging Face model directory on the text, 30 steps, into root/runs/<name>."""
+    return [
+        f"runs_dir={str(root / 'runs')!r}",
+        f"name={name}",
+        "model.name=hf",
+        f"model.path={str(model_dir)!r}",
+        "data.name=text",
+        f"data.path={str(text)!r}",
+        "data.block_size=32",
+        "data.batch_size=16",
+        "data.test_limit=32",
+        "train.optimizer=adamw",
+        "train.lr=1e-2",
+        "train.threads=1",
+        "train.max_steps=30",
+        *extra,
+    ]

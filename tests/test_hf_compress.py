@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
 import behemoth
@@ -19,7 +18,7 @@ from behemoth.config import load_config
 from behemoth.runs import RunDir
 from behemoth.training.assembly import load_trained_model
 from behemoth.training.lora import merge_lora
-from tests.hf_tiny import bpe_tokenizer, kjv_text, tiny_gpt2, tiny_llama, write_text
+from tests.hf_tiny import bpe_tokenizer, hf_run_args, kjv_text, tiny_gpt2, tiny_llama, write_text
 
 runner = CliRunner()
 VOCAB = 300
@@ -47,25 +46,6 @@ def corpus(tmp_path_factory):
     return root, text, dirs
 
 
-def run_args(root, text, model_dir, name: str, *extra: str) -> list[str]:
-    return [
-        f"runs_dir={str(root / 'runs')!r}",
-        f"name={name}",
-        "model.name=hf",
-        f"model.path={str(model_dir)!r}",
-        "data.name=text",
-        f"data.path={str(text)!r}",
-        "data.block_size=32",
-        "data.batch_size=16",
-        "data.test_limit=32",
-        "train.optimizer=adamw",
-        "train.lr=1e-2",
-        "train.threads=1",
-        "train.max_steps=30",
-        *extra,
-    ]
-
-
 @pytest.fixture(scope="module")
 def runs(corpus):
     """{(arch, lora): run dir}: each architecture trained in full and with LoRA adapters."""
@@ -79,7 +59,7 @@ def runs(corpus):
 
 
 def make_run(root, text, model_dir, name, *extra):
-    behemoth.train(None, run_args(root, text, model_dir, name, *extra), progress=False)
+    behemoth.train(None, hf_run_args(root, text, model_dir, name, *extra), progress=False)
     return root / "runs" / name
 
 
@@ -94,6 +74,8 @@ def row(result, step):
 
 @pytest.mark.parametrize("arch,lora", [(a, lo) for a in ARCH for lo in (False, True)])
 def test_weight_only_packs_an_hf_run_and_reloads_it_from_its_config(runs, corpus, arch, lora, tmp_path):
+    from transformers import AutoModelForCausalLM
+
     run = runs[arch, lora]
     layer = ARCH[arch][0]
     int8 = behemoth.compress(run, "quant=int8w", ["compress.code=none"], latency=False)
@@ -144,7 +126,8 @@ def test_weight_only_packs_an_hf_run_and_reloads_it_from_its_config(runs, corpus
 
 def test_evaluate_and_generate_read_the_packed_model_from_the_cli(runs):
     run = runs["gpt2", True]
-    result = behemoth.compress(run, "quant=int4w,group=32", latency=False)
+    result = behemoth.compress(run, "quant=int4w,group=32,latency_repeats=1")  # decode timed with HF's cache
+    assert all(r["decode_tokens_per_s"] > 0 and r["latency_ms_b1"] > 0 for r in result.rows)
     out = runner.invoke(app, ["evaluate", str(run), "--packed", str(result.artifact)], catch_exceptions=False)
     assert out.exit_code == 0, out.output
     written = RunDir(run).packed_evaluation(result.artifact)
@@ -169,14 +152,19 @@ def test_evaluate_and_generate_read_the_packed_model_from_the_cli(runs):
 def test_a_forged_config_in_the_bhm_is_refused_in_one_line(runs, tmp_path):
     result = behemoth.compress(runs["llama", False], "quant=int8w", latency=False)
     packed = read_packed(result.artifact)
+    original = dict(packed.hf_config)
     for forged, match in (
-        ({**packed.hf_config, "model_type": "my_remote_model"}, "not a model type transformers ships"),
-        ({**packed.hf_config, "architectures": ["LlamaForSequenceClassification"]}, "not a causal LM"),
+        ({**original, "model_type": "my_remote_model"}, "not a model type transformers ships"),
+        ({**original, "architectures": ["LlamaForSequenceClassification"]}, "not a causal LM"),
     ):
         packed.hf_config = forged
         save_packed(tmp_path / "forged.bhm", packed)
         with pytest.raises(PackedFileError, match=match):
             load_packed(tmp_path / "forged.bhm")
+    # code the config names (auto_map, as remote-code models carry) is never imported: transformers' class
+    packed.hf_config = {**original, "auto_map": {"AutoModelForCausalLM": "evil.EvilForCausalLM"}}
+    save_packed(tmp_path / "remote.bhm", packed)
+    assert type(load_packed(tmp_path / "remote.bhm").hf).__name__ == "LlamaForCausalLM"
 
 
 @pytest.mark.parametrize("arch", list(ARCH))

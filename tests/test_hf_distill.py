@@ -16,9 +16,8 @@ from behemoth.config import dump_config, load_config
 from behemoth.data.tokenizers import load_run_tokenizer
 from behemoth.errors import ModelError
 from behemoth.runs import RunDir
-from behemoth.training.assembly import load_trained_model
-from tests.hf_tiny import bpe_tokenizer, kjv_text, tiny_llama, write_text
-from tests.test_hf_compress import run_args
+from behemoth.training.assembly import assemble, load_trained_model
+from tests.hf_tiny import bpe_tokenizer, hf_run_args, kjv_text, tiny_llama, write_text
 
 runner = CliRunner()
 VOCAB = 300
@@ -40,7 +39,7 @@ def teacher(tmp_path_factory):
     text = write_text(root / "text", verses=1500)
     tokenizer = bpe_tokenizer(kjv_text(1500), VOCAB)
     llama = tiny_llama(root / "llama", VOCAB, tokenizer=tokenizer)
-    behemoth.train(None, run_args(root, text, llama, "teacher", "train.max_steps=60"), progress=False)
+    behemoth.train(None, hf_run_args(root, text, llama, "teacher", "train.max_steps=60"), progress=False)
     torch.manual_seed(1)
     small = root / "small"
     config = LlamaConfig(
@@ -67,7 +66,7 @@ GPT_STUDENT = [
 
 def student_args(teacher, name: str, kind: str, *extra: str) -> list[str]:
     root, text, llama, _, small = teacher
-    args = run_args(root, text, small, name, "train.max_steps=40", "train.eval_every_steps=10", *extra)
+    args = hf_run_args(root, text, small, name, "train.max_steps=40", "train.eval_every_steps=10", *extra)
     if kind == "gpt":  # behemoth's GPT, reading the teacher's tokenizer: the same ids
         args = [a for a in args if not a.startswith("model.")] + GPT_STUDENT
         args += ["data.tokenizer=hf", f"data.tokenizer_path={str(llama)!r}"]
@@ -88,8 +87,6 @@ def test_a_smaller_student_learns_from_an_hf_teacher(teacher, kind):
     cfg = load_config(None, [*student_args(teacher, name, kind), f"compress.teacher={str(teacher_run)!r}"])
     with torch.random.fork_rng():
         torch.manual_seed(cfg.train.seed)
-        from behemoth.training.assembly import assemble
-
         before = assemble(cfg).model.eval()  # the student as distillation starts from it
     summary = behemoth.distill(cfg, progress=False)
     run = root / "runs" / name

@@ -16,6 +16,7 @@ from torch import nn
 
 from behemoth.compression.weight_only import WEIGHT_ONLY_TYPES
 from behemoth.data.bundle import TensorSplit
+from behemoth.models.hf_generate import hf_generate, is_hf_causal
 from behemoth.models.sampling import has_cache, sample, sample_cached
 from behemoth.spec import DataSpec
 from behemoth.training.metrics import evaluate
@@ -98,15 +99,19 @@ def latencies(
 def decode_speeds(
     models: dict[str, nn.Module], prompt: torch.Tensor, new_tokens: int, repeats: int = 3
 ) -> dict[str, float]:
-    """Greedy decode tokens/s at batch 1 of each language model (KV cache where it has one), {model: tok/s}:
+    """Greedy decode tokens/s at batch 1 of each language model (KV cache where it has one: a Hugging Face
+    model's through transformers' generate), {model: tok/s}:
     new tokens over the wall time of the whole call, median of interleaved rounds after one warm-up."""
     times: dict[str, list[float]] = {name: [] for name in models}
     with torch.inference_mode():
         for round_index in range(repeats + 1):
             for name, model in models.items():
-                run = sample_cached if has_cache(model) else sample
                 start = time.perf_counter()
-                run(model, prompt, new_tokens, temperature=0)
+                if is_hf_causal(model):  # transformers' generate with its own KV cache
+                    hf_generate(model, prompt, new_tokens, temperature=0)
+                else:
+                    run = sample_cached if has_cache(model) else sample
+                    run(model, prompt, new_tokens, temperature=0)
                 if round_index:
                     times[name].append(time.perf_counter() - start)
     return {name: new_tokens / statistics.median(t) for name, t in times.items()}

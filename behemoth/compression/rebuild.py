@@ -32,7 +32,7 @@ from behemoth.compression.weight_only import (
 )
 from behemoth.errors import ModelError
 from behemoth.models import build_model
-from behemoth.models.hf import build_hf_from_config, conv1d_as_linear, hf_config_json
+from behemoth.models.hf import build_hf_from_config, conv1d_as_linear, has_conv1d, hf_config_json
 from behemoth.models.registry import example_input
 from behemoth.spec import DataSpec
 
@@ -162,7 +162,7 @@ def to_packed(
     )
     hf_config = hf_config_json(model)
     if hf_config is not None:
-        if any(type(m).__name__ == "Conv1D" for m in model.modules()):  # see build_from_packed
+        if has_conv1d(model):  # see fresh_model
             raise ValueError("pack a Hugging Face model after conv1d_as_linear: .bhm stores Linear layouts")
         common["hf_config"] = hf_config
     if isinstance(model, tq.QuantWrapper) and isinstance(model.quant, nnq.Quantize):

@@ -195,13 +195,23 @@ def build_hf_on_meta(path: str) -> nn.Module:
         return load_pretrained("AutoModelForCausalLM", path)
 
 
+def _conv1d_type() -> type | None:
+    """transformers' Conv1D class, None when transformers is not imported (then no model holds one)."""
+    return getattr(sys.modules.get("transformers.pytorch_utils"), "Conv1D", None)
+
+
+def has_conv1d(model: nn.Module) -> bool:
+    conv1d = _conv1d_type()
+    return conv1d is not None and any(isinstance(m, conv1d) for m in model.modules())
+
+
 def conv1d_as_linear(model: nn.Module) -> nn.Module:
     """`model` with every transformers `Conv1D` (GPT-2's attention and MLP layers: y = x W + b, W stored
     (in, out)) replaced in place by the equal nn.Linear (W transposed to (out, in)), so pruning and
     quantization, written for nn.Linear, see GPT-2's layers as they see Llama's. The same function up to
     float rounding of the matmul."""
-    conv1d = getattr(sys.modules.get("transformers.pytorch_utils"), "Conv1D", None)
-    if conv1d is None:  # transformers not imported: no model of it here
+    conv1d = _conv1d_type()
+    if conv1d is None:
         return model
     for name, module in list(model.named_modules()):
         if not isinstance(module, conv1d):
@@ -239,13 +249,16 @@ def build_hf_from_config(config: dict[str, Any], spec: DataSpec, where: str = "t
     if not any(n.endswith(("ForCausalLM", "LMHeadModel")) for n in names):
         raise ModelError(f"{where}: architectures {names} is not a causal LM")
     check_language_data(config, where, spec)
-    fields = {k: v for k, v in config.items() if k not in ("model_type", "auto_map", "transformers_version")}
+    # auto_map names code to import, quantization_config a quantizer backend (bitsandbytes fetches code at
+    # import): the weights that go in are the caller's own, so neither is wanted
+    dropped = ("model_type", "auto_map", "transformers_version", "quantization_config")
+    fields = {k: v for k, v in config.items() if k not in dropped}
     try:
         hf_config = transformers.AutoConfig.for_model(model_type, **fields)
         hf = transformers.AutoModelForCausalLM.from_config(
             hf_config, trust_remote_code=False, dtype=torch.get_default_dtype()
         )
-    except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+    except (ValueError, KeyError, TypeError, RuntimeError, ImportError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{where}: transformers cannot build this config: {first}") from None
     return HFCausalLM(hf, spec.num_classes)
