@@ -154,7 +154,8 @@ def save_checkpoint(
             _start_save(run_dir)
             tmp.mkdir()
         barrier(env)
-        groups = save_sharded(tmp / "dcp", model, optimizer, env is not None and env.distributed)
+        frozen = checkpointed_names(model) is None  # a LoRA model's shards hold its adapters only
+        groups = save_sharded(tmp / "dcp", model, optimizer, env is not None and env.distributed, frozen)
         state = {**state, "param_groups": groups}
     if not main:
         return root / f"step-{step:08d}"
@@ -332,9 +333,8 @@ def load_checkpoint(
     if (path / "dcp").is_dir():
         from behemoth.distributed.dcp import load_sharded
 
-        load_sharded(
-            path / "dcp", model, optimizer, state.pop("param_groups"), env is not None and env.distributed
-        )
+        distributed, frozen = env is not None and env.distributed, checkpointed_names(model) is None
+        load_sharded(path / "dcp", model, optimizer, state.pop("param_groups"), distributed, frozen)
     else:
         load_full_state(model, optimizer, load_file(str(path / "model.safetensors")), state.pop("optimizer"))
     set_rng_state(state.pop("rng"))
