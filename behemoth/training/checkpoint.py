@@ -393,6 +393,12 @@ def save_final_weights(model: nn.Module, run_dir: Path, env: DistEnv | None = No
     if env is not None and not env.is_main:
         return
     if holds_shard(model):
-        write_safetensors(checkpoint_weights(latest_checkpoint(run_dir)), run_dir / "model.safetensors")
+        weights = checkpoint_weights(latest_checkpoint(run_dir))
+        only = checkpointed_names(
+            model
+        )  # LoRA: the adapters (the shards also hold QLoRA's quantized buffers)
+        if only is not None:
+            weights = {name: tensor for name, tensor in weights.items() if name in only}
+        write_safetensors(weights, run_dir / "model.safetensors")
     else:
         save_weights(model, run_dir / "model.safetensors")
