@@ -116,6 +116,31 @@ def test_fsdp_shards_each_decoder_layer_of_a_lora_model():
         dist.destroy_process_group()
 
 
+def test_a_4bit_base_that_cannot_be_split_fails_in_one_line():
+    """The tiny Llama's NF4 weights have one scale factor each, which 2 ranks cannot split: a ConfigError,
+    not torchao's assertion (torch's fake process group: a world of 2 in this one process)."""
+    import peft
+    import torch.distributed as dist
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from behemoth.distributed import DistEnv
+    from behemoth.distributed.fsdp import shard_model
+    from behemoth.errors import ConfigError
+    from behemoth.models.hf import HFCausalLM
+    from behemoth.training.qlora import quantize_frozen_base
+
+    model = HFCausalLM(LlamaForCausalLM(LlamaConfig(**TINY, vocab_size=64)), 64)
+    model.hf = peft.get_peft_model(model.hf, peft.LoraConfig(r=2, target_modules=["q_proj"]))
+    quantize_frozen_base(model.hf, 4)
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=2)
+    try:
+        with pytest.raises(ConfigError, match="LlamaDecoderLayer's parameters cannot be sharded over 2 proc"):
+            shard_model(model, DistEnv(rank=0, world_size=2))
+    finally:
+        dist.destroy_process_group()
+
+
 def test_full_fine_tuning_fsdp_matches_one_process_and_resumes_in_one(corpus):
     """FSDP (with activation checkpointing per decoder layer) on 2 ranks for 4 steps = one process; one
     process resumes its sharded checkpoint and ends on the one-process curve, with its weights."""
