@@ -114,6 +114,8 @@ def test_plan_command_on_an_hf_config(llama_7b, tmp_path):
     assert fits.exit_code == 0, fits.output
     assert "qlora-4bit" in fits.output and "recommended: qlora-4bit" in fits.output
     assert "train.lora.base_bits=4" in fits.output
+    two = CliRunner().invoke(app, ["plan", str(toml), "--memory", "6GiB", "--nproc", "2"])
+    assert two.exit_code == 0 and "--nproc 2 is not planned for hf models" in " ".join(two.output.split())
     none = CliRunner().invoke(app, ["plan", str(toml), "--memory", "2GiB"])
     assert none.exit_code == 1 and "nothing fits" in none.output
     assert torch.get_default_device().type == "cpu"  # the meta build did not leak

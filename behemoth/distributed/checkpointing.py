@@ -36,7 +36,8 @@ def checkpoint_blocks(model: nn.Module) -> int:
     if not blocks:
         raise ConfigError(
             f"train.activation_checkpointing = true: model {type(model).__name__} has no blocks to "
-            "checkpoint (gpt, vit and cnn have: `model.blocks`, or conv blocks in `model.features`)"
+            "checkpoint (gpt, vit and cnn have: `model.blocks`, or conv blocks in `model.features`; "
+            "hf models their decoder layers)"
         )
     for block in blocks:
         checkpoint(block, context_fn=lambda block=block: (contextlib.nullcontext(), _buffers_kept(block)))

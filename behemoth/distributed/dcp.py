@@ -152,17 +152,26 @@ def _tensors_only(state: dict, where: str) -> dict:
     return state
 
 
+def _options(frozen: bool):
+    """Which weights the checkpoint holds: every one, or (`frozen` False: a LoRA model, whose frozen base
+    is rebuilt from its source) the trainable ones only."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(ignore_frozen_params=not frozen, strict=frozen)
+
+
 def save_sharded(
-    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, distributed: bool
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, distributed: bool, frozen: bool = True
 ) -> list[dict]:
-    """Every rank writes its shards of model + optimizer state into `path` (collective when distributed).
+    """Every rank writes its shards of model + optimizer state into `path` (collective when distributed);
+    `frozen` False leaves the frozen parameters out.
 
     Returns the param groups' hyperparameters (lr, betas, ...; the same on every rank) for rank 0 to keep.
     """
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    model_state, optim_state = get_state_dict(model, optimizer)
+    model_state, optim_state = get_state_dict(model, optimizer, options=_options(frozen))
     payload = _tensors_only({"model": model_state, "optim": optim_state["state"]}, "checkpoint")
     with contextlib.nullcontext() if distributed else _one_process_on_purpose():
         dcp.save(payload, storage_writer=dcp.FileSystemWriter(str(path)), no_dist=not distributed)
@@ -175,12 +184,14 @@ def load_sharded(
     optimizer: torch.optim.Optimizer,
     param_groups: list[dict],
     distributed: bool,
+    frozen: bool = True,
 ) -> None:
     """Read `path` into this rank's model and optimizer, whatever the world size and strategy that wrote
-    it."""
+    it; `frozen` False reads the trainable parameters only (the others stay as built)."""
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-    model_state, optim_state = get_state_dict(model, optimizer)  # this rank's layout, filled in place below
+    options = _options(frozen)
+    model_state, optim_state = get_state_dict(model, optimizer, options=options)  # this rank's layout
     payload = {"model": model_state, "optim": optim_state["state"]}
     try:
         _load(payload, path, distributed)
@@ -192,6 +203,7 @@ def load_sharded(
         optimizer,
         model_state_dict=payload["model"],
         optim_state_dict={"state": payload["optim"], "param_groups": optim_state["param_groups"]},
+        options=options,
     )
 
 

@@ -10,6 +10,7 @@ from torch import nn
 
 from behemoth.distributed.blocks import model_blocks
 from behemoth.distributed.env import DistEnv
+from behemoth.errors import ConfigError
 
 
 def mixed_precision(precision: str):
@@ -25,7 +26,7 @@ def shard_model(model: nn.Module, env: DistEnv, precision: str = "fp32", offload
     """fully_shard over a 1-D device mesh of all ranks; `offload` keeps the shards in (pinned on CUDA) CPU
     memory."""
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
+    from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy
 
     mesh = init_device_mesh(env.device.type, (env.world_size,))
     offload_policy = CPUOffloadPolicy(pin_memory=env.device.type == "cuda") if offload else OffloadPolicy()
@@ -33,9 +34,25 @@ def shard_model(model: nn.Module, env: DistEnv, precision: str = "fp32", offload
     blocks = model_blocks(model)
     for i, block in enumerate(blocks):
         # the last block's parameters would be gathered again at once by the root's backward: keep them
-        fully_shard(block, reshard_after_forward=i < len(blocks) - 1, **options)
-    fully_shard(model, **options)
+        _shard(block, env.world_size, reshard_after_forward=i < len(blocks) - 1, **options)
+    _shard(model, env.world_size, **options)
     return model
+
+
+def _shard(module: nn.Module, world: int, **options) -> None:
+    """fully_shard, with a parameter that cannot be split `world` ways as one ConfigError line: a tensor
+    subclass asserts it (torchao's NF4 weights, QLoRA's 4-bit base, split only when their scale factors
+    do), identically on every rank."""
+    from torch.distributed.fsdp import fully_shard
+
+    try:
+        fully_shard(module, **options)
+    except AssertionError as exc:
+        hint = " (a 4-bit QLoRA base: use train.lora.base_bits = 8)" if "quantization" in str(exc) else ""
+        raise ConfigError(
+            f"train.strategy = 'fsdp': {type(module).__name__}'s parameters cannot be sharded over {world} "
+            f"processes: {str(exc).strip().splitlines()[0] if str(exc).strip() else 'assertion failed'}{hint}"
+        ) from None
 
 
 def gradient_sync(module: nn.Module, enabled: bool) -> None:

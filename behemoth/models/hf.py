@@ -97,7 +97,9 @@ class HFCausalLM(nn.Module):
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         logits = self.hf(input_ids=idx, use_cache=False).logits  # (B, T, V_model)
-        return logits[..., : self.vocab_size]  # (B, T, V)
+        if logits.size(-1) == self.vocab_size:
+            return logits  # not a view: FSDP2 warns of (and an in-place op would break) a root returning one
+        return logits[..., : self.vocab_size].contiguous()  # (B, T, V)
 
 
 class HFImageClassifier(nn.Module):

@@ -62,7 +62,7 @@ def plan(cfg: RunConfig, memory: str, nproc: int = 1, device: str | None = None)
     if target not in ("cuda", "cpu"):
         raise ConfigError(f"--device {target!r}: use cuda or cpu")
     if cfg.model.name == "hf":
-        return plan_finetuning(cfg, budget, target)
+        return plan_finetuning(cfg, budget, target, nproc)
     batch = cfg.data.batch_size
     if batch % nproc:
         raise ConfigError(
@@ -96,9 +96,10 @@ def plan(cfg: RunConfig, memory: str, nproc: int = 1, device: str | None = None)
     return Plan(rows, best, least, budget, target, title, steps)
 
 
-def plan_finetuning(cfg: RunConfig, budget: int, device: str) -> FinetunePlan:
+def plan_finetuning(cfg: RunConfig, budget: int, device: str, nproc: int = 1) -> FinetunePlan:
     """Weights, gradients, optimizer state and activations of one process fine-tuning an hf causal LM in
-    full, with LoRA and with QLoRA (8- and 4-bit base), the model built on meta from config.json."""
+    full, with LoRA and with QLoRA (8- and 4-bit base), the model built on meta from config.json. More
+    processes are not planned (the title says so rather than passing one process's bytes off as theirs)."""
     from behemoth.config.optimizers import optimizer_entry
     from behemoth.distributed.plan import human
     from behemoth.models.hf import build_hf_on_meta, read_hf_config
@@ -136,5 +137,11 @@ def plan_finetuning(cfg: RunConfig, budget: int, device: str) -> FinetunePlan:
         f"hf {config.get('model_type')} ({shape.params / 1e9:.2f}B parameters) fine-tuned in {human(budget)} "
         f"({device}), batch {cfg.data.batch_size} x {cfg.data.block_size} tokens, {cfg.train.optimizer}, "
         f"LoRA r={rank} on {targets}"
+        + (
+            f"; --nproc {nproc} is not planned for hf models: one process's bytes (train.strategy = 'fsdp' "
+            f"would divide weights, gradients and optimizer state by {nproc})"
+            if nproc > 1
+            else ""
+        )
     )
     return FinetunePlan(rows, best, shape.params, budget, device, title, steps[best.mode] if best else [])

@@ -3,11 +3,13 @@
 from pathlib import Path
 from typing import Any
 
+from safetensors.torch import load_file
+
 from behemoth.config import RunConfig
 from behemoth.data.augment.preview import write_preview
 from behemoth.data.describe import describe
 from behemoth.data.tokenizers import save_run_tokenizer
-from behemoth.distributed import DistEnv, barrier
+from behemoth.distributed import DistEnv, barrier, holds_shard
 from behemoth.errors import RunDirError
 from behemoth.models import count_parameters
 from behemoth.runs import RunDir, create_run_dir, run_path, write_json
@@ -77,7 +79,9 @@ def run_training(
     # rank 0; fsdp/pipeline: the last checkpoint's shards, consolidated
     save_final_weights(model, run_dir, env)
     if cfg.train.lora is not None and main:
-        save_adapter(model, RunDir(run_dir).adapter_dir)  # peft's format, for peft and transformers users
+        # peft's format, for peft and transformers users; a sharded model's from the consolidated weights
+        weights = load_file(str(RunDir(run_dir).weights)) if holds_shard(model) else None
+        save_adapter(model, RunDir(run_dir).adapter_dir, weights)
     summary: dict[str, Any] = {
         "run": str(run_dir),
         "model": cfg.model.name,

@@ -154,7 +154,8 @@ def save_checkpoint(
             _start_save(run_dir)
             tmp.mkdir()
         barrier(env)
-        groups = save_sharded(tmp / "dcp", model, optimizer, env is not None and env.distributed)
+        frozen = checkpointed_names(model) is None  # a LoRA model's shards hold its adapters only
+        groups = save_sharded(tmp / "dcp", model, optimizer, env is not None and env.distributed, frozen)
         state = {**state, "param_groups": groups}
     if not main:
         return root / f"step-{step:08d}"
@@ -332,9 +333,8 @@ def load_checkpoint(
     if (path / "dcp").is_dir():
         from behemoth.distributed.dcp import load_sharded
 
-        load_sharded(
-            path / "dcp", model, optimizer, state.pop("param_groups"), env is not None and env.distributed
-        )
+        distributed, frozen = env is not None and env.distributed, checkpointed_names(model) is None
+        load_sharded(path / "dcp", model, optimizer, state.pop("param_groups"), distributed, frozen)
     else:
         load_full_state(model, optimizer, load_file(str(path / "model.safetensors")), state.pop("optimizer"))
     set_rng_state(state.pop("rng"))
@@ -393,6 +393,12 @@ def save_final_weights(model: nn.Module, run_dir: Path, env: DistEnv | None = No
     if env is not None and not env.is_main:
         return
     if holds_shard(model):
-        write_safetensors(checkpoint_weights(latest_checkpoint(run_dir)), run_dir / "model.safetensors")
+        weights = checkpoint_weights(latest_checkpoint(run_dir))
+        only = checkpointed_names(
+            model
+        )  # LoRA: the adapters (the shards also hold QLoRA's quantized buffers)
+        if only is not None:
+            weights = {name: tensor for name, tensor in weights.items() if name in only}
+        write_safetensors(weights, run_dir / "model.safetensors")
     else:
         save_weights(model, run_dir / "model.safetensors")

@@ -122,8 +122,8 @@ def finetune_rows(
     optimizer_element: int | None,
 ) -> list[FinetuneRow]:
     """One row per mode. `element`: bytes of a parameter (train.param_dtype); `compute`: of an activation
-    (train.precision). No activation-checkpointing rows: behemoth's checkpointing covers its own blocks
-    (gpt, vit, cnn), not transformers' decoder layers yet."""
+    (train.precision). One process, no activation checkpointing: train.activation_checkpointing and FSDP do
+    work per decoder layer (distributed/blocks.py), but this plan does not model them."""
     adapters = sum(rank * (i + o) for _, i, o in shape.adapted)
     rows = []
     for mode in MODES:

@@ -15,6 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from behemoth.config import LoraConfig
@@ -74,16 +75,22 @@ def checkpointed_names(model: nn.Module) -> set[str] | None:
     return {name.replace("_orig_mod.", "") for name, p in model.named_parameters() if p.requires_grad}
 
 
-def save_adapter(model: nn.Module, folder: Path) -> None:
+def save_adapter(model: nn.Module, folder: Path, weights: dict[str, torch.Tensor] | None = None) -> None:
     """The adapters in peft's format (adapter_config.json, adapter_model.safetensors): what
-    `PeftModel.from_pretrained(base, folder)` loads."""
+    `PeftModel.from_pretrained(base, folder)` loads. `weights` (keyed as `model`'s state_dict): the
+    adapters' values when `model` holds only a shard of them (FSDP), consolidated by the caller."""
     wrapped = peft_model(model)
     if wrapped is None:
         raise ValueError("the model has no LoRA adapters to save")
+    state = None
+    if weights is not None:  # peft keys them by the PeftModel's own names
+        prefix = next(name for name, m in model.named_modules() if m is wrapped)
+        prefix = f"{prefix}." if prefix else ""
+        state = {key[len(prefix) :]: value for key, value in weights.items() if key.startswith(prefix)}
     # built beside and renamed in, so a run killed mid-save keeps its earlier adapters whole
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
     try:
-        wrapped.save_pretrained(str(tmp))
+        wrapped.save_pretrained(str(tmp), state_dict=state)
         aside = folder.with_name(f".{folder.name}.old-{tmp.name[-8:]}")
         if folder.exists():
             os.replace(folder, aside)
