@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from flwr.app import Context, RecordDict
 from safetensors.torch import load_file
 
 import behemoth
 from behemoth.config import RunConfig, load_config
-from behemoth.config.federate import RefusedMessage
+from behemoth.config.federate import RefusedMessage, parse_round_settings
 from behemoth.errors import BehemothError
 from behemoth.federated.exchange import (
     exchanged_state,
@@ -32,6 +33,11 @@ from tests.hf_tiny import TINY, hf_text_args, lora_corpus
 
 VOCAB, RANK, CLIENTS, ROUNDS = 300, 4, 2, 2
 TARGETS = ["q_proj", "v_proj"]
+
+
+def base_overrides(cfg: RunConfig) -> list[str]:
+    """`cfg`'s own overrides again, as load_config reads them (for variants of the federated run's config)."""
+    return adapter_overrides(Path(cfg.runs_dir).parent, Path(cfg.data.path), Path(cfg.model.path), cfg.name)
 
 
 def adapter_overrides(root: Path, text: Path, llama: Path, name: str) -> list[str]:
@@ -76,6 +82,12 @@ def federation(tmp_path_factory):
     before = digest(llama)
     cfg = load_config(None, adapter_overrides(root, text, llama, "fedlora"))
     return simulate(cfg), cfg, llama, before
+
+
+def node(pid: int) -> Context:
+    """A SuperNode's context for partition `pid` of the run's clients."""
+    config = {"partition-id": pid, "num-partitions": CLIENTS}
+    return Context(run_id=1, node_id=100 + pid, node_config=config, state=RecordDict(), run_config={})
 
 
 def initial_model(cfg: RunConfig) -> torch.nn.Module:
@@ -156,6 +168,31 @@ def test_peft_loads_the_federated_adapters_and_export_merges_them(federation, tm
         assert (merged(input_ids=x).logits - expected).abs().max() < 1e-4
 
 
+@pytest.mark.parametrize(
+    "privacy", [["federate.dp.mode=client"], ["federate.secagg=true", "federate.secagg_shares=2"]]
+)
+def test_private_and_secure_clients_train_and_send_the_adapters_only(federation, privacy):
+    """Client DP-SGD (Opacus over peft's layers) and SecAgg+'s client (legacy lists in state_dict order) work
+    on the adapters alone; the server side of both (and Flower's server-side DP clipping) only sees arrays."""
+    from behemoth.federated.client_app import train_round
+    from behemoth.federated.secagg_client import SecAggClient
+
+    _, base_cfg, _, _ = federation
+    cfg = load_config(None, [*base_overrides(base_cfg), *privacy])
+    start = exchanged_state(initial_model(cfg), adapters_only=True)
+    round_one = {"server-round": 1, "local-epochs": 1, "lr": 0.01}
+    if cfg.federate.secagg:
+        sent = [v.numpy() for v in start.values()]
+        deltas, examples, _ = SecAggClient(node(1), cfg).fit(sent, round_one)
+        assert [d.shape for d in deltas] == [tuple(v.shape) for v in start.values()] and examples > 0
+        assert any(abs(d).max() > 0 for d in deltas)
+    else:
+        arrays = to_arrays(initial_model(cfg), adapters_only=True)
+        update = train_round(cfg, parse_round_settings(round_one), node(0), arrays)
+        assert list(update.weights) == list(start) and update.metrics["dp-steps"] > 0
+        assert any(not torch.equal(update.weights[k], start[k]) for k in start)
+
+
 def test_a_client_refuses_full_weights_when_only_adapters_travel(federation):
     _, cfg, _, _ = federation
     model = initial_model(cfg)
@@ -170,3 +207,14 @@ def test_adapters_only_needs_lora():
         load_config(None, ["federate.adapters_only=true"])
     assert "federate.adapters_only" in str(err.value) and "[train.lora]" in str(err.value)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("kind", ["shards", "dirichlet"])
+def test_text_refuses_label_skewed_partitions(kind):
+    from behemoth.federated.partition import partition
+
+    fed = load_config(None, [f"federate.partition={kind}", "federate.clients=2"]).federate
+    tokens = torch.arange(40 * 8).view(40, 8)  # (N, T) next-token targets, as text data holds them
+    with pytest.raises(BehemothError, match="use federate.partition = 'iid'"):
+        partition(tokens, fed)
+    assert [len(p) for p in partition(tokens, fed.model_copy(update={"partition": "iid"}))] == [20, 20]
