@@ -16,6 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from behemoth.config.sizes import format_size  # noqa: E402
+
 SHAPES = {  # LlamaConfig keywords
     "tiny (tests)": dict(
         hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=300
@@ -60,13 +62,6 @@ def round_bytes(shape: dict, rank: int, targets: list[str], dtype: str) -> tuple
     return count, sum(t.numel() for t in full.values()), state_bytes(adapters), state_bytes(full)
 
 
-def size(count: float) -> str:
-    for unit, scale in (("KiB", 2**10), ("MiB", 2**20)):
-        if count < 2**10 * scale:
-            return f"{count / scale:.1f} {unit}"
-    return f"{count / 2**30:.2f} GiB"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rank", type=int, default=4)
@@ -87,7 +82,7 @@ def main() -> None:
             trips = 2 * args.clients
             print(
                 f"{name:16} {dtype:9} {count:>11,} ({100 * count / total:.3f}%) "
-                f"{size(trips * adapter):>15} {size(trips * full):>12} {full / adapter:>7.0f}x"
+                f"{format_size(trips * adapter):>15} {format_size(trips * full):>12} {full / adapter:>7.0f}x"
             )
 
 

@@ -218,3 +218,17 @@ def test_text_refuses_label_skewed_partitions(kind):
     with pytest.raises(BehemothError, match="use federate.partition = 'iid'"):
         partition(tokens, fed)
     assert [len(p) for p in partition(tokens, fed.model_copy(update={"partition": "iid"}))] == [20, 20]
+
+
+def test_the_cli_summary_prices_the_full_weights(federation, capsys):
+    from behemoth.cli.printing import print_federated
+    from behemoth.config.sizes import format_size
+
+    run = federation[0]
+    summary = json.loads(RunDir(run).summary.read_text())
+    print_federated(run)
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"sent {format_size(summary['bytes_sent'])}," in out
+    assert f"(adapters only; the full weights: {format_size(summary['bytes_full'])})" in out
+    sizes = [format_size(n) for n in (512, 11508, 3 * 2**20, 2**31)]
+    assert sizes == ["512 B", "11.2 KiB", "3.0 MiB", "2.00 GiB"]

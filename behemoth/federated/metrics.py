@@ -15,6 +15,7 @@ from typing import Any, Protocol, TextIO
 from flwr.app import ArrayRecord, MetricRecord
 from torch import nn
 
+from behemoth.config.sizes import format_size
 from behemoth.data.bundle import TensorSplit
 from behemoth.errors import BehemothError
 from behemoth.federated.exchange import load_arrays
@@ -183,22 +184,15 @@ class RoundRecorder:
             text += (
                 f" | {record['clients.replied']}/{record['clients.sampled']} clients replied, "
                 f"{record['clients.failed']} failed, {record['clients.rejected']} rejected"
-                f" | sent {byte_size(record['bytes.sent'])}, received {byte_size(record['bytes.received'])}"
+                f" | sent {format_size(record['bytes.sent'])}, "
+                f"received {format_size(record['bytes.received'])}"
             )
             if "bytes.full" in record:
-                text += f" (adapters only; full weights: {byte_size(record['bytes.full'])})"
+                text += f" (adapters only; full weights: {format_size(record['bytes.full'])})"
             text += f" | {record['seconds']:.1f}s"
         if "epsilon" in record:
             text += f" | epsilon {record['epsilon']:.3f} (delta {record['delta']:g})"
         return text
-
-
-def byte_size(count: float) -> str:
-    """Bytes for a log line: KiB below a MiB (a small model's adapters), MiB below a GiB, else GiB."""
-    for unit, scale in (("KiB", 2**10), ("MiB", 2**20)):
-        if count < 2**10 * scale:
-            return f"{count / scale:.1f} {unit}"
-    return f"{count / 2**30:.2f} GiB"
 
 
 def summarize(records: list[dict[str, Any]], target: float | None) -> dict[str, Any]:
