@@ -37,7 +37,7 @@ def exchanged_state(model: nn.Module, adapters_only: bool = False) -> dict[str, 
     names = checkpointed_names(model)
     if names is None:
         raise ConfigError("federate.adapters_only = true: the model has no LoRA adapters ([train.lora])")
-    return {key: value for key, value in state.items() if key in names}
+    return {key: value for key, value in state.items() if key.replace("_orig_mod.", "") in names}
 
 
 NPY_HEADER = 128  # bytes of NumPy's .npy header in each Flower Array (format 1.0, padded to a multiple of 64)
