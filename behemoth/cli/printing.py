@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from behemoth.config.explain import COMPLETE_METHODS
+from behemoth.config.sizes import format_size
 from behemoth.runs import RunDir
 
 console = Console(highlight=False, soft_wrap=True)  # one line stays one line (trial and round lines)
@@ -161,8 +162,10 @@ def print_federated(run_dir: Path) -> None:
     line = (
         f"run {run_dir}: {summary['rounds']} rounds ({summary['stop_reason']}), test accuracy "
         f"{summary['test']['acc']:.4f} loss {summary['test']['loss']:.4f}, {summary['seconds']:.1f}s, "
-        f"sent {summary['bytes_sent'] / 2**20:.1f} MiB, received {summary['bytes_received'] / 2**20:.1f} MiB"
+        f"sent {format_size(summary['bytes_sent'])}, received {format_size(summary['bytes_received'])}"
     )
+    if "bytes_full" in summary:  # federate.adapters_only
+        line += f" (adapters only; the full weights: {format_size(summary['bytes_full'])})"
     if summary.get("rounds_to_target") is not None:
         line += f"; reached {summary['target_accuracy']:.4f} at round {summary['rounds_to_target']}"
     if "epsilon" in summary:

@@ -13,6 +13,7 @@ al. 2017: K clients, a fraction C of them sampled per round, E local epochs of b
     target_accuracy = 0.99 # stop once the global model reaches it on the test split
     partition = "shards"   # iid | shards (sort by label, 2 per client) | dirichlet (alpha)
     secagg = true          # SecAgg+ (fedavg): the server sees only the sum of the masked updates
+    adapters_only = true   # with [train.lora]: only the LoRA adapters travel; the frozen base stays put
 
     [federate.dp]          # differential privacy: off | client (Opacus DP-SGD) | server (Flower's wrapper)
     mode = "client"
@@ -114,6 +115,9 @@ class FederateConfig(Section):
     secagg_threshold: int = Field(
         2, ge=2
     )  # shares that rebuild a key: dropouts are recovered while this many remain
+    # parameter-efficient federation: with [train.lora], only the trainable adapter tensors (and any
+    # modules_to_save) travel each round, both ways; each party builds the frozen base from its model.path
+    adapters_only: bool = False  # exchange (and aggregate) the LoRA adapters only; needs [train.lora]
     dp: DPConfig = DPConfig()
     faults: FaultsConfig = FaultsConfig()
     deploy: DeployConfig = DeployConfig()

@@ -87,6 +87,16 @@ class RunConfig(Section):
         return self
 
     @model_validator(mode="after")
+    def _adapters_only_has_adapters(self) -> "RunConfig":
+        """federate.adapters_only sends the LoRA adapters: without [train.lora] there is nothing to send."""
+        if self.federate.adapters_only and self.train.lora is None:
+            raise ConfigError(
+                "federate.adapters_only = true: needs [train.lora] (the adapters are what travel); add a "
+                "[train.lora] section or set federate.adapters_only = false"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _check_tune_space(self) -> "RunConfig":
         for key, spec in self.tune.space.items():
             check_config_path(RunConfig, key, spec)

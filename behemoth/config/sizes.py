@@ -20,3 +20,12 @@ def parse_size(text: str | int) -> int:
     if not unit:
         return int(number)
     return int(number * (1024 if binary else 1000) ** " kmgt".index(unit))
+
+
+def format_size(count: float) -> str:
+    """Bytes for people, in the binary unit that keeps the number below 1024: '11.2 KiB', '0.6 MiB' never
+    reads as nothing for a round of small adapters, '251.65 GiB' for a 7B model's."""
+    for unit, scale in (("B", 1), ("KiB", 2**10), ("MiB", 2**20)):
+        if count < 2**10 * scale:
+            return f"{count:.0f} B" if unit == "B" else f"{count / scale:.1f} {unit}"
+    return f"{count / 2**30:.2f} GiB"

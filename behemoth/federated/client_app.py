@@ -5,6 +5,7 @@ from a message: a server sends the global weights ("arrays") and a few round set
 against RoundSettings: the round, lr, local epochs, FedProx's mu, a simulated failure). Any other record or
 setting, and arrays that do not fit the client's own model (names, shapes, dtypes, all finite), refuse
 the round: logged here, and raised, so the reply is an error that the server counts as a failed client.
+With federate.adapters_only the arrays are the LoRA adapters alone, both ways (exchange.exchanged_state).
 
 Where the own config comes from is the one thing simulation and deployment do differently, and
 `own_config` is the one place that decides it:
@@ -37,7 +38,7 @@ from behemoth.config import RunConfig, load_config
 from behemoth.config.federate import RefusedMessage, RoundSettings, parse_round_settings
 from behemoth.data import DataBundle, TensorSplit
 from behemoth.errors import ConfigError
-from behemoth.federated.exchange import client_seed, federated_model, load_checked
+from behemoth.federated.exchange import client_seed, exchanged_state, federated_model, load_checked
 from behemoth.federated.local import local_train, poison_update
 from behemoth.federated.partition import partition
 from behemoth.federated.privacy import noise_multiplier_for, secure_seed
@@ -194,8 +195,9 @@ def train_round(
     fed = cfg.federate
     torch.set_num_threads(fed.client_threads)
     model = federated_model(cfg, data.spec)
-    load_checked(model, arrays)
-    global_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    load_checked(model, arrays, fed.adapters_only)
+    # what travels: the whole state_dict, or with federate.adapters_only the adapters alone
+    global_weights = {k: v.detach().clone() for k, v in exchanged_state(model, fed.adapters_only).items()}
     private = fed.dp.mode == "client"
     seed = secure_seed() if private else client_seed(fed.seed, settings.server_round, pid)
     result = local_train(
@@ -208,7 +210,7 @@ def train_round(
         noise_multiplier=_own_noise(cfg.model_dump_json()) if private else None,
         fail_after=settings.fail_after_steps,
     )
-    weights = result.weights
+    weights = {key: result.weights[key] for key in global_weights}  # the reply: the same entries
     if pid in fed.faults.scaled_clients:
         weights = poison_update(global_weights, weights, "scale", fed.faults.poison_scale)
     if pid in fed.faults.nan_clients:
@@ -236,7 +238,7 @@ def evaluate_round(
     data, split, _ = client_split(cfg, context)
     torch.set_num_threads(cfg.federate.client_threads)
     model = federated_model(cfg, data.spec)
-    load_checked(model, arrays)
+    load_checked(model, arrays, cfg.federate.adapters_only)
     result = evaluate(
         model,
         split,

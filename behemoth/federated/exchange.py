@@ -1,7 +1,8 @@
 """What the server and the clients exchange: the model's weights as a Flower ArrayRecord (one named array
-per state_dict entry), the model every party builds from its own config, and the checks a client runs on
-the arrays it receives. The run config itself never travels: a client reads its own (client_app.py), and
-a server may set only RoundSettings (behemoth.config.federate)."""
+per state_dict entry; with federate.adapters_only, per trainable LoRA entry only), the model every party
+builds from its own config, and the checks a client runs on the arrays it receives. The run config itself
+never travels: a client reads its own (client_app.py), and a server may set only RoundSettings
+(behemoth.config.federate)."""
 
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
@@ -13,8 +14,10 @@ from torch import nn
 
 from behemoth.config import RunConfig
 from behemoth.config.federate import RefusedMessage
+from behemoth.errors import ConfigError
 from behemoth.spec import DataSpec
 from behemoth.training.assembly import build_run_model
+from behemoth.training.lora import checkpointed_names
 
 
 def federated_model(cfg: RunConfig, spec: DataSpec) -> nn.Module:
@@ -23,9 +26,33 @@ def federated_model(cfg: RunConfig, spec: DataSpec) -> nn.Module:
     return build_run_model(cfg, spec, seed=cfg.federate.seed)
 
 
-def to_arrays(model: nn.Module) -> ArrayRecord:
-    """The model's state_dict (parameters and buffers) as an ArrayRecord, keyed like the state_dict."""
-    return ArrayRecord.from_torch_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
+def exchanged_state(model: nn.Module, adapters_only: bool = False) -> dict[str, torch.Tensor]:
+    """The state_dict entries that travel, in state_dict order (a legacy list's order): all of them, or with
+    federate.adapters_only the trainable ones (LoRA adapters and modules_to_save, as a LoRA checkpoint holds
+    them), whose tensors share storage with the model's, so copying into them updates the model. The frozen
+    base never travels: every party built the same one from its own model.path."""
+    state = model.state_dict()
+    if not adapters_only:
+        return state
+    names = checkpointed_names(model)
+    if names is None:
+        raise ConfigError("federate.adapters_only = true: the model has no LoRA adapters ([train.lora])")
+    return {key: value for key, value in state.items() if key.replace("_orig_mod.", "") in names}
+
+
+NPY_HEADER = 128  # bytes of NumPy's .npy header in each Flower Array (format 1.0, padded to a multiple of 64)
+
+
+def state_bytes(state: Mapping[str, torch.Tensor]) -> int:
+    """What ArrayRecord.count_bytes counts for `state` (each array's data and .npy header, and its key),
+    without serializing it: a 7B model's full weights are priced without a copy (or on the meta device)."""
+    return sum(t.numel() * t.element_size() + NPY_HEADER + len(key) for key, t in state.items())
+
+
+def to_arrays(model: nn.Module, adapters_only: bool = False) -> ArrayRecord:
+    """The exchanged state (exchanged_state) as an ArrayRecord, keyed like the state_dict."""
+    state = exchanged_state(model, adapters_only)
+    return ArrayRecord.from_torch_state_dict({k: v.detach().cpu() for k, v in state.items()})
 
 
 def named_arrays(keys: Iterable[str], ndarrays: Sequence[np.ndarray]) -> ArrayRecord:
@@ -39,10 +66,12 @@ def named_arrays(keys: Iterable[str], ndarrays: Sequence[np.ndarray]) -> ArrayRe
     )
 
 
-def load_arrays(model: nn.Module, arrays: ArrayRecord | Sequence[np.ndarray]) -> None:
-    """Copy the arrays (an ArrayRecord, or a legacy list in state_dict order) into the model; copy_ casts back
-    where aggregation made a buffer float (e.g. batch norm's num_batches_tracked averaged)."""
-    state = model.state_dict()
+def load_arrays(
+    model: nn.Module, arrays: ArrayRecord | Sequence[np.ndarray], adapters_only: bool = False
+) -> None:
+    """Copy the arrays (an ArrayRecord, or a legacy list in state_dict order) into the model's exchanged
+    state; copy_ casts back where aggregation made a buffer float (batch norm's num_batches_tracked)."""
+    state = exchanged_state(model, adapters_only)
     if not isinstance(arrays, ArrayRecord):
         arrays = named_arrays(state, arrays)
     if set(arrays.keys()) != set(state):
@@ -51,9 +80,11 @@ def load_arrays(model: nn.Module, arrays: ArrayRecord | Sequence[np.ndarray]) ->
     _copy_into(state, {key: array.numpy() for key, array in arrays.items()})
 
 
-def load_checked(model: nn.Module, arrays: ArrayRecord | Sequence[np.ndarray]) -> None:
+def load_checked(
+    model: nn.Module, arrays: ArrayRecord | Sequence[np.ndarray], adapters_only: bool = False
+) -> None:
     """A client's load_arrays: the arrays go into its model only after `check_arrays` accepted them."""
-    state = model.state_dict()
+    state = exchanged_state(model, adapters_only)
     _copy_into(state, check_arrays(state, arrays))
 
 

@@ -1,6 +1,7 @@
-"""Per-round records: the global model on the test split, clients' training figures, failures, bytes,
-time and privacy spent, appended to runs/<name>/metrics.jsonl as `{"kind": "round", ...}` lines beside
-training's `train`/`eval` records (`step` = round, so the same plots read them); a log line per round.
+"""Per-round records: the global model on the test split, clients' training figures, failures, bytes
+(with federate.adapters_only also `bytes.full`, what the full weights would have cost), time and privacy
+spent, appended to runs/<name>/metrics.jsonl as `{"kind": "round", ...}` lines beside training's
+`train`/`eval` records (`step` = round, so the same plots read them); a log line per round.
 """
 
 import json
@@ -14,6 +15,7 @@ from typing import Any, Protocol, TextIO
 from flwr.app import ArrayRecord, MetricRecord
 from torch import nn
 
+from behemoth.config.sizes import format_size
 from behemoth.data.bundle import TensorSplit
 from behemoth.errors import BehemothError
 from behemoth.federated.exchange import load_arrays
@@ -95,19 +97,21 @@ class RoundRecorder:
         crash_after: int | None,
         on_round: Callable[[int, ArrayRecord], None],
         tags: dict[str, Any] | None = None,
+        adapters_only: bool = False,
     ) -> None:
         self.path = RunDir(run_dir).metrics
         self.model, self.test, self.spec, self.settings = model, test, spec, settings
         self.strategy, self.ledger, self.total = strategy, ledger, total_rounds
         self.target, self.crash_after, self.on_round = target, crash_after, on_round
         self.tags = dict(tags or {})
+        self.adapters_only = adapters_only  # the arrays are the LoRA adapters (federate.adapters_only)
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         r = server_round + self.strategy.offset
         if server_round == 0 and r > 0:
             return None  # resumed: the round we start from was recorded before the crash
         started = time.perf_counter()
-        load_arrays(self.model, arrays)
+        load_arrays(self.model, arrays, self.adapters_only)
         result = evaluate(self.model, self.test, self.spec, **self.settings)
         stats = self.strategy.stats.pop(r, None)
         record = self.record(r, result, stats, time.perf_counter() - started)
@@ -151,6 +155,8 @@ class RoundRecorder:
                     "aggregated": stats.aggregated,
                 }
             )
+            if self.adapters_only and stats.bytes_full:  # the same messages with the full weights (SecAgg+'s
+                record["bytes.full"] = stats.bytes_full  # masked stages are not priced: left out there)
             record.update(
                 {
                     f"train.{k.removeprefix('train-')}": v
@@ -178,10 +184,12 @@ class RoundRecorder:
             text += (
                 f" | {record['clients.replied']}/{record['clients.sampled']} clients replied, "
                 f"{record['clients.failed']} failed, {record['clients.rejected']} rejected"
-                f" | sent {record['bytes.sent'] / 2**20:.1f} MiB, "
-                f"received {record['bytes.received'] / 2**20:.1f} MiB"
-                f" | {record['seconds']:.1f}s"
+                f" | sent {format_size(record['bytes.sent'])}, "
+                f"received {format_size(record['bytes.received'])}"
             )
+            if "bytes.full" in record:
+                text += f" (adapters only; full weights: {format_size(record['bytes.full'])})"
+            text += f" | {record['seconds']:.1f}s"
         if "epsilon" in record:
             text += f" | epsilon {record['epsilon']:.3f} (delta {record['delta']:g})"
         return text
@@ -202,6 +210,7 @@ def summarize(records: list[dict[str, Any]], target: float | None) -> dict[str, 
         "seconds": sum(r.get("seconds", 0.0) for r in done),
         "bytes_sent": sum(r.get("bytes.sent", 0) for r in done),
         "bytes_received": sum(r.get("bytes.received", 0) for r in done),
+        **({"bytes_full": sum(r["bytes.full"] for r in done)} if done and "bytes.full" in done[-1] else {}),
         "client_failures": sum(r.get("clients.failed", 0) for r in done),
         "rejected_updates": sum(r.get("clients.rejected", 0) for r in done),
     }

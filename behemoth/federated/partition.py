@@ -66,6 +66,11 @@ def partition(labels: torch.Tensor, cfg) -> list[torch.Tensor]:
     """The split `cfg` ([federate] section) asks for."""
     if cfg.partition == "iid":
         return iid(labels, cfg.clients, cfg.seed)
+    if labels.dim() != 1:  # a language model's targets are (N, T) tokens: nothing to skew a split by
+        raise ConfigError(
+            f"federate.partition = {cfg.partition!r}: splits by label, but each training row has "
+            f"{tuple(labels.shape[1:])} targets (text: next tokens); use federate.partition = 'iid'"
+        )
     if cfg.partition == "shards":
         return shards(labels, cfg.clients, cfg.shards_per_client, cfg.seed)
     return dirichlet(labels, cfg.clients, cfg.alpha, cfg.seed, cfg.min_partition_size)

@@ -244,7 +244,7 @@ def serve_secagg(grid: Grid, cfg: RunConfig, run_dir: Path, resume: bool = False
     """server_app.serve with SecAgg+: the same setup, records, checkpoints and summary; FedAvg only."""
     fed = cfg.federate
     parts = prepare(cfg, run_dir, resume)
-    arrays = to_arrays(parts.model)
+    arrays = to_arrays(parts.model, fed.adapters_only)
     shared = shared_config(cfg, parts.ledger)
 
     def round_config(r: int) -> dict[str, Any]:

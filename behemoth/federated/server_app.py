@@ -13,7 +13,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from behemoth.config import RunConfig, load_config
 from behemoth.errors import RunDirError
-from behemoth.federated.exchange import to_arrays
+from behemoth.federated.exchange import state_bytes, to_arrays
 from behemoth.federated.metrics import TargetReached, attach_run_log, log
 from behemoth.federated.server_run import announce, checkpointer, finish, prepare, shared_config
 from behemoth.federated.state import restore_strategy, strategy_state
@@ -58,6 +58,8 @@ def serve(grid: Grid, cfg: RunConfig, run_dir: Path, resume: bool = False) -> di
     fed = cfg.federate
     parts = prepare(cfg, run_dir, resume)
     strategy = build_strategy(fed, parts.ledger, round_offset=parts.start)
+    if fed.adapters_only:  # the round log compares what travels with what the full weights would take
+        strategy.full_arrays = state_bytes(parts.model.state_dict())
     if parts.saved is not None:
         restore_strategy(innermost(strategy), parts.saved.strategy)
         log.info(
@@ -74,7 +76,7 @@ def serve(grid: Grid, cfg: RunConfig, run_dir: Path, resume: bool = False) -> di
     try:
         strategy.start(
             grid,
-            initial_arrays=to_arrays(parts.model),
+            initial_arrays=to_arrays(parts.model, fed.adapters_only),
             num_rounds=fed.rounds - parts.start,
             timeout=fed.timeout,
             train_config=ConfigRecord(dict(shared)),

@@ -26,6 +26,7 @@ from behemoth.federated.state import FederatedState, load_latest, rng_state, sav
 from behemoth.runs import RunDir, write_json
 from behemoth.spec import DataSpec
 from behemoth.training import resolve_device, save_weights
+from behemoth.training.lora import save_adapter
 
 
 @dataclass
@@ -64,6 +65,7 @@ class ServerParts:
             fed.faults.crash_after_round,
             on_round,
             tags,
+            fed.adapters_only,
         )
 
 
@@ -82,7 +84,7 @@ def prepare(cfg: RunConfig, run_dir: Path, resume: bool) -> ServerParts:
     np.random.seed(fed.seed)  # Flower's DP wrapper draws its noise from NumPy's global RNG
     saved = load_latest(run_dir) if resume else None
     if saved is not None:
-        load_arrays(model, ArrayRecord.from_torch_state_dict(saved.weights))
+        load_arrays(model, ArrayRecord.from_torch_state_dict(saved.weights), fed.adapters_only)
         set_rng_state(saved.meta["rng"])
         ledger.load_state_dict(saved.meta["privacy"])
         trim_records(RunDir(run_dir).metrics, saved.round)
@@ -130,9 +132,10 @@ def announce(cfg: RunConfig, parts: ServerParts) -> None:
     """The run's opening log line: who trains, how, and which rounds are left."""
     fed, ledger = cfg.federate, parts.ledger
     dp = f", dp {fed.dp.mode} noise {ledger.noise:.3g}" if fed.dp.mode != "off" else ""
+    adapters = ", adapters only" if fed.adapters_only else ""
     secagg = f", SecAgg+ ({fed.secagg_shares} shares, threshold {fed.secagg_threshold})" if fed.secagg else ""
     log.info(
-        "%s: %d clients, %d per round, %s, E=%d B=%s, %s partition, rounds %d..%d%s%s",
+        "%s: %d clients, %d per round, %s, E=%d B=%s, %s partition, rounds %d..%d%s%s%s",
         cfg.name,
         fed.clients,
         fed.sampled_clients,
@@ -144,12 +147,16 @@ def announce(cfg: RunConfig, parts: ServerParts) -> None:
         fed.rounds,
         dp,
         secagg,
+        adapters,
     )
 
 
 def finish(run_dir: Path, model: torch.nn.Module, cfg: RunConfig, stop: str) -> dict[str, Any]:
-    """model.safetensors (the last global model evaluated) and summary.json."""
+    """model.safetensors (the last global model evaluated; a LoRA model's adapters only, as `behemoth train`
+    saves them), the adapters in peft's format with [train.lora], and summary.json."""
     save_weights(model, RunDir(run_dir).weights)
+    if cfg.train.lora is not None:
+        save_adapter(model, RunDir(run_dir).adapter_dir)  # for PeftModel.from_pretrained, export --merge
     fed = cfg.federate
     summary = {
         "run": str(run_dir),

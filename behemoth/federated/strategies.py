@@ -4,8 +4,8 @@ inside a guard of our own.
 The guard is a Strategy wrapper, the way Flower composes DP: it numbers rounds after a resume, tells a
 share of the sampled clients to fail (simulated dropouts), drops failed replies and non-finite updates
 with a log line before the inner strategy sees them (Flower's DP wrapper would otherwise skip the whole
-round on one error, and a NaN would poison any average), counts payload bytes, and keeps the per-round
-facts that metrics.py writes.
+round on one error, and a NaN would poison any average), counts payload bytes (and, when only LoRA adapters
+travel, what the full weights would have cost), and keeps the per-round facts that metrics.py writes.
 
 The strategies themselves are STRATEGY_REGISTRY, one StrategyEntry per `federate.strategy` name. Adding one:
 its name in behemoth.config.federate.STRATEGIES (the config stays free of flwr), an entry here, and a row
@@ -207,6 +207,7 @@ class RoundStats:
     told_to_fail: int = 0
     bytes_sent: int = 0
     bytes_received: int = 0
+    bytes_full: int = 0  # sent + received had every message carried the full weights (adapters_only)
     aggregated: bool = False
     train_metrics: dict[str, float] = field(default_factory=dict)
     client_eval: dict[str, float] = field(default_factory=dict)
@@ -216,6 +217,16 @@ def payload_bytes(content: RecordDict) -> int:
     """Bytes of a message's records (arrays, metrics, configs), Flower's count_bytes; no transport
     overhead."""
     return sum(_record_bytes(record) for record in content.values())
+
+
+def full_weight_bytes(content: RecordDict, full_arrays: int | None) -> int:
+    """payload_bytes(content) had each of its ArrayRecords held the whole model (`full_arrays` bytes, as
+    ArrayRecord.count_bytes counts them) instead of the adapters alone: what federate.adapters_only saved.
+    `full_arrays` None: the arrays are the full weights already."""
+    size = payload_bytes(content)
+    if full_arrays is None:
+        return size
+    return size + sum(full_arrays - record.count_bytes() for record in content.array_records.values())
 
 
 def _record_bytes(record: Any) -> int:
@@ -267,6 +278,7 @@ class GuardedStrategy(Strategy):
         self.stats: dict[int, RoundStats] = {}
         self.dtypes: dict[str, np.dtype] = {}  # of the global arrays last sent
         self.empty_rounds = 0  # consecutive rounds without a usable update
+        self.full_arrays: int | None = None  # the full weights' ArrayRecord bytes, when only adapters travel
 
     def summary(self) -> None:
         self.inner.summary()
@@ -281,6 +293,7 @@ class GuardedStrategy(Strategy):
         messages = self._mark_dropouts(r, messages)
         stats.sampled = len(messages)
         stats.bytes_sent += sum(payload_bytes(m.content) for m in messages)
+        stats.bytes_full += sum(full_weight_bytes(m.content, self.full_arrays) for m in messages)
         return messages
 
     def _mark_dropouts(self, r: int, messages: list[Message]) -> list[Message]:
@@ -317,6 +330,7 @@ class GuardedStrategy(Strategy):
                 stats.failed.append(failure_line(reply))
                 continue
             stats.bytes_received += payload_bytes(reply.content)
+            stats.bytes_full += full_weight_bytes(reply.content, self.full_arrays)
             metrics = next(iter(reply.content.metric_records.values()))
             partition = partition_of(reply)
             if self.fed.dp.mode == "client":  # released to the server: counted whether accepted or not
@@ -352,6 +366,7 @@ class GuardedStrategy(Strategy):
         messages = list(self.inner.configure_evaluate(r, arrays, config, grid))
         if r in self.stats:
             self.stats[r].bytes_sent += sum(payload_bytes(m.content) for m in messages)
+            self.stats[r].bytes_full += sum(full_weight_bytes(m.content, self.full_arrays) for m in messages)
         return messages
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
@@ -359,6 +374,7 @@ class GuardedStrategy(Strategy):
         replies = [reply for reply in replies if not reply.has_error()]
         if r in self.stats:
             self.stats[r].bytes_received += sum(payload_bytes(reply.content) for reply in replies)
+            self.stats[r].bytes_full += sum(full_weight_bytes(m.content, self.full_arrays) for m in replies)
         metrics = self.inner.aggregate_evaluate(r, replies)
         if metrics is not None and r in self.stats:
             self.stats[r].client_eval = {k: float(v) for k, v in metrics.items() if not isinstance(v, list)}

@@ -9,6 +9,7 @@ from typing import Any, TextIO
 
 from behemoth.config import RunConfig
 from behemoth.config.federate import check_deploy_security
+from behemoth.data.tokenizers import save_run_tokenizer
 from behemoth.errors import ConfigError, RunDirError
 from behemoth.runs import RunDir, create_run_dir, run_path, write_config, write_spec
 from behemoth.training.assembly import load_run_data
@@ -46,6 +47,8 @@ def federate(
         create_run_dir(run_dir, overwrite)
         write_config(run_dir, cfg)
         write_spec(run_dir, data.spec, data.class_names, data.meta)
+        # a text run's tokenizer, as `behemoth train` saves it: export, generate and evaluate read it there
+        save_run_tokenizer(RunDir(run_dir).tokenizer_file, data.tokenizer)
     attach_run_log(run_dir, stream=None if deploy else stream)
     if deploy:
         from behemoth.federated.deploy import run_deployed
