@@ -4,6 +4,8 @@ a few steps per stage."""
 
 import json
 import subprocess
+import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -29,12 +31,14 @@ def test_every_stage_leaves_its_artifact(demo_lm_run):
     root, stdout = demo_lm_run
     assert "report: runs/demo-lm/python-docs/report/report.html" in stdout
     # the export is read back by transformers alone and continues the prompt exactly as behemoth's GPT
-    assert "transformers' greedy continuation equals behemoth's: yes" in stdout
+    assert "transformers' greedy text equals behemoth's: yes" in stdout
     hf_config = json.loads((root / "hf" / "config.json").read_text())
     assert hf_config["architectures"] == ["GPT2LMHeadModel"]
     lora = root / "python-docs"
     assert json.loads((lora / "adapter" / "adapter_config.json").read_text())["r"] == 8
-    assert (lora / "config.toml").read_text().count('name = "python-docs"') == 1
+    config = tomllib.loads((lora / "config.toml").read_text())
+    assert (config["data"]["name"], config["model"]["name"]) == ("python-docs", "hf")
+    assert Path(config["model"]["path"]) == (root / "hf").resolve()
     fp32_bytes = (root / "hf" / "model.safetensors").stat().st_size
     assert (lora / "compressed" / "model.bhm").stat().st_size < fp32_bytes / 3  # int4 weights, fp32 rest
 
