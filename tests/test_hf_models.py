@@ -160,7 +160,17 @@ def test_tiny_vit_learns_the_digits(tmp_path):
         progress=False,
     )
     assert summary["test"]["acc"] > 0.5  # chance is 0.1
-    assert behemoth.evaluate(tmp_path / "runs" / "vit")["acc"] == pytest.approx(summary["test"]["acc"])
+    run = tmp_path / "runs" / "vit"
+    assert behemoth.evaluate(run)["acc"] == pytest.approx(summary["test"]["acc"])
+    # the later stages on an hf image classifier: explain, compress (pruning + dynamic int8), report
+    record = behemoth.explain(run, method="ig", samples=2)
+    assert record["fidelity"]["summary"]["completeness_error"]["max"] < 0.01
+    rows = behemoth.compress(run, "prune=0.5,quant=dynamic", latency=False).rows
+    assert rows[-1]["bytes"] < rows[0]["bytes"] / 2 and rows[-1]["acc"] > 0.5
+    with pytest.raises(BehemothError, match="compress.quant = 'int8'.*quant = dynamic"):
+        behemoth.compress(run, "quant=int8", latency=False)
+    html, _ = behemoth.report(run)
+    assert all(f'id="{section}"' in html.read_text() for section in ("explain", "compress"))
 
 
 def one_line_error(args: list[str]) -> str:

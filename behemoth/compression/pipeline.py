@@ -96,6 +96,12 @@ def check_model_recipe(cfg: RunConfig, task: str) -> None:
             f"compress.quant = {cc.quant!r} quantizes activations from a float input, and a language model "
             "reads token ids: use quant = int8w, int4w (weight-only) or dynamic"
         )
+    if cfg.model.name == "hf" and cc.quant in ("int8", "qat"):
+        raise ConfigError(
+            f"compress.quant = {cc.quant!r} swaps in eager-mode quantized modules, whose weights "
+            "transformers' code cannot read (model.name = 'hf'): use quant = dynamic, kmeans<bits>, int8w "
+            "or int4w"
+        )
     if cfg.model.name == "hf" and cc.structured > 0:
         raise ConfigError(
             f"compress.structured = {cc.structured}: channel pruning rebuilds zoo models' layers, not a "
