@@ -1,6 +1,11 @@
-"""Decode speed of behemoth's GPT at batch 1 (greedy, KV cache) in fp32, bf16, weight-only int8 and int4,
-against transformers' own `generate` on the same weights (fp32, bf16), on a GPT-2-small shape (12 x 768,
-vocabulary 50257, random weights: speed does not depend on what the weights learned).
+"""Decode speed at batch 1 (greedy, KV cache) in fp32, bf16, weight-only int8 and int4, against transformers'
+own `generate` on the same weights (fp32, bf16), random weights (speed does not depend on what they learned):
+- gpt2-small: behemoth's GPT, 12 x 768, vocabulary 50257 (bench/results/generate.json);
+- llama-1b: a TinyLlama-1.1B-shaped Hugging Face LlamaForCausalLM (22 layers, hidden 2048, MLP 5632, 32 heads,
+  4 KV heads, vocabulary 32000; bench/results/generate_llama.json), run by behemoth's HF path (its
+  `hf_generate`, with compression/weight_only.py's int8 / int4 modules swapped into the HF model). Its
+  weights are made in bf16 (2.2 GB) and the fp32 copy (4.4 GB) is converted from them: every row has the
+  same numbers.
 
 tokens/s = new tokens / wall time of the whole generate call (prompt prefill included, the same for every
 row), median over interleaved rounds. The memory-bandwidth bound is what a token cannot beat: every matmul
@@ -9,11 +14,12 @@ weight is read once per token, so tokens/s <= copy bandwidth / weight bytes per 
 the output head too (compress.head = true): with GPT-2's 50257-word vocabulary the tied head is a third of the
 weights, and left in fp32 it would dominate the bytes an int4 token reads.
 
-Run: nice -n 10 .venv/bin/python bench/generate.py [--new-tokens 128] [--rounds 3] [--threads 2] [--quick]
-Writes bench/results/generate.json.
+Run: nice -n 10 .venv/bin/python bench/generate.py [--model gpt2-small|llama-1b|both] [--new-tokens 128]
+  [--llama-new-tokens 32] [--rounds 3] [--threads 2] [--quick]
 """
 
 import argparse
+import copy
 import statistics
 import sys
 import time
@@ -93,23 +99,50 @@ def hf_twin(model: GPT, opts: GPTOptions, vocab: int):
     return hf
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+def llama_1b(quick: bool) -> tuple[dict[str, torch.nn.Module], dict, int]:
+    """A TinyLlama-1.1B-shaped LlamaForCausalLM (random weights made in bf16, the fp32 copy converted from
+    them) and behemoth's rows over it: its HF wrapper, int8 / int4 weight-only copies (the head too)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from behemoth.models.hf import HFCausalLM
+
+    shape = {"n_layer": 22, "hidden": 2048, "intermediate": 5632, "n_head": 32, "n_kv_head": 4}
+    if quick:
+        shape = {"n_layer": 2, "hidden": 256, "intermediate": 768, "n_head": 8, "n_kv_head": 2}
+    vocab = 32000
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=shape["hidden"],
+        intermediate_size=shape["intermediate"],
+        num_hidden_layers=shape["n_layer"],
+        num_attention_heads=shape["n_head"],
+        num_key_value_heads=shape["n_kv_head"],
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
     )
-    parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--prompt-tokens", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved timed rounds (after one warm-up)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="a 4 x 256 model and 32 tokens (a smoke test)")
-    parser.add_argument("--out", default=str(RESULTS), help="folder for generate.json")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    # made in bf16 directly: never a 4.4 GB fp32 model plus its bf16 copy at once
+    bf16 = LlamaForCausalLM._from_config(config, dtype=torch.bfloat16).eval()
+    ours = HFCausalLM(bf16, vocab).eval()
+    models: dict[str, torch.nn.Module] = {
+        "behemoth int8": quantize_weight_only(ours, 8, head=True),
+        "behemoth int4 g128": quantize_weight_only(ours, 4, 128, head=True),
+        "behemoth bf16": ours,
+    }
+    fp32 = copy.deepcopy(bf16).float().eval()
+    # behemoth's HF path and transformers' generate share one module per dtype (the same weights, no copy)
+    models |= {"behemoth fp32": HFCausalLM(fp32, vocab).eval()}
+    models |= {"transformers fp32": fp32, "transformers bf16": bf16}
+    order = ["behemoth fp32", "behemoth bf16", "behemoth int8", "behemoth int4 g128"]
+    return {name: models[name] for name in [*order, "transformers fp32", "transformers bf16"]}, shape, vocab
+
+
+def gpt2_small(quick: bool) -> tuple[dict[str, torch.nn.Module], dict, int]:
+    """behemoth's GPT at GPT-2-small's shape, its bf16 / int8 / int4 copies and transformers' GPT2LMHeadModel
+    twins (fp32, bf16) with the same weights."""
     vocab = 50257
     opts = GPTOptions(n_layer=12, n_head=12, n_embd=768, block_size=1024, dropout=0.0)
-    if args.quick:
-        opts, args.new_tokens = GPTOptions(n_layer=4, n_head=4, n_embd=256, block_size=256), 32
+    if quick:
+        opts = GPTOptions(n_layer=4, n_head=4, n_embd=256, block_size=256)
     fp32 = GPT(vocab, opts).eval()
     models = {
         "behemoth fp32": fp32,
@@ -119,51 +152,67 @@ def main() -> None:
     }
     models["behemoth bf16"].load_state_dict(fp32.state_dict())
     try:
-        hf = hf_twin(fp32, opts, vocab)
-        models["transformers fp32"] = hf
+        models["transformers fp32"] = hf_twin(fp32, opts, vocab)
         models["transformers bf16"] = hf_twin(fp32, opts, vocab).to(torch.bfloat16)
     except ImportError:
         print("transformers is not installed: behemoth rows only", flush=True)
+    return models, opts.model_dump(), vocab
+
+
+def decode(name: str, model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int) -> torch.Tensor:
+    """(1, T) -> (1, T + new_tokens), greedy: transformers' generate, or behemoth's (its own GPT decode or
+    its HF path)."""
+    from behemoth.models.hf_generate import hf_generate, is_hf_causal
+
+    if name.startswith("transformers"):
+        return model.generate(
+            prompt,
+            attention_mask=torch.ones_like(prompt),
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=0,
+        )
+    if is_hf_causal(model):
+        return hf_generate(model, prompt, new_tokens, temperature=0)
+    return sample_cached(model, prompt, new_tokens, temperature=0)
+
+
+def bytes_per_token(name: str, model: torch.nn.Module) -> int:
+    if name.startswith("transformers") and hasattr(model, "transformer"):  # GPT2LMHeadModel: tied head
+        total = sum(p.numel() * p.element_size() for p in model.parameters() if p.ndim == 2)
+        return total - model.transformer.wpe.weight.numel() * model.transformer.wpe.weight.element_size()
+    return weight_bytes_per_token(model)
+
+
+def measure(label: str, args: argparse.Namespace, bandwidth: float) -> None:
+    """Time every row of one model shape (interleaved rounds, median), print the table, write the result."""
+    build, bench = {"gpt2-small": (gpt2_small, "generate"), "llama-1b": (llama_1b, "generate_llama")}[label]
+    new_tokens = args.new_tokens if label == "gpt2-small" else args.llama_new_tokens
+    new_tokens = 32 if args.quick else new_tokens
+    torch.manual_seed(0)
+    models, shape, vocab = build(args.quick)
     prompt = torch.randint(0, vocab, (1, args.prompt_tokens), generator=torch.Generator().manual_seed(1))
-
-    def run(name: str) -> torch.Tensor:
-        model = models[name]
-        if name.startswith("transformers"):
-            mask = torch.ones_like(prompt)
-            return model.generate(
-                prompt,
-                attention_mask=mask,
-                max_new_tokens=args.new_tokens,
-                min_new_tokens=args.new_tokens,
-                do_sample=False,
-                pad_token_id=0,
-            )
-        return sample_cached(model, prompt, args.new_tokens, temperature=0)
-
     times: dict[str, list[float]] = {name: [] for name in models}
     outputs = {}
     with torch.inference_mode():
         for round_index in range(args.rounds + 1):
-            for name in models:
+            for name, model in models.items():
                 start = time.perf_counter()
-                outputs[name] = run(name)
+                outputs[name] = decode(name, model, prompt, new_tokens)
                 if round_index:  # round 0 warms up
                     times[name].append(time.perf_counter() - start)
-            print(f"round {round_index}/{args.rounds} done", flush=True)
-    bandwidth = copy_bandwidth()
+            print(f"{label}: round {round_index}/{args.rounds} done", flush=True)
     reference = outputs["behemoth fp32"][0, args.prompt_tokens :]
     rows = {}
     hf_fp32 = statistics.median(times["transformers fp32"]) if "transformers fp32" in times else None
-    print(f"\ncopy bandwidth {bandwidth / 1e9:.1f} GB/s (read + write), {args.threads} threads")
+    print(f"\n{label}: copy bandwidth {bandwidth / 1e9:.1f} GB/s (read + write), {args.threads} threads")
     head = ("tok/s", "MB/token", "bound tok/s", "of bound", "vs hf fp32", "same tokens")
     print(f"{'model':<22}" + "".join(f"{h:>12}" for h in head))
     for name, model in models.items():
         seconds = statistics.median(times[name])
-        per_token = weight_bytes_per_token(model)
-        if name.startswith("transformers"):
-            per_token = sum(p.numel() * p.element_size() for p in model.parameters() if p.ndim == 2)
-            per_token -= model.transformer.wpe.weight.numel() * model.transformer.wpe.weight.element_size()
-        tokens_per_s = args.new_tokens / seconds
+        per_token = bytes_per_token(name, model)
+        tokens_per_s = new_tokens / seconds
         bound = bandwidth / per_token
         same = float((outputs[name][0, args.prompt_tokens :] == reference).float().mean())
         rows[name] = {
@@ -183,24 +232,51 @@ def main() -> None:
             f"{tokens_per_s / bound:.0%}",
         )
         print(f"{name:<22}" + "".join(f"{c:>12}" for c in (*cells, ratio, f"{same:.0%}")))
+    del models
     figures = {
-        "shape": opts.model_dump(),
+        "model": label,
+        "shape": shape,
         "vocab": vocab,
         "prompt_tokens": args.prompt_tokens,
-        "new_tokens": args.new_tokens,
+        "new_tokens": new_tokens,
         "rounds": args.rounds,
         "copy_bandwidth_bytes_per_s": bandwidth,
         "rows": rows,
     }
+    deviations = [f"{args.threads} thread(s); median of {args.rounds} rounds"]
+    if label == "llama-1b":
+        deviations.append(
+            f"{new_tokens} new tokens (not 128: an fp32 1B token takes ~0.5 s on one thread); behemoth's "
+            "fp32 / bf16 rows are its HF path over transformers' own model, so they match transformers'"
+        )
     protocol = {
         "training_precision": "none (random weights: speed only)",
         "evaluation_precision": "each row's own (fp32, bf16, int8 or int4 weights; bf16 compute for low-bit)",
         "selection": "no settings chosen: greedy decoding, the same weights and prompt for every row",
         "seeds": [0],
-        "deviations": [f"{args.threads} thread(s); median of {args.rounds} rounds"],
+        "deviations": deviations,
     }
     if not args.quick:
-        write_result("generate", figures, protocol, results_dir=Path(args.out))
+        write_result(bench, figures, protocol, results_dir=Path(args.out))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", choices=["gpt2-small", "llama-1b", "both"], default="both")
+    parser.add_argument("--new-tokens", type=int, default=128, help="new tokens for gpt2-small")
+    parser.add_argument("--llama-new-tokens", type=int, default=32, help="new tokens for llama-1b")
+    parser.add_argument("--prompt-tokens", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved timed rounds (after one warm-up)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="small shapes and 32 tokens (a smoke test)")
+    parser.add_argument("--out", default=str(RESULTS), help="folder for generate.json / generate_llama.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    bandwidth = copy_bandwidth()
+    for label in ("gpt2-small", "llama-1b") if args.model == "both" else (args.model,):
+        measure(label, args, bandwidth)
     print("reproduce: nice -n 10 .venv/bin/python bench/generate.py " + " ".join(sys.argv[1:]))
 
 

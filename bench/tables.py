@@ -252,6 +252,14 @@ MAIN: list[tuple[str, str, str, Callable[[Result], str], str]] = [
         "≥ 4x, ≥ 5x",
     ),
     (
+        "generate_llama",
+        "`generate.py --model llama-1b`",
+        "TinyLlama-1.1B-shaped decode (HF Llama, random weights) at batch 1, greedy, 32 tokens: behemoth's "
+        "HF path with weight-only int8/int4 vs transformers' generate",
+        generate,
+        "≥ 4x, ≥ 5x",
+    ),
+    (
         "deep_compression",
         "`deep_compression.py`",
         "Han et al. 2016, Table 1",

@@ -43,6 +43,20 @@ def quantized_linear(kind: str, group: int | None, linear: torch.nn.Linear) -> t
 
 
 @pytest.mark.parametrize("kind,group", LAYER_CASES)
+def test_an_fp32_input_gets_the_bf16_product_plus_the_fp32_bias_exactly(kind, group):
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(128, 45)
+    layer = quantized_linear(kind, group, linear)
+    x = torch.randn(2, 3, 128)
+    # the module adds its bias with one mixed-dtype add: the numbers of casting the product first
+    layer.bias = None
+    product = layer(x.bfloat16())  # (2, 3, 45) bf16: the kernel's own rounding
+    layer.bias = linear.bias.detach().float().clone()
+    assert torch.equal(layer(x), product.float() + linear.bias.detach())
+    assert torch.equal(layer(x.bfloat16()), product + linear.bias.detach().bfloat16())
+
+
+@pytest.mark.parametrize("kind,group", LAYER_CASES)
 def test_the_kernel_computes_the_dequantized_product(kind, group):
     torch.manual_seed(0)
     linear = torch.nn.Linear(256, 45)  # not a multiple of 16 rows: the int4 layer pads for its kernel

@@ -41,6 +41,19 @@ def _matmul_input(x: torch.Tensor, in_features: int) -> torch.Tensor:
     return x.reshape(-1, in_features).to(torch.bfloat16)  # (M, K): the kernels take 2-D bf16
 
 
+def _matmul_output(y: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """The kernel's (M, N) bf16 product as (..., N) in x's dtype, plus the bias. A decoded token runs ~50 of
+    these small products, each a handful of ops whose dispatch costs more than the arithmetic, so an fp32
+    model's bias is added by one mixed-dtype add (bf16 + fp32 computes in fp32: the same numbers as
+    converting first) instead of a conversion and an add."""
+    y = y.view(*x.shape[:-1], y.size(-1))
+    if bias is None:
+        return y.to(x.dtype)
+    if x.dtype == bias.dtype:
+        return torch.add(y, bias)  # promotes y exactly, one op
+    return y.to(x.dtype) + bias.to(x.dtype)
+
+
 class Int8WeightOnlyLinear(nn.Module):
     """y = x W^T + b with W stored as int8 per output channel (symmetric); bf16 compute, x's dtype out."""
 
@@ -66,8 +79,7 @@ class Int8WeightOnlyLinear(nn.Module):
         y = torch.ops.aten._weight_int8pack_mm(
             _matmul_input(x, self.in_features), self.weight_int8, self.scales
         )
-        y = y.view(*x.shape[:-1], self.out_features).to(x.dtype)
-        return y if self.bias is None else y + self.bias.to(x.dtype)
+        return _matmul_output(y, x, self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per channel"
@@ -149,8 +161,9 @@ class Int4WeightOnlyLinear(nn.Module):
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(
             _matmul_input(x, self.in_features), self.weight_int4, self.group, self.scales_and_zeros
         )
-        y = y[:, : self.out_features].reshape(*x.shape[:-1], self.out_features).to(x.dtype)
-        return y if self.bias is None else y + self.bias.to(x.dtype)
+        if y.size(1) != self.out_features:  # drop the padding rows' outputs
+            y = y[:, : self.out_features].contiguous()
+        return _matmul_output(y, x, self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int4 group={self.group}"
