@@ -124,6 +124,14 @@ def tiny_lm_run(tmp_path_factory):
     return runs / "tiny", cfg
 
 
+@pytest.fixture(scope="module", autouse=True)
+def torch_threads_restored():
+    """A run with train.threads = 1 leaves torch at one thread: each module starts where the last began."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def single_thread():
     """Tiny models gain nothing from a second thread, and on a busy shared machine each op's thread barrier

@@ -23,13 +23,6 @@ runner = CliRunner()
 VOCAB = 300
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     """(root, text, the teacher's model dir, its run, a smaller Llama dir with the same tokenizer)."""

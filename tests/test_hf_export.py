@@ -20,13 +20,6 @@ runner = CliRunner()
 SAMPLE = "And God said, Let there be light: and there was light.\n  Naïve café ☃ — 42\t!"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def text(tmp_path_factory):
     return write_text(tmp_path_factory.mktemp("text"), verses=1500)

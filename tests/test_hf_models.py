@@ -19,17 +19,6 @@ runner = CliRunner()
 VOCAB = 400
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run ~10x faster on one thread than on two contended ones (train.threads=1 sets it for
-    the process); the rest of the session gets its thread count back."""
-    import torch
-
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """A slice of the KJV, and a tiny Llama whose tokenizer.json was trained on it."""

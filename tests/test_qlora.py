@@ -22,10 +22,7 @@ KINDS = {4: NF4Linear, 8: Int8Linear}
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    torch.set_num_threads(1)  # conftest's torch_threads_restored gives the thread count back
 
 
 @pytest.fixture(scope="module")
