@@ -192,6 +192,35 @@ def row_text(r: dict) -> str:
     )
 
 
+def save(rows: list[dict], args: argparse.Namespace, done: bool) -> None:
+    if args.quick:
+        reduced = "--quick: 1B NF4 only"
+    elif args.sizes == list(SHAPES) and args.bits == [4, 8]:
+        reduced = None
+    else:
+        reduced = f"sizes {args.sizes}, bits {args.bits}"
+    if not done:
+        reduced = f"{reduced or 'full'}; stopped after {len(rows)} rows"
+    write_result(
+        "memory-finetune-quick" if args.quick else "memory-finetune",
+        {"shapes": SHAPES, "seq": SEQ, "batch": BATCH, "lora_r": RANK, "targets": TARGETS, "rows": rows},
+        {
+            "training_precision": "frozen base NF4 / int8 (bf16 compute), embeddings/norms/head bf16 frozen, "
+            "LoRA adapters fp32 (r 8 on q_proj, v_proj), AdamW, no autocast",
+            "evaluation_precision": "n/a (memory only)",
+            "peaks": "whole run = construction + the steps after the warm-up; bytes/param = absolute peak "
+            "RSS / parameters (libraries included); above_baseline_per_param subtracts the warm process",
+            "deviations": [
+                "random weights (no checkpoints offline), drawn directly as NF4 / int8 codes",
+                "activation checkpointing is transformers' gradient_checkpointing_enable (behemoth's "
+                "train.activation_checkpointing covers its zoo models only)",
+                "step seconds measured on a shared 2-core machine under other load: noisy",
+            ],
+        },
+        reduced=reduced,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--child", nargs=2, metavar=("SIZE", "BITS"), help=argparse.SUPPRESS)
@@ -226,33 +255,13 @@ def main() -> None:
             r = measure(size, bits, args.threads, args.steps)
         rows.append(r)
         print(row_text(r), flush=True)
+        # after every row: a long run stopped early keeps the rows it has
+        save(rows, args, done=len(rows) == len(jobs))
     for bits, target in TARGETS.items():
         seven = next((r for r in rows if r["size"] == "7B" and r["bits"] == bits and "peak" in r), None)
         if seven is not None:
             verdict = "meets" if seven["bytes_per_param"] <= target else "misses"
             print(f"7B {bits}-bit: {seven['bytes_per_param']:.2f} B/param {verdict} the target <= {target}")
-    write_result(
-        "memory-finetune-quick" if args.quick else "memory-finetune",
-        {"shapes": SHAPES, "seq": SEQ, "batch": BATCH, "lora_r": RANK, "targets": TARGETS, "rows": rows},
-        {
-            "training_precision": "frozen base NF4 / int8 (bf16 compute), embeddings/norms/head bf16 frozen, "
-            "LoRA adapters fp32 (r 8 on q_proj, v_proj), AdamW, no autocast",
-            "evaluation_precision": "n/a (memory only)",
-            "peaks": "whole run = construction + the steps after the warm-up; bytes/param = absolute peak "
-            "RSS / parameters (libraries included); above_baseline_per_param subtracts the warm process",
-            "deviations": [
-                "random weights (no checkpoints offline); activation checkpointing is transformers' "
-                "gradient_checkpointing_enable, not train.activation_checkpointing",
-            ],
-        },
-        reduced="--quick: 1B NF4 only"
-        if args.quick
-        else (
-            None
-            if args.sizes == list(SHAPES) and args.bits == [4, 8]
-            else f"sizes {args.sizes}, bits {args.bits}"
-        ),
-    )
     print(f"\ncommand: python bench/memory_finetune.py {' '.join(sys.argv[1:])} (threads {args.threads})")
 
 
