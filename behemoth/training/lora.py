@@ -14,6 +14,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,7 +22,7 @@ from torch import nn
 from behemoth.config import LoraConfig
 from behemoth.errors import ConfigError
 from behemoth.models.hf import HFCausalLM
-from behemoth.training.qlora import dequantize_base, quantize_frozen_base
+from behemoth.training.qlora import dequantize_base, materialize_quantized, quantize_frozen_base
 
 
 def add_lora(model: nn.Module, cfg: LoraConfig) -> nn.Module:
@@ -111,4 +112,27 @@ def merge_lora(model: nn.Module) -> nn.Module:
     if wrapped is model:
         return merged
     model.hf = merged
+    return model
+
+
+def random_qlora_lm(
+    hf_config: Any,
+    cfg: LoraConfig,
+    *,
+    dtype: torch.dtype = torch.bfloat16,
+    adapter_dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+) -> HFCausalLM:
+    """A causal LM of `hf_config`'s shape (a transformers PretrainedConfig) with random weights, LoRA
+    adapters per `cfg` and its frozen base in cfg.base_bits: built on the meta device and filled layer by
+    layer straight into the quantized form (see qlora.materialize_quantized), never as a full-precision
+    model. For memory and speed benchmarks of a model size no weights are at hand for."""
+    import transformers
+
+    if cfg.base_bits is None:
+        raise ConfigError("train.lora.base_bits: a random quantized base needs 4 or 8")
+    with torch.device("meta"):
+        hf = transformers.AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
+    model = add_lora(HFCausalLM(hf, hf_config.vocab_size), cfg.model_copy(update={"base_bits": None}))
+    materialize_quantized(model, cfg.base_bits, dtype=dtype, adapter_dtype=adapter_dtype, seed=seed)
     return model

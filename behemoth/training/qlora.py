@@ -52,6 +52,16 @@ class NF4Linear(nn.Module):
         self.weight = nn.Parameter(_nf4().to_nf4(weight, block, scaler_block), requires_grad=False)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
 
+    @classmethod
+    def holding(cls, weight: torch.Tensor) -> "NF4Linear":
+        """A bias-free layer around an NF4Tensor (out, in) made elsewhere (random_nf4)."""
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        layer.out_features, layer.in_features = weight.shape
+        layer.weight = nn.Parameter(weight, requires_grad=False)
+        layer.bias = None
+        return layer
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = _nf4().linear_nf4(x.to(self.weight.dtype), self.weight)  # (..., out)
         return y if self.bias is None else y + self.bias
@@ -93,6 +103,18 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight", q)
         self.register_buffer("scale", scale.to(weight.dtype))
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
+
+    @classmethod
+    def holding(cls, q: torch.Tensor, scale: torch.Tensor) -> "Int8Linear":
+        """A bias-free layer around int8 codes (out, in) and row scales (out,), computing in scale's dtype."""
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        layer.out_features, layer.in_features = q.shape
+        layer.compute_dtype = scale.dtype
+        layer.register_buffer("weight", q)
+        layer.register_buffer("scale", scale)
+        layer.bias = None
+        return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = _Int8LinearFn.apply(x.to(self.compute_dtype), self.weight, self.scale)
@@ -166,3 +188,100 @@ def module_bytes(module: nn.Module) -> int:
     for tensor in [*module.parameters(), *module.buffers()]:
         seen.setdefault(id(tensor), tensor_bytes(tensor))
     return sum(seen.values())
+
+
+NF4_RMS = 0.517  # root mean square of the 16 NF4 levels (drawn uniformly: weights of std NF4_RMS * absmax)
+
+
+def random_nf4(out_features: int, in_features: int, std: float, generator: torch.Generator) -> Any:
+    """An NF4Tensor (out, in) of random weights of about `std`, drawn as codes and block scales directly:
+    no (out, in) float tensor is made, and no quantization runs (torchao's to_nf4 takes ~0.3 s per million
+    weights on 2 cores: an hour for 7B). Codes uniform over the 16 levels; block absmax std / NF4_RMS with
+    10% spread; the block scales double-quantized by torchao's own code, as to_nf4 does."""
+    nf4 = _nf4()
+    numel = out_features * in_features
+    block = largest_divisor_at_most(numel, NF4_BLOCK)
+    scaler_block = largest_divisor_at_most(numel // block, NF4_SCALER_BLOCK)
+    n_blocks = numel // block
+    absmax = std / NF4_RMS * (1 + 0.1 * torch.randn(n_blocks, generator=generator)).abs()  # (n_blocks,)
+    # block size 1: the scalers are their own absmax, so this is to_nf4's second (double) quantization
+    scalers, factor, mean = nf4.NF4Tensor.double_quantize_scalers(absmax.to(torch.bfloat16), 1, scaler_block)
+    codes = torch.randint(0, 256, (numel // 2,), dtype=torch.uint8, generator=generator)  # 2 codes a byte
+    levels = nf4.NF4Tensor.from_tensor(torch.zeros(1, block, dtype=torch.bfloat16), block, 1).nf4
+    shape = torch.Size((out_features, in_features))
+    meta = nf4.SubclassTensorArgs(shape, (in_features, 1), 0, torch.bfloat16, torch.device("cpu"), False)
+    return nf4.NF4Tensor(meta, block, n_blocks, scaler_block, scalers, factor, mean, codes, nf4=levels)
+
+
+def random_int8(
+    out_features: int, in_features: int, std: float, generator: torch.Generator, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """int8 codes (out, in), uniform over -127..127, and per-row scales giving weights of about `std`."""
+    q = torch.randint(-127, 128, (out_features, in_features), dtype=torch.int8, generator=generator)
+    scale = torch.full((out_features,), std / 73.3, dtype=dtype)  # 73.3: std of the uniform codes
+    return q, scale
+
+
+def materialize_quantized(
+    model: nn.Module,
+    bits: int,
+    *,
+    dtype: torch.dtype = torch.bfloat16,
+    adapter_dtype: torch.dtype = torch.float32,
+    std: float = 0.02,
+    seed: int = 0,
+) -> nn.Module:
+    """Give a model built on the meta device (peft adapters already added) random weights, in place, one
+    Linear at a time: each frozen Linear is drawn straight in `bits` (random_nf4 / random_int8), so no
+    full-precision copy of the base ever exists (what a memory benchmark of a 7B QLoRA step needs).
+    Embeddings, norms and the head: frozen, in `dtype`; adapters: trainable, in `adapter_dtype`, with peft's
+    own init (B = 0, so the adapted model equals the base). Random weights: for memory and speed
+    measurements, not for quality."""
+    import peft
+
+    generator = torch.Generator().manual_seed(seed)
+    skip = kept_in_full(model)
+    for parent in list(model.modules()):  # model order: decoder layer by decoder layer
+        for name, child in list(parent.named_children()):
+            if type(child) is not nn.Linear or id(child) in skip or not child.weight.is_meta:
+                continue
+            if child.weight.requires_grad or child.bias is not None:
+                continue  # a trained Linear (an adapter), or one with a bias: filled below, unquantized
+            shape = (child.out_features, child.in_features, std, generator)
+            layer = (
+                NF4Linear.holding(random_nf4(*shape))
+                if bits == 4
+                else Int8Linear.holding(*random_int8(*shape, dtype))
+            )
+            setattr(parent, name, layer)
+    for module in model.modules():
+        for name, param in list(module._parameters.items()):
+            if param is None or not param.is_meta:
+                continue
+            kind = adapter_dtype if param.requires_grad else dtype
+            if name == "bias":
+                value = torch.zeros(param.shape, dtype=kind)
+            elif "norm" in type(module).__name__.lower():
+                value = torch.ones(param.shape, dtype=kind)
+            else:
+                value = torch.empty(param.shape, dtype=kind).normal_(0.0, std, generator=generator)
+            module._parameters[name] = nn.Parameter(value, requires_grad=param.requires_grad)
+        if isinstance(module, peft.tuners.lora.LoraLayer):
+            for adapter in module.lora_A:
+                module.reset_lora_parameters(adapter, True)  # peft's init: A Kaiming-uniform, B zeros
+        if any(b.is_meta for b in module.buffers(recurse=False)):
+            rebuild_buffers(module)
+    return model
+
+
+def rebuild_buffers(module: nn.Module) -> None:
+    """A module's computed buffers (rotary embedding tables) made again on the CPU from its config: they are
+    derived from the config, not weights, so the meta build left them empty."""
+    config = getattr(module, "config", None)
+    if config is None:
+        raise ValueError(
+            f"{type(module).__name__} has buffers on the meta device and no config to rebuild them"
+        )
+    fresh = type(module)(config=config)
+    for name, buffer in fresh.named_buffers(recurse=False):
+        module.register_buffer(name, buffer, persistent=name in module.state_dict())

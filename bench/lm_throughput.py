@@ -1,0 +1,416 @@
+"""Language-model training throughput (issue #20): behemoth against the tools people would otherwise use.
+
+Row 1, pre-training a small GPT: behemoth's GPT (behemoth/configs/gpt-text.toml: 4 layers x 128 wide, 4
+heads, T = 128, batch 32, dropout 0.1, byte-level KJV, bf16 autocast as the recipe sets) against
+karpathy/nanoGPT's own train.py and model.py, run unmodified as a subprocess (fp32: its train.py uses no
+autocast on CPU; no torch.compile on either side; its fused AdamW is CUDA-only, so both use the for-each
+kernel). nanoGPT's files come from --nanogpt DIR (a checkout) or, by default, the stored mirror
+(/work/.mirror/karpathy+nanoGPT/repo, read with `git show HEAD:<file>`). Both sides get the same data
+(behemoth's train split written as nanoGPT's train.bin, uint16 bytes; vocabulary 256 via meta.pkl), the same
+architecture (biases on), optimizer (AdamW, lr 1e-3, betas 0.9/0.95, weight decay 0.1 on matrices, clip 1.0)
+and schedule (10 warm-up steps, cosine to 1e-4 at the last step). After the same steps both models are
+scored by one function on the same 512 windows of behemoth's validation split (eval mode, fp32).
+
+Row 2, LoRA fine-tuning a small Llama (4 layers x 256, 8 heads, vocabulary 256, random init saved with
+save_pretrained): behemoth `[train.lora]` (model.name = "hf", r = 8 on q_proj/v_proj) against transformers'
+Trainer with peft's get_peft_model on the same directory, data (behemoth's KJV train windows), batch (16 x
+128), optimizer (AdamW lr 1e-3, no decay, no clipping) and precision (bf16 autocast on both).
+
+Timing: per-step wall time from each side's own loop (nanoGPT's printed `time`; a step-end hook in behemoth;
+a TrainerCallback in Trainer), the first 5 steps and any evaluating step dropped, median per round; rounds
+interleave the two sides; the figure is the median over rounds of tokens/s (batch x T / step seconds).
+The machine this runs on is shared: the figures are noisy, the ratio (same run, interleaved) less so.
+
+Run: .venv/bin/python bench/lm_throughput.py                 (100 steps per side, 3 rounds)
+     .venv/bin/python bench/lm_throughput.py --quick         (20 steps, 1 round: a smoke run)
+"""
+
+import argparse
+import pickle
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.results import spread, write_result  # noqa: E402
+
+MIRROR = Path("/work/.mirror/karpathy+nanoGPT/repo")
+NANOGPT_FILES = ("train.py", "model.py", "configurator.py")
+GPT = {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 128, "dropout": 0.1}
+BATCH, SEQ, WARM_STEPS, VAL_WINDOWS = 32, 128, 5, 512
+LLAMA = {
+    "hidden_size": 256,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 8,
+    "intermediate_size": 688,
+    "vocab_size": 256,
+}
+LORA_BATCH = 16
+TARGETS = {"gpt": 1.5, "lora": 1.2}
+
+
+def steady(seconds: list[float]) -> float:
+    """Median step time after the warm-up steps."""
+    return statistics.median(seconds[WARM_STEPS:] or seconds)
+
+
+# ---- row 1: behemoth's GPT vs nanoGPT
+
+
+def gpt_config(steps: int, run_root: Path):
+    from behemoth.pipeline import load_config
+
+    return load_config(
+        REPO / "behemoth" / "configs" / "gpt-text.toml",
+        [
+            f"runs_dir={str(run_root)!r}",
+            f"train.max_steps={steps}",
+            "train.epochs=1",
+            "train.warmup=10",
+            f"train.eval_every_steps={10**6}",
+            f"train.log_every={10**6}",
+        ],
+    )
+
+
+class StepTimer:
+    """A behemoth hook (and, as on_step_begin/on_step_end, a Trainer callback) recording step seconds."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self.t0 = time.perf_counter()
+
+    def on_train_start(self, *args, **kwargs) -> None:
+        self.t0 = time.perf_counter()
+
+    def on_step_end(self, *args, **kwargs) -> None:
+        now = time.perf_counter()
+        self.seconds.append(now - self.t0)
+        self.t0 = now
+
+
+def behemoth_gpt(steps: int, run_root: Path) -> tuple[list[float], torch.nn.Module, object]:
+    from behemoth.training import BaseHook, train
+    from behemoth.training.assembly import assemble
+
+    cfg = gpt_config(steps, run_root)
+    parts = assemble(cfg)
+    timer = StepTimer()
+    hook = type(
+        "Timer", (BaseHook,), {"on_train_start": timer.on_train_start, "on_step_end": timer.on_step_end}
+    )
+    train(parts.model, parts.data, cfg.train, cfg.data.batch_size, hooks=[hook()], feed=parts.feed)
+    return timer.seconds, parts.model, parts.data
+
+
+def nanogpt_source(folder: Path, checkout: Path | None) -> None:
+    for name in NANOGPT_FILES:
+        if checkout is not None:
+            text = (checkout / name).read_text()
+        else:
+            done = subprocess.run(
+                ["git", f"--git-dir={MIRROR}", "show", f"HEAD:{name}"], capture_output=True, text=True
+            )
+            if done.returncode != 0:
+                sys.exit(f"nanoGPT's {name} not found: pass --nanogpt DIR (a karpathy/nanoGPT checkout)")
+            text = done.stdout
+        (folder / name).write_text(text)
+
+
+def nanogpt_data(folder: Path, data) -> None:
+    """behemoth's splits as nanoGPT's data/kjv/{train,val}.bin (uint16 token ids) and meta.pkl."""
+    kjv = folder / "data" / "kjv"
+    kjv.mkdir(parents=True, exist_ok=True)
+    for split, tensors in (("train", data.train), ("val", data.val)):
+        # each window x[0..T-1] plus its last target: the 129 bytes it was cut from
+        stream = torch.cat([tensors.x, tensors.y[:, -1:]], dim=1).flatten().numpy().astype(np.uint16)
+        stream.tofile(kjv / f"{split}.bin")
+    with (kjv / "meta.pkl").open("wb") as f:  # nanoGPT reads vocab_size from here (our own file)
+        pickle.dump({"vocab_size": 256}, f)
+
+
+def nanogpt_run(folder: Path, steps: int) -> tuple[list[float], torch.nn.Module]:
+    out = folder / "out"
+    args = [
+        "--dataset=kjv",
+        "--device=cpu",
+        "--compile=False",
+        "--dtype=float32",
+        f"--out_dir={out}",
+        f"--batch_size={BATCH}",
+        f"--block_size={GPT['block_size']}",
+        f"--n_layer={GPT['n_layer']}",
+        f"--n_head={GPT['n_head']}",
+        f"--n_embd={GPT['n_embd']}",
+        f"--dropout={GPT['dropout']}",
+        "--bias=True",
+        "--gradient_accumulation_steps=1",
+        f"--max_iters={steps}",
+        f"--lr_decay_iters={steps}",
+        f"--eval_interval={steps}",  # evaluates (and saves) after exactly `steps` steps
+        "--eval_iters=1",
+        "--learning_rate=1e-3",
+        "--min_lr=1e-4",
+        "--warmup_iters=10",
+        "--weight_decay=0.1",
+        "--beta2=0.95",
+        "--grad_clip=1.0",
+        "--log_interval=1",
+    ]
+    done = subprocess.run(
+        [sys.executable, "-u", "train.py", *args], cwd=folder, capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        sys.exit(f"nanoGPT's train.py failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
+    times = [
+        float(ms) / 1000 for _, ms in re.findall(r"iter (\d+): loss [\d.]+, time ([\d.]+)ms", done.stdout)
+    ]
+    # iter 0 and iter `steps` include an evaluation; iter `steps` is one step past the saved model
+    times = times[1:steps]
+    sys.path.insert(0, str(folder))
+    from model import GPT as NanoGPT  # noqa: PLC0415 (nanoGPT's model.py, from the folder above)
+    from model import GPTConfig
+
+    checkpoint = torch.load(out / "ckpt.pt", map_location="cpu", weights_only=True)
+    model = NanoGPT(GPTConfig(**checkpoint["model_args"]))
+    model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in checkpoint["model"].items()})
+    return times, model
+
+
+@torch.no_grad()
+def val_loss(forward, data) -> float:
+    """Mean next-token cross-entropy over the first VAL_WINDOWS validation windows (fp32, eval mode)."""
+    x, y = data.val.x[:VAL_WINDOWS], data.val.y[:VAL_WINDOWS]
+    losses = [
+        F.cross_entropy(forward(xb).float().flatten(0, 1), yb.flatten()).item()
+        for xb, yb in zip(x.split(128), y.split(128))
+    ]
+    return statistics.mean(losses)
+
+
+def gpt_row(steps: int, rounds: int, checkout: Path | None, root: Path) -> dict:
+    nano_dir = root / "nanogpt"
+    nano_dir.mkdir()
+    nanogpt_source(nano_dir, checkout)
+    runs: list[dict] = []
+    for r in range(rounds):
+        b_times, b_model, data = behemoth_gpt(steps, root / f"runs{r}")
+        if r == 0:
+            nanogpt_data(nano_dir, data)
+        n_times, n_model = nanogpt_run(nano_dir, steps)
+        b_model.eval()
+        n_model.eval()
+        runs.append(
+            {
+                "behemoth_tokens_per_s": BATCH * SEQ / steady(b_times),
+                "nanogpt_tokens_per_s": BATCH * SEQ / steady(n_times),
+                "behemoth_val_loss": val_loss(b_model, data),
+                "nanogpt_val_loss": val_loss(lambda xb: n_model(xb, xb)[0], data),
+                "behemoth_step_seconds": b_times,
+                "nanogpt_step_seconds": n_times,
+            }
+        )
+        print(
+            f"round {r + 1} gpt: behemoth {runs[-1]['behemoth_tokens_per_s']:.0f} tok/s "
+            f"(val {runs[-1]['behemoth_val_loss']:.3f}), "
+            f"nanoGPT {runs[-1]['nanogpt_tokens_per_s']:.0f} tok/s "
+            f"(val {runs[-1]['nanogpt_val_loss']:.3f})",
+            flush=True,
+        )
+    return summarize(runs, "nanogpt")
+
+
+def summarize(runs: list[dict], other: str) -> dict:
+    ours = [r["behemoth_tokens_per_s"] for r in runs]
+    theirs = [r[f"{other}_tokens_per_s"] for r in runs]
+    row = {
+        "behemoth_tokens_per_s": spread(ours),
+        f"{other}_tokens_per_s": spread(theirs),
+        "speedup": statistics.median(ours) / statistics.median(theirs),
+        "rounds": runs,
+    }
+    for side in ("behemoth", other):
+        key = f"{side}_val_loss"
+        if key in runs[0]:
+            row[key] = spread([r[key] for r in runs])
+    return row
+
+
+# ---- row 2: behemoth [train.lora] vs transformers' Trainer + peft
+
+
+def small_llama(folder: Path) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(**LLAMA, max_position_embeddings=SEQ)).save_pretrained(folder)
+    return folder
+
+
+def lora_config(steps: int, llama: Path, run_root: Path):
+    from behemoth.pipeline import load_config
+
+    return load_config(
+        None,
+        [
+            f"runs_dir={str(run_root)!r}",
+            "name=lora-throughput",
+            "model.name=hf",
+            f"model.path={str(llama)!r}",
+            "data.name=kjv",
+            "data.tokenizer=byte",
+            f"data.block_size={SEQ}",
+            f"data.batch_size={LORA_BATCH}",
+            "data.val_fraction=0.05",
+            "train.optimizer=adamw",
+            "train.lr=1e-3",
+            "train.precision=bf16",
+            f"train.max_steps={steps}",
+            "train.epochs=1",
+            f"train.eval_every_steps={10**6}",
+            f"train.log_every={10**6}",
+            "train.lora.r=8",
+            "train.lora.target_modules=['q_proj','v_proj']",
+        ],
+    )
+
+
+def behemoth_lora(steps: int, llama: Path, run_root: Path) -> tuple[list[float], object]:
+    from behemoth.training import BaseHook, train
+    from behemoth.training.assembly import assemble
+
+    cfg = lora_config(steps, llama, run_root)
+    parts = assemble(cfg)
+    timer = StepTimer()
+    hook = type(
+        "Timer", (BaseHook,), {"on_train_start": timer.on_train_start, "on_step_end": timer.on_step_end}
+    )
+    train(parts.model, parts.data, cfg.train, cfg.data.batch_size, hooks=[hook()], feed=parts.feed)
+    return timer.seconds, parts.data
+
+
+def trainer_lora(steps: int, llama: Path, data, out: Path) -> list[float]:
+    """transformers' Trainer on the same windows: input_ids = x, labels = x (the model shifts them)."""
+    import peft
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(llama), local_files_only=True)
+    model = peft.get_peft_model(
+        model, peft.LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"])
+    )
+    train_set = [{"input_ids": x, "labels": x} for x in data.train.x[: steps * LORA_BATCH]]
+    timer = StepTimer()
+    callback = type(
+        "Timer",
+        (transformers.TrainerCallback,),
+        {
+            "on_train_begin": lambda self, *a, **k: timer.on_train_start(),
+            "on_step_end": lambda self, *a, **k: timer.on_step_end(),
+        },
+    )
+    args = transformers.TrainingArguments(
+        output_dir=str(out),
+        per_device_train_batch_size=LORA_BATCH,
+        max_steps=steps,
+        learning_rate=1e-3,
+        lr_scheduler_type="constant",
+        weight_decay=0.0,
+        max_grad_norm=0.0,  # behemoth's side does not clip
+        bf16=True,
+        use_cpu=True,
+        save_strategy="no",
+        report_to=[],
+        logging_strategy="no",
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        seed=0,
+    )
+    transformers.Trainer(model=model, args=args, train_dataset=train_set, callbacks=[callback()]).train()
+    return timer.seconds
+
+
+def lora_row(steps: int, rounds: int, root: Path) -> dict:
+    llama = small_llama(root / "llama")
+    runs: list[dict] = []
+    for r in range(rounds):
+        b_times, data = behemoth_lora(steps, llama, root / f"lora-runs{r}")
+        t_times = trainer_lora(steps, llama, data, root / f"trainer{r}")
+        runs.append(
+            {
+                "behemoth_tokens_per_s": LORA_BATCH * SEQ / steady(b_times),
+                "trainer_tokens_per_s": LORA_BATCH * SEQ / steady(t_times),
+                "behemoth_step_seconds": b_times,
+                "trainer_step_seconds": t_times,
+            }
+        )
+        print(
+            f"round {r + 1} lora: behemoth {runs[-1]['behemoth_tokens_per_s']:.0f} tok/s, "
+            f"Trainer {runs[-1]['trainer_tokens_per_s']:.0f} tok/s",
+            flush=True,
+        )
+    return summarize(runs, "trainer")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="20 steps, 1 round")
+    parser.add_argument(
+        "--nanogpt", type=Path, help="a karpathy/nanoGPT checkout (default: the stored mirror)"
+    )
+    parser.add_argument("--only", choices=["gpt", "lora"], help="one row only")
+    args = parser.parse_args()
+    steps, rounds = (20, 1) if args.quick else (args.steps, args.rounds)
+    figures: dict = {"steps": steps, "rounds": rounds, "targets": TARGETS}
+    with tempfile.TemporaryDirectory(prefix="lm-throughput-") as tmp:
+        if args.only in (None, "gpt"):
+            figures["gpt"] = gpt_row(steps, rounds, args.nanogpt, Path(tmp))
+        if args.only in (None, "lora"):
+            figures["lora"] = lora_row(steps, rounds, Path(tmp))
+    for row, other, key in (("gpt", "nanoGPT", "nanogpt"), ("lora", "Trainer", "trainer")):
+        if row in figures:
+            f = figures[row]
+            theirs = f[f"{key}_tokens_per_s"]["median"]
+            verdict = "meets" if f["speedup"] >= TARGETS[row] else "misses"
+            print(
+                f"{row}: behemoth {f['behemoth_tokens_per_s']['median']:.0f} tok/s vs {other} "
+                f"{theirs:.0f} tok/s = {f['speedup']:.2f}x ({verdict} the target >= {TARGETS[row]}x)"
+            )
+    if "gpt" in figures:
+        g = figures["gpt"]
+        print(
+            f"gpt val loss after {steps} steps: behemoth {g['behemoth_val_loss']['median']:.3f}, "
+            f"nanoGPT {g['nanogpt_val_loss']['median']:.3f}"
+        )
+    reduced = "--quick: 20 steps, 1 round" if args.quick else None
+    if args.only or (not args.quick and (args.steps, args.rounds) != (100, 3)):
+        reduced = f"steps {steps}, rounds {rounds}" + (f", {args.only} row only" if args.only else "")
+    write_result(
+        "lm_throughput-quick" if args.quick else "lm_throughput",
+        figures,
+        {
+            "training_precision": "gpt: behemoth bf16 autocast (its gpt-text recipe), nanoGPT fp32 (its CPU "
+            "default); lora: bf16 autocast on both",
+            "evaluation_precision": "fp32, eval mode, 512 validation windows, same function for both",
+            "selection": "nanoGPT and Trainer get behemoth's recipe's hyperparameters; no tuning",
+            "deviations": ["shared 2-core machine under other load: timings are noisy (the ratio less so)"],
+        },
+        reduced=reduced,
+    )
+
+
+if __name__ == "__main__":
+    main()
