@@ -116,6 +116,19 @@ def generate(r: Result) -> str:
     )
 
 
+def lm_perplexity(r: Result) -> str:
+    rows = r["figures"]["rows"]
+
+    def change(name: str) -> str:
+        return f"{median(rows[name]['relative_change']):+.2%}"
+
+    return (
+        f"int8 **{change('int8 (per channel)')}**, int4 g128 **{change('int4 g128')}** "
+        f"(g64 {change('int4 g64')}, g32 {change('int4 g32')}); fp32 validation perplexity "
+        f"{median(rows['fp32']['perplexity']):.3f} ({seeds_text(rows['fp32']['perplexity'])})"
+    )
+
+
 def deep_compression(r: Result) -> str:
     a, b = r["figures"]["lenet-300-100"], r["figures"]["lenet5"]
     return (
@@ -258,6 +271,13 @@ MAIN: list[tuple[str, str, str, Callable[[Result], str], str]] = [
         "HF path with weight-only int8/int4 vs transformers' generate",
         generate,
         "≥ 4x, ≥ 5x",
+    ),
+    (
+        "lm_perplexity",
+        "`lm_perplexity.py`",
+        "validation perplexity of the trained gpt-text GPT packed to weight-only int8 / int4, vs fp32",
+        lm_perplexity,
+        "≤ +1%, ≤ +5%",
     ),
     (
         "deep_compression",
