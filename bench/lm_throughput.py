@@ -67,7 +67,7 @@ def steady(seconds: list[float]) -> float:
 # ---- row 1: behemoth's GPT vs nanoGPT
 
 
-def gpt_config(steps: int, run_root: Path):
+def gpt_config(steps: int, run_root: Path, precision: str = "bf16"):
     from behemoth.pipeline import load_config
 
     return load_config(
@@ -79,6 +79,7 @@ def gpt_config(steps: int, run_root: Path):
             "train.warmup=10",
             f"train.eval_every_steps={10**6}",
             f"train.log_every={10**6}",
+            f"train.precision={precision}",
         ],
     )
 
@@ -99,11 +100,13 @@ class StepTimer:
         self.t0 = now
 
 
-def behemoth_gpt(steps: int, run_root: Path) -> tuple[list[float], torch.nn.Module, object]:
+def behemoth_gpt(
+    steps: int, run_root: Path, precision: str = "bf16"
+) -> tuple[list[float], torch.nn.Module, object]:
     from behemoth.training import BaseHook, train
     from behemoth.training.assembly import assemble
 
-    cfg = gpt_config(steps, run_root)
+    cfg = gpt_config(steps, run_root, precision)
     parts = assemble(cfg)
     timer = StepTimer()
     hook = type(
@@ -208,13 +211,18 @@ def gpt_row(steps: int, rounds: int, checkout: Path | None, root: Path) -> dict:
         if r == 0:
             nanogpt_data(nano_dir, data)
         n_times, n_model = nanogpt_run(nano_dir, steps)
+        # nanoGPT trains in fp32 on a CPU (no autocast there): behemoth in fp32 too is the same-precision pair
+        f_times, f_model, _ = behemoth_gpt(steps, root / f"runs-fp32-{r}", "fp32")
         b_model.eval()
         n_model.eval()
+        f_model.eval()
         runs.append(
             {
                 "behemoth_tokens_per_s": BATCH * SEQ / steady(b_times),
+                "behemoth_fp32_tokens_per_s": BATCH * SEQ / steady(f_times),
                 "nanogpt_tokens_per_s": BATCH * SEQ / steady(n_times),
                 "behemoth_val_loss": val_loss(b_model, data),
+                "behemoth_fp32_val_loss": val_loss(f_model, data),
                 "nanogpt_val_loss": val_loss(lambda xb: n_model(xb, xb)[0], data),
                 "behemoth_step_seconds": b_times,
                 "nanogpt_step_seconds": n_times,
@@ -223,11 +231,18 @@ def gpt_row(steps: int, rounds: int, checkout: Path | None, root: Path) -> dict:
         print(
             f"round {r + 1} gpt: behemoth {runs[-1]['behemoth_tokens_per_s']:.0f} tok/s "
             f"(val {runs[-1]['behemoth_val_loss']:.3f}), "
+            f"behemoth fp32 {runs[-1]['behemoth_fp32_tokens_per_s']:.0f} tok/s "
+            f"(val {runs[-1]['behemoth_fp32_val_loss']:.3f}), "
             f"nanoGPT {runs[-1]['nanogpt_tokens_per_s']:.0f} tok/s "
             f"(val {runs[-1]['nanogpt_val_loss']:.3f})",
             flush=True,
         )
-    return summarize(runs, "nanogpt")
+    row = summarize(runs, "nanogpt")
+    fp32 = [r["behemoth_fp32_tokens_per_s"] for r in runs]
+    row["behemoth_fp32_tokens_per_s"] = spread(fp32)
+    row["speedup_fp32"] = statistics.median(fp32) / row["nanogpt_tokens_per_s"]["median"]
+    row["behemoth_fp32_val_loss"] = spread([r["behemoth_fp32_val_loss"] for r in runs])
+    return row
 
 
 def summarize(runs: list[dict], other: str) -> dict:
@@ -391,6 +406,7 @@ def main() -> None:
             )
     if "gpt" in figures:
         g = figures["gpt"]
+        print(f"gpt, both fp32 (same precision): {g['speedup_fp32']:.2f}x nanoGPT")
         print(
             f"gpt val loss after {steps} steps: behemoth {g['behemoth_val_loss']['median']:.3f}, "
             f"nanoGPT {g['nanogpt_val_loss']['median']:.3f}"
@@ -402,8 +418,8 @@ def main() -> None:
         "lm_throughput-quick" if args.quick else "lm_throughput",
         figures,
         {
-            "training_precision": "gpt: behemoth bf16 autocast (its gpt-text recipe), nanoGPT fp32 (its CPU "
-            "default); lora: bf16 autocast on both",
+            "training_precision": "gpt: behemoth bf16 autocast (its gpt-text recipe) and fp32, nanoGPT fp32 "
+            "(its only CPU precision); lora: bf16 autocast on both",
             "evaluation_precision": "fp32, eval mode, 512 validation windows, same function for both",
             "selection": "nanoGPT and Trainer get behemoth's recipe's hyperparameters; no tuning",
             "deviations": ["shared 2-core machine under other load: timings are noisy (the ratio less so)"],

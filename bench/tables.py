@@ -174,6 +174,32 @@ def memory(r: Result) -> str:
     )
 
 
+def memory_finetune(r: Result) -> str:
+    rows = r["figures"]["rows"]
+
+    def cell(row: dict[str, Any]) -> str:
+        base = "NF4" if row["bits"] == 4 else "int8"
+        return f"{row['size']} {base} {row['bytes_per_param']:.2f}"
+
+    big = [cell(row) for row in rows if row["size"] == "7B"]
+    rest = [cell(row) for row in rows if row["size"] != "7B"]
+    return f"**{', '.join(big)}** B/param ({', '.join(rest)})"
+
+
+def lm_throughput(r: Result) -> str:
+    f = r["figures"]
+    gpt, lora = f["gpt"], f["lora"]
+    same = f", both fp32 **{gpt['speedup_fp32']:.2f}x**" if "speedup_fp32" in gpt else ""
+    fp32_loss = gpt.get("behemoth_fp32_val_loss")
+    losses = f"val loss {median(gpt['behemoth_val_loss']):.3f}"
+    losses += f" / fp32 {median(fp32_loss):.3f}" if fp32_loss else ""
+    return (
+        f"GPT vs nanoGPT (fp32): behemoth bf16 **{gpt['speedup']:.2f}x**{same}; {losses} vs "
+        f"{median(gpt['nanogpt_val_loss']):.3f} after {f['steps']} steps; LoRA vs Trainer + peft "
+        f"**{lora['speedup']:.2f}x**"
+    )
+
+
 def scaling(r: Result) -> str:
     cpu = r["figures"]["cpu"]
     cases = ("ddp", "fsdp", "pipeline")
@@ -300,6 +326,20 @@ MAIN: list[tuple[str, str, str, Callable[[Result], str], str]] = [
         "peak training RSS per parameter (whole run: building + first steps; steady step)",
         memory,
         "≤ 8",
+    ),
+    (
+        "memory-finetune",
+        "`memory_finetune.py`",
+        "QLoRA step (seq 128, batch 1, r 8) on random Llama-shaped models: whole-run peak RSS per parameter",
+        memory_finetune,
+        "≤ 0.8 (NF4), ≤ 1.4 (int8)",
+    ),
+    (
+        "lm_throughput",
+        "`lm_throughput.py`",
+        "training tokens/s: gpt-text GPT vs karpathy/nanoGPT's train.py; LoRA vs transformers' Trainer",
+        lm_throughput,
+        "≥ 1.5x, ≥ 1.2x",
     ),
     ("memory-quick", "`memory.py --quick`", "the same at small sizes, under the #19 protocol", memory, "≤ 8"),
     ("scaling", "`scaling.py --cpu-only`", "GPT samples/s, 1 vs 2 processes (gloo)", scaling, ""),
