@@ -134,6 +134,7 @@ def test_a_4bit_base_that_cannot_be_split_fails_in_one_line():
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # the LoRA test below shards the same decoder layers on 2 ranks and reshards 1 -> 2
 def test_full_fine_tuning_fsdp_matches_one_process_and_resumes_in_one(corpus):
     """FSDP (with activation checkpointing per decoder layer) on 2 ranks for 4 steps = one process; one
     process resumes its sharded checkpoint and ends on the one-process curve, with its weights."""

@@ -20,7 +20,7 @@ adds some the recipe does not have, so that every feature a resume must restore 
 | bf16 autocast                   | every recipe with precision = "bf16"        |
 | param_dtype = "bf16"            | mnist-mlp                                   |
 | 8-bit AdamW (torchao)           | rnn-text-adamw8bit (slow: compiles)         |
-| BPE tokenizer                   | gpt-bpe                                     |
+| BPE tokenizer                   | gpt-bpe (slow)                              |
 | DDP, FSDP (2 gloo processes)    | mnist-augment-ddp, gpt-text-fsdp            |
 | fp16 + GradScaler on CUDA       | digits-fp16-cuda (skipped without CUDA)     |
 
@@ -29,9 +29,10 @@ in every failure message.
 
 Marked slow (`pytest -m slow` runs them), to keep the suite within its time: lenet-caffe, rnn and vit-mnist,
 whose features faster tests resume in-process (tests/test_sampling.py resumes the random and balanced feeds
-mid-epoch; tests/test_train_loop.py resumes accumulation with dropout bit for bit), and the 8-bit row
-(tests/test_memory_savers.py resumes its state in-process). `test_every_shipped_training_recipe_has_a_row`
-counts the slow rows too.
+mid-epoch; tests/test_train_loop.py resumes accumulation with dropout bit for bit), gpt-bpe (gpt-text kills
+and resumes the same GPT; tests/test_exact_resume.py resumes a BPE run from its saved tokenizer), and the
+8-bit row (tests/test_memory_savers.py resumes its state in-process).
+`test_every_shipped_training_recipe_has_a_row` counts the slow rows too.
 """
 
 import json
@@ -102,7 +103,12 @@ ROWS = {
         "train.accumulate=2",
         "train.early_stop.patience=5",
     ),
-    "gpt-bpe": row("gpt-bpe", *GPT_SMALL, "data.vocab_size=300"),
+    "gpt-bpe": row(
+        "gpt-bpe",
+        *GPT_SMALL,
+        "data.vocab_size=300",
+        marks=(pytest.mark.slow,),  # a faster test covers its feature: see the note above the table
+    ),
     "gpt-text": row("gpt-text", *GPT_SMALL),
     "lenet-caffe": row(
         "lenet-caffe",

@@ -362,7 +362,17 @@ def test_user_factory_is_refused_until_allowed_then_works_from_python(user_run):
     assert 0.0 <= behemoth.evaluate(run)["acc"] <= 1.0
 
 
-@pytest.mark.parametrize("how", ["flag-module", "flag-package", "env", "env-list"])
+# flag-package and env-list are slow: test_a_trusted_package_does_not_cover_a_look_alike and
+# test_the_cli_hands_the_users_choice_to_its_children check package matching and list parsing in-process
+@pytest.mark.parametrize(
+    "how",
+    [
+        "flag-module",
+        pytest.param("flag-package", marks=pytest.mark.slow),
+        "env",
+        pytest.param("env-list", marks=pytest.mark.slow),
+    ],
+)
 def test_user_factory_works_from_the_command_line_and_environment(how, user_run):
     run, code_dir, package = user_run
     before = snapshot(run)

@@ -30,7 +30,7 @@ PROMPT = "The function "
 SAMPLING = {"temperature": 0.8, "top_k": 40, "seed": 0}
 FULL = {"gpt_steps": 400, "lora_steps": 200, "new_tokens": 160, "explain_tokens": 6}
 # quick: every stage, a few steps each (a smoke test of the chain: the text is noise)
-QUICK = {"gpt_steps": 20, "lora_steps": 10, "new_tokens": 24, "explain_tokens": 2}
+QUICK = {"gpt_steps": 20, "lora_steps": 10, "new_tokens": 24, "explain_tokens": 2}  # no timing either
 INT4_RECIPE = "quant=int4w,group=32"
 
 
@@ -118,7 +118,7 @@ def demo_lm(
     sample("2. LoRA on python-docs (transformers GPT-2 + peft)", lora_run, str(lora_run))
 
     on_stage(4, total, f"pack it to int4 weights ({INT4_RECIPE}): perplexity, file bytes, decode speed")
-    packed = compress(lora_run, INT4_RECIPE, progress=not quick)
+    packed = compress(lora_run, INT4_RECIPE, progress=not quick, latency=not quick)
     on_result("compress", packed)
     sample("3. int4 weights of the fine-tuned model", lora_run, str(packed.artifact), packed.artifact)
 
