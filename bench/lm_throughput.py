@@ -422,7 +422,9 @@ def main() -> None:
             "(its only CPU precision); lora: bf16 autocast on both",
             "evaluation_precision": "fp32, eval mode, 512 validation windows, same function for both",
             "selection": "nanoGPT and Trainer get behemoth's recipe's hyperparameters; no tuning",
-            "deviations": ["shared 2-core machine under other load: timings are noisy (the ratio less so)"],
+            "deviations": [
+                "shared 2-core machine (its load at the end is recorded): timings noisy, the ratio less so"
+            ],
         },
         reduced=reduced,
     )
