@@ -32,7 +32,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -42,26 +41,15 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.lm_throughput_lora import lora_row  # noqa: E402
 from bench.results import spread, write_result  # noqa: E402
+from bench.throughput_parts import SEQ, steady, summarize, timed_behemoth_run  # noqa: E402
 
 MIRROR = Path("/work/.mirror/karpathy+nanoGPT/repo")
 NANOGPT_FILES = ("train.py", "model.py", "configurator.py")
 GPT = {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 128, "dropout": 0.1}
-BATCH, SEQ, WARM_STEPS, VAL_WINDOWS = 32, 128, 5, 512
-LLAMA = {
-    "hidden_size": 256,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 8,
-    "intermediate_size": 688,
-    "vocab_size": 256,
-}
-LORA_BATCH = 16
+BATCH, VAL_WINDOWS = 32, 512
 TARGETS = {"gpt": 1.5, "lora": 1.2}
-
-
-def steady(seconds: list[float]) -> float:
-    """Median step time after the warm-up steps."""
-    return statistics.median(seconds[WARM_STEPS:] or seconds)
 
 
 # ---- row 1: behemoth's GPT vs nanoGPT
@@ -84,36 +72,11 @@ def gpt_config(steps: int, run_root: Path, precision: str = "bf16"):
     )
 
 
-class StepTimer:
-    """A behemoth hook (and, as on_step_begin/on_step_end, a Trainer callback) recording step seconds."""
-
-    def __init__(self) -> None:
-        self.seconds: list[float] = []
-        self.t0 = time.perf_counter()
-
-    def on_train_start(self, *args, **kwargs) -> None:
-        self.t0 = time.perf_counter()
-
-    def on_step_end(self, *args, **kwargs) -> None:
-        now = time.perf_counter()
-        self.seconds.append(now - self.t0)
-        self.t0 = now
-
-
 def behemoth_gpt(
     steps: int, run_root: Path, precision: str = "bf16"
 ) -> tuple[list[float], torch.nn.Module, object]:
-    from behemoth.training import BaseHook, train
-    from behemoth.training.assembly import assemble
-
-    cfg = gpt_config(steps, run_root, precision)
-    parts = assemble(cfg)
-    timer = StepTimer()
-    hook = type(
-        "Timer", (BaseHook,), {"on_train_start": timer.on_train_start, "on_step_end": timer.on_step_end}
-    )
-    train(parts.model, parts.data, cfg.train, cfg.data.batch_size, hooks=[hook()], feed=parts.feed)
-    return timer.seconds, parts.model, parts.data
+    seconds, parts = timed_behemoth_run(gpt_config(steps, run_root, precision))
+    return seconds, parts.model, parts.data
 
 
 def nanogpt_source(folder: Path, checkout: Path | None) -> None:
@@ -243,139 +206,6 @@ def gpt_row(steps: int, rounds: int, checkout: Path | None, root: Path) -> dict:
     row["speedup_fp32"] = statistics.median(fp32) / row["nanogpt_tokens_per_s"]["median"]
     row["behemoth_fp32_val_loss"] = spread([r["behemoth_fp32_val_loss"] for r in runs])
     return row
-
-
-def summarize(runs: list[dict], other: str) -> dict:
-    ours = [r["behemoth_tokens_per_s"] for r in runs]
-    theirs = [r[f"{other}_tokens_per_s"] for r in runs]
-    row = {
-        "behemoth_tokens_per_s": spread(ours),
-        f"{other}_tokens_per_s": spread(theirs),
-        "speedup": statistics.median(ours) / statistics.median(theirs),
-        "rounds": runs,
-    }
-    for side in ("behemoth", other):
-        key = f"{side}_val_loss"
-        if key in runs[0]:
-            row[key] = spread([r[key] for r in runs])
-    return row
-
-
-# ---- row 2: behemoth [train.lora] vs transformers' Trainer + peft
-
-
-def small_llama(folder: Path) -> Path:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(**LLAMA, max_position_embeddings=SEQ)).save_pretrained(folder)
-    return folder
-
-
-def lora_config(steps: int, llama: Path, run_root: Path):
-    from behemoth.pipeline import load_config
-
-    return load_config(
-        None,
-        [
-            f"runs_dir={str(run_root)!r}",
-            "name=lora-throughput",
-            "model.name=hf",
-            f"model.path={str(llama)!r}",
-            "data.name=kjv",
-            "data.tokenizer=byte",
-            f"data.block_size={SEQ}",
-            f"data.batch_size={LORA_BATCH}",
-            "data.val_fraction=0.05",
-            "train.optimizer=adamw",
-            "train.lr=1e-3",
-            "train.precision=bf16",
-            f"train.max_steps={steps}",
-            "train.epochs=1",
-            f"train.eval_every_steps={10**6}",
-            f"train.log_every={10**6}",
-            "train.lora.r=8",
-            "train.lora.target_modules=['q_proj','v_proj']",
-        ],
-    )
-
-
-def behemoth_lora(steps: int, llama: Path, run_root: Path) -> tuple[list[float], object]:
-    from behemoth.training import BaseHook, train
-    from behemoth.training.assembly import assemble
-
-    cfg = lora_config(steps, llama, run_root)
-    parts = assemble(cfg)
-    timer = StepTimer()
-    hook = type(
-        "Timer", (BaseHook,), {"on_train_start": timer.on_train_start, "on_step_end": timer.on_step_end}
-    )
-    train(parts.model, parts.data, cfg.train, cfg.data.batch_size, hooks=[hook()], feed=parts.feed)
-    return timer.seconds, parts.data
-
-
-def trainer_lora(steps: int, llama: Path, data, out: Path) -> list[float]:
-    """transformers' Trainer on the same windows: input_ids = x, labels = x (the model shifts them)."""
-    import peft
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    model = transformers.AutoModelForCausalLM.from_pretrained(str(llama), local_files_only=True)
-    model = peft.get_peft_model(
-        model, peft.LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"])
-    )
-    train_set = [{"input_ids": x, "labels": x} for x in data.train.x[: steps * LORA_BATCH]]
-    timer = StepTimer()
-    callback = type(
-        "Timer",
-        (transformers.TrainerCallback,),
-        {
-            "on_train_begin": lambda self, *a, **k: timer.on_train_start(),
-            "on_step_end": lambda self, *a, **k: timer.on_step_end(),
-        },
-    )
-    args = transformers.TrainingArguments(
-        output_dir=str(out),
-        per_device_train_batch_size=LORA_BATCH,
-        max_steps=steps,
-        learning_rate=1e-3,
-        lr_scheduler_type="constant",
-        weight_decay=0.0,
-        max_grad_norm=0.0,  # behemoth's side does not clip
-        bf16=True,
-        use_cpu=True,
-        save_strategy="no",
-        report_to=[],
-        logging_strategy="no",
-        dataloader_num_workers=0,
-        disable_tqdm=True,
-        seed=0,
-    )
-    transformers.Trainer(model=model, args=args, train_dataset=train_set, callbacks=[callback()]).train()
-    return timer.seconds
-
-
-def lora_row(steps: int, rounds: int, root: Path) -> dict:
-    llama = small_llama(root / "llama")
-    runs: list[dict] = []
-    for r in range(rounds):
-        b_times, data = behemoth_lora(steps, llama, root / f"lora-runs{r}")
-        t_times = trainer_lora(steps, llama, data, root / f"trainer{r}")
-        runs.append(
-            {
-                "behemoth_tokens_per_s": LORA_BATCH * SEQ / steady(b_times),
-                "trainer_tokens_per_s": LORA_BATCH * SEQ / steady(t_times),
-                "behemoth_step_seconds": b_times,
-                "trainer_step_seconds": t_times,
-            }
-        )
-        print(
-            f"round {r + 1} lora: behemoth {runs[-1]['behemoth_tokens_per_s']:.0f} tok/s, "
-            f"Trainer {runs[-1]['trainer_tokens_per_s']:.0f} tok/s",
-            flush=True,
-        )
-    return summarize(runs, "trainer")
 
 
 def main() -> None:

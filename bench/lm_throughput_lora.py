@@ -1,0 +1,122 @@
+"""Row 2 of bench/lm_throughput.py: behemoth `[train.lora]` against transformers' Trainer + peft on a small
+Llama (same directory, data, batch, optimizer and precision)."""
+
+from pathlib import Path
+
+import torch
+
+from bench.throughput_parts import SEQ, StepTimer, steady, summarize, timed_behemoth_run
+
+LLAMA = {
+    "hidden_size": 256,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 8,
+    "intermediate_size": 688,
+    "vocab_size": 256,
+}
+LORA_BATCH = 16
+
+
+def small_llama(folder: Path) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(**LLAMA, max_position_embeddings=SEQ)).save_pretrained(folder)
+    return folder
+
+
+def lora_config(steps: int, llama: Path, run_root: Path):
+    from behemoth.pipeline import load_config
+
+    return load_config(
+        None,
+        [
+            f"runs_dir={str(run_root)!r}",
+            "name=lora-throughput",
+            "model.name=hf",
+            f"model.path={str(llama)!r}",
+            "data.name=kjv",
+            "data.tokenizer=byte",
+            f"data.block_size={SEQ}",
+            f"data.batch_size={LORA_BATCH}",
+            "data.val_fraction=0.05",
+            "train.optimizer=adamw",
+            "train.lr=1e-3",
+            "train.precision=bf16",
+            f"train.max_steps={steps}",
+            "train.epochs=1",
+            f"train.eval_every_steps={10**6}",
+            f"train.log_every={10**6}",
+            "train.lora.r=8",
+            "train.lora.target_modules=['q_proj','v_proj']",
+        ],
+    )
+
+
+def behemoth_lora(steps: int, llama: Path, run_root: Path) -> tuple[list[float], object]:
+    seconds, parts = timed_behemoth_run(lora_config(steps, llama, run_root))
+    return seconds, parts.data
+
+
+def trainer_lora(steps: int, llama: Path, data, out: Path) -> list[float]:
+    """transformers' Trainer on the same windows: input_ids = x, labels = x (the model shifts them)."""
+    import peft
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(llama), local_files_only=True)
+    model = peft.get_peft_model(
+        model, peft.LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"])
+    )
+    train_set = [{"input_ids": x, "labels": x} for x in data.train.x[: steps * LORA_BATCH]]
+    timer = StepTimer()
+    callback = type(
+        "Timer",
+        (transformers.TrainerCallback,),
+        {
+            "on_train_begin": lambda self, *a, **k: timer.on_train_start(),
+            "on_step_end": lambda self, *a, **k: timer.on_step_end(),
+        },
+    )
+    args = transformers.TrainingArguments(
+        output_dir=str(out),
+        per_device_train_batch_size=LORA_BATCH,
+        max_steps=steps,
+        learning_rate=1e-3,
+        lr_scheduler_type="constant",
+        weight_decay=0.0,
+        max_grad_norm=0.0,  # behemoth's side does not clip
+        bf16=True,
+        use_cpu=True,
+        save_strategy="no",
+        report_to=[],
+        logging_strategy="no",
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        seed=0,
+    )
+    transformers.Trainer(model=model, args=args, train_dataset=train_set, callbacks=[callback()]).train()
+    return timer.seconds
+
+
+def lora_row(steps: int, rounds: int, root: Path) -> dict:
+    llama = small_llama(root / "llama")
+    runs: list[dict] = []
+    for r in range(rounds):
+        b_times, data = behemoth_lora(steps, llama, root / f"lora-runs{r}")
+        t_times = trainer_lora(steps, llama, data, root / f"trainer{r}")
+        runs.append(
+            {
+                "behemoth_tokens_per_s": LORA_BATCH * SEQ / steady(b_times),
+                "trainer_tokens_per_s": LORA_BATCH * SEQ / steady(t_times),
+                "behemoth_step_seconds": b_times,
+                "trainer_step_seconds": t_times,
+            }
+        )
+        print(
+            f"round {r + 1} lora: behemoth {runs[-1]['behemoth_tokens_per_s']:.0f} tok/s, "
+            f"Trainer {runs[-1]['trainer_tokens_per_s']:.0f} tok/s",
+            flush=True,
+        )
+    return summarize(runs, "trainer")
