@@ -10,6 +10,7 @@ Everything lives in <runs_dir>/demo-lm: gpt/ (the KJV run), hf/ (its export), py
 with compressed/model.bhm, explain/generation/, generations.json and report/).
 """
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -126,7 +127,7 @@ def demo_lm(
     on_result("explain", explain(lora_run, prompt=prompt, max_new_tokens=sizes["explain_tokens"]))
 
     on_stage(6, total, "write the report")
-    atomic_write_text(RunDir(lora_run).generations, json_text(samples))
+    atomic_write_text(RunDir(lora_run).generations, json.dumps(samples, indent=2, ensure_ascii=False) + "\n")
     html_path, _ = build_report(lora_run)
     return {
         "samples": samples,
@@ -135,9 +136,3 @@ def demo_lm(
         "seconds": time.perf_counter() - started,
         "run": lora_run,
     }
-
-
-def json_text(value: Any) -> str:
-    import json
-
-    return json.dumps(value, indent=2, ensure_ascii=False) + "\n"
