@@ -85,10 +85,17 @@ def generate(r: Result) -> str:
         ratio, bound = row["vs_transformers_fp32"], row["fraction_of_bound"]
         return f"{row['tokens_per_s']:.1f} tok/s ({ratio:.2f}x, {bound:.0%})"
 
+    if "behemoth int8 compiled" not in rows:  # written before the compiled rows existed
+        return (
+            f"int8 **{cell('behemoth int8')}**, int4 g128 **{cell('behemoth int4 g128')}**; "
+            f"transformers fp32 {rows['transformers fp32']['tokens_per_s']:.1f} tok/s "
+            "(x: vs transformers fp32; %: of the copy-bandwidth bound)"
+        )
     return (
-        f"int8 **{cell('behemoth int8')}**, int4 g128 **{cell('behemoth int4 g128')}**; "
-        f"transformers fp32 {rows['transformers fp32']['tokens_per_s']:.1f} tok/s "
-        "(x: vs transformers fp32; %: of the copy-bandwidth bound)"
+        f"compiled (`--compile`): int8 **{cell('behemoth int8 compiled')}**, int4 g128 "
+        f"**{cell('behemoth int4 g128 compiled')}**; eager: int8 {cell('behemoth int8')}, int4 g128 "
+        f"{cell('behemoth int4 g128')}; transformers fp32 {rows['transformers fp32']['tokens_per_s']:.1f} "
+        "tok/s (x: vs transformers fp32; %: of the copy-bandwidth bound)"
     )
 
 

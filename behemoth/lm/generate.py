@@ -42,15 +42,23 @@ def generate_text(
     context: int | None = None,
     seed: int | None = None,
     use_cache: bool = True,
+    *,
+    compiled: bool = False,
 ) -> str:
-    """The prompt followed by `max_new_tokens` sampled tokens, decoded; the same seed gives the same text."""
+    """The prompt followed by `max_new_tokens` sampled tokens, decoded; the same seed gives the same text.
+    `compiled`: cached decoding through a compiled step (models/compiled_decode.py)."""
     device = next(model.parameters()).device
     ids = _encode(tokenizer, prompt, device).unsqueeze(0)  # (1, T)
     if use_cache and _hf_cached(model, ids.size(1), max_new_tokens, context):
-        out = hf_generate(model, ids, max_new_tokens, temperature, top_k, seed)
+        out = hf_generate(model, ids, max_new_tokens, temperature, top_k, seed, compiled=compiled)
         return tokenizer.decode(out[0].cpu())
-    run = sample_cached if use_cache and has_cache(model) else sample
-    out = run(model, ids, max_new_tokens, temperature, top_k, context, _generator(model, seed))
+    generator = _generator(model, seed)
+    if use_cache and has_cache(model):
+        out = sample_cached(
+            model, ids, max_new_tokens, temperature, top_k, context, generator, compiled=compiled
+        )
+    else:
+        out = sample(model, ids, max_new_tokens, temperature, top_k, context, generator)
     return tokenizer.decode(out[0].cpu())
 
 
@@ -93,6 +101,8 @@ def stream_text(
     top_k: int | None = None,
     context: int | None = None,
     seed: int | None = None,
+    *,
+    compiled: bool = False,
 ) -> Iterator[str]:
     """The prompt, then the generated text piece by piece as tokens come; joined, the pieces are what
     generate_text returns for the same arguments. A token that ends inside a multi-byte character is held
@@ -102,9 +112,13 @@ def stream_text(
     yield tokenizer.decode(ids.cpu())
     generator, prompt_ids = _generator(model, seed), ids.unsqueeze(0)  # (1, T)
     if _hf_cached(model, prompt_ids.size(1), max_new_tokens, context):
-        tokens = hf_stream_tokens(model, prompt_ids, max_new_tokens, temperature, top_k, seed)
+        tokens = hf_stream_tokens(
+            model, prompt_ids, max_new_tokens, temperature, top_k, seed, compiled=compiled
+        )
     elif has_cache(model):
-        tokens = stream_tokens(model, prompt_ids, max_new_tokens, temperature, top_k, context, generator)
+        tokens = stream_tokens(
+            model, prompt_ids, max_new_tokens, temperature, top_k, context, generator, compiled=compiled
+        )
     else:  # no cache: one cache-free step per token
         tokens = _uncached_steps(model, prompt_ids, max_new_tokens, temperature, top_k, context, generator)
     new: list[int] = []

@@ -13,7 +13,7 @@ from torch import nn
 from behemoth.errors import ModelError
 from behemoth.models.common import BYTES_LM_SPEC
 from behemoth.models.entry import ModelEntry
-from behemoth.models.kv_cache import KVCache
+from behemoth.models.kv_cache import KVCache, StaticKVCache
 from behemoth.models.sampling import sample, sample_cached
 from behemoth.models.transformer_blocks import Block, init_gpt2
 from behemoth.spec import DataSpec
@@ -64,15 +64,18 @@ class GPT(nn.Module):
             x = block(x)  # (B, T, C)
         return self.lm_head(self.ln_f(x))  # (B, T, V)
 
-    def new_cache(self, capacity: int, pad: torch.Tensor) -> KVCache:
-        """An empty KV cache for up to `capacity` (<= block_size) tokens; pad (B,): left padding per row."""
+    def new_cache(self, capacity: int, pad: torch.Tensor, static: bool = False) -> KVCache | StaticKVCache:
+        """An empty KV cache for up to `capacity` (<= block_size) tokens; pad (B,): left padding per row.
+        `static`: the fixed-shape cache a compiled decode step needs (models/compiled_decode.py)."""
         if capacity > self.block_size:
             raise ModelError(
                 f"a cache of {capacity} tokens is longer than model.block_size = {self.block_size}"
             )
+        if static:
+            return StaticKVCache(len(self.blocks), capacity, pad)
         return KVCache.empty(len(self.blocks), capacity, pad)
 
-    def decode(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:  # (B, T) ids -> (B, V)
+    def decode(self, idx: torch.Tensor, cache: KVCache | StaticKVCache) -> torch.Tensor:  # (B, T) -> (B, V)
         """The next-token logits after `idx`, which follows what `cache` holds (and is appended to it):
         the prompt once (prefill), then one token per step. Only the last position goes through lm_head."""
         _, T = idx.shape
@@ -81,7 +84,7 @@ class GPT(nn.Module):
         x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, C)
         for block, kv in zip(self.blocks, cache.layers):
             x = block(x, kv, mask)  # (B, T, C)
-        cache.length += T
+        cache.advance(T)
         return self.lm_head(self.ln_f(x[:, -1]))  # (B, V)
 
     def generate(

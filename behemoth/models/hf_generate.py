@@ -11,10 +11,12 @@ and the caller's random state is left as it was.
 import queue
 import threading
 from collections.abc import Iterator
+from contextlib import nullcontext
 from typing import Any
 
 import torch
 
+from behemoth.models.compiled_decode import compiled_hf_forward
 from behemoth.models.hf import HFCausalLM
 from behemoth.models.sampling import check_sampling
 
@@ -65,18 +67,26 @@ def hf_generate(
     top_k: int | None = None,
     seed: int | None = None,
     streamer: Any = None,
+    *,
+    compiled: bool = False,
 ) -> torch.Tensor:
-    """(B, T) ids -> (B, T + max_new_tokens): transformers' `generate`, with its KV cache."""
+    """(B, T) ids -> (B, T + max_new_tokens): transformers' `generate`, with its KV cache. `compiled`: its
+    static cache, and each one-token step through behemoth's compiled forward (models/compiled_decode.py)."""
     kwargs = _generate_kwargs(model, max_new_tokens, temperature, top_k)
+    if compiled:
+        # transformers' own compile of a static-cache generate is for GPUs (CUDA graphs): ours is set up
+        # for CPU decoding, so its own is off
+        kwargs |= {"cache_implementation": "static", "disable_compile": True}
     was_training = model.training
     model.eval()
     try:
         with torch.random.fork_rng(devices=[idx.device] if idx.device.type == "cuda" else []):
             if seed is not None:
                 torch.manual_seed(seed)
-            return model.hf.generate(
-                input_ids=idx, attention_mask=torch.ones_like(idx), streamer=streamer, **kwargs
-            )
+            with compiled_hf_forward(model.hf) if compiled else nullcontext():
+                return model.hf.generate(
+                    input_ids=idx, attention_mask=torch.ones_like(idx), streamer=streamer, **kwargs
+                )
     finally:
         model.train(was_training)
 
@@ -105,6 +115,8 @@ def hf_stream_tokens(
     temperature: float = 1.0,
     top_k: int | None = None,
     seed: int | None = None,
+    *,
+    compiled: bool = False,
 ) -> Iterator[torch.Tensor]:
     """Yield each new (B, 1) id of `hf_generate` as transformers produces it (generate runs in a thread and
     hands tokens over through a streamer; an error in it is raised here)."""
@@ -113,7 +125,7 @@ def hf_stream_tokens(
 
     def run() -> None:
         try:
-            hf_generate(model, idx, max_new_tokens, temperature, top_k, seed, streamer)
+            hf_generate(model, idx, max_new_tokens, temperature, top_k, seed, streamer, compiled=compiled)
         except BaseException as exc:  # handed to the reading thread, which raises it
             failure.append(exc)
             streamer.end()

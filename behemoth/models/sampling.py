@@ -82,32 +82,43 @@ def stream_tokens(
     context: int | None = None,
     generator: torch.Generator | None = None,
     pad: torch.Tensor | None = None,
+    *,
+    compiled: bool = False,
 ) -> Iterator[torch.Tensor]:
     """Yield each new (B, 1) id of a KV-cached decode of `idx` (B, T), as it is sampled.
 
     `pad` (B,): rows of `idx` left-padded by that many columns (batched prompts of different lengths);
-    each row then gets the tokens it would get alone. Dropout is off while sampling.
+    each row then gets the tokens it would get alone. `compiled`: one-token steps run through a
+    torch.compile'd step over a fixed-size cache (models/compiled_decode.py; compiling takes a while, the
+    tokens are the eager ones up to floating-point rounding). Dropout is off while sampling.
     """
     check_sampling(temperature, top_k)
-    capacity = min(context or model.block_size, model.block_size)
+    window = min(context or model.block_size, model.block_size)  # what the cache-free loop reads
+    size = min(idx.size(1) + max_new_tokens, window)  # cache slots: no more than this text needs
     pad = torch.zeros(idx.size(0), dtype=torch.int64, device=idx.device) if pad is None else pad
+    step = model.decode
+    if compiled:
+        from behemoth.models.compiled_decode import compiled_decode  # torch.compile loads only when asked
+
+        step = compiled_decode(model)
     was_training = model.training
     model.eval()
-    cache = None
+    cache, filled, token = None, 0, idx[:, -1:]
     try:
         with torch.no_grad():
             for _ in range(max_new_tokens):
                 # full (or first step): (re)prefill the window the cache-free loop reads
-                if cache is None or cache.length >= capacity:
-                    window = idx[:, -capacity:]  # (B, <= capacity)
-                    window_pad = (pad - (idx.size(1) - window.size(1))).clamp_min(0)  # (B,)
+                if cache is None or filled >= window:
+                    ids = idx[:, -window:]  # (B, <= window)
+                    window_pad = (pad - (idx.size(1) - ids.size(1))).clamp_min(0)  # (B,)
                     if cache is None:
-                        cache = model.new_cache(capacity, window_pad)
+                        extra = {"static": True} if compiled else {}
+                        cache = model.new_cache(size, window_pad, **extra)
                     else:
                         cache.reset(window_pad)
-                    logits = model.decode(window, cache)  # (B, V)
-                else:
-                    logits = model.decode(idx[:, -1:], cache)  # (B, V): one new token
+                    logits, filled = model.decode(ids, cache), ids.size(1)  # (B, V)
+                else:  # one new token: the last one sampled (its own tensor, idx[:, -1:] is a strided view)
+                    logits, filled = step(token, cache), filled + 1  # (B, V)
                 token = next_token(logits, temperature, top_k, generator)  # (B, 1)
                 idx = torch.cat((idx, token), dim=1)
                 yield token
@@ -124,7 +135,12 @@ def sample_cached(
     context: int | None = None,
     generator: torch.Generator | None = None,
     pad: torch.Tensor | None = None,
+    *,
+    compiled: bool = False,
 ) -> torch.Tensor:
     """`sample` with a KV cache: returns (B, T + max_new_tokens), the same tokens for greedy decoding."""
-    new = list(stream_tokens(model, idx, max_new_tokens, temperature, top_k, context, generator, pad))
+    tokens = stream_tokens(
+        model, idx, max_new_tokens, temperature, top_k, context, generator, pad, compiled=compiled
+    )
+    new = list(tokens)
     return torch.cat([idx, *new], dim=1)

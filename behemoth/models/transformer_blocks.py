@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from behemoth.models.kv_cache import LayerKV
+from behemoth.models.kv_cache import LayerKV, StaticLayerKV
 
 
 class SelfAttention(nn.Module):
@@ -29,7 +29,7 @@ class SelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(dropout)
 
     def forward(
-        self, x: torch.Tensor, kv: LayerKV | None = None, mask: torch.Tensor | None = None
+        self, x: torch.Tensor, kv: LayerKV | StaticLayerKV | None = None, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         """(B, T, C) -> (B, T, C). With `kv` (generation) the new keys and values are appended to the
         layer's cache and the queries attend over everything cached; `mask` (B, 1, T, T_total), True where a
@@ -77,7 +77,7 @@ class Block(nn.Module):
         self.mlp = MLP(dim, mlp_hidden, dropout, bias)
 
     def forward(
-        self, x: torch.Tensor, kv: LayerKV | None = None, mask: torch.Tensor | None = None
+        self, x: torch.Tensor, kv: LayerKV | StaticLayerKV | None = None, mask: torch.Tensor | None = None
     ) -> torch.Tensor:  # (B, T, C) -> (B, T, C); kv and mask: see SelfAttention
         x = x + self.attn(self.ln_1(x), kv, mask)
         x = x + self.mlp(self.ln_2(x))

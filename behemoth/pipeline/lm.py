@@ -43,6 +43,17 @@ def _language_model(run: str | Path, packed: str | Path | None) -> tuple[Any, An
     return model, tokenizer, spec.input_shape[0]
 
 
+def _check_compilable(model: Any, compiled: bool) -> None:
+    from behemoth.models.hf_generate import is_hf_causal
+    from behemoth.models.sampling import has_cache
+
+    if compiled and not (has_cache(model) or is_hf_causal(model)):
+        raise BehemothError(
+            f"--compile: a {type(model).__name__} decodes without a KV cache, so it has no one-token step to "
+            "compile (gpt and hf causal LMs have one): drop --compile"
+        )
+
+
 def generate(
     run: str | Path,
     prompt: str = "\n",
@@ -51,17 +62,23 @@ def generate(
     top_k: int | None = None,
     seed: int | None = None,
     packed: str | Path | None = None,
+    compiled: bool = False,
 ) -> str:
     """The prompt continued by a trained language model (gpt, rnn), encoded and decoded with the run's
     tokenizer; the model reads at most data.block_size tokens of context (GPT: through a KV cache; an hf
     causal LM: through transformers' generate and its cache).
-    `packed`: generate from that .bhm of the run (quantized weights) instead of its trained weights."""
+    `packed`: generate from that .bhm of the run (quantized weights) instead of its trained weights.
+    `compiled`: decode each token through a torch.compile'd step (faster tokens after a compile of seconds
+    to minutes; GPT and hf causal LMs)."""
     from behemoth.lm.generate import generate_text
 
     if not prompt:
         raise BehemothError("--prompt is empty: give at least one character to continue")
     model, tokenizer, context = _language_model(run, packed)
-    return generate_text(model, tokenizer, prompt, max_new_tokens, temperature, top_k, context, seed)
+    _check_compilable(model, compiled)
+    return generate_text(
+        model, tokenizer, prompt, max_new_tokens, temperature, top_k, context, seed, compiled=compiled
+    )
 
 
 def generate_stream(
@@ -72,6 +89,7 @@ def generate_stream(
     top_k: int | None = None,
     seed: int | None = None,
     packed: str | Path | None = None,
+    compiled: bool = False,
 ) -> Iterator[str]:
     """`generate`, piece by piece: the prompt, then the text of each token as it is sampled (joined, the
     same text as `generate`)."""
@@ -80,7 +98,10 @@ def generate_stream(
     if not prompt:
         raise BehemothError("--prompt is empty: give at least one character to continue")
     model, tokenizer, context = _language_model(run, packed)
-    return stream_text(model, tokenizer, prompt, max_new_tokens, temperature, top_k, context, seed)
+    _check_compilable(model, compiled)
+    return stream_text(
+        model, tokenizer, prompt, max_new_tokens, temperature, top_k, context, seed, compiled=compiled
+    )
 
 
 @dataclass

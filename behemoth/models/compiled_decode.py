@@ -1,0 +1,97 @@
+"""One decode step compiled by torch.compile (inductor), for batch-1 generation on a CPU.
+
+Why: a batch-1 token runs ~50 small matmuls. Eagerly, PyTorch spends a third of an int8 GPT-2-small token on
+dispatch and small ops (layer norms, GELU, residual adds, casts), and aten's `_weight_int8pack_mm` reads its
+weights at about half the copy bandwidth. Inductor with `freezing` (the weights become constants of the
+graph) and `max_autotune` benchmarks its own C++ GEMM templates (AVX-512, weight-only int8 and int4 among
+them) against aten's kernel per matrix shape, keeps the faster, and fuses the small ops: bench/generate.py
+measures the gain. The step needs fixed shapes, so it runs over a StaticKVCache (models/kv_cache.py) for
+behemoth's GPT, and over transformers' StaticCache for a Hugging Face causal LM (its `generate` with
+`cache_implementation="static"` calls the compiled forward for each one-token step; the prompt's prefill
+stays eager, so prompts of any length share the step's graph).
+
+Compiling costs seconds to a minute per model on 2 cores (more for big ones), so it is opt-in
+(`behemoth generate --compile`). The weights are read when a model's step is first compiled (they are
+constants of the graph): compile a model whose weights are final, as generation does.
+"""
+
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+# inductor's settings for the step: the weights are frozen into the graph, and
+# every matmul's kernel is chosen by timing the candidates on this machine, quietly (inductor prints its
+# timing tables otherwise, into the text being generated)
+INDUCTOR_OPTIONS = {
+    "freezing": True,
+    "max_autotune": True,
+    "autotune_num_choices_displayed": 0,
+    "max_autotune_report_choices_stats": False,
+}
+
+_compiled: "weakref.WeakKeyDictionary[Any, Callable]" = weakref.WeakKeyDictionary()
+
+
+def compiled_decode(model: Any) -> Callable[[torch.Tensor, Any], torch.Tensor]:
+    """`model.decode(ids, static_cache)` compiled for `model` (a GPT), made once per model and kept while the
+    model lives. The model is an argument of the compiled function, not captured, so the cache does not keep
+    it alive."""
+    step = _compiled.get(model)
+    if step is None:
+        step = _compile(type(model).decode)
+        _compiled[model] = step
+    return lambda ids, cache: step(model, ids, cache)
+
+
+def _compile(function: Callable) -> Callable:
+    """`function` compiled: fullgraph (a graph break would quietly lose the speed), dynamic=None (a second
+    cache size or batch recompiles once with those sizes symbolic, not once per size). The inductor
+    settings are applied around each call, where compiling happens: given as torch.compile's `options`,
+    freezing is not applied (measured: the step then runs at eager speed)."""
+    import torch._inductor.config as inductor_config  # loads inductor: only when compiling is asked for
+
+    compiled = torch.compile(function, fullgraph=True, dynamic=None)
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with inductor_config.patch(INDUCTOR_OPTIONS):
+            return compiled(*args, **kwargs)
+
+    return run
+
+
+@contextmanager
+def compiled_hf_forward(hf: Any) -> Iterator[None]:
+    """Within the block, `hf` (a transformers model) runs its one-token forward passes compiled (made once
+    per model); other calls (the prompt's prefill) stay eager."""
+    step = _compiled.get(hf)
+    if step is None:
+        step = _compile(type(hf).forward)
+        _compiled[hf] = step
+    eager = type(hf).forward
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None or ids.dim() != 2 or ids.size(1) != 1:
+            return eager(hf, *args, **kwargs)
+        _unmark_static(kwargs.get("cache", kwargs.get("past_key_values")))  # transformers 5 names it cache
+        return step(hf, *args, **kwargs)
+
+    hf.forward = forward  # an instance attribute: nn.Module.__call__ finds it before the class's
+    try:
+        yield
+    finally:
+        del hf.forward
+
+
+
+def _unmark_static(cache: Any) -> None:
+    """Make transformers' StaticCache tensors ordinary graph inputs. It marks them as static addresses (for
+    CUDA graphs), and freezing folds static inputs into the graph like weights: the next `generate`, with a
+    new cache, would then read the first one's tensors (measured: stale fill counts, out-of-range writes)."""
+    for layer in getattr(cache, "layers", ()):
+        for value in vars(layer).values():
+            if isinstance(value, torch.Tensor) and hasattr(value, "_dynamo_static_input_type"):
+                del value._dynamo_static_input_type
