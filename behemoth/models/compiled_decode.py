@@ -86,7 +86,6 @@ def compiled_hf_forward(hf: Any) -> Iterator[None]:
         del hf.forward
 
 
-
 def _unmark_static(cache: Any) -> None:
     """Make transformers' StaticCache tensors ordinary graph inputs. It marks them as static addresses (for
     CUDA graphs), and freezing folds static inputs into the graph like weights: the next `generate`, with a
