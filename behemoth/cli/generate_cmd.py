@@ -37,8 +37,9 @@ def generate(
     compile_step: bool = typer.Option(
         False,
         "--compile",
-        help="Decode through a torch.compile'd step (inductor, frozen weights): about 2x the tokens/s of "
-        "an int8 model on a CPU, after a compile of seconds (small models) to minutes (1B); for long texts.",
+        help="Decode through a torch.compile'd step (inductor, frozen weights): 1.7-2.3x the tokens/s of "
+        "an int8 model on a CPU (bench/generate.py), after a compile of seconds (small models) to about a "
+        "minute (1B); pays off on long texts.",
     ),
 ) -> None:
     """Continue a prompt with a trained language model (gpt, rnn) and print the text.
