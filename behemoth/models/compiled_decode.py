@@ -39,11 +39,16 @@ def compiled_decode(model: Any) -> Callable[[torch.Tensor, Any], torch.Tensor]:
     """`model.decode(ids, static_cache)` compiled for `model` (a GPT), made once per model and kept while the
     model lives. The model is an argument of the compiled function, not captured, so the cache does not keep
     it alive."""
-    step = _compiled.get(model)
-    if step is None:
-        step = _compile(type(model).decode)
-        _compiled[model] = step
+    step = _step_for(model, type(model).decode)
     return lambda ids, cache: step(model, ids, cache)
+
+
+def _step_for(owner: Any, function: Callable) -> Callable:
+    """`function` (an unbound method of `owner`'s class) compiled once for `owner`, kept while it lives."""
+    step = _compiled.get(owner)
+    if step is None:
+        step = _compiled[owner] = _compile(function)
+    return step
 
 
 def _compile(function: Callable) -> Callable:
@@ -66,11 +71,7 @@ def _compile(function: Callable) -> Callable:
 def compiled_hf_forward(hf: Any) -> Iterator[None]:
     """Within the block, `hf` (a transformers model) runs its one-token forward passes compiled (made once
     per model); other calls (the prompt's prefill) stay eager."""
-    step = _compiled.get(hf)
-    if step is None:
-        step = _compile(type(hf).forward)
-        _compiled[hf] = step
-    eager = type(hf).forward
+    step, eager = _step_for(hf, type(hf).forward), type(hf).forward
 
     def forward(*args: Any, **kwargs: Any) -> Any:
         ids = kwargs.get("input_ids", args[0] if args else None)
