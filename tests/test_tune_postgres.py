@@ -90,8 +90,17 @@ def worker(runs: Path, url: str, *extra: str) -> subprocess.Popen:
     )
 
 
-def by_worker(study: optuna.Study, pid: int, state: TrialState) -> int:
-    return sum(t.user_attrs.get("worker", "").endswith(f":{pid}") for t in study.get_trials(states=(state,)))
+def by_worker(study: optuna.Study, pid: int, state: TrialState) -> list[optuna.trial.FrozenTrial]:
+    trials = study.get_trials(states=(state,))
+    return [t for t in trials if t.user_attrs.get("worker", "").endswith(f":{pid}")]
+
+
+def training_after_a_finished_trial(study: optuna.Study | None, pid: int) -> bool:
+    """The worker has finished a trial and is inside its next one with every parameter sampled (a trial is
+    RUNNING from before its first suggestion, and a kill before the last one leaves a partial trial)."""
+    if study is None or not (done := by_worker(study, pid, TrialState.COMPLETE)):
+        return False
+    return any(t.params.keys() == done[0].params.keys() for t in by_worker(study, pid, TrialState.RUNNING))
 
 
 def test_two_workers_split_a_study_and_a_killed_workers_trial_is_retried(postgres_url, tmp_path):
@@ -101,9 +110,7 @@ def test_two_workers_split_a_study_and_a_killed_workers_trial_is_retried(postgre
     a, b = worker(tmp_path / "a", postgres_url), worker(tmp_path / "b", postgres_url)
     study = None
     deadline = time.monotonic() + 240
-    while study is None or not (
-        by_worker(study, a.pid, TrialState.COMPLETE) >= 1 and by_worker(study, a.pid, TrialState.RUNNING)
-    ):
+    while not training_after_a_finished_trial(study, a.pid):
         assert a.poll() is None, failure_text("".join(a.communicate()))
         assert time.monotonic() < deadline, "worker A never ran a trial after one had finished"
         time.sleep(0.05)
