@@ -132,7 +132,7 @@ def main() -> None:
         0, str(Path(__file__).resolve().parent)
     )  # the model factory's module, for Ray's workers too
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from bench.results import spread, write_result
+    from bench.results import kept_rows_note, merge_rows, spread, write_result
 
     seeds = [int(seed) for seed in args.seeds.split(",")]
     results: dict[str, dict[int, dict]] = {}
@@ -172,15 +172,17 @@ def main() -> None:
             "opacus_epsilon": eps,
             "opacus_acc": acc,
         }
+    rows = merge_rows("dp_mnist", figures)  # --rows re-runs some rows: the others stay as they were
+    opacus = "the Opacus figures are the mean of 10 runs"
     write_result(
         "dp_mnist",
-        {"rows": figures},
+        {"rows": rows},
         {
             "training_precision": "fp32",
             "evaluation_precision": "fp32 (server, test set)",
             "seeds": seeds,
             "selection": "the Opacus example's settings, not tuned here",
-            "deviations": ["the Opacus figures are the mean of 10 runs"],
+            "deviations": [opacus, *kept_rows_note(rows, list(figures))],
         },
         reduced=None if args.epochs is None else f"{args.epochs} epochs per row (noise re-solved)",
     )

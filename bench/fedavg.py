@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.results import RESULTS, spread, write_result  # noqa: E402
+from bench.results import RESULTS, kept_rows_note, merge_rows, spread, write_result  # noqa: E402
 
 SWEEP_SEED = 100  # fedavg_sweep.py's seed: outside every reported seed set
 SWEEP_FILE = RESULTS / "fedavg_sweep.json"
@@ -187,7 +187,11 @@ def main() -> None:
             f"{row:12} {PARTITIONS[partition]:8} {epochs:2d} {batch or 'inf':>4} {lr:5.2f} {target:6.2%} "
             f"{rounds_text(by_seed.values()):>14} {paper:>14} {best:9.4f} {seconds:8.1f}"
         )
-    write_result("fedavg", {"rows": figures(results, args)}, protocol(args, seeds))
+    # --rows re-runs some rows: the others stay as they were, each saying which run measured it
+    rows = merge_rows("fedavg", figures(results, args))
+    record = protocol(args, seeds)
+    record["deviations"] += kept_rows_note(rows, list(results))
+    write_result("fedavg", {"rows": rows}, record)
 
 
 def figures(results: dict, args: argparse.Namespace) -> dict:

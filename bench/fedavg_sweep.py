@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fedavg import PARTITIONS, ROWS, SWEEP_SEED, row_config, run_row  # noqa: E402
 
-from bench.results import write_result  # noqa: E402
+from bench.results import merge_rows, write_result  # noqa: E402
 
 GRIDS = {  # multiplicative steps around each row's earlier fixed lr
     "cnn-fedavg": [0.03, 0.05, 0.07, 0.1, 0.15],
@@ -63,7 +63,7 @@ def main() -> None:
         )
     write_result(
         "fedavg_sweep",
-        chosen,
+        merge_rows("fedavg_sweep", chosen, under=None),  # rows not swept now keep their earlier choice
         {
             "training_precision": f"clients: CNN {args.precision}, 2NN fp32",
             "evaluation_precision": "server, global model on the test set",

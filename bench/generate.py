@@ -12,10 +12,15 @@ inductor, frozen weights, max-autotune; a static cache); transformers' rows are 
 (eager, dynamic cache). A compiled row's first call compiles: it is the warm-up round, not timed, and is
 reported as first_call_seconds.
 
-tokens/s = new tokens / wall time of the whole generate call (prompt prefill included, the same for every
-row), median over interleaved rounds. The memory-bandwidth bound is the issue's yardstick: every matmul
-weight is read once per token, so tokens/s ~ copy bandwidth / weight bytes per token; the copy bandwidth
-(bytes read + written per second by a large tensor copy) is measured in the same run. Reading alone streams
+Two speeds per row, both medians over interleaved rounds, the way optimum-benchmark splits them: the time to
+the first token (TTFT: a generate call for 1 new token, i.e. the prompt's prefill) and the decode speed,
+(new tokens - 1) / (time of the full call - TTFT), the per-token rate once the prompt is in the cache; the
+end-to-end rate (new tokens / the full call's time) is kept beside them. Ratios and the bound use decode
+speed. The memory-bandwidth bound is the issue's yardstick: every matmul weight is read once per decoded
+token, so tokens/s ~ copy bandwidth / weight bytes per token; the copy bandwidth (bytes read + written per
+second by a large tensor copy) is measured in every round of the same run, between the rows, and its median
+is used (this shared machine's figure moved from 29 to 49 GB/s between sessions: a bound taken once, apart
+from the rows, is not comparable with them). Reading alone streams
 faster than copying, so a row can pass 100% of it. int8 / int4 quantize
 the output head too (compress.head = true): with GPT-2's 50257-word vocabulary the tied head is a third of the
 weights, and left in fp32 it would dominate the bytes an int4 token reads.
@@ -35,7 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from behemoth.compression.weight_only import quantize_weight_only  # noqa: E402
+from behemoth.compression.weight_only import quantize_weight_only, weight_only_layers  # noqa: E402
 from behemoth.models.gpt import GPT, GPTOptions  # noqa: E402
 from behemoth.models.sampling import sample_cached  # noqa: E402
 from bench.results import RESULTS, write_result  # noqa: E402
@@ -197,7 +202,63 @@ def bytes_per_token(name: str, model: torch.nn.Module) -> int:
     return weight_bytes_per_token(model)
 
 
-def measure(label: str, args: argparse.Namespace, bandwidth: float) -> None:
+def matmul_only_seconds(model: torch.nn.Module, repeats: int = 5) -> float | None:
+    """One token's weight-only matmuls and nothing else (each quantized layer's forward on one bf16 row, in
+    the model's order; median of `repeats`): the ceiling torch's aten kernels set on decode, with no
+    attention, norms, sampling or Python around them. None for a model without such layers."""
+    layers = list(weight_only_layers(model).values())
+    if not layers:
+        return None
+    inputs = [torch.randn(1, layer.in_features).to(torch.bfloat16) for layer in layers]
+    times = []
+    for _ in range(repeats + 1):  # the first warms up
+        start = time.perf_counter()
+        for layer, x in zip(layers, inputs, strict=True):
+            layer(x)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
+
+
+def timed_rounds(models: dict, prompt: torch.Tensor, new_tokens: int, rounds: int) -> dict:
+    """Interleaved rounds (round 0 warms up and compiles): per row, each round's time to the first token and
+    full-call time; per round, the copy bandwidth measured between the rows."""
+    ttft: dict[str, list[float]] = {name: [] for name in models}
+    full: dict[str, list[float]] = {name: [] for name in models}
+    first_call: dict[str, float] = {}
+    bandwidths: list[float] = []
+    eager = [name for name in models if not name.endswith(" compiled")]
+    quantized = [name for name in eager if weight_only_layers(models[name])]
+    matmul_only: dict[str, list[float]] = {name: [] for name in quantized}  # compiled twins: the same layers
+    outputs = {}
+    with torch.inference_mode():
+        for round_index in range(rounds + 1):
+            for name, model in models.items():
+                start = time.perf_counter()
+                decode(name, model, prompt, 1)
+                middle = time.perf_counter()
+                outputs[name] = decode(name, model, prompt, new_tokens)
+                end = time.perf_counter()
+                if round_index:
+                    ttft[name].append(middle - start)
+                    full[name].append(end - middle)
+                else:
+                    first_call[name] = end - start
+            if round_index:
+                bandwidths.append(copy_bandwidth())
+                for name, seconds in matmul_only.items():
+                    seconds.append(matmul_only_seconds(models[name]))
+            print(f"round {round_index}/{rounds} done", flush=True)
+    return {
+        "ttft": ttft,
+        "full": full,
+        "first_call": first_call,
+        "bandwidths": bandwidths,
+        "matmul_only": matmul_only,
+        "outputs": outputs,
+    }
+
+
+def measure(label: str, args: argparse.Namespace) -> None:
     """Time every row of one model shape (interleaved rounds, median), print the table, write the result."""
     build, bench = {"gpt2-small": (gpt2_small, "generate"), "llama-1b": (llama_1b, "generate_llama")}[label]
     new_tokens = args.new_tokens if label == "gpt2-small" else args.llama_new_tokens
@@ -205,49 +266,63 @@ def measure(label: str, args: argparse.Namespace, bandwidth: float) -> None:
     torch.manual_seed(0)
     models, shape, vocab = build(args.quick)
     prompt = torch.randint(0, vocab, (1, args.prompt_tokens), generator=torch.Generator().manual_seed(1))
-    times: dict[str, list[float]] = {name: [] for name in models}
-    first_call: dict[str, float] = {}  # round 0: compiling, for the compiled rows
-    outputs = {}
-    with torch.inference_mode():
-        for round_index in range(args.rounds + 1):
-            for name, model in models.items():
-                start = time.perf_counter()
-                outputs[name] = decode(name, model, prompt, new_tokens)
-                if round_index:  # round 0 warms up (and compiles)
-                    times[name].append(time.perf_counter() - start)
-                else:
-                    first_call[name] = time.perf_counter() - start
-            print(f"{label}: round {round_index}/{args.rounds} done", flush=True)
+    timed = timed_rounds(models, prompt, new_tokens, args.rounds)
+    bandwidth = statistics.median(timed["bandwidths"])
+
+    def decode_rate(name: str) -> float:  # per round, then the median
+        pairs = zip(timed["full"][name], timed["ttft"][name], strict=True)
+        return statistics.median((new_tokens - 1) / (full - first) for full, first in pairs)
+
+    outputs = timed["outputs"]
     reference = outputs["behemoth fp32"][0, args.prompt_tokens :]
     rows = {}
-    hf_fp32 = statistics.median(times["transformers fp32"]) if "transformers fp32" in times else None
-    print(f"\n{label}: copy bandwidth {bandwidth / 1e9:.1f} GB/s (read + write), {args.threads} threads")
-    head = ("tok/s", "MB/token", "bound tok/s", "of bound", "vs hf fp32", "same tokens")
-    print(f"{'model':<30}" + "".join(f"{h:>12}" for h in head))
+    hf_fp32 = decode_rate("transformers fp32") if "transformers fp32" in models else None
+    print(
+        f"\n{label}: copy bandwidth {bandwidth / 1e9:.1f} GB/s (read + write; median of rounds, "
+        f"{min(timed['bandwidths']) / 1e9:.1f}-{max(timed['bandwidths']) / 1e9:.1f}), {args.threads} threads"
+    )
+    head = ("decode tok/s", "TTFT ms", "e2e tok/s", "MB/token", "bound tok/s", "of bound", "vs hf fp32")
+    head += ("same",)
+    print(f"{'model':<30}" + "".join(f"{h:>13}" for h in head))
     for name, model in models.items():
-        seconds = statistics.median(times[name])
+        rate = decode_rate(name)
+        full = statistics.median(timed["full"][name])
+        first = statistics.median(timed["ttft"][name])
         per_token = bytes_per_token(name, model)
-        tokens_per_s = new_tokens / seconds
         bound = bandwidth / per_token
         same = float((outputs[name][0, args.prompt_tokens :] == reference).float().mean())
         rows[name] = {
-            "tokens_per_s": tokens_per_s,
-            "seconds": seconds,
+            "decode_tokens_per_s": rate,
+            "time_to_first_token_s": first,
+            "end_to_end_tokens_per_s": new_tokens / full,
+            "seconds": full,
             "weight_bytes_per_token": per_token,
             "bandwidth_bound_tokens_per_s": bound,
-            "fraction_of_bound": tokens_per_s / bound,
-            "vs_transformers_fp32": hf_fp32 / seconds if hf_fp32 else None,
+            "fraction_of_bound": rate / bound,
+            "vs_transformers_fp32": rate / hf_fp32 if hf_fp32 else None,
             "tokens_equal_to_behemoth_fp32": same,
-            "first_call_seconds": first_call[name],
+            "first_call_seconds": timed["first_call"][name],
         }
-        ratio = f"{hf_fp32 / seconds:.2f}x" if hf_fp32 else "-"
+        twin = name.removesuffix(" compiled")  # a compiled row runs its eager twin's modules
+        if twin in timed["matmul_only"]:  # the aten kernels alone: the most this row's weights allow
+            ceiling = 1 / statistics.median(timed["matmul_only"][twin])
+            rows[name]["matmul_only_tokens_per_s"] = ceiling
+            rows[name]["matmul_only_fraction_of_bound"] = ceiling / bound
         cells = (
-            f"{tokens_per_s:.1f}",
+            f"{rate:.1f}",
+            f"{first * 1e3:.0f}",
+            f"{new_tokens / full:.1f}",
             f"{per_token / 1e6:.1f}",
             f"{bound:.1f}",
-            f"{tokens_per_s / bound:.0%}",
+            f"{rate / bound:.0%}",
+            f"{rate / hf_fp32:.2f}x" if hf_fp32 else "-",
+            f"{same:.0%}",
         )
-        print(f"{name:<30}" + "".join(f"{c:>12}" for c in (*cells, ratio, f"{same:.0%}")))
+        print(f"{name:<30}" + "".join(f"{c:>13}" for c in cells))
+        if "matmul_only_tokens_per_s" in rows[name]:
+            ceiling = rows[name]["matmul_only_tokens_per_s"]
+            alone = f"{'  its matmuls alone (aten)':<30}{ceiling:>13.1f}"
+            print(alone + " " * 52 + f"{ceiling / bound:>13.0%}")
     del models
     figures = {
         "model": label,
@@ -257,6 +332,7 @@ def measure(label: str, args: argparse.Namespace, bandwidth: float) -> None:
         "new_tokens": new_tokens,
         "rounds": args.rounds,
         "copy_bandwidth_bytes_per_s": bandwidth,
+        "copy_bandwidth_per_round": timed["bandwidths"],
         "rows": rows,
     }
     deviations = [f"{args.threads} thread(s); median of {args.rounds} rounds"]
@@ -269,6 +345,8 @@ def measure(label: str, args: argparse.Namespace, bandwidth: float) -> None:
         "training_precision": "none (random weights: speed only)",
         "evaluation_precision": "each row's own (fp32, bf16, int8 or int4 weights; bf16 compute for low-bit)",
         "selection": "no settings chosen: greedy decoding, the same weights and prompt for every row",
+        "speeds": "decode = (new tokens - 1) / (full call - time to first token), per round, median; "
+        "time to first token = a 1-token call (prefill); end to end = new tokens / full call",
         "seeds": [0],
         "deviations": deviations,
     }
@@ -290,9 +368,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS), help="folder for generate.json / generate_llama.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    bandwidth = copy_bandwidth()
     for label in ("gpt2-small", "llama-1b") if args.model == "both" else (args.model,):
-        measure(label, args, bandwidth)
+        measure(label, args)
     print("reproduce: nice -n 10 .venv/bin/python bench/generate.py " + " ".join(sys.argv[1:]))
 
 

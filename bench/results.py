@@ -87,3 +87,45 @@ def write_result(
 
 def read_result(bench: str, results_dir: Path = RESULTS) -> dict[str, Any]:
     return json.loads((results_dir / f"{bench}.json").read_text())
+
+
+def is_carried_over(result: dict[str, Any], row: dict[str, Any] | None = None) -> bool:
+    """Whether a result (or one row of it, which may carry its own provenance) is an old, carried-over
+    figure rather than a measurement under the current protocol."""
+    provenance = (row or {}).get("provenance", result["provenance"])
+    return provenance.startswith(CARRIED_OVER.split(" (")[0])
+
+
+def merge_rows(
+    bench: str, rows: dict[str, Any], *, under: str | None = "rows", results_dir: Path = RESULTS
+) -> dict[str, Any]:
+    """`rows` (re-measured now) over the other rows of the bench's existing file, in the file's order, so a
+    bench whose rows take hours each can be re-run a few rows at a time without losing the rest. Kept rows
+    keep their own provenance and say which run measured them; `under` names the figures' key holding the
+    rows (None: the figures are the rows)."""
+    path = results_dir / f"{bench}.json"
+    if not path.is_file():
+        return rows
+    old = json.loads(path.read_text())
+    earlier = old["figures"] if under is None else old["figures"].get(under, {})
+    merged = {}
+    for key, row in earlier.items():
+        if key in rows:
+            merged[key] = rows[key]
+            continue
+        merged[key] = row | {
+            "provenance": row.get("provenance", old["provenance"]),
+            "measured_by": row.get("measured_by", {k: old.get(k) for k in ("command", "date", "git_commit")}),
+        }
+    return merged | {key: row for key, row in rows.items() if key not in merged}
+
+
+def kept_rows_note(rows: dict[str, Any], fresh: Sequence[str]) -> list[str]:
+    """The deviation a merged file states: which rows this run did not measure, and which of them are
+    from before the #19 protocol (marked † in the tables). Empty when every row is fresh."""
+    kept = [key for key in rows if key not in fresh]
+    if not kept:
+        return []
+    old = [key for key in kept if is_carried_over({"provenance": MEASURED}, rows[key])]
+    note = f"rows not re-run here ({', '.join(kept)}) are kept from earlier runs"
+    return [note + (f"; {', '.join(old)}: the old protocol (marked †)" if old else "")]

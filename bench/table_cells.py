@@ -3,7 +3,16 @@ file's JSON), plus the number formats they share. bench/tables.py arranges the c
 
 from typing import Any
 
+from bench.results import is_carried_over
+
 Result = dict[str, Any]
+DAGGER = "†"  # a figure carried over from before the #19 protocol
+
+
+def row_mark(r: Result, row: dict[str, Any]) -> str:
+    """The dagger of a row kept from an earlier file when other rows were re-measured (bench/results.py's
+    merge_rows); a wholly carried-over file is marked once, by the table, not per row."""
+    return DAGGER if "provenance" in row and is_carried_over(r, row) else ""
 
 
 def num(figure: Any, fmt: str = ".1f", unit: str = "") -> str:
@@ -78,24 +87,25 @@ def quant_latency(r: Result) -> str:
 
 
 def generate(r: Result) -> str:
-    rows = r["figures"]["rows"]
+    f = r["figures"]
+    rows = f["rows"]
 
     def cell(name: str) -> str:
         row = rows[name]
         ratio, bound = row["vs_transformers_fp32"], row["fraction_of_bound"]
-        return f"{row['tokens_per_s']:.1f} tok/s ({ratio:.2f}x, {bound:.0%})"
+        return f"{row['decode_tokens_per_s']:.1f} tok/s ({ratio:.2f}x, {bound:.0%})"
 
-    if "behemoth int8 compiled" not in rows:  # written before the compiled rows existed
-        return (
-            f"int8 **{cell('behemoth int8')}**, int4 g128 **{cell('behemoth int4 g128')}**; "
-            f"transformers fp32 {rows['transformers fp32']['tokens_per_s']:.1f} tok/s "
-            "(x: vs transformers fp32; %: of the copy-bandwidth bound)"
-        )
+    compiled = ("behemoth int8 compiled", "behemoth int4 g128 compiled")
+    trio = (*compiled, "transformers fp32")
+    firsts = " / ".join(f"{rows[name]['time_to_first_token_s'] * 1e3:.0f}" for name in trio)
+    ends = " / ".join(f"{rows[name]['end_to_end_tokens_per_s']:.1f}" for name in trio)
     return (
-        f"compiled (`--compile`): int8 **{cell('behemoth int8 compiled')}**, int4 g128 "
-        f"**{cell('behemoth int4 g128 compiled')}**; eager: int8 {cell('behemoth int8')}, int4 g128 "
-        f"{cell('behemoth int4 g128')}; transformers fp32 {rows['transformers fp32']['tokens_per_s']:.1f} "
-        "tok/s (x: vs transformers fp32; %: of the copy-bandwidth bound)"
+        f"decode, compiled (`--compile`): int8 **{cell(compiled[0])}**, int4 g128 **{cell(compiled[1])}**; "
+        f"eager: int8 {cell('behemoth int8')}, int4 g128 {cell('behemoth int4 g128')}; transformers fp32 "
+        f"{rows['transformers fp32']['decode_tokens_per_s']:.1f} tok/s (x: vs transformers fp32; %: of the "
+        f"copy-bandwidth bound at {f['copy_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s). Compiled int8 / int4 / "
+        f"transformers fp32: time to first token {firsts} ms, end to end {ends} tok/s; int4's aten matmuls "
+        f"alone reach {rows['behemoth int4 g128']['matmul_only_fraction_of_bound']:.0%} of the bound"
     )
 
 
@@ -204,7 +214,7 @@ def fedavg(r: Result) -> str:
     rows = r["figures"]["rows"]
 
     def pair(key: str) -> str:
-        return f"{fedavg_cell(rows[key])} vs {rows[key]['paper']}"
+        return f"{row_mark(r, rows[key])}{fedavg_cell(rows[key])} vs {rows[key]['paper']}"
 
     return (
         f"FedAvg CNN IID {pair('cnn-fedavg:iid')}; non-IID {pair('cnn-fedavg:shards')}; "

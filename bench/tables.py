@@ -21,7 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from behemoth.files import atomic_write_text  # noqa: E402
+from bench.results import is_carried_over  # noqa: E402
 from bench.table_cells import (  # noqa: E402
+    DAGGER,
     Result,
     augment,
     deep_compression,
@@ -38,6 +40,7 @@ from bench.table_cells import (  # noqa: E402
     memory_finetune,
     percent,
     quant_latency,
+    row_mark,
     scaling,
     shards,
     time_to_accuracy,
@@ -45,8 +48,7 @@ from bench.table_cells import (  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 README = ROOT / "README.md"
-CARRIED = "carried over"  # the start of results.CARRIED_OVER
-DAGGER, DOUBLE = "†", "‡"
+DOUBLE = "‡"
 
 
 MAIN: list[tuple[str, str, str, Callable[[Result], str], str]] = [
@@ -169,8 +171,10 @@ def load(name: str, results: Path) -> Result:
     return json.loads((results / f"{name}.json").read_text())
 
 
-def marks(r: Result) -> str:
-    return (DAGGER if r["provenance"].startswith(CARRIED) else "") + (DOUBLE if r.get("reduced") else "")
+def marks(r: Result, row: dict | None = None) -> str:
+    """The result's (or one of its rows') dagger and double dagger."""
+    carried = DAGGER if is_carried_over(r) else row_mark(r, row or {})
+    return carried + (DOUBLE if r.get("reduced") else "")
 
 
 def notes(r: Result) -> str:
@@ -182,9 +186,15 @@ def notes(r: Result) -> str:
     return "; ".join(notes)
 
 
+def rows(r: Result) -> list[dict]:
+    """A result's table rows, where its figures have them."""
+    table = r["figures"].get("rows", {})
+    return [row for row in table.values() if isinstance(row, dict)] if isinstance(table, dict) else []
+
+
 def footnotes(results: list[Result]) -> list[str]:
     lines = []
-    if any(r["provenance"].startswith(CARRIED) for r in results):
+    if any(is_carried_over(r) or any(row_mark(r, row) for row in rows(r)) for r in results):
         lines.append(
             f"{DAGGER} carried over from the earlier README: not re-measured under the #19 protocol."
         )
@@ -224,11 +234,9 @@ def fedavg_table(results: Path) -> str:
         fig = r["figures"]["rows"][key]
         rounds, seeds = fig["rounds"], ", ".join(str(s) for s in fig["seeds"])
         each = f": {', '.join(str(v) for v in fig['per_seed'])}" if len(fig.get("per_seed", [])) > 1 else ""
+        cell = fedavg_cell(fig) if rounds is None else f"**{fedavg_cell(fig)}**"  # bold: reached the target
         lines.append(
-            f"| {row} | {partition} | {epochs} | {batch} | {fig['lr']:g} | {marks(r)}**{fedavg_cell(fig)}** "
-            f"| {seeds}{each} | {fig['paper']} | {fig.get('note', '')} |"
-            if rounds is not None
-            else f"| {row} | {partition} | {epochs} | {batch} | {fig['lr']:g} | {marks(r)}{fedavg_cell(fig)} "
+            f"| {row} | {partition} | {epochs} | {batch} | {fig['lr']:g} | {marks(r, fig)}{cell} "
             f"| {seeds}{each} | {fig['paper']} | {fig.get('note', '')} |"
         )
     return "\n".join(lines + [""] + footnotes([r]))
@@ -242,7 +250,7 @@ def dp_table(results: Path) -> str:
     ]
     for name, row in r["figures"]["rows"].items():
         lines.append(
-            f"| {name} ({row['epochs']} epochs, σ {row['sigma']:g}) | {marks(r)}{row['epsilon']:.2f}, "
+            f"| {name} ({row['epochs']} epochs, σ {row['sigma']:g}) | {marks(r, row)}{row['epsilon']:.2f}, "
             f"**{percent(row['acc'], '.2f')}%** | {', '.join(str(s) for s in row['seeds'])} | "
             f"{row['opacus_epsilon']:.2f}, {100 * row['opacus_acc']:.2f}% |"
         )

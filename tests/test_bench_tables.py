@@ -56,3 +56,40 @@ def test_a_changed_figure_changes_the_table_and_carried_rows_are_marked(tmp_path
 def test_a_readme_without_markers_is_refused():
     with pytest.raises(SystemExit, match="bench-table:main"):
         tables.with_tables("no tables here\n", {"main": "| a |"})
+
+
+def test_rerunning_some_rows_keeps_the_others_each_marked_as_it_was(tmp_path):
+    """A bench whose rows take hours (fedavg.py --rows) re-measures a few: the file keeps the rest, in order,
+    each saying which run measured it, and only those keep their dagger."""
+    from bench.results import merge_rows, read_result
+
+    results = tmp_path / "results"
+    shutil.copytree(REPO / "bench" / "results", results)
+    old = read_result("fedavg", results)
+    fresh = {
+        "2nn-fedavg:iid": {
+            "lr": 0.05,
+            "rounds": {"median": 40, "min": 35, "max": 52, "values": [40, 35, 52]},
+            "seeds": [0, 1, 2],
+            "per_seed": [40, 35, 52],
+            "paper": 87,
+            "note": "",
+        }
+    }
+    rows = merge_rows("fedavg", fresh, results_dir=results)
+    assert list(rows) == list(old["figures"]["rows"]) and rows["2nn-fedavg:iid"] == fresh["2nn-fedavg:iid"]
+    kept = rows["cnn-fedavg:iid"]
+    assert kept["provenance"] == old["provenance"] and kept["measured_by"]["command"] == old["command"]
+    assert kept["rounds"] == old["figures"]["rows"]["cnn-fedavg:iid"]["rounds"]
+    merged = old | {"provenance": "measured", "figures": {"rows": rows}}
+    (results / "fedavg.json").write_text(json.dumps(merged))
+
+    table = tables.fedavg_table(results).splitlines()
+    fresh_line = next(line for line in table if line.startswith("| 2NN FedAvg | IID"))
+    assert "**40 (35-52)**" in fresh_line and tables.DAGGER not in fresh_line
+    others = [line for line in table if line.startswith(("| CNN", "| 2NN")) and line != fresh_line]
+    assert len(others) == 5 and all(tables.DAGGER in line for line in others)
+    assert sum("not re-measured under the #19 protocol" in line for line in table) == 1
+    main = next(line for line in tables.main_table(results).splitlines() if line.startswith("| `fedavg.py`"))
+    assert "2NN 40 (35-52) vs 87" in main and f"{tables.DAGGER}20.5 (18-26) vs 20" in main
+    assert f"{tables.DAGGER}40" not in main
