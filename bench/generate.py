@@ -10,7 +10,9 @@ own `generate` on the same weights (fp32, bf16), random weights (speed does not 
 Rows named "compiled" decode through behemoth's compiled step (models/compiled_decode.py: torch.compile with
 inductor, frozen weights, max-autotune; a static cache); transformers' rows are its `generate` as it ships
 (eager, dynamic cache). A compiled row's first call compiles: it is the warm-up round, not timed, and is
-reported as first_call_seconds.
+reported as first_call_seconds. int4 rows run behemoth's int4 kernel (compression/int4_gemv.c) where the CPU
+has AVX-512 BF16 (the result says which ran); the rows "int4 g128, torch's kernel" are the same codes on
+torch's `_weight_int4pack_mm_for_cpu`, for comparison in the same run.
 
 Two speeds per row, both medians over interleaved rounds, the way optimum-benchmark splits them: the time to
 the first token (TTFT: a generate call for 1 new token, i.e. the prompt's prefill) and the decode speed,
@@ -40,10 +42,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from behemoth.compression import int4_kernel  # noqa: E402
 from behemoth.compression.weight_only import quantize_weight_only, weight_only_layers  # noqa: E402
 from behemoth.models.gpt import GPT, GPTOptions  # noqa: E402
 from behemoth.models.sampling import sample_cached  # noqa: E402
 from bench.results import RESULTS, write_result  # noqa: E402
+
+TORCH_INT4 = "behemoth int4 g128, torch's kernel"  # the same codes on _weight_int4pack_mm_for_cpu
 
 
 def copy_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
@@ -139,13 +144,16 @@ def llama_1b(quick: bool) -> tuple[dict[str, torch.nn.Module], dict, int]:
         "behemoth int4 g128": quantize_weight_only(ours, 4, 128, head=True),
         "behemoth bf16": ours,
     }
+    with int4_kernel.torch_kernel_only():
+        models[TORCH_INT4] = quantize_weight_only(ours, 4, 128, head=True)
     fp32 = copy.deepcopy(bf16).float().eval()
     # behemoth's HF path and transformers' generate share one module per dtype (the same weights, no copy)
     models |= {"behemoth fp32": HFCausalLM(fp32, vocab).eval()}
     models |= {"transformers fp32": fp32, "transformers bf16": bf16}
-    models |= {f"{name} compiled": models[name] for name in ("behemoth int8", "behemoth int4 g128")}
-    order = ["behemoth fp32", "behemoth bf16", "behemoth int8", "behemoth int4 g128"]
-    order += ["behemoth int8 compiled", "behemoth int4 g128 compiled"]
+    compiled = ("behemoth int8", "behemoth int4 g128", TORCH_INT4)
+    models |= {f"{name} compiled": models[name] for name in compiled}
+    order = ["behemoth fp32", "behemoth bf16", "behemoth int8", "behemoth int4 g128", TORCH_INT4]
+    order += [f"{name} compiled" for name in compiled]
     return {name: models[name] for name in [*order, "transformers fp32", "transformers bf16"]}, shape, vocab
 
 
@@ -163,8 +171,11 @@ def gpt2_small(quick: bool) -> tuple[dict[str, torch.nn.Module], dict, int]:
         "behemoth int8": quantize_weight_only(fp32, 8, head=True),
         "behemoth int4 g128": quantize_weight_only(fp32, 4, 128, head=True),
     }
+    with int4_kernel.torch_kernel_only():
+        models[TORCH_INT4] = quantize_weight_only(fp32, 4, 128, head=True)
     models["behemoth bf16"].load_state_dict(fp32.state_dict())
-    compiled = ("behemoth fp32", "behemoth int8", "behemoth int4 g128")  # the same modules, compiled
+    # the compiled rows are the same modules, compiled
+    compiled = ("behemoth fp32", "behemoth int8", "behemoth int4 g128", TORCH_INT4)
     models |= {f"{name} compiled": models[name] for name in compiled}
     try:
         models["transformers fp32"] = hf_twin(fp32, opts, vocab)
@@ -204,7 +215,7 @@ def bytes_per_token(name: str, model: torch.nn.Module) -> int:
 
 def matmul_only_seconds(model: torch.nn.Module, repeats: int = 5) -> float | None:
     """One token's weight-only matmuls and nothing else (each quantized layer's forward on one bf16 row, in
-    the model's order; median of `repeats`): the ceiling torch's aten kernels set on decode, with no
+    the model's order; median of `repeats`): the ceiling the layers' kernels set on decode, with no
     attention, norms, sampling or Python around them. None for a model without such layers."""
     layers = list(weight_only_layers(model).values())
     if not layers:
@@ -283,7 +294,7 @@ def measure(label: str, args: argparse.Namespace) -> None:
     )
     head = ("decode tok/s", "TTFT ms", "e2e tok/s", "MB/token", "bound tok/s", "of bound", "vs hf fp32")
     head += ("same",)
-    print(f"{'model':<30}" + "".join(f"{h:>13}" for h in head))
+    print(f"{'model':<44}" + "".join(f"{h:>13}" for h in head))
     for name, model in models.items():
         rate = decode_rate(name)
         full = statistics.median(timed["full"][name])
@@ -304,7 +315,7 @@ def measure(label: str, args: argparse.Namespace) -> None:
             "first_call_seconds": timed["first_call"][name],
         }
         twin = name.removesuffix(" compiled")  # a compiled row runs its eager twin's modules
-        if twin in timed["matmul_only"]:  # the aten kernels alone: the most this row's weights allow
+        if twin in timed["matmul_only"]:  # the kernels alone: the most this row's weights allow
             ceiling = 1 / statistics.median(timed["matmul_only"][twin])
             rows[name]["matmul_only_tokens_per_s"] = ceiling
             rows[name]["matmul_only_fraction_of_bound"] = ceiling / bound
@@ -318,10 +329,10 @@ def measure(label: str, args: argparse.Namespace) -> None:
             f"{rate / hf_fp32:.2f}x" if hf_fp32 else "-",
             f"{same:.0%}",
         )
-        print(f"{name:<30}" + "".join(f"{c:>13}" for c in cells))
+        print(f"{name:<44}" + "".join(f"{c:>13}" for c in cells))
         if "matmul_only_tokens_per_s" in rows[name]:
             ceiling = rows[name]["matmul_only_tokens_per_s"]
-            alone = f"{'  its matmuls alone (aten)':<30}{ceiling:>13.1f}"
+            alone = f"{'  its matmuls alone':<44}{ceiling:>13.1f}"
             print(alone + " " * 52 + f"{ceiling / bound:>13.0%}")
     del models
     figures = {
@@ -333,6 +344,7 @@ def measure(label: str, args: argparse.Namespace) -> None:
         "rounds": args.rounds,
         "copy_bandwidth_bytes_per_s": bandwidth,
         "copy_bandwidth_per_round": timed["bandwidths"],
+        "int4_kernel": "behemoth (compression/int4_gemv.c)" if int4_kernel.library() else "torch's",
         "rows": rows,
     }
     deviations = [f"{args.threads} thread(s); median of {args.rounds} rounds"]

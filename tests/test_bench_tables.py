@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 
+from bench.results import CARRIED_OVER
 from tests.conftest import REPO
 
 
@@ -60,12 +61,15 @@ def test_a_readme_without_markers_is_refused():
 
 def test_rerunning_some_rows_keeps_the_others_each_marked_as_it_was(tmp_path):
     """A bench whose rows take hours (fedavg.py --rows) re-measures a few: the file keeps the rest, in order,
-    each saying which run measured it, and only those keep their dagger."""
-    from bench.results import merge_rows, read_result
+    each saying which run measured it, and only the old-protocol ones keep their dagger."""
+    from bench.results import is_carried_over, merge_rows, read_result
 
     results = tmp_path / "results"
     shutil.copytree(REPO / "bench" / "results", results)
     old = read_result("fedavg", results)
+    old["figures"]["rows"]["2nn-fedavg:shards"].pop("provenance", None)  # measured by the file's own run
+    old["figures"]["rows"]["cnn-fedavg:iid"]["provenance"] = CARRIED_OVER  # an old-protocol row
+    (results / "fedavg.json").write_text(json.dumps(old))
     fresh = {
         "2nn-fedavg:iid": {
             "lr": 0.05,
@@ -78,18 +82,23 @@ def test_rerunning_some_rows_keeps_the_others_each_marked_as_it_was(tmp_path):
     }
     rows = merge_rows("fedavg", fresh, results_dir=results)
     assert list(rows) == list(old["figures"]["rows"]) and rows["2nn-fedavg:iid"] == fresh["2nn-fedavg:iid"]
-    kept = rows["cnn-fedavg:iid"]
-    assert kept["provenance"] == old["provenance"] and kept["measured_by"]["command"] == old["command"]
-    assert kept["rounds"] == old["figures"]["rows"]["cnn-fedavg:iid"]["rounds"]
+    for key, row in rows.items():
+        if key != "2nn-fedavg:iid":
+            before = old["figures"]["rows"][key]
+            assert row["provenance"] == before.get("provenance", old["provenance"])
+            assert row["rounds"] == before["rounds"] and "command" in row["measured_by"]
+    assert rows["2nn-fedavg:shards"]["measured_by"]["command"] == old["command"]
     merged = old | {"provenance": "measured", "figures": {"rows": rows}}
     (results / "fedavg.json").write_text(json.dumps(merged))
 
     table = tables.fedavg_table(results).splitlines()
-    fresh_line = next(line for line in table if line.startswith("| 2NN FedAvg | IID"))
-    assert "**40 (35-52)**" in fresh_line and tables.DAGGER not in fresh_line
-    others = [line for line in table if line.startswith(("| CNN", "| 2NN")) and line != fresh_line]
-    assert len(others) == 5 and all(tables.DAGGER in line for line in others)
+    for key, (name, partition, *_) in tables.FED_ROWS.items():
+        line = next(line for line in table if line.startswith(f"| {name} | {partition} |"))
+        assert (tables.DAGGER in line) == is_carried_over(merged, rows[key]), line
+    assert is_carried_over(merged, rows["cnn-fedavg:iid"])
+    assert not is_carried_over(merged, rows["2nn-fedavg:iid"])
     assert sum("not re-measured under the #19 protocol" in line for line in table) == 1
     main = next(line for line in tables.main_table(results).splitlines() if line.startswith("| `fedavg.py`"))
-    assert "2NN 40 (35-52) vs 87" in main and f"{tables.DAGGER}20.5 (18-26) vs 20" in main
+    cnn = rows["cnn-fedavg:iid"]
+    assert "2NN 40 (35-52) vs 87" in main and f"{tables.DAGGER}{tables.fedavg_cell(cnn)} vs 20" in main
     assert f"{tables.DAGGER}40" not in main

@@ -43,17 +43,20 @@ def quantized_linear(kind: str, group: int | None, linear: torch.nn.Linear) -> t
 
 
 @pytest.mark.parametrize("kind,group", LAYER_CASES)
-def test_an_fp32_input_gets_the_bf16_product_plus_the_fp32_bias_exactly(kind, group):
+def test_the_bias_is_added_to_the_kernels_product_exactly(kind, group):
     torch.manual_seed(0)
     linear = torch.nn.Linear(128, 45)
     layer = quantized_linear(kind, group, linear)
     x = torch.randn(2, 3, 128)
-    # the module adds its bias with one mixed-dtype add: the numbers of casting the product first
+    # the module adds its bias with one mixed-dtype add: the numbers of casting the product first. The
+    # product is the kernel's own: bf16 from torch's kernels, fp32 from behemoth's int4 kernel
     layer.bias = None
-    product = layer(x.bfloat16())  # (2, 3, 45) bf16: the kernel's own rounding
+    product, product_bf16 = layer(x), layer(x.bfloat16())
+    assert product.dtype == torch.float32 and product_bf16.dtype == torch.bfloat16
+    assert torch.equal(product_bf16, product.bfloat16())
     layer.bias = linear.bias.detach().float().clone()
-    assert torch.equal(layer(x), product.float() + linear.bias.detach())
-    assert torch.equal(layer(x.bfloat16()), product + linear.bias.detach().bfloat16())
+    assert torch.equal(layer(x), product + linear.bias.detach())
+    assert torch.equal(layer(x.bfloat16()), product_bf16 + linear.bias.detach().bfloat16())
 
 
 @pytest.mark.parametrize("kind,group", LAYER_CASES)

@@ -37,7 +37,7 @@ def generate(
     compile_step: bool = typer.Option(
         False,
         "--compile",
-        help="Decode through a torch.compile'd step (inductor, frozen weights): 1.7-2.3x the tokens/s of "
+        help="Decode through a torch.compile'd step (inductor, frozen weights): 1.7-2.5x the tokens/s of "
         "an int8 model on a CPU (bench/generate.py), after a compile of seconds (small models) to about a "
         "minute (1B); pays off on long texts.",
     ),

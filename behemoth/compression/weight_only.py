@@ -20,6 +20,7 @@ import copy
 import torch
 from torch import nn
 
+from behemoth.compression import int4_kernel
 from behemoth.errors import BehemothError
 
 GROUP_SIZES = (32, 64, 128)
@@ -42,7 +43,8 @@ def _matmul_input(x: torch.Tensor, in_features: int) -> torch.Tensor:
 
 
 def _matmul_output(y: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """The kernel's (M, N) bf16 product as (..., N) in x's dtype, plus the bias. A decoded token runs ~50 of
+    """The kernel's (M, N) product (bf16 from torch's kernels, fp32 from behemoth's int4 kernel) as (..., N)
+    in x's dtype, plus the bias. A decoded token runs ~50 of
     these small products, each a handful of ops whose dispatch costs more than the arithmetic, so an fp32
     model's bias is added by one mixed-dtype add (bf16 + fp32 computes in fp32: the same numbers as
     converting first) instead of a conversion and an add."""
@@ -111,17 +113,23 @@ class Int4WeightOnlyLinear(nn.Module):
         self.out_features, self.in_features = codes.shape
         check_int4_shape("layer", self.out_features, self.in_features, group)
         self.group = group
-        # the kernel takes rows in multiples of 16 (GPT-2's 50257-word head is not): zero rows pad it, and
-        # forward drops their outputs
-        extra = -self.out_features % 16
-        codes = torch.cat(
-            [codes.to(torch.int32), codes.new_full((extra, self.in_features), 8).to(torch.int32)]
-        )
-        sz = scales_and_zeros.to(torch.bfloat16)
-        sz = torch.cat([sz, sz.new_zeros(sz.size(0), extra, 2)], dim=1)  # (K / group, N + extra, 2)
-        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.contiguous(), 1)
-        self.register_buffer("weight_int4", packed)  # (N + extra, K / 2) uint8, the kernel's layout
-        self.register_buffer("scales_and_zeros", sz.contiguous())
+        # behemoth's kernel where it runs here (AVX-512 BF16, K a multiple of 128), else torch's
+        self.kernel = "behemoth" if int4_kernel.fits(*codes.shape, group) else "aten"
+        sz = scales_and_zeros.to(torch.bfloat16)  # (K / group, N, 2)
+        if self.kernel == "behemoth":
+            self.register_buffer("weight_int4", int4_kernel.pack(codes))  # (N, K / 2) uint8
+            self.register_buffer("scales_and_zeros", sz.transpose(0, 1).contiguous())  # (N, K / group, 2)
+        else:
+            # torch's kernel takes rows in multiples of 16 (GPT-2's 50257-word head is not): zero rows pad
+            # it, and forward drops their outputs
+            extra = -self.out_features % 16
+            codes = torch.cat(
+                [codes.to(torch.int32), codes.new_full((extra, self.in_features), 8).to(torch.int32)]
+            )
+            sz = torch.cat([sz, sz.new_zeros(sz.size(0), extra, 2)], dim=1)  # (K / group, N + extra, 2)
+            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.contiguous(), 1)
+            self.register_buffer("weight_int4", packed)  # (N + extra, K / 2) uint8, the kernel's layout
+            self.register_buffer("scales_and_zeros", sz.contiguous())
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
 
     @classmethod
@@ -139,6 +147,8 @@ class Int4WeightOnlyLinear(nn.Module):
 
     def codes(self) -> torch.Tensor:
         """The (N, K) 4-bit codes, uint8 in [0, 15], read back out of the kernel's packed layout."""
+        if self.kernel == "behemoth":
+            return int4_kernel.unpack(self.weight_int4)
         packed = self.weight_int4.flatten()
         rows = self.weight_int4.size(0)  # with the padding rows
         nibbles = torch.stack([packed & 15, packed >> 4], dim=1).flatten()
@@ -148,6 +158,8 @@ class Int4WeightOnlyLinear(nn.Module):
 
     def stored_scales_and_zeros(self) -> torch.Tensor:
         """(K / group, N, 2) bf16, without the padding rows."""
+        if self.kernel == "behemoth":
+            return self.scales_and_zeros.transpose(0, 1)
         return self.scales_and_zeros[:, : self.out_features]
 
     def dequantized(self) -> torch.Tensor:
@@ -158,6 +170,11 @@ class Int4WeightOnlyLinear(nn.Module):
         return ((q - 8) * sz[..., :1] + sz[..., 1:]).view(N, K)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., K) -> (..., N)
+        if self.kernel == "behemoth":
+            y = int4_kernel.matmul(
+                _matmul_input(x, self.in_features), self.weight_int4, self.scales_and_zeros, self.group
+            )
+            return _matmul_output(y, x, self.bias)
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(
             _matmul_input(x, self.in_features), self.weight_int4, self.group, self.scales_and_zeros
         )
@@ -166,7 +183,10 @@ class Int4WeightOnlyLinear(nn.Module):
         return _matmul_output(y, x, self.bias)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int4 group={self.group}"
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, int4 group={self.group}, "
+            f"kernel={self.kernel}"
+        )
 
 
 WEIGHT_ONLY_TYPES = (Int8WeightOnlyLinear, Int4WeightOnlyLinear)
