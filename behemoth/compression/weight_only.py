@@ -44,10 +44,10 @@ def _matmul_input(x: torch.Tensor, in_features: int) -> torch.Tensor:
 
 def _matmul_output(y: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """The kernel's (M, N) product (bf16 from torch's kernels, fp32 from behemoth's int4 kernel) as (..., N)
-    in x's dtype, plus the bias. A decoded token runs ~50 of
-    these small products, each a handful of ops whose dispatch costs more than the arithmetic, so an fp32
-    model's bias is added by one mixed-dtype add (bf16 + fp32 computes in fp32: the same numbers as
-    converting first) instead of a conversion and an add."""
+    in x's dtype, plus the bias. A decoded token runs ~50 of these small products, each a handful of ops
+    whose dispatch costs more than the arithmetic, so an fp32 model's bias is added by one mixed-dtype add
+    (bf16 + fp32 computes in fp32: the same numbers as converting first) instead of a conversion and an
+    add."""
     y = y.view(*x.shape[:-1], y.size(-1))
     if bias is None:
         return y.to(x.dtype)
