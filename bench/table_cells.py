@@ -243,7 +243,7 @@ def percent(figure: Any, fmt: str = ".1f") -> str:
 
 def dp_mnist(r: Result) -> str:
     rows = r["figures"]["rows"]
-    ours = " / ".join(f"{100 * median(row['acc']):.1f}%" for row in rows.values())
+    ours = " / ".join(f"{row_mark(r, row)}{100 * median(row['acc']):.1f}%" for row in rows.values())
     theirs = " / ".join(f"{100 * row['opacus_acc']:.1f}" for row in rows.values())
     return f"{ours} (Opacus: {theirs})"
 
