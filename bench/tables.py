@@ -204,6 +204,12 @@ def footnotes(results: list[Result]) -> list[str]:
     return lines
 
 
+def with_footnotes(lines: list[str], results: list[Result]) -> str:
+    """The table's lines, then its footnotes after a blank line (none when nothing needs one)."""
+    notes = footnotes(results)
+    return "\n".join(lines + ([""] + notes if notes else []))
+
+
 def main_table(results: Path) -> str:
     lines = ["| script | what | measured | target | protocol notes |", "|---|---|---|---|---|"]
     used = []
@@ -211,7 +217,7 @@ def main_table(results: Path) -> str:
         r = load(name, results)
         used.append(r)
         lines.append(f"| {script} | {what} | {marks(r)}{render(r)} | {target} | {notes(r)} |")
-    return "\n".join(lines + [""] + footnotes(used))
+    return with_footnotes(lines, used)
 
 
 FED_ROWS = {  # result key: (row, partition, E, B)
@@ -239,7 +245,7 @@ def fedavg_table(results: Path) -> str:
             f"| {row} | {partition} | {epochs} | {batch} | {fig['lr']:g} | {marks(r, fig)}{cell} "
             f"| {seeds}{each} | {fig['paper']} | {fig.get('note', '')} |"
         )
-    return "\n".join(lines + [""] + footnotes([r]))
+    return with_footnotes(lines, [r])
 
 
 def dp_table(results: Path) -> str:
@@ -254,7 +260,7 @@ def dp_table(results: Path) -> str:
             f"**{percent(row['acc'], '.2f')}%** | {', '.join(str(s) for s in row['seeds'])} | "
             f"{row['opacus_epsilon']:.2f}, {100 * row['opacus_acc']:.2f}% |"
         )
-    return "\n".join(lines + [""] + footnotes([r]))
+    return with_footnotes(lines, [r])
 
 
 TABLES: dict[str, Callable[[Path], str]] = {"main": main_table, "federated": fedavg_table, "dp": dp_table}
