@@ -25,7 +25,7 @@ def small_llama(folder: Path) -> Path:
     return folder
 
 
-def lora_config(steps: int, llama: Path, run_root: Path):
+def lora_config(steps: int, llama: Path, run_root: Path, compiled: bool = False):
     from behemoth.pipeline import load_config
 
     return load_config(
@@ -49,17 +49,19 @@ def lora_config(steps: int, llama: Path, run_root: Path):
             f"train.log_every={10**6}",
             "train.lora.r=8",
             "train.lora.target_modules=['q_proj','v_proj']",
+            f"train.compile={str(compiled).lower()}",
         ],
     )
 
 
-def behemoth_lora(steps: int, llama: Path, run_root: Path) -> tuple[list[float], object]:
-    seconds, parts = timed_behemoth_run(lora_config(steps, llama, run_root))
+def behemoth_lora(steps: int, llama: Path, run_root: Path, compiled: bool) -> tuple[list[float], object]:
+    seconds, parts = timed_behemoth_run(lora_config(steps, llama, run_root, compiled))
     return seconds, parts.data
 
 
-def trainer_lora(steps: int, llama: Path, data, out: Path) -> list[float]:
-    """transformers' Trainer on the same windows: input_ids = x, labels = x (the model shifts them)."""
+def trainer_lora(steps: int, llama: Path, data, out: Path, compiled: bool) -> list[float]:
+    """transformers' Trainer on the same windows: input_ids = x, labels = x (the model shifts them);
+    `compiled`: its own torch_compile option, as behemoth's side sets train.compile."""
     import peft
     import transformers
 
@@ -95,17 +97,21 @@ def trainer_lora(steps: int, llama: Path, data, out: Path) -> list[float]:
         dataloader_num_workers=0,
         disable_tqdm=True,
         seed=0,
+        torch_compile=compiled,
     )
     transformers.Trainer(model=model, args=args, train_dataset=train_set, callbacks=[callback()]).train()
     return timer.seconds
 
 
-def lora_row(steps: int, rounds: int, root: Path) -> dict:
+def lora_row(steps: int, rounds: int, root: Path, compiled: bool = False) -> dict:
+    """Both sides eager, or (compiled) both through torch.compile: behemoth's train.compile, Trainer's
+    torch_compile."""
     llama = small_llama(root / "llama")
     runs: list[dict] = []
+    tag = "-compiled" if compiled else ""
     for r in range(rounds):
-        b_times, data = behemoth_lora(steps, llama, root / f"lora-runs{r}")
-        t_times = trainer_lora(steps, llama, data, root / f"trainer{r}")
+        b_times, data = behemoth_lora(steps, llama, root / f"lora-runs{tag}{r}", compiled)
+        t_times = trainer_lora(steps, llama, data, root / f"trainer{tag}{r}", compiled)
         runs.append(
             {
                 "behemoth_tokens_per_s": LORA_BATCH * SEQ / steady(b_times),
@@ -115,7 +121,7 @@ def lora_row(steps: int, rounds: int, root: Path) -> dict:
             }
         )
         print(
-            f"round {r + 1} lora: behemoth {runs[-1]['behemoth_tokens_per_s']:.0f} tok/s, "
+            f"round {r + 1} lora{tag}: behemoth {runs[-1]['behemoth_tokens_per_s']:.0f} tok/s, "
             f"Trainer {runs[-1]['trainer_tokens_per_s']:.0f} tok/s",
             flush=True,
         )

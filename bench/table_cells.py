@@ -202,6 +202,7 @@ def lm_throughput(r: Result) -> str:
         f"GPT vs nanoGPT (fp32): behemoth bf16 **{gpt['speedup']:.2f}x**{same}; {losses} vs "
         f"{median(gpt['nanogpt_val_loss']):.3f} after {f['steps']} steps; LoRA vs Trainer + peft "
         f"**{lora['speedup']:.2f}x**"
+        + (f", both compiled **{f['lora_compiled']['speedup']:.2f}x**" if "lora_compiled" in f else "")
     )
 
 
