@@ -15,7 +15,6 @@ manifest and falls back to the newest intact older checkpoint.
 """
 
 import os
-import random
 import re
 import shutil
 import tempfile
@@ -24,7 +23,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -34,6 +32,7 @@ from behemoth.errors import RunDirError
 from behemoth.files import atomic_write_text, fsync_dir
 from behemoth.training.checkpoint_integrity import FORMAT, MANIFEST, checkpoint_problem, write_manifest
 from behemoth.training.lora import checkpointed_names
+from behemoth.training.rng_state import rng_state, set_rng_state
 
 _STEP_NAME = re.compile(r"step-(\d+)(?:-(\d+))?")
 _STALE_PREFIXES = (".tmp-", ".latest.")  # a killed save's build folders, a killed pointer write's temp file
@@ -90,33 +89,6 @@ def load_model_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> No
         odd = sorted(set(weights) ^ only)[0]
         raise RunDirError(f"the saved weights do not fit the model's LoRA adapters (first mismatch: {odd})")
     model.load_state_dict(weights, strict=False)
-
-
-def rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2])},
-        "python": repr(random.getstate()),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    keys = state["numpy"]["keys"].numpy().astype(np.uint32)
-    np.random.set_state(("MT19937", keys, state["numpy"]["pos"], 0, 0.0))
-    random.setstate(_literal_tuple(state["python"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _literal_tuple(text: str) -> tuple:
-    import ast
-
-    return ast.literal_eval(text)  # python's RNG state is a tuple of ints: safe to parse, no pickle
 
 
 def named_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
