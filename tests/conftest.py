@@ -1,6 +1,7 @@
 """Shared fixtures: small real data (scikit-learn digits) and tiny configs that train in seconds."""
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -74,6 +75,13 @@ def quick_train_config(**overrides) -> TrainConfig:
 
 def behemoth_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "behemoth", *args]
+
+
+def run_behemoth(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python -m behemoth ARGS` in a subprocess with the test environment, its output captured as text."""
+    return subprocess.run(
+        behemoth_cmd(*args), capture_output=True, text=True, env=subprocess_env(), cwd=cwd, timeout=timeout
+    )
 
 
 def failure_text(stderr: str, tail: int = 3000) -> str:

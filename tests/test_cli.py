@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from behemoth.cli import app
 from behemoth.config import load_config
 from behemoth.pipeline.config import recipe_names
-from tests.conftest import behemoth_cmd, subprocess_env
+from tests.conftest import run_behemoth
 
 runner = CliRunner()
 
@@ -23,9 +23,7 @@ def invoke(*args: str):
 
 
 def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        behemoth_cmd(*args), capture_output=True, text=True, timeout=timeout, env=subprocess_env()
-    )
+    return run_behemoth(*args, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ one Ray actor, so one torch import instead of two on these 2 cores."""
 import json
 import logging
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from behemoth.federated.metrics import attach_run_log, read_records
 from behemoth.federated.partition import partition
 from behemoth.federated.privacy import DPSGDPlan, rdp_epsilon
 from behemoth.runs import create_run_dir, run_path, write_config
-from tests.conftest import REPO, behemoth_cmd, subprocess_env
+from tests.conftest import REPO, run_behemoth
 
 DIGITS = REPO / "configs/federated-digits.toml"
 
@@ -106,14 +105,7 @@ def test_poisoned_clients_under_dp_with_a_crash_and_resume(tmp_path):
         )
     run_dir = tmp_path / "robust"
     assert (run_dir / "federated" / "latest").read_text() == "round-0002"
-    resumed = subprocess.run(
-        behemoth_cmd("federate", "--resume", str(run_dir)),
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        cwd=tmp_path,
-        timeout=300,
-    )
+    resumed = run_behemoth("federate", "--resume", str(run_dir), cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     log = (run_dir / "federate.log").read_text()
     assert "resuming after round 2 of 3" in log
@@ -150,25 +142,19 @@ def _digits_train_labels(cfg):
 
 
 def test_deployment_on_loopback_with_tls_and_node_auth(tmp_path):
-    done = subprocess.run(
-        behemoth_cmd(
-            "federate",
-            "federated-digits",
-            "--deploy",
-            f"runs_dir={tmp_path}",
-            "name=deployed",
-            "federate.clients=2",
-            "federate.min_clients=2",
-            "federate.rounds=1",
-            "federate.strategy=fedprox",
-            "federate.proximal_mu=0.1",
-            "federate.target_accuracy=1.0",
-        ),
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
+    done = run_behemoth(
+        "federate",
+        "federated-digits",
+        "--deploy",
+        f"runs_dir={tmp_path}",
+        "name=deployed",
+        "federate.clients=2",
+        "federate.min_clients=2",
+        "federate.rounds=1",
+        "federate.strategy=fedprox",
+        "federate.proximal_mu=0.1",
+        "federate.target_accuracy=1.0",
         cwd=tmp_path,
-        timeout=300,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "round 1/1: test acc" in done.stdout  # our ServerApp's lines, streamed back through `flwr run`

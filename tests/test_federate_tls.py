@@ -4,7 +4,6 @@ node authentication refuses real flower-supernode processes that trust another C
 key. The message-level trust boundary is tests/test_federate_trust.py's."""
 
 import re
-import subprocess
 import time
 
 import pytest
@@ -12,7 +11,7 @@ import pytest
 from behemoth.config import load_config
 from behemoth.config.federate import DeployConfig, check_deploy_security
 from behemoth.errors import ConfigError
-from tests.conftest import REPO, behemoth_cmd, subprocess_env
+from tests.conftest import REPO, run_behemoth
 
 DIGITS = REPO / "configs/federated-digits.toml"
 
@@ -44,22 +43,16 @@ def test_tls_may_be_off_only_on_loopback_or_with_insecure(host, tls, insecure, r
 
 
 def test_federate_deploy_without_tls_to_a_network_address_fails_before_writing(tmp_path):
-    done = subprocess.run(
-        behemoth_cmd(
-            "federate",
-            "federated-digits",
-            "--deploy",
-            f"runs_dir={tmp_path}",
-            "name=plain",
-            "federate.deploy.tls=false",
-            "federate.deploy.node_auth=false",
-            "federate.deploy.host=192.0.2.10",
-        ),
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
+    done = run_behemoth(
+        "federate",
+        "federated-digits",
+        "--deploy",
+        f"runs_dir={tmp_path}",
+        "name=plain",
+        "federate.deploy.tls=false",
+        "federate.deploy.node_auth=false",
+        "federate.deploy.host=192.0.2.10",
         cwd=tmp_path,
-        timeout=300,
     )
     assert done.returncode == 2, done.stderr[-2000:]
     lines = [line for line in done.stderr.splitlines() if line.strip()]
