@@ -1,10 +1,12 @@
 """Compiled decoding (models/compiled_decode.py): the torch.compile'd one-token step over a fixed-size cache
 gives the eager tokens, for behemoth's GPT (batched, left-padded prompts; past block_size, where the window
-slides; int8 weight-only layers) and for a Hugging Face Llama (transformers' static cache); `behemoth generate
---compile` prints what it prints without; a model with no cached step says so in one line."""
+slides; int8 and int4 weight-only layers; two same-shaped models, each its own step) and for a Hugging Face
+Llama (transformers' static cache); `behemoth generate --compile` prints what it prints without; a model with
+no cached step says so in one line."""
 
 import pytest
 import torch
+import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from behemoth.cli.app import app
@@ -14,6 +16,7 @@ from behemoth.models.hf import HFCausalLM
 from behemoth.models.hf_generate import hf_generate
 from behemoth.models.kv_cache import StaticKVCache
 from behemoth.models.sampling import sample, sample_cached
+from behemoth.models.transformer_blocks import one_query_attention
 from tests.hf_tiny import tiny_llama
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -47,21 +50,50 @@ def no_autotune(monkeypatch):
     monkeypatch.setitem(compiled_decode.INDUCTOR_OPTIONS, "max_autotune", False)
 
 
-@pytest.mark.parametrize("autotune", [False, pytest.param(True, marks=pytest.mark.slow)])
-def test_compiled_int8_gpt_decode_gives_the_eager_tokens(autotune, monkeypatch):
+def test_one_query_attention_is_sdpas_over_a_masked_cache():
+    """The written-out attention a compiled step uses for one new token computes what SDPA does."""
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 3, 1, 16), torch.randn(2, 3, 9, 16), torch.randn(2, 3, 9, 16)
+    mask = torch.rand(2, 1, 1, 9) > 0.4
+    mask[..., -1] = True  # a query always sees itself
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(one_query_attention(q, k, v, mask), expected)
+    torch.testing.assert_close(one_query_attention(q, k, v, None), F.scaled_dot_product_attention(q, k, v))
+
+
+@pytest.mark.parametrize(
+    "bits, autotune", [(8, False), (4, False), pytest.param(8, True, marks=pytest.mark.slow)]
+)
+def test_compiled_weight_only_gpt_decode_gives_the_eager_tokens(bits, autotune, monkeypatch):
     """Two left-padded prompts; 30 tokens > block_size, where the window slides (re-prefilled eagerly, then
     compiled steps again). With autotune (slow: ~40 s of kernel timing on 2 cores) inductor may pick its own
-    int8 GEMM template, as `behemoth generate --compile` does; without, aten's int8 kernel in the graph."""
+    int8 GEMM template, as `behemoth generate --compile` does; without, aten's int8 kernel in the graph.
+    int4 at width 128: behemoth's int4 kernel where this CPU runs it (else torch's)."""
     from behemoth.models import compiled_decode
 
     monkeypatch.setitem(compiled_decode.INDUCTOR_OPTIONS, "max_autotune", autotune)
     torch.manual_seed(0)
-    model = GPT(256, GPTOptions(n_layer=1, n_head=2, n_embd=64, block_size=24)).eval()
-    int8 = quantize_weight_only(model, 8)
+    width = 64 if bits == 8 else 128
+    model = GPT(256, GPTOptions(n_layer=1, n_head=2, n_embd=width, block_size=24)).eval()
+    quantized = quantize_weight_only(model, bits, 128)
     ids, pad = torch.randint(0, 256, (2, 10)), torch.tensor([0, 4])
-    eager = sample_cached(int8, ids, 20, temperature=0, pad=pad)
-    assert torch.equal(sample_cached(int8, ids, 20, temperature=0, pad=pad, compiled=True), eager)
-    assert torch.equal(eager[:1], sample(int8, ids[:1], 20, temperature=0, context=24))
+    eager = sample_cached(quantized, ids, 20, temperature=0, pad=pad)
+    assert torch.equal(sample_cached(quantized, ids, 20, temperature=0, pad=pad, compiled=True), eager)
+    assert torch.equal(eager[:1], sample(quantized, ids[:1], 20, temperature=0, context=24))
+
+
+def test_two_same_shaped_models_each_decode_their_own_tokens(no_autotune):
+    """Each compiled step has its weights frozen in and skips guards on the model's modules: a second model
+    of the same shape must still get its own step, not the first one's."""
+    ids = torch.randint(0, 256, (1, 6), generator=torch.Generator().manual_seed(0))
+    models = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        models.append(GPT(256, GPTOptions(n_layer=1, n_head=2, n_embd=32, block_size=32)).eval())
+    eager = [sample_cached(model, ids, 8, temperature=0) for model in models]
+    assert not torch.equal(*eager)
+    for model, tokens in zip(models, eager, strict=True):
+        assert torch.equal(sample_cached(model, ids, 8, temperature=0, compiled=True), tokens)
 
 
 def test_compiled_hf_generate_gives_the_eager_tokens(tmp_path, no_autotune):
