@@ -12,7 +12,8 @@ stays eager, so prompts of any length share the step's graph).
 
 Compiling costs seconds to a minute per model on 2 cores (more for big ones), so it is opt-in
 (`behemoth generate --compile`). The weights are read when a model's step is first compiled (they are
-constants of the graph): compile a model whose weights are final, as generation does.
+constants of the graph) and the step does not check the model again: compile a model whose weights, dtype
+and modules are final, as generation does.
 """
 
 import types
