@@ -8,7 +8,10 @@ kernel). nanoGPT's files come from --nanogpt DIR (a checkout) or, by default, th
 (/work/.mirror/karpathy+nanoGPT/repo, read with `git show HEAD:<file>`). Both sides get the same data
 (behemoth's train split written as nanoGPT's train.bin, uint16 bytes; vocabulary 256 via meta.pkl), the same
 architecture (biases on), optimizer (AdamW, lr 1e-3, betas 0.9/0.95, weight decay 0.1 on matrices, clip 1.0)
-and schedule (10 warm-up steps, cosine to 1e-4 at the last step). After the same steps both models are
+and schedule (10 warm-up steps, cosine to 1e-4 at the last step). Dropout differs by design: behemoth's GPT
+draws its masks through behemoth/models/dropout.py (four elements per 64-bit draw, p rounded to 1/65536),
+nanoGPT through torch's dropout (one draw per element); the validation loss after the same steps shows
+whether training suffers. After the same steps both models are
 scored by one function on the same 512 windows of behemoth's validation split (eval mode, fp32).
 
 Row 2, LoRA fine-tuning a small Llama (4 layers x 256, 8 heads, vocabulary 256, random init saved with
@@ -256,7 +259,8 @@ def main() -> None:
             "evaluation_precision": "fp32, eval mode, 512 validation windows, same function for both",
             "selection": "nanoGPT and Trainer get behemoth's recipe's hyperparameters; no tuning",
             "deviations": [
-                "shared 2-core machine (its load at the end is recorded): timings noisy, the ratio less so"
+                "shared 2-core machine (its load at the end is recorded): timings noisy, the ratio less so",
+                "gpt: behemoth's dropout draws 16 bits per element (models/dropout.py), nanoGPT's torch's",
             ],
         },
         reduced=reduced,

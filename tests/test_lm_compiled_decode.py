@@ -6,7 +6,6 @@ no cached step says so in one line."""
 
 import pytest
 import torch
-import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from behemoth.cli.app import app
@@ -16,7 +15,6 @@ from behemoth.models.hf import HFCausalLM
 from behemoth.models.hf_generate import hf_generate
 from behemoth.models.kv_cache import StaticKVCache
 from behemoth.models.sampling import sample, sample_cached
-from behemoth.models.transformer_blocks import one_query_attention
 from tests.hf_tiny import tiny_llama
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -48,17 +46,6 @@ def no_autotune(monkeypatch):
     from behemoth.models import compiled_decode
 
     monkeypatch.setitem(compiled_decode.INDUCTOR_OPTIONS, "max_autotune", False)
-
-
-def test_one_query_attention_is_sdpas_over_a_masked_cache():
-    """The written-out attention a compiled step uses for one new token computes what SDPA does."""
-    torch.manual_seed(0)
-    q, k, v = torch.randn(2, 3, 1, 16), torch.randn(2, 3, 9, 16), torch.randn(2, 3, 9, 16)
-    mask = torch.rand(2, 1, 1, 9) > 0.4
-    mask[..., -1] = True  # a query always sees itself
-    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    torch.testing.assert_close(one_query_attention(q, k, v, mask), expected)
-    torch.testing.assert_close(one_query_attention(q, k, v, None), F.scaled_dot_product_attention(q, k, v))
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ from torch import nn
 
 from behemoth.errors import ModelError
 from behemoth.models.common import BYTES_LM_SPEC
+from behemoth.models.dropout import Dropout
 from behemoth.models.entry import ModelEntry
 from behemoth.models.kv_cache import KVCache, StaticKVCache
 from behemoth.models.sampling import sample, sample_cached
@@ -44,7 +45,7 @@ class GPT(nn.Module):
         self.block_size = opts.block_size
         self.tok_emb = nn.Embedding(vocab_size, opts.n_embd)
         self.pos_emb = nn.Embedding(opts.block_size, opts.n_embd)
-        self.drop = nn.Dropout(opts.dropout)
+        self.drop = Dropout(opts.dropout)
         self.blocks = nn.ModuleList(
             Block(opts.n_embd, opts.n_head, 4 * opts.n_embd, opts.dropout, opts.bias, causal=True)
             for _ in range(opts.n_layer)

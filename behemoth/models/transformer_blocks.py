@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from behemoth.models.dropout import Dropout, dropout, uses_torch_dropout
 from behemoth.models.kv_cache import LayerKV, StaticLayerKV
 
 
@@ -26,7 +27,7 @@ class SelfAttention(nn.Module):
         self.dropout = dropout
         self.qkv = nn.Linear(dim, 3 * dim, bias=bias)  # q, k, v for all heads in one matmul
         self.proj = nn.Linear(dim, dim, bias=bias)
-        self.resid_dropout = nn.Dropout(dropout)
+        self.resid_dropout = Dropout(dropout)
 
     def forward(
         self, x: torch.Tensor, kv: LayerKV | StaticLayerKV | None = None, mask: torch.Tensor | None = None
@@ -45,27 +46,39 @@ class SelfAttention(nn.Module):
         causal = self.causal and mask is None and T == k.size(2)
         if self.causal and mask is None and 1 < T < k.size(2):
             raise ValueError("attention over a filled cache with several new tokens needs an explicit mask")
+        p = self.dropout if self.training else 0.0
         if T == 1 and kv is not None and torch.compiler.is_compiling():
-            y = one_query_attention(q, k, v, mask)  # (B, nh, 1, hs)
+            y = math_attention(q, k, v, mask)  # (B, nh, 1, hs): inductor fuses it
+        elif p > 0 and not uses_torch_dropout(q):  # SDPA's CPU dropout draws one number per weight
+            y = math_attention(q, k, v, mask, causal, p)  # (B, nh, T, hs)
         else:
             y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=causal
+                q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal
             )  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
         return self.resid_dropout(self.proj(y))
 
 
-def one_query_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+def math_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    causal: bool = False,
+    dropout_p: float = 0.0,
 ) -> torch.Tensor:
-    """Attention of one new token over the cache, written out for a compiled decode step: inductor fuses
-    these few ops into its own loops, where SDPA's CPU flash kernel (built for long sequences) costs more
-    per call than the whole head's arithmetic (bench/generate.py: +0.3 ms per GPT-2-small token).
-    q (B, nh, 1, hs), k and v (B, nh, L, hs), mask (B, 1, 1, L) True where the query may look."""
-    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))  # (B, nh, 1, L)
+    """SDPA's math path written out, for two cases where it beats torch's kernels: a compiled decode step's
+    one new token (inductor fuses these few ops; SDPA's CPU flash kernel, built for long sequences, cost 60 us
+    a GPT-2-small layer, more than the head's arithmetic), and attention dropout on a CPU (dropout.py's
+    draws, a third of SDPA's). q (B, nh, T, hs), k and v (B, nh, L, hs), mask (B, 1, T, L) True where a
+    query may look; `causal` aligns a (T, L) lower triangle top-left, as SDPA's is_causal does."""
+    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))  # (B, nh, T, L)
+    if causal:
+        mask = torch.ones(q.size(-2), k.size(-2), dtype=torch.bool, device=q.device).tril()
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
-    return torch.softmax(scores, dim=-1) @ v
+    weights = dropout(torch.softmax(scores, dim=-1), dropout_p)
+    return weights.to(v.dtype) @ v
 
 
 class MLP(nn.Module):
@@ -76,7 +89,7 @@ class MLP(nn.Module):
         self.fc = nn.Linear(dim, hidden, bias=bias)
         self.gelu = nn.GELU()
         self.proj = nn.Linear(hidden, dim, bias=bias)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
         return self.dropout(self.proj(self.gelu(self.fc(x))))

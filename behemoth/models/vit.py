@@ -11,6 +11,7 @@ from torch import nn
 
 from behemoth.errors import ModelError
 from behemoth.models.common import MNIST_SPEC, image_shape
+from behemoth.models.dropout import Dropout
 from behemoth.models.entry import ModelEntry
 from behemoth.models.transformer_blocks import Block, init_gpt2
 from behemoth.spec import DataSpec
@@ -44,7 +45,7 @@ class ViT(nn.Module):
         self.patch_embed = nn.Conv2d(c, opts.dim, kernel_size=p, stride=p)  # one vector per patch
         self.cls_token = nn.Parameter(torch.zeros(1, 1, opts.dim))
         self.pos_emb = nn.Parameter(torch.zeros(1, num_patches + 1, opts.dim))
-        self.drop = nn.Dropout(opts.dropout)
+        self.drop = Dropout(opts.dropout)
         mlp_hidden = max(1, round(opts.mlp_ratio * opts.dim))
         self.blocks = nn.ModuleList(
             Block(opts.dim, opts.heads, mlp_hidden, opts.dropout, bias=True, causal=False)

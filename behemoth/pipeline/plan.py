@@ -50,6 +50,7 @@ def plan(cfg: RunConfig, memory: str, nproc: int = 1, device: str | None = None)
         overrides_for,
     )
     from behemoth.distributed.plan import plan as make_plan
+    from behemoth.models.dropout import torch_dropout
     from behemoth.training.assembly import prepare
     from behemoth.training.metrics import task_loss
     from behemoth.training.precision import autocast
@@ -74,8 +75,11 @@ def plan(cfg: RunConfig, memory: str, nproc: int = 1, device: str | None = None)
     def loss_fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return task_loss(logits, y, cfg.train.label_smoothing)
 
-    fused = fused_attention() if target == "cuda" else contextlib.nullcontext()
-    with autocast(precision, torch.device("cpu")), fused:
+    as_on_target = contextlib.ExitStack()
+    if target == "cuda":  # CUDA's fused attention; torch's dropout, not behemoth's written-out CPU attention
+        as_on_target.enter_context(fused_attention())
+        as_on_target.enter_context(torch_dropout())
+    with autocast(precision, torch.device("cpu")), as_on_target:
         facts = measure_model(model, example_batch(data.spec.task, data.spec.input_shape), loss_fn)
     opt = optimizer_bytes(
         facts, cfg.train.optimizer, momentum=cfg.train.momentum, centered=cfg.train.centered
