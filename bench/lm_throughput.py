@@ -2,7 +2,7 @@
 
 Row 1, pre-training a small GPT: behemoth's GPT (behemoth/configs/gpt-text.toml: 4 layers x 128 wide, 4
 heads, T = 128, batch 32, dropout 0.1, byte-level KJV, bf16 autocast as the recipe sets) against
-karpathy/nanoGPT's own train.py and model.py, run unmodified as a subprocess (fp32: its train.py uses no
+karpathy/nanoGPT's own train.py and model.py, run as a subprocess (fp32: its train.py uses no
 autocast on CPU; no torch.compile on either side; its fused AdamW is CUDA-only, so both use the for-each
 kernel). nanoGPT's files come from --nanogpt DIR (a checkout) or, by default, the stored mirror
 (/work/.mirror/karpathy+nanoGPT/repo, read with `git show HEAD:<file>`). Both sides get the same data
@@ -11,8 +11,10 @@ architecture (biases on), optimizer (AdamW, lr 1e-3, betas 0.9/0.95, weight deca
 and schedule (10 warm-up steps, cosine to 1e-4 at the last step). Dropout differs by design: behemoth's GPT
 draws its masks through behemoth/models/dropout.py (four elements per 64-bit draw, p rounded to 1/65536),
 nanoGPT through torch's dropout (one draw per element); the validation loss after the same steps shows
-whether training suffers. After the same steps both models are
-scored by one function on the same 512 windows of behemoth's validation split (eval mode, fp32).
+whether training suffers. Round r seeds both sides with r (nanoGPT: 1337 + r in its train.py, which has no
+seed option; the one line of its files changed), so the losses are medians over seeds. After the same steps
+both models are scored by one function on the same 512 windows of behemoth's validation split (eval mode,
+fp32).
 
 Row 2, LoRA fine-tuning a small Llama (4 layers x 256, 8 heads, vocabulary 256, random init saved with
 save_pretrained): behemoth `[train.lora]` (model.name = "hf", r = 8 on q_proj/v_proj) against transformers'
@@ -58,7 +60,7 @@ TARGETS = {"gpt": 1.5, "lora": 1.2}
 # ---- row 1: behemoth's GPT vs nanoGPT
 
 
-def gpt_config(steps: int, run_root: Path, precision: str = "bf16"):
+def gpt_config(steps: int, run_root: Path, precision: str = "bf16", seed: int = 0):
     from behemoth.pipeline import load_config
 
     return load_config(
@@ -71,14 +73,15 @@ def gpt_config(steps: int, run_root: Path, precision: str = "bf16"):
             f"train.eval_every_steps={10**6}",
             f"train.log_every={10**6}",
             f"train.precision={precision}",
+            f"train.seed={seed}",
         ],
     )
 
 
 def behemoth_gpt(
-    steps: int, run_root: Path, precision: str = "bf16"
+    steps: int, run_root: Path, precision: str = "bf16", seed: int = 0
 ) -> tuple[list[float], torch.nn.Module, object]:
-    seconds, parts = timed_behemoth_run(gpt_config(steps, run_root, precision))
+    seconds, parts = timed_behemoth_run(gpt_config(steps, run_root, precision, seed))
     return seconds, parts.model, parts.data
 
 
@@ -106,6 +109,17 @@ def nanogpt_data(folder: Path, data) -> None:
         stream.tofile(kjv / f"{split}.bin")
     with (kjv / "meta.pkl").open("wb") as f:  # nanoGPT reads vocab_size from here (our own file)
         pickle.dump({"vocab_size": 256}, f)
+
+
+def seed_nanogpt(folder: Path, seed: int) -> None:
+    """nanoGPT's train.py seeds with 1337 and has no option to change it: round `seed` gets 1337 + seed (the
+    one line of its files this bench changes)."""
+    train = folder / "train.py"
+    seeding = r"torch\.manual_seed\(\d+ \+ seed_offset\)"
+    text, found = re.subn(seeding, f"torch.manual_seed({1337 + seed} + seed_offset)", train.read_text())
+    if found != 1:
+        sys.exit("nanoGPT's train.py: its 'torch.manual_seed(1337 + seed_offset)' line was not found")
+    train.write_text(text)
 
 
 def nanogpt_run(folder: Path, steps: int) -> tuple[list[float], torch.nn.Module]:
@@ -172,13 +186,14 @@ def gpt_row(steps: int, rounds: int, checkout: Path | None, root: Path) -> dict:
     nano_dir.mkdir()
     nanogpt_source(nano_dir, checkout)
     runs: list[dict] = []
-    for r in range(rounds):
-        b_times, b_model, data = behemoth_gpt(steps, root / f"runs{r}")
+    for r in range(rounds):  # round r: seed r on both sides (nanoGPT's 1337 + r)
+        b_times, b_model, data = behemoth_gpt(steps, root / f"runs{r}", seed=r)
         if r == 0:
             nanogpt_data(nano_dir, data)
+        seed_nanogpt(nano_dir, r)
         n_times, n_model = nanogpt_run(nano_dir, steps)
         # nanoGPT trains in fp32 on a CPU (no autocast there): behemoth in fp32 too is the same-precision pair
-        f_times, f_model, _ = behemoth_gpt(steps, root / f"runs-fp32-{r}", "fp32")
+        f_times, f_model, _ = behemoth_gpt(steps, root / f"runs-fp32-{r}", "fp32", seed=r)
         b_model.eval()
         n_model.eval()
         f_model.eval()
@@ -258,6 +273,7 @@ def main() -> None:
             "(its only CPU precision); lora: bf16 autocast on both",
             "evaluation_precision": "fp32, eval mode, 512 validation windows, same function for both",
             "selection": "nanoGPT and Trainer get behemoth's recipe's hyperparameters; no tuning",
+            "seeds": list(range(rounds)),
             "deviations": [
                 "shared 2-core machine (its load at the end is recorded): timings noisy, the ratio less so",
                 "gpt: behemoth's dropout draws 16 bits per element (models/dropout.py), nanoGPT's torch's",

@@ -198,9 +198,11 @@ def lm_throughput(r: Result) -> str:
     fp32_loss = gpt.get("behemoth_fp32_val_loss")
     losses = f"val loss {median(gpt['behemoth_val_loss']):.3f}"
     losses += f" / fp32 {median(fp32_loss):.3f}" if fp32_loss else ""
+    seeds = r["protocol"].get("seeds")  # files before rounds were seeded: one seed for every round
+    over = f" (median of {len(seeds)} seeds)" if seeds and len(seeds) > 1 else " (1 seed)"
     return (
         f"GPT vs nanoGPT (fp32): behemoth bf16 **{gpt['speedup']:.2f}x**{same}; {losses} vs "
-        f"{median(gpt['nanogpt_val_loss']):.3f} after {f['steps']} steps; LoRA vs Trainer + peft "
+        f"{median(gpt['nanogpt_val_loss']):.3f} after {f['steps']} steps{over}; LoRA vs Trainer + peft "
         f"**{lora['speedup']:.2f}x**"
         + (f", both compiled **{f['lora_compiled']['speedup']:.2f}x**" if "lora_compiled" in f else "")
     )
