@@ -16,7 +16,8 @@ from behemoth.models.kv_cache import LayerKV, StaticLayerKV
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention through torch's fused scaled_dot_product_attention."""
+    """Multi-head self-attention through torch's fused scaled_dot_product_attention, or its math path written
+    out where that is faster on a CPU (`math_attention`)."""
 
     def __init__(self, dim: int, n_head: int, dropout: float, bias: bool, causal: bool):
         super().__init__()
