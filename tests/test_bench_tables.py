@@ -67,7 +67,8 @@ def test_rerunning_some_rows_keeps_the_others_each_marked_as_it_was(tmp_path):
     results = tmp_path / "results"
     shutil.copytree(REPO / "bench" / "results", results)
     old = read_result("fedavg", results)
-    old["figures"]["rows"]["2nn-fedavg:shards"].pop("provenance", None)  # measured by the file's own run
+    for mark in ("provenance", "measured_by"):  # a row measured by the file's own run
+        old["figures"]["rows"]["2nn-fedavg:shards"].pop(mark, None)
     old["figures"]["rows"]["cnn-fedavg:iid"]["provenance"] = CARRIED_OVER  # an old-protocol row
     (results / "fedavg.json").write_text(json.dumps(old))
     fresh = {
