@@ -1,10 +1,15 @@
 """Row 2 of bench/lm_throughput.py: behemoth `[train.lora]` against transformers' Trainer + peft on a small
-Llama (same directory, data, batch, optimizer and precision)."""
+Llama (same directory, data, batch, optimizer and precision).
+
+behemoth trains an HF model at T = 128 on a CPU with transformers' "eager" attention (model.attention =
+"auto", models/hf_attention.py), Trainer with what from_pretrained loads ("sdpa"). The eager row also times
+Trainer given attn_implementation = "eager", so the table can show how much of the ratio is that choice."""
 
 from pathlib import Path
 
 import torch
 
+from bench.results import spread
 from bench.throughput_parts import SEQ, StepTimer, steady, summarize, timed_behemoth_run
 
 LLAMA = {
@@ -59,15 +64,19 @@ def behemoth_lora(steps: int, llama: Path, run_root: Path, compiled: bool) -> tu
     return seconds, parts.data
 
 
-def trainer_lora(steps: int, llama: Path, data, out: Path, compiled: bool) -> list[float]:
+def trainer_lora(
+    steps: int, llama: Path, data, out: Path, compiled: bool, attention: str | None = None
+) -> list[float]:
     """transformers' Trainer on the same windows: input_ids = x, labels = x (the model shifts them);
-    `compiled`: its own torch_compile option, as behemoth's side sets train.compile."""
+    `compiled`: its own torch_compile option, as behemoth's side sets train.compile; `attention`: an
+    attn_implementation for from_pretrained (None: its default)."""
     import peft
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    model = transformers.AutoModelForCausalLM.from_pretrained(str(llama), local_files_only=True)
+    chosen = {"attn_implementation": attention} if attention else {}
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(llama), local_files_only=True, **chosen)
     model = peft.get_peft_model(
         model, peft.LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"])
     )
@@ -120,9 +129,22 @@ def lora_row(steps: int, rounds: int, root: Path, compiled: bool = False) -> dic
                 "trainer_step_seconds": t_times,
             }
         )
+        if not compiled:  # the same Trainer, told to use the attention behemoth picks
+            e_times = trainer_lora(steps, llama, data, root / f"trainer-eager{r}", False, "eager")
+            runs[-1]["trainer_eager_attention_tokens_per_s"] = LORA_BATCH * SEQ / steady(e_times)
         print(
             f"round {r + 1} lora{tag}: behemoth {runs[-1]['behemoth_tokens_per_s']:.0f} tok/s, "
-            f"Trainer {runs[-1]['trainer_tokens_per_s']:.0f} tok/s",
+            f"Trainer {runs[-1]['trainer_tokens_per_s']:.0f} tok/s"
+            + (
+                f", Trainer with eager attention {runs[-1]['trainer_eager_attention_tokens_per_s']:.0f} tok/s"
+                if not compiled
+                else ""
+            ),
             flush=True,
         )
-    return summarize(runs, "trainer")
+    row = summarize(runs, "trainer")
+    if not compiled:
+        eager = spread([r["trainer_eager_attention_tokens_per_s"] for r in runs])
+        row["trainer_eager_attention_tokens_per_s"] = eager
+        row["speedup_vs_trainer_eager_attention"] = row["behemoth_tokens_per_s"]["median"] / eager["median"]
+    return row

@@ -205,6 +205,11 @@ def lm_throughput(r: Result) -> str:
         f"{median(gpt['nanogpt_val_loss']):.3f} after {f['steps']} steps{over}; LoRA vs Trainer + peft "
         f"**{lora['speedup']:.2f}x**"
         + (f", both compiled **{f['lora_compiled']['speedup']:.2f}x**" if "lora_compiled" in f else "")
+        + (  # how much of the ratio is behemoth's attention choice (files before it have no such column)
+            f" (vs Trainer given the same eager attention {lora['speedup_vs_trainer_eager_attention']:.2f}x)"
+            if "speedup_vs_trainer_eager_attention" in lora
+            else ""
+        )
     )
 
 

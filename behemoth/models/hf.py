@@ -23,6 +23,8 @@ from behemoth.errors import ModelError
 from behemoth.spec import DataSpec
 
 HFTask = Literal["causal_lm", "image_classification"]
+# the attention kernel a causal LM trains with: "auto" picks by device and length (models/hf_attention.py)
+AttentionChoice = Literal["auto", "sdpa", "eager"]
 CONFIG_FILE = "config.json"
 # what each task needs from the data, and the auto class that builds it
 DATA_TASK = {"causal_lm": "language_model", "image_classification": "classification"}
@@ -38,6 +40,7 @@ class HFOptions(BaseModel):
 
     path: str
     task: HFTask | None = None  # None: from config.json's "architectures"
+    attention: AttentionChoice = "auto"
 
     @field_validator("path")
     @classmethod
@@ -90,10 +93,11 @@ class HFCausalLM(nn.Module):
     past its tokenizer (common: rounded up to a multiple of 64) has the padding's logits dropped, so the
     loss and sampling cover real tokens only."""
 
-    def __init__(self, hf: nn.Module, vocab_size: int):
+    def __init__(self, hf: nn.Module, vocab_size: int, attention: AttentionChoice = "auto"):
         super().__init__()
         self.hf = hf
         self.vocab_size = vocab_size
+        self.attention = attention  # what training switches to (models/hf_attention.py)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         logits = self.hf(input_ids=idx, use_cache=False).logits  # (B, T, V_model)
@@ -124,7 +128,8 @@ def build_hf(opts: HFOptions, spec: DataSpec) -> nn.Module:
         )
     if task == "causal_lm":
         check_language_data(config, opts.path, spec)
-        return HFCausalLM(load_pretrained("AutoModelForCausalLM", opts.path), spec.num_classes)
+        hf = load_pretrained("AutoModelForCausalLM", opts.path)
+        return HFCausalLM(hf, spec.num_classes, opts.attention)
     extra = check_image_data(config, opts.path, spec)
     return HFImageClassifier(load_pretrained("AutoModelForImageClassification", opts.path, **extra))
 

@@ -30,6 +30,7 @@ from behemoth.distributed import (
 )
 from behemoth.distributed.collectives import set_rng_states
 from behemoth.errors import ConfigError
+from behemoth.models.hf_attention import set_training_attention
 from behemoth.training.checkpoint import load_checkpoint, save_checkpoint
 from behemoth.training.early_stop import EarlyStopping
 from behemoth.training.feed import Feed, MicroBatch, TensorFeed
@@ -128,6 +129,7 @@ def train(
     device = env.device if env is not None else resolve_device(cfg.device)
     check_precision(cfg.precision, device)
     model.to(device)
+    set_training_attention(model, device, data.spec)  # an HF causal LM: the faster kernel for this device
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     check_divisible(batch_size, env)
