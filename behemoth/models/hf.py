@@ -40,7 +40,7 @@ class HFOptions(BaseModel):
 
     path: str
     task: HFTask | None = None  # None: from config.json's "architectures"
-    attention: AttentionChoice = "auto"
+    attention: AttentionChoice = "auto"  # causal LMs; an image classifier keeps what transformers loads
 
     @field_validator("path")
     @classmethod

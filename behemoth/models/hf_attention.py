@@ -26,16 +26,14 @@ def training_attention(choice: AttentionChoice, device: torch.device, seq_len: i
     return "eager" if device.type == "cpu" and seq_len <= EAGER_MAX_TOKENS else "sdpa"
 
 
-def set_training_attention(model: nn.Module, device: torch.device, spec: DataSpec) -> str | None:
-    """Switch the HF causal LM inside `model` (under LoRA or not) to the attention it trains fastest with on
-    `device` for `spec`'s sequences; returns the implementation, None when `model` holds no HF causal LM."""
+def set_training_attention(model: nn.Module, device: torch.device, spec: DataSpec) -> None:
+    """Switch the HF causal LM inside `model` (under LoRA or not; nothing for other models) to the attention
+    it trains fastest with on `device` for `spec`'s sequences."""
     adapter = next((m for m in model.modules() if isinstance(m, HFCausalLM)), None)
-    if adapter is None or spec.task != "language_model":
-        return None
+    if adapter is None:
+        return
     from transformers import PreTrainedModel
 
     # the outermost transformers model (under peft's wrappers): it passes the choice to its submodules
     pretrained = next(m for m in adapter.hf.modules() if isinstance(m, PreTrainedModel))
-    implementation = training_attention(adapter.attention, device, spec.input_shape[0])
-    pretrained.set_attn_implementation(implementation)
-    return pretrained.config._attn_implementation
+    pretrained.set_attn_implementation(training_attention(adapter.attention, device, spec.input_shape[0]))
