@@ -17,14 +17,8 @@ import behemoth
 from behemoth.compression import coding, kmeans, prune, quantize, structured
 from behemoth.compression.pack import PackedFileError, packed_info, read_packed, save_packed
 from behemoth.compression.pack_format import CODES, PREFIX, PackedModel, decode, encode, read_header
-from behemoth.compression.pack_records import (
-    KINDS,
-    Int4WeightOnly,
-    Int8Weight,
-    Int8WeightOnly,
-    Record,
-    kind_of,
-)
+from behemoth.compression.pack_records import KINDS, Int8Weight, Record, kind_of
+from behemoth.compression.pack_weight_only_records import Int4WeightOnly, Int8WeightOnly
 from behemoth.compression.rebuild import shapes_of, to_packed
 from behemoth.models import build_model
 from behemoth.spec import DataSpec

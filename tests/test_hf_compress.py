@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 import behemoth
 from behemoth.cli.app import app
 from behemoth.compression.pack import PackedFileError, load_packed, read_packed, save_packed
-from behemoth.compression.pack_records import Int4WeightOnly, Int8WeightOnly
+from behemoth.compression.pack_weight_only_records import Int4WeightOnly, Int8WeightOnly
 from behemoth.compression.weight_only import WEIGHT_ONLY_TYPES
 from behemoth.config import load_config
 from behemoth.runs import RunDir

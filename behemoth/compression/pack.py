@@ -19,7 +19,8 @@ from behemoth.compression.pack_format import (
     read_packed,
     save_packed,
 )
-from behemoth.compression.pack_records import Int4WeightOnly, Int8Weight, Int8WeightOnly, Record
+from behemoth.compression.pack_records import Int8Weight, Record
+from behemoth.compression.pack_weight_only_records import Int4WeightOnly, Int8WeightOnly
 from behemoth.compression.rebuild import build_from_packed
 
 __all__ = [

@@ -26,15 +26,8 @@ from typing import Any
 import numpy as np
 
 from behemoth.compression import coding
-from behemoth.compression.pack_records import (
-    KINDS,
-    Payload,
-    Record,
-    RecordKind,
-    kind_of,
-    stream_values,
-    symbol_stream,
-)
+from behemoth.compression.pack_record_kind import Payload, RecordKind, stream_values, symbol_stream
+from behemoth.compression.pack_records import KINDS, Record, kind_of
 from behemoth.errors import BehemothError
 from behemoth.files import atomic_write_bytes
 from behemoth.spec import DataSpec

@@ -14,7 +14,8 @@ from torch import nn
 
 from behemoth.compression.kmeans import Codebook
 from behemoth.compression.pack_format import PackedFileError, PackedModel
-from behemoth.compression.pack_records import Int4WeightOnly, Int8Weight, Int8WeightOnly, Record
+from behemoth.compression.pack_records import Int8Weight, Record
+from behemoth.compression.pack_weight_only_records import Int4WeightOnly, Int8WeightOnly
 from behemoth.compression.quantize import (
     QUANT_LAYER_TYPES,
     convert,
