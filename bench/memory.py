@@ -7,7 +7,7 @@ parameters and gradients in bf16 (train.param_dtype = "bf16": 2 + 2), keeps 8-bi
 (train.optimizer = "adamw8bit": ~2.03), checkpoints activations per block and has glibc unmap freed
 tensors at once (train.release_freed_memory; "best, glibc default" shows it without): target <= 8 bytes/param.
 
-Method. Every measurement is a fresh subprocess (`--child`) that
+Method. Every measurement is a fresh subprocess (bench/memory_probe.py) that
   1. loads the data and trains a one-block GPT for a step with the same settings, so every lazily loaded
      library (oneDNN, torch.compile for torchao's optimizer) is in memory before the baseline;
   2. reads its resident set size (the baseline) and resets the kernel's peak counter (/proc/self/clear_refs);
@@ -33,178 +33,18 @@ Run: .venv/bin/python bench/memory.py            (sizes k = 8, 12, 16; every sav
 """
 
 import argparse
-import ctypes
-import gc
 import json
-import re
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.memory_probe import BATCH, GIB, SEQ, SETTINGS, gpt_params, measure, mem_available  # noqa: E402
 from bench.results import write_result  # noqa: E402
 
-GIB = 2**30
-SEQ, BATCH = 128, 4
-SETTINGS: dict[str, dict] = {
-    "plain": {},  # fp32 parameters and compute, torch AdamW (for-loop kernel, torch's CPU default)
-    "foreach": {"optimizer_impl": "foreach"},
-    "fused": {"optimizer_impl": "fused"},
-    "bf16 autocast": {"precision": "bf16"},
-    "accumulate 4": {"accumulate": 4},  # same 4 sequences per step, one at a time
-    "activation ckpt": {"activation_checkpointing": True},
-    "bf16 params": {"param_dtype": "bf16"},
-    "adamw8bit": {"optimizer": "adamw8bit"},
-    "release freed": {"release_freed_memory": True},  # glibc keeps freed temporaries resident otherwise
-    "best, glibc default": {
-        "param_dtype": "bf16",
-        "optimizer": "adamw8bit",
-        "activation_checkpointing": True,
-    },
-    "best": {
-        "param_dtype": "bf16",
-        "optimizer": "adamw8bit",
-        "activation_checkpointing": True,
-        "release_freed_memory": True,
-    },
-}
 SIZE_SETTINGS = ("plain", "best, glibc default", "best")
 ZERO_MODEL_STATE = {"plain": 16.0, "best": 2 + 2 + 2 + 8 / 256}  # bytes/param: 2 moments x (1 + 4/256 scale)
-
-
-def gpt_shape(k: int) -> dict:
-    return {"n_layer": k, "n_head": k, "n_embd": 64 * k, "block_size": SEQ}
-
-
-def gpt_params(k: int) -> int:
-    c = 64 * k
-    return (
-        k * (12 * c * c + 13 * c) + 256 * c + SEQ * c + 2 * c
-    )  # blocks (with biases, LNs), embeddings, ln_f
-
-
-def memory_status() -> dict[str, int]:
-    """VmRSS and VmHWM (peak) of this process, in bytes."""
-    text = Path("/proc/self/status").read_text()
-    return {key: int(re.search(rf"{key}:\s+(\d+) kB", text).group(1)) * 1024 for key in ("VmRSS", "VmHWM")}
-
-
-def reset_peak() -> None:
-    Path("/proc/self/clear_refs").write_text("5")  # Linux: VmHWM := VmRSS
-
-
-def mem_available() -> int:
-    return int(re.search(r"MemAvailable:\s+(\d+) kB", Path("/proc/meminfo").read_text()).group(1)) * 1024
-
-
-# the child: one setting, one size, in a fresh process
-
-
-def child(setting: str, k: int, threads: int) -> dict:
-    import torch
-
-    from behemoth.config import DataConfig, TrainConfig
-    from behemoth.data import load_data
-    from behemoth.models.gpt import GPT, GPTOptions
-    from behemoth.training import BaseHook, train
-    from behemoth.training.allocator import return_freed_memory
-    from behemoth.training.optim import optimizer_state_bytes
-    from behemoth.training.precision import build_with_param_dtype
-
-    torch.set_num_threads(threads)
-    options = SETTINGS[setting]
-    if options.get("release_freed_memory"):
-        return_freed_memory()  # what behemoth.pipeline.prepare does for train.release_freed_memory = true
-    accumulate = options.get("accumulate", 1)
-    cfg = TrainConfig(
-        **{
-            "epochs": 1,
-            "max_steps": 2,
-            "optimizer": "adamw",
-            "lr": 1e-4,
-            "weight_decay": 0.1,
-            "log_every": 10**9,
-            **options,
-        }
-    )
-    data = load_data(
-        DataConfig(name="kjv", block_size=SEQ, val_fraction=0.0, train_limit=2 * BATCH, test_limit=1)
-    )
-
-    def build(size: int):
-        torch.manual_seed(0)
-        return build_with_param_dtype(lambda: GPT(256, GPTOptions(**gpt_shape(size))), cfg.param_dtype)
-
-    class Probe(BaseHook):
-        def __init__(self) -> None:
-            self.peaks: list[int] = []
-            self.state: dict[str, int] = {}
-            self.times: list[float] = []
-            self.t0 = time.perf_counter()
-
-        def on_step_end(self, ctx, metrics) -> None:
-            self.times.append(time.perf_counter() - self.t0)
-            self.peaks.append(memory_status()["VmHWM"])
-            model = ctx.model
-            self.state = {
-                "params": sum(p.numel() * p.element_size() for p in model.parameters()),
-                "grads": sum(
-                    p.grad.numel() * p.grad.element_size() for p in model.parameters() if p.grad is not None
-                ),
-                "optimizer": optimizer_state_bytes(ctx.optimizer),
-            }
-            reset_peak()
-            self.t0 = time.perf_counter()
-
-    warm = build(1)
-    train(warm, data, cfg, BATCH // accumulate)
-    del warm
-    gc.collect()
-    ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap back to the OS: the baseline is what is in use
-    baseline = memory_status()["VmRSS"]
-    reset_peak()
-    started = time.perf_counter()
-    model = build(k)
-    build_seconds = time.perf_counter() - started
-    probe = Probe()
-    train(model, data, cfg, BATCH // accumulate, hooks=[probe])
-    params = sum(p.numel() for p in model.parameters())
-    return {
-        "setting": setting,
-        "k": k,
-        "params": params,
-        "baseline": baseline,
-        "peak_step1": probe.peaks[0],
-        "peak_step2": probe.peaks[1],
-        "model_state": probe.state,
-        "build_seconds": build_seconds,
-        "step_seconds": probe.times,
-    }
-
-
-# the parent: runs children, prints tables
-
-
-def measure(setting: str, k: int, threads: int) -> dict:
-    cmd = [sys.executable, __file__, "--child", setting, str(k), "--threads", str(threads)]
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-    if done.returncode != 0:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["(no output)"]
-        return {
-            "setting": setting,
-            "k": k,
-            "params": gpt_params(k),
-            "failed": f"exit {done.returncode}: {tail[0]}",
-        }
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    result["bytes_per_param"] = (result["peak_step2"] - result["baseline"]) / result["params"]
-    result["state_per_param"] = sum(result["model_state"].values()) / result["params"]
-    result["peak"] = max(result["peak_step1"], result["peak_step2"])  # what one training step needs in all
-    result["whole_bytes_per_param"] = (result["peak"] - result["baseline"]) / result["params"]
-    return result
 
 
 def gib(n: float) -> str:
@@ -344,7 +184,6 @@ def search_table(found: list[dict], limit: float, cap: float) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--child", nargs=2, metavar=("SETTING", "K"), help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="small sizes, no search")
     parser.add_argument("--no-search", action="store_true", help="skip the largest-model search")
@@ -356,10 +195,6 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, help="also write every measurement as JSON here")
     args = parser.parse_args()
-    if args.child:
-        print(json.dumps(child(args.child[0], int(args.child[1]), args.threads)))
-        return
-
     sizes = [4, 6, 8] if args.quick else [8, 12, 16]
     saver_k = sizes[1]
     results: dict[tuple[str, int], dict] = {}

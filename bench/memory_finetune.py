@@ -39,7 +39,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.memory import mem_available, memory_status, reset_peak  # noqa: E402
+from bench.memory_probe import mem_available, memory_status, reset_peak  # noqa: E402
 from bench.results import write_result  # noqa: E402
 
 GIB = 2**30
