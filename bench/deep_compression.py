@@ -47,7 +47,7 @@ from behemoth.config import load_config  # noqa: E402
 from behemoth.pipeline import run_training  # noqa: E402
 from behemoth.pipeline.config import resolve_config  # noqa: E402
 from behemoth.runs import open_run  # noqa: E402
-from bench.results import RESULTS, spread, write_result  # noqa: E402
+from bench.results import RESULTS, kept_rows_note, merge_rows, spread, write_result  # noqa: E402
 
 SWEEP_SEED = 100  # the sweep's seed: outside every reported seed set
 SWEEP_FILE = RESULTS / "deep_compression_sweep.json"
@@ -223,7 +223,7 @@ def sweep(keys: list[str], args) -> None:
         chosen[key] = {"chosen": best, "candidates": candidates, "val_error_limit_percent": limit}
     write_result(
         "deep_compression_sweep",
-        chosen,
+        merge_rows("deep_compression_sweep", chosen, under=None),  # --only keeps the other model's choice
         protocol(
             args,
             [SWEEP_SEED],
@@ -353,10 +353,14 @@ def main() -> None:
             "baseline_error_percent": spread(base_errors),
             "settings": settings,
         }
+    # --only re-runs one model: the other keeps its row, saying which run measured it
+    rows = merge_rows("deep_compression", figures, under=None)
+    record = protocol(args, seeds, "; ".join(selections))
+    record["deviations"] += kept_rows_note(rows, list(figures))
     write_result(
         "deep_compression",
-        figures,
-        protocol(args, seeds, "; ".join(selections)),
+        rows,
+        record,
         reduced="--quick: 6000 training images, 1 epoch per stage" if args.quick else None,
     )
     print("\nreproduce: .venv/bin/python bench/deep_compression.py " + " ".join(sys.argv[1:]))

@@ -137,8 +137,8 @@ def lm_perplexity(r: Result) -> str:
 def deep_compression(r: Result) -> str:
     a, b = r["figures"]["lenet-300-100"], r["figures"]["lenet5"]
     return (
-        f"LeNet-300-100 **{num(a['ratio'])}x** at {num(a['error_percent'], '.2f')}% error; "
-        f"LeNet-5 **{num(b['ratio'])}x** at {num(b['error_percent'], '.2f')}%"
+        f"{row_mark(r, a)}LeNet-300-100 **{num(a['ratio'])}x** at {num(a['error_percent'], '.2f')}% "
+        f"error; {row_mark(r, b)}LeNet-5 **{num(b['ratio'])}x** at {num(b['error_percent'], '.2f')}%"
     )
 
 
