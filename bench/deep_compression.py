@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from behemoth.compression.pipeline import compress_run  # noqa: E402
 from behemoth.config import load_config  # noqa: E402
+from behemoth.files import atomic_write_text  # noqa: E402
 from behemoth.pipeline import run_training  # noqa: E402
 from behemoth.pipeline.config import resolve_config  # noqa: E402
 from behemoth.runs import open_run  # noqa: E402
@@ -51,6 +52,7 @@ from bench.results import RESULTS, kept_rows_note, merge_rows, spread, write_res
 
 SWEEP_SEED = 100  # the sweep's seed: outside every reported seed set
 SWEEP_FILE = RESULTS / "deep_compression_sweep.json"
+OUTCOME_FILE = "bench_outcome.json"  # beside each compressed artifact: what --reuse reads back
 
 BASELINE_EPOCHS = {"lenet-300-100": 20, "lenet5": 12}
 RETRAIN_EPOCHS = {"lenet-300-100": 40, "lenet5": 16}  # pruning retraining; the MLP's epochs are cheap
@@ -99,7 +101,7 @@ def baseline(key: str, args, seed: int) -> Path:
     return run_dir
 
 
-def compress(key: str, run_dir: Path, args, settings: dict, split: str = "test", tag: str = "") -> dict:
+def recipe_overrides(run_dir: Path, args, settings: dict, tag: str) -> list[str]:
     recipe = [
         f"compress.prune={settings['prune']}",
         "compress.scope='global'",
@@ -119,6 +121,20 @@ def compress(key: str, run_dir: Path, args, settings: dict, split: str = "test",
             f"compress.temperature={settings['temperature']}",
             f"compress.alpha={settings['alpha']}",
         ]
+    return recipe
+
+
+def compress(run_dir: Path, args, settings: dict, split: str = "test", tag: str = "") -> dict:
+    """Compress the baseline with one recipe and score it on `split`. With --reuse, a recipe already
+    compressed with the same overrides is read back instead: a sweep of hours (LeNet-5: six recipes of
+    ~20 min) then resumes where a stopped session left it."""
+    recipe = recipe_overrides(run_dir, args, settings, tag)
+    saved = run_dir / ("compressed" + tag) / OUTCOME_FILE
+    if args.reuse and saved.is_file():
+        outcome = json.loads(saved.read_text())
+        if outcome["recipe"] == recipe and outcome.get("split") == split:
+            print(f"  reusing {saved.parent.name}: {settings}", flush=True)
+            return outcome
     _, cfg = open_run(run_dir, recipe)
     started = time.perf_counter()
     result = compress_run(
@@ -130,7 +146,15 @@ def compress(key: str, run_dir: Path, args, settings: dict, split: str = "test",
         measure_split=split,
     )
     print(f"  compressed in {time.perf_counter() - started:.0f}s", flush=True)
-    return {"rows": result.rows, "layers": result.layers, "artifact": str(result.artifact), "recipe": recipe}
+    outcome = {
+        "rows": result.rows,
+        "layers": result.layers,
+        "artifact": str(result.artifact),
+        "recipe": recipe,
+        "split": split,
+    }
+    atomic_write_text(saved, json.dumps(outcome, indent=1))
+    return outcome
 
 
 def report(key: str, outcome: dict) -> bool:
@@ -206,7 +230,7 @@ def sweep(keys: list[str], args) -> None:
         run_dir = baseline(key, args, SWEEP_SEED)
         candidates = []
         for number, settings in enumerate(grid(key, args)):
-            rows = compress(key, run_dir, args, settings, split="val", tag=f"-sweep{number}")["rows"]
+            rows = compress(run_dir, args, settings, split="val", tag=f"-sweep{number}")["rows"]
             candidates.append(
                 {
                     **settings,
@@ -300,7 +324,11 @@ def main() -> None:
     parser.add_argument("--grid-retrain-epochs", default=None, help="default: 40 (MLP), 16 (LeNet-5)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs-dir", default="runs")
-    parser.add_argument("--reuse", action="store_true", help="reuse trained baselines if present")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="reuse trained baselines, and recipes already compressed with the same overrides, if present",
+    )
     parser.add_argument("--progress", action="store_true", help="progress bars while training")
     args = parser.parse_args()
     if not 0 < args.val_fraction < 1:
@@ -342,7 +370,7 @@ def main() -> None:
         ratios, errors, base_errors = [], [], []
         for seed in seeds:
             print(f"{key}, seed {seed}: {settings}", flush=True)
-            outcome = compress(key, baseline(key, args, seed), args, settings)
+            outcome = compress(baseline(key, args, seed), args, settings)
             verdicts.append(report(key, outcome))
             ratios.append(outcome["rows"][-1]["compression"])
             errors.append(100 * outcome["rows"][-1]["error"])
