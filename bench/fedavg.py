@@ -105,18 +105,25 @@ def row_config(row: str, partition: str, seed: int, args: argparse.Namespace) ->
     }
 
 
-def run_row(raw: dict) -> dict:
+def run_row(raw: dict, resume: bool = False) -> dict:
+    """One federated run to the target. With `resume`, a run already in the runs dir with the same config
+    continues from its last round checkpoint (federate's exact resume), and a finished one is read back:
+    a CNN row of ~20 s rounds takes hours, more than one session holds."""
     from behemoth.config import config_from_dict
     from behemoth.federated.metrics import attach_run_log, read_records
     from behemoth.federated.simulate import run_simulated
-    from behemoth.runs import create_run_dir, run_path, write_config
+    from behemoth.runs import RunDir, create_run_dir, run_path, write_config
 
     cfg = config_from_dict(raw)
-    run_dir = create_run_dir(run_path(cfg), overwrite=True)
-    write_config(run_dir, cfg)
+    run_dir = run_path(cfg)
+    again = resume and RunDir(run_dir).is_run and RunDir(run_dir).config() == cfg
+    if not again:
+        create_run_dir(run_dir, overwrite=True)
+        write_config(run_dir, cfg)
     attach_run_log(run_dir, stream=sys.stderr)
     started = time.perf_counter()
-    run_simulated(cfg, run_dir, resume=False)
+    if not (again and RunDir(run_dir).summary.is_file()):
+        run_simulated(cfg, run_dir, resume=again)
     rounds = [r for r in read_records(run_dir / "metrics.jsonl") if r["kind"] == "round"]
     target = cfg.federate.target_accuracy
     reached = next((r["round"] for r in rounds if r["test.acc"] >= target), None)
@@ -126,7 +133,8 @@ def run_row(raw: dict) -> dict:
         "rounds_to_target": reached,
         "best_acc": max(r["test.acc"] for r in rounds),
         "final_acc": rounds[-1]["test.acc"],
-        "seconds": time.perf_counter() - started,
+        "seconds": time.perf_counter() - started,  # this session's part of a resumed run
+        "resumed": again,
         "median_round_seconds": sorted(r["seconds"] for r in rounds[1:])[len(rounds[1:]) // 2],
     }
 
@@ -153,6 +161,11 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds; each row runs once per seed")
     parser.add_argument("--runs-dir", default=str(Path(tempfile.gettempdir()) / "behemoth-bench-fedavg"))
     parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue runs already in --runs-dir with the same config (finished ones are read back)",
+    )
+    parser.add_argument(
         "--out", default=None, help="also write the results as JSON here (updated after each row)"
     )
     args = parser.parse_args()
@@ -164,7 +177,7 @@ def main() -> None:
     for item in args.rows.split(","):
         row, partition = item.split(":")
         for seed in seeds:
-            results.setdefault(item, {})[seed] = run_row(row_config(row, partition, seed, args))
+            results.setdefault(item, {})[seed] = run_row(row_config(row, partition, seed, args), args.resume)
             print(f"{item} seed {seed}: {json.dumps(results[item][seed])}", file=sys.stderr, flush=True)
             if args.out:
                 Path(args.out).write_text(json.dumps({"command": command, "results": results}, indent=2))

@@ -44,6 +44,11 @@ def main() -> None:
     parser.add_argument("--fraction", type=float, default=0.1)
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--runs-dir", default=str(Path("/tmp") / "behemoth-bench-fedavg-sweep"))
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue runs already in --runs-dir with the same config (finished ones are read back)",
+    )
     args = parser.parse_args()
     chosen = {}
     for item in args.rows.split(","):
@@ -54,7 +59,7 @@ def main() -> None:
             args.row_lr = lr
             raw = row_config(row, partition, SWEEP_SEED, args)
             raw["name"] += f"-lr{lr:g}"
-            runs.append({"lr": lr, **run_row(raw)})
+            runs.append({"lr": lr, **run_row(raw, args.resume)})
             print(f"{item} lr {lr:g}: {runs[-1]['rounds_to_target']} rounds", file=sys.stderr, flush=True)
         best = min(runs, key=rank)
         chosen[item] = {"lr": best["lr"], "seed": SWEEP_SEED, "grid": runs}
