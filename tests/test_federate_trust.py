@@ -26,6 +26,7 @@ from behemoth.federated.client_app import client_split, make_client_app
 from behemoth.federated.exchange import check_arrays, client_seed, federated_model, to_arrays
 from behemoth.federated.local import local_train
 from behemoth.federated.metrics import attach_run_log, read_records
+from behemoth.federated.node_order import PARTITION_KEY
 from behemoth.federated.secagg_client import SecAggClient, make_secagg_app
 from behemoth.runs import create_run_dir, run_path, write_config
 from behemoth.training.assembly import load_run_data
@@ -361,3 +362,19 @@ def test_a_malicious_server_gets_failed_clients_and_the_round_goes_on(tmp_path, 
     assert re.search(r"received array '.*' holds NaN or inf", log)
     assert json.loads((run_dir / "summary.json").read_text())["client_failures"] == 3
     assert not marker.exists()
+
+
+# ---- the partition query: what the server learns to sample clients by seed -----------------------------
+
+
+def test_a_client_answers_the_partition_query_from_its_own_node_config_and_nothing_else(flower_identity, own):
+    cfg, arrays = own
+    client = make_client_app(cfg)
+    for pid in (0, 3):
+        question = Message(content=RecordDict(), message_type=MessageType.QUERY, dst_node_id=100 + pid)
+        reply = client(question, node(pid))
+        assert reply.content["node"][PARTITION_KEY] == pid
+    with pytest.raises(RefusedMessage, match="a partition query carries no records"):
+        client(instruction(arrays, ROUND, MessageType.QUERY), node())
+    with pytest.raises(ConfigError, match="partition-id=9 num-partitions=4"):
+        client(Message(content=RecordDict(), message_type=MessageType.QUERY, dst_node_id=109), node(9))

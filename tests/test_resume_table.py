@@ -305,6 +305,8 @@ FEDERATED = [
     "federate.target_accuracy=1.0",  # never stops early: four rounds either way
     "federate.local_epochs=1",
     "model.dropout=0.2",  # clients draw dropout masks from their per-round seeds
+    "federate.fraction=0.5",  # 2 of 4 clients a round: the seeded draw must repeat after the kill too
+    "federate.min_clients=2",
 ]
 
 
@@ -347,3 +349,12 @@ def test_a_killed_federation_resumes_bitwise(tmp_path, strategy):
         json.loads((tmp_path / n / "summary.json").read_text())["rounds"] for n in ("straight", "killed")
     ]
     assert rounds == [4, 4], where
+    drawn = [sampled_partitions(tmp_path / n / "metrics.jsonl") for n in ("straight", "killed")]
+    assert drawn[0] == drawn[1], f"{where}: sampled {drawn}"
+    assert all(len(p) == 2 for p in drawn[0].values()) and len(set(drawn[0].values())) > 1, drawn[0]
+
+
+def sampled_partitions(metrics: Path) -> dict[int, tuple[int, ...]]:
+    """Each round's averaged partitions (a resumed run's repeated round: its last record)."""
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    return {r["round"]: tuple(r["clients.partitions"]) for r in records if "clients.partitions" in r}

@@ -40,6 +40,7 @@ from behemoth.data import DataBundle, TensorSplit
 from behemoth.errors import ConfigError
 from behemoth.federated.exchange import client_seed, exchanged_state, federated_model, load_checked
 from behemoth.federated.local import local_train, poison_update
+from behemoth.federated.node_order import PARTITION_KEY
 from behemoth.federated.partition import partition
 from behemoth.federated.privacy import noise_multiplier_for, secure_seed
 from behemoth.models.trust import ENV_VAR, parse_trust_list, trust_code
@@ -136,14 +137,20 @@ def _own_noise(config_json: str) -> float:
     return noise_multiplier_for(cfg.federate, [len(p) for p in parts])
 
 
-def client_split(cfg: RunConfig, context: Context) -> tuple[DataBundle, TensorSplit, int]:
-    """This node's data bundle, training partition and partition id, from its own config."""
+def own_partition(cfg: RunConfig, context: Context) -> int:
+    """This node's partition id (node config), checked against its own config's client count."""
     pid, count = int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
     if count != cfg.federate.clients or not 0 <= pid < count:
         raise ConfigError(
             f"this SuperNode has partition-id={pid} num-partitions={count}, but the run has "
             f"federate.clients = {cfg.federate.clients}"
         )
+    return pid
+
+
+def client_split(cfg: RunConfig, context: Context) -> tuple[DataBundle, TensorSplit, int]:
+    """This node's data bundle, training partition and partition id, from its own config."""
+    pid = own_partition(cfg, context)
     data, parts = _data_and_partitions(cfg.model_dump_json())
     rows = parts[pid]
     return data, TensorSplit(data.train.x[rows], data.train.y[rows]), pid
@@ -269,6 +276,16 @@ def make_client_app(bound: RunConfig | None = None) -> ClientApp:
         settings, arrays = message_parts(msg)
         metrics = evaluate_round(own_config(context, bound), settings, context, arrays)
         return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+    @client.query()
+    @logs_refusals
+    def partition_id(msg: Message, context: Context) -> Message:
+        """The server asks each node once which partition it holds, so that it samples clients in
+        partition order and a seed repeats its picks (node_order.py). The question carries nothing."""
+        if msg.content.keys():
+            raise RefusedMessage(f"a partition query carries no records; got {sorted(msg.content.keys())}")
+        pid = own_partition(own_config(context, bound), context)
+        return Message(content=RecordDict({"node": MetricRecord({PARTITION_KEY: pid})}), reply_to=msg)
 
     return client
 

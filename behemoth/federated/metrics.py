@@ -153,6 +153,7 @@ class RoundRecorder:
                     "bytes.sent": stats.bytes_sent,
                     "bytes.received": stats.bytes_received,
                     "aggregated": stats.aggregated,
+                    "clients.partitions": stats.partitions,
                 }
             )
             if self.adapters_only and stats.bytes_full:  # the same messages with the full weights (SecAgg+'s

@@ -15,6 +15,7 @@ from behemoth.config import RunConfig, load_config
 from behemoth.errors import RunDirError
 from behemoth.federated.exchange import state_bytes, to_arrays
 from behemoth.federated.metrics import TargetReached, attach_run_log, log
+from behemoth.federated.node_order import PartitionOrderedGrid
 from behemoth.federated.server_run import announce, checkpointer, finish, prepare, shared_config
 from behemoth.federated.state import restore_strategy, strategy_state
 from behemoth.federated.strategies import build_strategy, innermost
@@ -75,7 +76,7 @@ def serve(grid: Grid, cfg: RunConfig, run_dir: Path, resume: bool = False) -> di
     stop = "rounds"
     try:
         strategy.start(
-            grid,
+            PartitionOrderedGrid(grid, fed.timeout),  # seeded sampling names the same partitions every run
             initial_arrays=to_arrays(parts.model, fed.adapters_only),
             num_rounds=fed.rounds - parts.start,
             timeout=fed.timeout,

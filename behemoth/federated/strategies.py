@@ -35,6 +35,7 @@ from flwr.serverapp.strategy import (
 
 from behemoth.config.federate import FederateConfig
 from behemoth.errors import BehemothError, ConfigError
+from behemoth.federated.node_order import seed_round_draw
 from behemoth.federated.privacy import PrivacyLedger
 
 log = logging.getLogger("behemoth.federated")
@@ -209,6 +210,7 @@ class RoundStats:
     bytes_received: int = 0
     bytes_full: int = 0  # sent + received had every message carried the full weights (adapters_only)
     aggregated: bool = False
+    partitions: list[int] = field(default_factory=list)  # whose updates were averaged, in partition order
     train_metrics: dict[str, float] = field(default_factory=dict)
     client_eval: dict[str, float] = field(default_factory=dict)
 
@@ -289,6 +291,7 @@ class GuardedStrategy(Strategy):
         r = server_round + self.offset
         stats = self.stats[r] = RoundStats()
         self.dtypes = {key: array.numpy().dtype for key, array in arrays.items()}
+        seed_round_draw(grid, self.fed.seed, r)
         messages = list(self.inner.configure_train(r, arrays, config, grid))
         messages = self._mark_dropouts(r, messages)
         stats.sampled = len(messages)
@@ -351,6 +354,7 @@ class GuardedStrategy(Strategy):
         self.empty_rounds = 0
         # in partition order, not arrival order: a float sum depends on its order, and a run must repeat
         usable.sort(key=partition_of)
+        stats.partitions = [partition_of(reply) for reply in usable]
         arrays, metrics = self.inner.aggregate_train(r, usable)
         arrays = in_dtypes(arrays, self.dtypes)
         stats.aggregated = arrays is not None
