@@ -20,9 +20,18 @@ from typing import Any
 from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
+from behemoth.config.federate import FederateConfig
+
 log = logging.getLogger("behemoth.federated")
 PARTITION_KEY = "partition-id"  # the query reply's one metric
 UNANSWERED = float("inf")
+
+
+def draw_needs_order(fed: FederateConfig) -> bool:
+    """Whether node order decides anything: a round that samples every node trains them all and its
+    updates are averaged in partition order anyway (strategies.py), unless simulated dropouts pick some by
+    their place in the draw. Asking costs a message per node (a process start per node when deployed)."""
+    return fed.sampled_clients < fed.clients or fed.faults.dropout > 0
 
 
 class PartitionOrderedGrid:

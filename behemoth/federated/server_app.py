@@ -15,7 +15,7 @@ from behemoth.config import RunConfig, load_config
 from behemoth.errors import RunDirError
 from behemoth.federated.exchange import state_bytes, to_arrays
 from behemoth.federated.metrics import TargetReached, attach_run_log, log
-from behemoth.federated.node_order import PartitionOrderedGrid
+from behemoth.federated.node_order import PartitionOrderedGrid, draw_needs_order
 from behemoth.federated.server_run import announce, checkpointer, finish, prepare, shared_config
 from behemoth.federated.state import restore_strategy, strategy_state
 from behemoth.federated.strategies import build_strategy, innermost
@@ -76,7 +76,8 @@ def serve(grid: Grid, cfg: RunConfig, run_dir: Path, resume: bool = False) -> di
     stop = "rounds"
     try:
         strategy.start(
-            PartitionOrderedGrid(grid, fed.timeout),  # seeded sampling names the same partitions every run
+            # seeded sampling names the same partitions every run
+            PartitionOrderedGrid(grid, fed.timeout) if draw_needs_order(fed) else grid,
             initial_arrays=to_arrays(parts.model, fed.adapters_only),
             num_rounds=fed.rounds - parts.start,
             timeout=fed.timeout,
