@@ -51,6 +51,7 @@ ROWS = {  # name: (model, E, B (0 = inf), lr, target, paper rounds IID, paper ro
     "2nn-fedavg": (TWO_NN, 1, 10, 0.1, 0.97, 87, 664),
 }
 PARTITIONS = {"iid": "IID", "shards": "non-IID"}
+RESUME_HELP = "continue runs already in --runs-dir with the same config (finished ones are read back)"
 
 
 def swept_lr(item: str) -> float | None:
@@ -116,13 +117,14 @@ def run_row(raw: dict, resume: bool = False) -> dict:
 
     cfg = config_from_dict(raw)
     run_dir = run_path(cfg)
-    again = resume and RunDir(run_dir).is_run and RunDir(run_dir).config() == cfg
+    run = RunDir(run_dir)
+    again = resume and run.is_run and run.config() == cfg
     if not again:
         create_run_dir(run_dir, overwrite=True)
         write_config(run_dir, cfg)
     attach_run_log(run_dir, stream=sys.stderr)
     started = time.perf_counter()
-    if not (again and RunDir(run_dir).summary.is_file()):
+    if not (again and run.summary.is_file()):
         run_simulated(cfg, run_dir, resume=again)
     rounds = [r for r in read_records(run_dir / "metrics.jsonl") if r["kind"] == "round"]
     target = cfg.federate.target_accuracy
@@ -160,11 +162,7 @@ def main() -> None:
     )
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds; each row runs once per seed")
     parser.add_argument("--runs-dir", default=str(Path(tempfile.gettempdir()) / "behemoth-bench-fedavg"))
-    parser.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue runs already in --runs-dir with the same config (finished ones are read back)",
-    )
+    parser.add_argument("--resume", action="store_true", help=RESUME_HELP)
     parser.add_argument(
         "--out", default=None, help="also write the results as JSON here (updated after each row)"
     )

@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedavg import PARTITIONS, ROWS, SWEEP_SEED, row_config, run_row  # noqa: E402
+from fedavg import PARTITIONS, RESUME_HELP, ROWS, SWEEP_SEED, row_config, run_row  # noqa: E402
 
 from bench.results import merge_rows, write_result  # noqa: E402
 
@@ -44,11 +44,7 @@ def main() -> None:
     parser.add_argument("--fraction", type=float, default=0.1)
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--runs-dir", default=str(Path("/tmp") / "behemoth-bench-fedavg-sweep"))
-    parser.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue runs already in --runs-dir with the same config (finished ones are read back)",
-    )
+    parser.add_argument("--resume", action="store_true", help=RESUME_HELP)
     args = parser.parse_args()
     chosen = {}
     for item in args.rows.split(","):

@@ -47,8 +47,10 @@ class PartitionOrderedGrid:
     def get_node_ids(self) -> list[int]:
         nodes = list(self.grid.get_node_ids())
         unseen = [node for node in nodes if node not in self.partitions]
-        if unseen:
+        if unseen:  # the query's own message traffic may draw from `random`: the round's draw must not see it
+            state = random.getstate()
             self.partitions.update(ask_partitions(self.grid, unseen, self.timeout))
+            random.setstate(state)
         return sorted(nodes, key=lambda node: (self.partitions[node], node))
 
 
@@ -72,8 +74,6 @@ def ask_partitions(grid: Grid, nodes: Iterable[int], timeout: float | None) -> d
     return answers
 
 
-def seed_round_draw(grid: Grid, seed: int, server_round: int) -> None:
-    """Seed the global `random` for round `server_round`'s client draw, after learning any new node's
-    partition (whose messages may draw from `random` themselves)."""
-    grid.get_node_ids()
+def seed_round_draw(seed: int, server_round: int) -> None:
+    """Seed the global `random`, which Flower's strategies sample with, for round `server_round`'s draw."""
     random.seed(f"sample/{seed}/{server_round}")

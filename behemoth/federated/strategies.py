@@ -291,7 +291,7 @@ class GuardedStrategy(Strategy):
         r = server_round + self.offset
         stats = self.stats[r] = RoundStats()
         self.dtypes = {key: array.numpy().dtype for key, array in arrays.items()}
-        seed_round_draw(grid, self.fed.seed, r)
+        seed_round_draw(self.fed.seed, r)
         messages = list(self.inner.configure_train(r, arrays, config, grid))
         messages = self._mark_dropouts(r, messages)
         stats.sampled = len(messages)
