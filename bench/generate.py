@@ -11,8 +11,8 @@ Rows named "compiled" decode through behemoth's compiled step (models/compiled_d
 inductor, frozen weights, max-autotune; a static cache); transformers' rows are its `generate` as it ships
 (eager, dynamic cache). A compiled row's first call compiles: it is the warm-up round, not timed, and is
 reported as first_call_seconds. int4 rows run behemoth's int4 kernel (compression/int4_gemv.c) where the CPU
-has AVX-512 BF16 (the result says which ran); the rows "int4 g128, torch's kernel" are the same codes on
-torch's `_weight_int4pack_mm_for_cpu`, for comparison in the same run.
+has AVX-512 BF16 or AVX2 + FMA (the result says which build ran, and on which CPU); the rows "int4 g128,
+torch's kernel" are the same codes on torch's `_weight_int4pack_mm_for_cpu`, for comparison in the same run.
 
 Two speeds per row, both medians over interleaved rounds, the way optimum-benchmark splits them: the time to
 the first token (TTFT: a generate call for 1 new token, i.e. the prompt's prefill) and the decode speed,
@@ -61,6 +61,14 @@ def copy_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
         dst.copy_(src)
         times.append(time.perf_counter() - start)
     return 2 * src.numel() * 4 / min(times)
+
+
+def cpu_model() -> str:
+    """The CPU's model name: bound and speeds depend on it (this project's machines have varied)."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
 
 
 def weight_bytes_per_token(model: torch.nn.Module) -> int:
@@ -353,7 +361,10 @@ def measure(label: str, args: argparse.Namespace) -> None:
         "rounds": args.rounds,
         "copy_bandwidth_bytes_per_s": bandwidth,
         "copy_bandwidth_per_round": timed["bandwidths"],
-        "int4_kernel": "behemoth (compression/int4_gemv.c)" if int4_kernel.library() else "torch's",
+        "int4_kernel": f"behemoth (compression/int4_gemv.c, {int4_kernel.variant()})"
+        if int4_kernel.library()
+        else "torch's",
+        "cpu": cpu_model(),
         "rows": rows,
     }
     deviations = [f"{args.threads} thread(s); median of {args.rounds} rounds"]

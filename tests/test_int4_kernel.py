@@ -13,8 +13,25 @@ from behemoth.compression.weight_only import Int4WeightOnlyLinear, quantize_weig
 from behemoth.models.gpt import GPT, GPTOptions
 
 needs_kernel = pytest.mark.skipif(
-    int4_kernel.library() is None, reason="needs an x86-64 CPU with AVX-512 BF16 and a C compiler"
+    int4_kernel.library() is None,
+    reason="needs an x86-64 CPU with AVX-512 BF16 or AVX2 + FMA, and a C compiler",
 )
+
+
+# every build of the kernel this CPU runs (an AVX-512 BF16 machine runs the AVX2 build too)
+RUNNABLE = [name for name, (needs, _) in int4_kernel.VARIANTS.items() if needs <= int4_kernel.cpu_flags()]
+
+
+@pytest.fixture(params=RUNNABLE or [None])
+def instruction_set(request, monkeypatch):
+    """The kernel built for one instruction set (BEHEMOTH_INT4_KERNEL names it)."""
+    if request.param is None or int4_kernel.library() is None:
+        pytest.skip("needs an x86-64 CPU with AVX-512 BF16 or AVX2 + FMA, and a C compiler")
+    monkeypatch.setenv(int4_kernel.SWITCH, request.param)
+    int4_kernel.library.cache_clear()
+    yield request.param
+    monkeypatch.undo()
+    int4_kernel.library.cache_clear()
 
 
 def layer(out_features: int, in_features: int, group: int, seed: int = 0) -> torch.nn.Linear:
@@ -32,10 +49,9 @@ def test_codes_pack_into_the_kernels_layout_and_back():
     assert [(lane0 >> shift) & 15 for shift in (0, 4, 8, 12)] == [int(codes[0, j]) for j in (0, 32, 64, 96)]
 
 
-@needs_kernel
 @pytest.mark.parametrize("group", [32, 64, 128])
 @pytest.mark.parametrize("rows", [1, 3, 4, 5, 17])
-def test_the_kernel_multiplies_like_torchs_int4_kernel(group, rows):
+def test_the_kernel_multiplies_like_torchs_int4_kernel(group, rows, instruction_set):
     linear = layer(262, 768, group)  # 262 outputs: not a multiple of 16, as GPT-2's head is not
     with int4_kernel.torch_kernel_only():
         theirs = Int4WeightOnlyLinear.from_linear(linear, group)
@@ -86,6 +102,14 @@ def test_a_quantized_gpt_runs_on_the_kernel_as_on_torchs():
     assert (logits - reference).abs().max() <= 2**-6 * reference.abs().max()  # torch's rounds to bf16
 
 
+def test_the_best_build_the_cpu_runs_is_chosen_and_a_bad_switch_is_named(monkeypatch):
+    monkeypatch.delenv(int4_kernel.SWITCH, raising=False)
+    assert int4_kernel.variant() == (RUNNABLE[0] if RUNNABLE else None)
+    monkeypatch.setenv(int4_kernel.SWITCH, "avx3")
+    with pytest.raises(ValueError, match="BEHEMOTH_INT4_KERNEL='avx3'"):
+        int4_kernel.variant()
+
+
 def test_where_the_kernel_cannot_run_torchs_kernel_does(monkeypatch):
     monkeypatch.setenv(int4_kernel.SWITCH, "aten")
     int4_kernel.library.cache_clear()
@@ -101,10 +125,13 @@ def test_where_the_kernel_cannot_run_torchs_kernel_does(monkeypatch):
 @needs_kernel
 def test_the_compiled_library_is_cached_in_a_private_user_directory(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    built = int4_kernel.build(os.environ.get("CC") or "gcc")
-    assert built.parent == tmp_path / "behemoth" / "kernels" and built.suffix == ".so"
+    instruction_set = int4_kernel.variant()
+    built = int4_kernel.build(os.environ.get("CC") or "gcc", instruction_set)
+    assert instruction_set in built.name and built.suffix == ".so"
+    assert built.parent == tmp_path / "behemoth" / "kernels"
     assert stat.S_IMODE(built.parent.stat().st_mode) == 0o700
-    assert int4_kernel.build(os.environ.get("CC") or "gcc") == built  # the second call compiles nothing
+    # the second call compiles nothing
+    assert int4_kernel.build(os.environ.get("CC") or "gcc", instruction_set) == built
     assert [p.name for p in built.parent.iterdir()] == [built.name]  # no temporary file left
 
 

@@ -1,12 +1,14 @@
-"""behemoth's weight-only int4 matmul kernel (int4_gemv.c), for decoding on CPUs with AVX-512 BF16.
+"""behemoth's weight-only int4 matmul kernel (int4_gemv.c), for decoding on x86-64 CPUs with AVX-512 BF16
+or AVX2 + FMA.
 
 torch's own int4 CPU kernel is compute-bound at batch 1 on a small machine; this one expands codes with a
-shift and a bitwise op and multiplies with bf16 dot-product instructions, so it streams the weights at
-close to memory speed (int4_gemv.c says how). It is compiled from the package's C source with the system's C
-compiler on first use, into the user's cache (`$XDG_CACHE_HOME/behemoth/kernels`, private to the user;
-keyed by the source, flags and compiler, written atomically), and loaded with ctypes: no code from anywhere
-else is loaded. Where it cannot run (not x86-64, no AVX-512 BF16, no compiler, or
-`BEHEMOTH_INT4_KERNEL=aten`), `library()` is None and weight_only.py uses torch's kernel.
+shift and a bitwise op and multiplies with bf16 dot-product instructions (AVX-512 BF16) or fp32 FMAs (AVX2),
+so it streams the weights at close to memory speed (int4_gemv.c says how). It is compiled from the package's
+C source with the system's C compiler on first use, for the best instruction set the CPU has, into the
+user's cache (`$XDG_CACHE_HOME/behemoth/kernels`, private to the user; keyed by the source, flags and
+compiler, written atomically), and loaded with ctypes: no code from anywhere else is loaded. Where it cannot
+run (not x86-64, neither instruction set, no compiler, or `BEHEMOTH_INT4_KERNEL=aten`), `library()` is None
+and weight_only.py uses torch's kernel; `BEHEMOTH_INT4_KERNEL=avx2` builds the AVX2 one on an AVX-512 CPU.
 
 `behemoth::int4_matmul` is a torch op, so `torch.compile` keeps it in its graph; eager calls skip the
 dispatcher (`matmul`) because a decoded token makes ~50 of them.
@@ -27,22 +29,44 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("int4_gemv.c")
-FLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-fopenmp", "-shared", "-fPIC")
-CPU_FLAGS = {"avx512f", "avx512bw", "avx512vl", "avx512_bf16"}
-SWITCH = "BEHEMOTH_INT4_KERNEL"  # "aten": always torch's kernel
+COMMON_FLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC")
+VARIANTS = {  # instruction set: (the CPU flags it needs in /proc/cpuinfo, compiler flags), best first
+    "avx512bf16": (
+        {"avx512f", "avx512bw", "avx512vl", "avx512_bf16"},
+        ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16"),
+    ),
+    "avx2": ({"avx2", "fma"}, ("-mavx2", "-mfma")),
+}
+SWITCH = "BEHEMOTH_INT4_KERNEL"  # "aten": always torch's kernel; a variant's name: that one, if it runs here
 GROUPS = (32, 64, 128)
 BLOCK = 128  # inputs per packed block: K must be a multiple
 
 
-def cpu_supports() -> bool:
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (empty where they cannot be read, or not on x86-64)."""
     if platform.machine() not in ("x86_64", "AMD64"):
-        return False
+        return set()
     try:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
+        return set()
     lines = [line for line in info.splitlines() if line.startswith("flags")]
-    return bool(lines) and CPU_FLAGS <= set(lines[0].split(":", 1)[1].split())
+    return set(lines[0].split(":", 1)[1].split()) if lines else set()
+
+
+def variant() -> str | None:
+    """The kernel build that runs on this CPU (the best one, or the one BEHEMOTH_INT4_KERNEL names), or
+    None for torch's kernel."""
+    wanted = os.environ.get(SWITCH, "").lower()
+    if wanted == "aten":
+        return None
+    if wanted and wanted not in VARIANTS:
+        raise ValueError(f"{SWITCH}={wanted!r}: expected aten or one of {', '.join(VARIANTS)}")
+    flags = cpu_flags()
+    runnable = [name for name, (needs, _) in VARIANTS.items() if needs <= flags]
+    if wanted:
+        return wanted if wanted in runnable else None
+    return runnable[0] if runnable else None
 
 
 def cache_dir() -> Path:
@@ -59,15 +83,17 @@ def cache_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="behemoth-kernels-"))
 
 
-def build(compiler: str) -> Path:
-    """The compiled library, from the cache or compiled now (to a temporary name, then renamed)."""
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join((compiler, *FLAGS)).encode()).hexdigest()[:16]
-    target = cache_dir() / f"int4_gemv-{key}.so"
+def build(compiler: str, instruction_set: str) -> Path:
+    """The compiled library for `instruction_set` (a VARIANTS key), from the cache or compiled now (to a
+    temporary name, then renamed)."""
+    flags = (*COMMON_FLAGS, *VARIANTS[instruction_set][1])
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join((compiler, *flags)).encode()).hexdigest()[:16]
+    target = cache_dir() / f"int4_gemv-{instruction_set}-{key}.so"
     if not target.is_file():
         with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".so", delete=False) as scratch:
             pass
         try:
-            command = [compiler, *FLAGS, str(SOURCE), "-o", scratch.name]
+            command = [compiler, *flags, str(SOURCE), "-o", scratch.name]
             subprocess.run(command, check=True, capture_output=True, timeout=120)
             os.replace(scratch.name, target)
         finally:
@@ -78,13 +104,12 @@ def build(compiler: str) -> Path:
 @functools.cache
 def library() -> ctypes.CDLL | None:
     """The loaded kernel, or None where it cannot run here (then torch's kernel is used)."""
-    if os.environ.get(SWITCH, "").lower() == "aten" or not cpu_supports():
-        return None
+    instruction_set = variant()
     compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
-    if compiler is None:
+    if instruction_set is None or compiler is None:
         return None
     try:
-        lib = ctypes.CDLL(str(build(compiler)))
+        lib = ctypes.CDLL(str(build(compiler, instruction_set)))
     except (OSError, subprocess.SubprocessError):
         return None
     pointers, sizes = [ctypes.c_void_p] * 4, [ctypes.c_long] * 4

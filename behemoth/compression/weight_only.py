@@ -113,7 +113,7 @@ class Int4WeightOnlyLinear(nn.Module):
         self.out_features, self.in_features = codes.shape
         check_int4_shape("layer", self.out_features, self.in_features, group)
         self.group = group
-        # behemoth's kernel where it runs here (AVX-512 BF16, K a multiple of 128), else torch's
+        # behemoth's kernel where it runs here (AVX-512 BF16 or AVX2, K a multiple of 128), else torch's
         self.kernel = "behemoth" if int4_kernel.fits(*codes.shape, group) else "aten"
         sz = scales_and_zeros.to(torch.bfloat16)  # (K / group, N, 2)
         if self.kernel == "behemoth":
