@@ -13,6 +13,8 @@ inductor, frozen weights, max-autotune; a static cache); transformers' rows are 
 reported as first_call_seconds. int4 rows run behemoth's int4 kernel (compression/int4_gemv.c) where the CPU
 has AVX-512 BF16 or AVX2 + FMA (the result says which build ran, and on which CPU); the rows "int4 g128,
 torch's kernel" are the same codes on torch's `_weight_int4pack_mm_for_cpu`, for comparison in the same run.
+int8 rows run behemoth's int8 kernel (compression/int8_gemv.c) on AVX2 CPUs without AVX-512, and then the
+rows "int8, torch's kernel" are the same codes on `_weight_int8pack_mm`.
 
 Two speeds per row, both medians over interleaved rounds, the way optimum-benchmark splits them: the time to
 the first token (TTFT: a generate call for 1 new token, i.e. the prompt's prefill) and the decode speed,
@@ -42,13 +44,23 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from behemoth.compression import int4_kernel  # noqa: E402
+from behemoth.compression import int4_kernel, int8_kernel, kernel_build  # noqa: E402
 from behemoth.compression.weight_only import quantize_weight_only, weight_only_layers  # noqa: E402
 from behemoth.models.gpt import GPT, GPTOptions  # noqa: E402
 from behemoth.models.sampling import sample_cached  # noqa: E402
 from bench.results import RESULTS, write_result  # noqa: E402
 
 TORCH_INT4 = "behemoth int4 g128, torch's kernel"  # the same codes on _weight_int4pack_mm_for_cpu
+TORCH_INT8 = "behemoth int8, torch's kernel"  # the same codes on _weight_int8pack_mm (where ours is used)
+
+
+def on_torchs_kernels(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """The int4 (and, where behemoth's int8 kernel runs, int8) copies of `model` on torch's kernels."""
+    with kernel_build.torch_kernels_only():
+        copies = {TORCH_INT4: quantize_weight_only(model, 4, 128, head=True)}
+        if int8_kernel.library() is not None:
+            copies[TORCH_INT8] = quantize_weight_only(model, 8, head=True)
+    return copies
 
 
 def copy_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
@@ -152,15 +164,15 @@ def llama_1b(quick: bool) -> tuple[dict[str, torch.nn.Module], dict, int]:
         "behemoth int4 g128": quantize_weight_only(ours, 4, 128, head=True),
         "behemoth bf16": ours,
     }
-    with int4_kernel.torch_kernel_only():
-        models[TORCH_INT4] = quantize_weight_only(ours, 4, 128, head=True)
+    models |= on_torchs_kernels(ours)
     fp32 = copy.deepcopy(bf16).float().eval()
     # behemoth's HF path and transformers' generate share one module per dtype (the same weights, no copy)
     models |= {"behemoth fp32": HFCausalLM(fp32, vocab).eval()}
     models |= {"transformers fp32": fp32, "transformers bf16": bf16}
-    compiled = ("behemoth int8", "behemoth int4 g128", TORCH_INT4)
+    torchs = [name for name in (TORCH_INT8, TORCH_INT4) if name in models]
+    compiled = ("behemoth int8", "behemoth int4 g128", *torchs)
     models |= {f"{name} compiled": models[name] for name in compiled}
-    order = ["behemoth fp32", "behemoth bf16", "behemoth int8", "behemoth int4 g128", TORCH_INT4]
+    order = ["behemoth fp32", "behemoth bf16", "behemoth int8", "behemoth int4 g128", *torchs]
     order += [f"{name} compiled" for name in compiled]
     return {name: models[name] for name in [*order, "transformers fp32", "transformers bf16"]}, shape, vocab
 
@@ -179,11 +191,11 @@ def gpt2_small(quick: bool) -> tuple[dict[str, torch.nn.Module], dict, int]:
         "behemoth int8": quantize_weight_only(fp32, 8, head=True),
         "behemoth int4 g128": quantize_weight_only(fp32, 4, 128, head=True),
     }
-    with int4_kernel.torch_kernel_only():
-        models[TORCH_INT4] = quantize_weight_only(fp32, 4, 128, head=True)
+    models |= on_torchs_kernels(fp32)
     models["behemoth bf16"].load_state_dict(fp32.state_dict())
     # the compiled rows are the same modules, compiled
-    compiled = ("behemoth fp32", "behemoth int8", "behemoth int4 g128", TORCH_INT4)
+    torchs = [name for name in (TORCH_INT8, TORCH_INT4) if name in models]
+    compiled = ("behemoth fp32", "behemoth int8", "behemoth int4 g128", *torchs)
     models |= {f"{name} compiled": models[name] for name in compiled}
     try:
         models["transformers fp32"] = hf_twin(fp32, opts, vocab)
@@ -364,6 +376,7 @@ def measure(label: str, args: argparse.Namespace) -> None:
         "int4_kernel": f"behemoth (compression/int4_gemv.c, {int4_kernel.variant()})"
         if int4_kernel.library()
         else "torch's",
+        "int8_kernel": "behemoth (compression/int8_gemv.c, avx2)" if int8_kernel.library() else "torch's",
         "cpu": cpu_model(),
         "rows": rows,
     }

@@ -8,7 +8,7 @@ import stat
 import pytest
 import torch
 
-from behemoth.compression import int4_kernel
+from behemoth.compression import int4_kernel, kernel_build
 from behemoth.compression.weight_only import Int4WeightOnlyLinear, quantize_weight_only
 from behemoth.models.gpt import GPT, GPTOptions
 
@@ -19,7 +19,7 @@ needs_kernel = pytest.mark.skipif(
 
 
 # every build of the kernel this CPU runs (an AVX-512 BF16 machine runs the AVX2 build too)
-RUNNABLE = [name for name, (needs, _) in int4_kernel.VARIANTS.items() if needs <= int4_kernel.cpu_flags()]
+RUNNABLE = kernel_build.runnable(int4_kernel.INSTRUCTION_SETS)
 
 
 @pytest.fixture(params=RUNNABLE or [None])
@@ -126,12 +126,12 @@ def test_where_the_kernel_cannot_run_torchs_kernel_does(monkeypatch):
 def test_the_compiled_library_is_cached_in_a_private_user_directory(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     instruction_set = int4_kernel.variant()
-    built = int4_kernel.build(os.environ.get("CC") or "gcc", instruction_set)
+    built = kernel_build.build(int4_kernel.SOURCE, os.environ.get("CC") or "gcc", instruction_set)
     assert instruction_set in built.name and built.suffix == ".so"
     assert built.parent == tmp_path / "behemoth" / "kernels"
     assert stat.S_IMODE(built.parent.stat().st_mode) == 0o700
     # the second call compiles nothing
-    assert int4_kernel.build(os.environ.get("CC") or "gcc", instruction_set) == built
+    assert kernel_build.build(int4_kernel.SOURCE, os.environ.get("CC") or "gcc", instruction_set) == built
     assert [p.name for p in built.parent.iterdir()] == [built.name]  # no temporary file left
 
 
@@ -140,5 +140,5 @@ def test_a_cache_others_could_write_to_is_not_used(tmp_path, monkeypatch):
     shared.mkdir(parents=True)
     shared.chmod(0o777)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    private = int4_kernel.cache_dir()
+    private = kernel_build.cache_dir()
     assert private != shared and stat.S_IMODE(private.stat().st_mode) == 0o700

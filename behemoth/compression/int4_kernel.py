@@ -4,9 +4,7 @@ or AVX2 + FMA.
 torch's own int4 CPU kernel is compute-bound at batch 1 on a small machine; this one expands codes with a
 shift and a bitwise op and multiplies with bf16 dot-product instructions (AVX-512 BF16) or fp32 FMAs (AVX2),
 so it streams the weights at close to memory speed (int4_gemv.c says how). It is compiled from the package's
-C source with the system's C compiler on first use, for the best instruction set the CPU has, into the
-user's cache (`$XDG_CACHE_HOME/behemoth/kernels`, private to the user; keyed by the source, flags and
-compiler, written atomically), and loaded with ctypes: no code from anywhere else is loaded. Where it cannot
+C source on first use for the best instruction set the CPU has (kernel_build.py). Where it cannot
 run (not x86-64, neither instruction set, no compiler, or `BEHEMOTH_INT4_KERNEL=aten`), `library()` is None
 and weight_only.py uses torch's kernel; `BEHEMOTH_INT4_KERNEL=avx2` builds the AVX2 one on an AVX-512 CPU.
 
@@ -14,127 +12,44 @@ and weight_only.py uses torch's kernel; `BEHEMOTH_INT4_KERNEL=avx2` builds the A
 dispatcher (`matmul`) because a decoded token makes ~50 of them.
 """
 
-import contextlib
 import ctypes
 import functools
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
+from behemoth.compression import kernel_build
+
 SOURCE = Path(__file__).with_name("int4_gemv.c")
-COMMON_FLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC")
-VARIANTS = {  # instruction set: (the CPU flags it needs in /proc/cpuinfo, compiler flags), best first
-    "avx512bf16": (
-        {"avx512f", "avx512bw", "avx512vl", "avx512_bf16"},
-        ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16"),
-    ),
-    "avx2": ({"avx2", "fma"}, ("-mavx2", "-mfma")),
-}
-SWITCH = "BEHEMOTH_INT4_KERNEL"  # "aten": always torch's kernel; a variant's name: that one, if it runs here
+INSTRUCTION_SETS = ("avx512bf16", "avx2")  # the builds int4_gemv.c has, best first
+SWITCH = "BEHEMOTH_INT4_KERNEL"  # "aten": always torch's kernel; an instruction set: that build, if it runs
 GROUPS = (32, 64, 128)
 BLOCK = 128  # inputs per packed block: K must be a multiple
-
-
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags (empty where they cannot be read, or not on x86-64)."""
-    if platform.machine() not in ("x86_64", "AMD64"):
-        return set()
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    lines = [line for line in info.splitlines() if line.startswith("flags")]
-    return set(lines[0].split(":", 1)[1].split()) if lines else set()
 
 
 def variant() -> str | None:
     """The kernel build that runs on this CPU (the best one, or the one BEHEMOTH_INT4_KERNEL names), or
     None for torch's kernel."""
-    wanted = os.environ.get(SWITCH, "").lower()
-    if wanted == "aten":
-        return None
-    if wanted and wanted not in VARIANTS:
-        raise ValueError(f"{SWITCH}={wanted!r}: expected aten or one of {', '.join(VARIANTS)}")
-    flags = cpu_flags()
-    runnable = [name for name, (needs, _) in VARIANTS.items() if needs <= flags]
-    if wanted:
-        return wanted if wanted in runnable else None
-    return runnable[0] if runnable else None
-
-
-def cache_dir() -> Path:
-    """Where compiled kernels are kept: the user's cache, if only the user can write to it."""
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "behemoth" / "kernels"
-    try:
-        root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        info = root.stat()
-        if os.access(root, os.W_OK) and info.st_uid == os.getuid() and not info.st_mode & 0o022:
-            return root
-    except OSError:
-        pass
-    # an unwritable cache, or one someone else could write to: compile for this process only
-    return Path(tempfile.mkdtemp(prefix="behemoth-kernels-"))
-
-
-def build(compiler: str, instruction_set: str) -> Path:
-    """The compiled library for `instruction_set` (a VARIANTS key), from the cache or compiled now (to a
-    temporary name, then renamed)."""
-    flags = (*COMMON_FLAGS, *VARIANTS[instruction_set][1])
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join((compiler, *flags)).encode()).hexdigest()[:16]
-    target = cache_dir() / f"int4_gemv-{instruction_set}-{key}.so"
-    if not target.is_file():
-        with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".so", delete=False) as scratch:
-            pass
-        try:
-            command = [compiler, *flags, str(SOURCE), "-o", scratch.name]
-            subprocess.run(command, check=True, capture_output=True, timeout=120)
-            os.replace(scratch.name, target)
-        finally:
-            Path(scratch.name).unlink(missing_ok=True)
-    return target
+    return kernel_build.choose(SWITCH, INSTRUCTION_SETS)
 
 
 @functools.cache
 def library() -> ctypes.CDLL | None:
     """The loaded kernel, or None where it cannot run here (then torch's kernel is used)."""
-    instruction_set = variant()
-    compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
-    if instruction_set is None or compiler is None:
-        return None
-    try:
-        lib = ctypes.CDLL(str(build(compiler, instruction_set)))
-    except (OSError, subprocess.SubprocessError):
-        return None
-    pointers, sizes = [ctypes.c_void_p] * 4, [ctypes.c_long] * 4
-    lib.int4_matmul.argtypes, lib.int4_matmul.restype = pointers + sizes, ctypes.c_int
-    lib.int4_matvec.argtypes, lib.int4_matvec.restype = pointers + sizes[:3], ctypes.c_int
+    lib = kernel_build.load(SOURCE, variant())
+    if lib is not None:
+        pointers, sizes = [ctypes.c_void_p] * 4, [ctypes.c_long] * 4
+        lib.int4_matmul.argtypes, lib.int4_matmul.restype = pointers + sizes, ctypes.c_int
+        lib.int4_matvec.argtypes, lib.int4_matvec.restype = pointers + sizes[:3], ctypes.c_int
     return lib
 
 
-_torch_kernel_only = False
-
-
-@contextlib.contextmanager
-def torch_kernel_only() -> Iterator[None]:
-    """Int4 layers built inside use torch's kernel (to compare the two on the same weights)."""
-    global _torch_kernel_only
-    before, _torch_kernel_only = _torch_kernel_only, True
-    try:
-        yield
-    finally:
-        _torch_kernel_only = before
+torch_kernel_only = kernel_build.torch_kernels_only  # the name the int4 layers' callers use
 
 
 def fits(out_features: int, in_features: int, group: int) -> bool:
     """Whether a layer of this shape can use the kernel here."""
-    if _torch_kernel_only or in_features % BLOCK or group not in GROUPS:
+    if kernel_build.only_torch_kernels() or in_features % BLOCK or group not in GROUPS:
         return False
     return library() is not None
 

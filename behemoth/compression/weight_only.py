@@ -20,7 +20,7 @@ import copy
 import torch
 from torch import nn
 
-from behemoth.compression import int4_kernel
+from behemoth.compression import int4_kernel, int8_kernel
 from behemoth.errors import BehemothError
 
 GROUP_SIZES = (32, 64, 128)
@@ -62,6 +62,8 @@ class Int8WeightOnlyLinear(nn.Module):
     def __init__(self, q: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
         self.out_features, self.in_features = q.shape
+        # behemoth's kernel on AVX2 CPUs without AVX-512 (torch's is slow there), else torch's
+        self.kernel = "behemoth" if int8_kernel.fits() else "aten"
         self.register_buffer("weight_int8", q.to(torch.int8).contiguous())  # (N, K)
         self.register_buffer("scales", scales.to(torch.bfloat16).contiguous())  # (N,)
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
@@ -78,13 +80,15 @@ class Int8WeightOnlyLinear(nn.Module):
         return self.weight_int8.float() * self.scales.float().unsqueeze(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., K) -> (..., N)
-        y = torch.ops.aten._weight_int8pack_mm(
-            _matmul_input(x, self.in_features), self.weight_int8, self.scales
-        )
+        matmul = int8_kernel.matmul if self.kernel == "behemoth" else torch.ops.aten._weight_int8pack_mm
+        y = matmul(_matmul_input(x, self.in_features), self.weight_int8, self.scales)
         return _matmul_output(y, x, self.bias)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8 per channel"
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, int8 per channel, "
+            f"kernel={self.kernel}"
+        )
 
 
 def int4_codes_order(out_features: int, in_features: int) -> torch.Tensor:
