@@ -1,6 +1,7 @@
 """Decode speed at batch 1 (greedy, KV cache) in fp32, bf16, weight-only int8 and int4, against transformers'
 own `generate` on the same weights (fp32, bf16), random weights (speed does not depend on what they learned):
-- gpt2-small: behemoth's GPT, 12 x 768, vocabulary 50257 (bench/results/generate.json);
+- gpt2-small: behemoth's GPT, 12 x 768, vocabulary 50257 (bench/results/generate.json; generate_avx2.json on
+  an AVX2 CPU without AVX-512, and likewise for llama-1b: each CPU kind keeps its own file);
 - llama-1b: a TinyLlama-1.1B-shaped Hugging Face LlamaForCausalLM (22 layers, hidden 2048, MLP 5632, 32 heads,
   4 KV heads, vocabulary 32000; bench/results/generate_llama.json), run by behemoth's HF path (its
   `hf_generate`, with compression/weight_only.py's int8 / int4 modules swapped into the HF model). Its
@@ -73,6 +74,15 @@ def copy_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
         dst.copy_(src)
         times.append(time.perf_counter() - start)
     return 2 * src.numel() * 4 / min(times)
+
+
+def cpu_kind_suffix() -> str:
+    """ "" on CPUs with AVX-512 BF16 (the files generate.json / generate_llama.json), else "_avx2" or
+    "_other": decode speed depends on the instruction set the kernels get, so each kind keeps its own file."""
+    flags = kernel_build.cpu_flags()
+    if kernel_build.INSTRUCTION_SETS["avx512bf16"][0] <= flags:
+        return ""
+    return "_avx2" if kernel_build.INSTRUCTION_SETS["avx2"][0] <= flags else "_other"
 
 
 def cpu_model() -> str:
@@ -292,6 +302,7 @@ def timed_rounds(models: dict, prompt: torch.Tensor, new_tokens: int, rounds: in
 def measure(label: str, args: argparse.Namespace) -> None:
     """Time every row of one model shape (interleaved rounds, median), print the table, write the result."""
     build, bench = {"gpt2-small": (gpt2_small, "generate"), "llama-1b": (llama_1b, "generate_llama")}[label]
+    bench += cpu_kind_suffix()
     new_tokens = args.new_tokens if label == "gpt2-small" else args.llama_new_tokens
     new_tokens = 32 if args.quick else new_tokens
     torch.manual_seed(0)
@@ -410,7 +421,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timed rounds (after one warm-up)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="small shapes and 32 tokens (a smoke test)")
-    parser.add_argument("--out", default=str(RESULTS), help="folder for generate.json / generate_llama.json")
+    parser.add_argument(
+        "--out",
+        default=str(RESULTS),
+        help="folder for generate.json / generate_llama.json (generate_avx2.json, ... without AVX-512)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for label in ("gpt2-small", "llama-1b") if args.model == "both" else (args.model,):

@@ -109,16 +109,23 @@ def generate(r: Result) -> str:
 
 
 def int4_kernels(rows: dict[str, Any]) -> str:
-    """behemoth's int4 kernel beside torch's on the same codes (rows written before it existed: torch's)."""
+    """behemoth's low-bit kernels beside torch's on the same codes (rows written before they existed:
+    torch's)."""
     ours, theirs = "behemoth int4 g128", "behemoth int4 g128, torch's kernel"
     if theirs not in rows:
         return f"int4's matmuls alone reach {rows[ours]['matmul_only_fraction_of_bound']:.0%} of the bound"
-    speed = [f"{rows[f'{name} compiled']['decode_tokens_per_s']:.1f}" for name in (theirs, ours)]
-    alone = [f"{rows[name]['matmul_only_fraction_of_bound']:.0%}" for name in (theirs, ours)]
-    return (
-        f"int4 on torch's kernel instead of behemoth's: compiled {speed[0]} vs {speed[1]} tok/s; matmuls "
-        f"alone {alone[0]} vs {alone[1]} of the bound"
-    )
+    pairs = [("int8", "behemoth int8", "behemoth int8, torch's kernel"), ("int4", ours, theirs)]
+    texts = []
+    for bits, ours, theirs in pairs:
+        if theirs not in rows:
+            continue
+        speed = [f"{rows[f'{name} compiled']['decode_tokens_per_s']:.1f}" for name in (theirs, ours)]
+        alone = [f"{rows[name]['matmul_only_fraction_of_bound']:.0%}" for name in (theirs, ours)]
+        texts.append(
+            f"{bits} on torch's kernel instead of behemoth's: compiled {speed[0]} vs {speed[1]} tok/s; "
+            f"matmuls alone {alone[0]} vs {alone[1]} of the bound"
+        )
+    return ". ".join(texts)
 
 
 def lm_perplexity(r: Result) -> str:

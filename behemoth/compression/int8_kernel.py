@@ -2,12 +2,12 @@
 lack AVX-512.
 
 torch's `_weight_int8pack_mm` read int8 weights at 5.5 GB/s on a 2-core EPYC without AVX-512 (slower than
-fp32 `F.linear` read fp32 ones); this kernel sign-extends eight codes to fp32 and multiplies them with FMAs
-(int8_gemv.c says why and how). It runs on the codes as Int8WeightOnlyLinear stores them, so nothing is
-repacked. On CPUs with AVX-512, torch's kernel (and inductor's int8 templates under torch.compile) were
-measured fast (bench/results/generate.json), so there torch's stays unless `BEHEMOTH_INT8_KERNEL=avx2`
-asks for this one; `BEHEMOTH_INT8_KERNEL=aten` keeps torch's everywhere. Compiled on first use
-(kernel_build.py).
+fp32 `F.linear` read fp32 ones); this kernel multiplies sixteen codes at a time by the input rounded to
+int16 with integer multiply-adds (int8_gemv.c says why and how). It runs on the codes as
+Int8WeightOnlyLinear stores them, so nothing is repacked. On CPUs with AVX-512, torch's kernel (and
+inductor's int8 templates under torch.compile) were measured fast (bench/results/generate.json), so there
+torch's stays unless `BEHEMOTH_INT8_KERNEL=avx2` asks for this one; `BEHEMOTH_INT8_KERNEL=aten` keeps
+torch's everywhere. Compiled on first use (kernel_build.py).
 
 `behemoth::int8_matmul` is a torch op, so `torch.compile` keeps it in its graph; eager calls skip the
 dispatcher (`matmul`) because a decoded token makes ~50 of them.
@@ -28,7 +28,7 @@ SWITCH = "BEHEMOTH_INT8_KERNEL"  # "aten": torch's kernel; "avx2": this one, eve
 
 
 def variant() -> str | None:
-    """"avx2" where this kernel is used here, else None (torch's kernel)."""
+    """ "avx2" where this kernel is used here, else None (torch's kernel)."""
     chosen = kernel_build.choose(SWITCH, INSTRUCTION_SETS)
     asked = os.environ.get(SWITCH, "").lower() == chosen
     if chosen and not asked and "avx512f" in kernel_build.cpu_flags():
