@@ -106,6 +106,21 @@ MAIN: list[tuple[str, str, str, Callable[[Result], str], str]] = [
         "≥ 4x, ≥ 5x, ≥ 50%",
     ),
     (
+        "generate_avx2",
+        "`generate.py` (AVX2)",
+        "the GPT-2-small row on a 2-core AMD EPYC without AVX-512 (AVX2 + FMA): behemoth's AVX2 int4 and "
+        "int8 kernels, and torch's on the same codes",
+        generate,
+        "≥ 4x, ≥ 5x, ≥ 50%",
+    ),
+    (
+        "generate_llama_avx2",
+        "`generate.py --model llama-1b` (AVX2)",
+        "the Llama-1B row on the same AVX2 EPYC",
+        generate,
+        "≥ 4x, ≥ 5x, ≥ 50%",
+    ),
+    (
         "lm_perplexity",
         "`lm_perplexity.py`",
         "validation perplexity of the trained gpt-text GPT packed to weight-only int8 / int4, vs fp32",
