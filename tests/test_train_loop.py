@@ -74,6 +74,20 @@ def test_fp16_on_cpu_is_refused(digits_bundle):
         train(mlp(), digits_bundle, quick_train_config(precision="fp16", device="cpu"), batch_size=32)
 
 
+@pytest.mark.parametrize("flags", [{"avx2", "fma"}, {"avx2", "avx512f", "avx512_bf16"}])
+def test_bf16_on_a_cpu_without_bf16_instructions_says_so(flags, monkeypatch, caplog):
+    from behemoth import cpu
+    from behemoth.training import precision
+
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset(flags))
+    with caplog.at_level("WARNING", logger="behemoth.training.precision"):
+        precision.check_precision("bf16", torch.device("cpu"))
+        precision.check_precision("fp32", torch.device("cpu"))
+    warned = [r.getMessage() for r in caplog.records if "no bf16 instructions" in r.getMessage()]
+    assert len(warned) == (0 if "avx512_bf16" in flags else 1)
+    assert all("train.precision = 'bf16'" in line and "'fp32'" in line for line in warned)
+
+
 def test_label_smoothing_raises_the_loss_floor(digits_bundle):
     plain, smooth = mlp(), mlp()
     a = train(plain, digits_bundle, quick_train_config(epochs=3), batch_size=32)

@@ -12,12 +12,13 @@ import contextlib
 import ctypes
 import hashlib
 import os
-import platform
 import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+from behemoth.cpu import cpu_flags
 
 COMMON_FLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC")
 INSTRUCTION_SETS = {  # name: (the CPU flags it needs in /proc/cpuinfo, compiler flags)
@@ -27,18 +28,6 @@ INSTRUCTION_SETS = {  # name: (the CPU flags it needs in /proc/cpuinfo, compiler
     ),
     "avx2": ({"avx2", "fma"}, ("-mavx2", "-mfma")),
 }
-
-
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags (empty where they cannot be read, or not on x86-64)."""
-    if platform.machine() not in ("x86_64", "AMD64"):
-        return set()
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    lines = [line for line in info.splitlines() if line.startswith("flags")]
-    return set(lines[0].split(":", 1)[1].split()) if lines else set()
 
 
 def runnable(supported: Sequence[str]) -> list[str]:
