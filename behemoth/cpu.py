@@ -1,6 +1,6 @@
 """What this machine's CPU can do, read from /proc/cpuinfo: which instruction sets behemoth's kernels can be
-built for, and whether bf16 arithmetic is native (without it torch runs bf16 matmuls tens of times slower than
-fp32)."""
+built for, and whether bf16 arithmetic is native (without it torch runs bf16 matmuls several times slower
+than fp32)."""
 
 import functools
 import platform

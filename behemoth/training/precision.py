@@ -27,10 +27,10 @@ def check_precision(precision: str, device: torch.device) -> None:
         # fp16 matmuls run at ~2 GFLOP/s on CPU (no native kernels): refuse rather than crawl.
         raise ConfigError("train.precision = 'fp16': only on CUDA; use 'bf16' on CPU")
     if precision == "bf16" and device.type == "cpu" and lacks_native_bf16():
-        # measured on a 2-core AMD EPYC (AVX2): a 512 x 512 matmul at 1.3 GFLOP/s in bf16, 79 in fp32
+        # measured on a 2-core AMD EPYC (AVX2): a 1024 x 1024 F.linear at 17 GFLOP/s in bf16, ~75 in fp32
         log.warning(
             "train.precision = 'bf16': this CPU has no bf16 instructions (avx512_bf16 / amx_bf16), so bf16 "
-            "matmuls run tens of times slower than fp32 here; use 'fp32'"
+            "matmuls run several times slower than fp32 here; use 'fp32'"
         )
 
 
