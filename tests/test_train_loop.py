@@ -85,6 +85,10 @@ def test_bf16_on_a_cpu_without_bf16_instructions_says_so(flags, monkeypatch, cap
         precision.check_precision("fp32", torch.device("cpu"))
     warned = [r.getMessage() for r in caplog.records if "no bf16 instructions" in r.getMessage()]
     assert len(warned) == (0 if "avx512_bf16" in flags else 1)
+    # and the demos, whose recipes train in bf16, train in fp32 there
+    from behemoth.pipeline.config import precision_for_this_cpu
+
+    assert precision_for_this_cpu() == ([] if "avx512_bf16" in flags else ["train.precision=fp32"])
     assert all("train.precision = 'bf16'" in line and "'fp32'" in line for line in warned)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from behemoth.compression.pipeline import compress_run
 from behemoth.config import RunConfig, apply_overrides, config_from_dict
 from behemoth.config.loader import read_toml
-from behemoth.pipeline.config import load_run_config, resolve_config
+from behemoth.pipeline.config import load_run_config, precision_for_this_cpu, resolve_config
 from behemoth.pipeline.evaluate import evaluate
 from behemoth.pipeline.explain import explain
 from behemoth.pipeline.federate import federate
@@ -58,7 +58,8 @@ def federated_config(cfg: RunConfig, run_dir: Path, extra: list[str]) -> RunConf
     """federated-mnist, shortened, training the demo's own CNN (its [model] section), kept in run_dir."""
     raw = read_toml(resolve_config("federated-mnist"))
     raw["model"] = cfg.model.model_dump()
-    raw = apply_overrides(raw, [f"runs_dir={str(run_dir)!r}", *FEDERATED_OVERRIDES, *extra])
+    overrides = [f"runs_dir={str(run_dir)!r}", *FEDERATED_OVERRIDES, *precision_for_this_cpu(), *extra]
+    raw = apply_overrides(raw, overrides)
     return config_from_dict(raw, source="federated-mnist (demo)")
 
 
@@ -79,6 +80,7 @@ def demo(
             "name=demo",
             f"runs_dir={runs_dir!r}",
             f"explain.samples={samples}",
+            *precision_for_this_cpu(),
             *(QUICK_OVERRIDES if quick else []),
         ],
     )

@@ -19,7 +19,7 @@ from typing import Any
 from behemoth.config import config_from_dict
 from behemoth.files import atomic_write_text
 from behemoth.pipeline.compress import compress
-from behemoth.pipeline.config import load_run_config
+from behemoth.pipeline.config import load_run_config, precision_for_this_cpu
 from behemoth.pipeline.explain import explain
 from behemoth.pipeline.hf_export import export_hf
 from behemoth.pipeline.lm import generate
@@ -44,6 +44,7 @@ def gpt_overrides(root: Path, steps: int, quick: bool) -> list[str]:
         f"train.warmup={max(1, steps // 10)}",
         f"train.eval_every_steps={steps}",
         f"train.log_every={max(1, steps // 8)}",
+        *precision_for_this_cpu(),
         *(["data.test_limit=64", "data.eval_batch_size=64"] if quick else []),
     ]
 
