@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from behemoth.compression import kernel_build
+from behemoth.cpu import cpu_flags
 
 SOURCE = Path(__file__).with_name("int8_gemv.c")
 INSTRUCTION_SETS = ("avx2",)
@@ -30,9 +31,8 @@ SWITCH = "BEHEMOTH_INT8_KERNEL"  # "aten": torch's kernel; "avx2": this one, eve
 def variant() -> str | None:
     """ "avx2" where this kernel is used here, else None (torch's kernel)."""
     chosen = kernel_build.choose(SWITCH, INSTRUCTION_SETS)
-    asked = os.environ.get(SWITCH, "").lower() == chosen
-    if chosen and not asked and "avx512f" in kernel_build.cpu_flags():
-        return None  # torch's int8 kernels are the fast ones there
+    if chosen and not os.environ.get(SWITCH) and "avx512f" in cpu_flags():
+        return None  # unless asked for: torch's int8 kernels are the fast ones there
     return chosen
 
 
