@@ -44,9 +44,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from behemoth.compression import int4_kernel, int8_kernel, kernel_build  # noqa: E402
 from behemoth.compression.weight_only import weight_only_layers  # noqa: E402
 from behemoth.models.sampling import sample_cached  # noqa: E402
+from bench.cpu_kind import cpu_kind_suffix, low_bit_kernels  # noqa: E402
 from bench.generate_models import gpt2_small, llama_1b  # noqa: E402
 from bench.results import RESULTS, write_result  # noqa: E402
 
@@ -61,23 +61,6 @@ def copy_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
         dst.copy_(src)
         times.append(time.perf_counter() - start)
     return 2 * src.numel() * 4 / min(times)
-
-
-def cpu_kind_suffix() -> str:
-    """ "" on CPUs with AVX-512 BF16 (the files generate.json / generate_llama.json), else "_avx2" or
-    "_other": decode speed depends on the instruction set the kernels get, so each kind keeps its own file."""
-    flags = kernel_build.cpu_flags()
-    if kernel_build.INSTRUCTION_SETS["avx512bf16"][0] <= flags:
-        return ""
-    return "_avx2" if kernel_build.INSTRUCTION_SETS["avx2"][0] <= flags else "_other"
-
-
-def cpu_model() -> str:
-    """The CPU's model name: bound and speeds depend on it (this project's machines have varied)."""
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def weight_bytes_per_token(model: torch.nn.Module) -> int:
@@ -262,11 +245,7 @@ def measure(label: str, args: argparse.Namespace) -> None:
         "rounds": args.rounds,
         "copy_bandwidth_bytes_per_s": bandwidth,
         "copy_bandwidth_per_round": timed["bandwidths"],
-        "int4_kernel": f"behemoth (compression/int4_gemv.c, {int4_kernel.variant()})"
-        if int4_kernel.library()
-        else "torch's",
-        "int8_kernel": "behemoth (compression/int8_gemv.c, avx2)" if int8_kernel.library() else "torch's",
-        "cpu": cpu_model(),
+        **low_bit_kernels(),
         "rows": rows,
     }
     deviations = [f"{args.threads} thread(s); median of {args.rounds} rounds"]

@@ -4,13 +4,17 @@ channel) and int4 (asymmetric, groups of 32, 64 and 128), each .bhm reloaded and
 validation text in fp32 activations for the float row (bf16 for the low-bit kernels, which take bf16).
 
 Targets: int8 within +1% and int4 (group 128) within +5% of the unquantized model's perplexity (relative).
+The low-bit rows run on the kernels this CPU gets, so each CPU kind keeps its own file (bench/cpu_kind.py):
+lm_perplexity.json on AVX-512 BF16 (bf16 x), lm_perplexity_avx2.json on AVX2 + FMA without it (x rounded to
+int16 for int8 weights and to int8 for int4 ones). There the GPT trains in fp32 (the recipe's bf16 is slow
+without bf16 instructions: pipeline/config.precision_for_this_cpu).
 Every row is the same trained weights; nothing is chosen, so the validation split is the one reported (the
 test split is never read: compress_run(measure_split="val")). Seeds: --seeds trains one GPT per seed and
 reports the median relative change with the range.
 
 Run: .venv/bin/python bench/lm_perplexity.py [--seeds 0] [--steps 2000] [--threads 2] [--runs-dir DIR]
      [--reuse]   (keep a trained run of the same seed and steps instead of training it again)
-Writes bench/results/lm_perplexity.json.
+Writes bench/results/lm_perplexity.json (lm_perplexity_avx2.json on an AVX2 CPU, ...).
 """
 
 import argparse
@@ -22,9 +26,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from behemoth.compression.pipeline import compress_run  # noqa: E402
-from behemoth.pipeline.config import load_run_config  # noqa: E402
+from behemoth.pipeline.config import load_run_config, precision_for_this_cpu  # noqa: E402
 from behemoth.pipeline.train import run_training  # noqa: E402
 from behemoth.runs import RunDir, open_run  # noqa: E402
+from bench.cpu_kind import cpu_kind_suffix, low_bit_kernels  # noqa: E402
 from bench.results import spread, write_result  # noqa: E402
 
 RECIPES = {  # row: compress overrides
@@ -51,6 +56,7 @@ def trained_run(seed: int, steps: int, threads: int, runs_dir: Path, reuse: bool
             f"train.warmup={min(100, steps // 10)}",
             f"train.eval_every_steps={min(500, steps)}",
             f"train.threads={threads}",
+            *precision_for_this_cpu(),
         ],
     )
     run_training(cfg, overwrite=True, progress=False)
@@ -99,12 +105,16 @@ def main() -> None:
         }
         median = statistics.median(change)
         print(f"{row:20s} perplexity {statistics.median(values):.4f}  change {median:+.3%}")
+    figures = {"rows": rows, "per_seed": {str(s): v for s, v in per_seed.items()}, "steps": args.steps}
     write_result(
-        "lm_perplexity",
-        {"rows": rows, "per_seed": {str(s): v for s, v in per_seed.items()}, "steps": args.steps},
+        "lm_perplexity" + cpu_kind_suffix(),
+        figures | low_bit_kernels(),
         {
-            "training_precision": "bf16 autocast (the gpt-text recipe)",
-            "evaluation_precision": "fp32 for the float row; bf16 activations in the int8/int4 kernels",
+            "training_precision": "fp32 (this CPU has no bf16 instructions)"
+            if precision_for_this_cpu()
+            else "bf16 autocast (the gpt-text recipe)",
+            "evaluation_precision": "fp32 for the float row; bf16 activations into the int8/int4 kernels "
+            "(which round them further on an AVX2 CPU: see int4_kernel / int8_kernel)",
             "selection": "nothing chosen: every row is the same trained weights, scored on validation text",
             "seeds": seeds,
             "deviations": [] if len(seeds) >= 3 else [f"{len(seeds)} training seed(s)"],

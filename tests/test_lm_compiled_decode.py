@@ -1,8 +1,8 @@
 """Compiled decoding (models/compiled_decode.py): the torch.compile'd one-token step over a fixed-size cache
 gives the eager tokens, for behemoth's GPT (batched, left-padded prompts; past block_size, where the window
 slides; int8 and int4 weight-only layers; two same-shaped models, each its own step) and for a Hugging Face
-Llama (transformers' static cache); `behemoth generate --compile` prints what it prints without; a model with
-no cached step says so in one line."""
+Llama (transformers' static cache, its steps' attention fused rather than on the flash kernel); `behemoth
+generate --compile` prints what it prints without; a model with no cached step says so in one line."""
 
 import pytest
 import torch
@@ -94,6 +94,22 @@ def test_compiled_hf_generate_gives_the_eager_tokens(tmp_path, no_autotune):
     assert "forward" not in vars(model.hf)  # the compiled forward is swapped in for the call only
     seeded = [hf_generate(model, ids[:, :5], 8, temperature=1.0, seed=3, compiled=True) for _ in range(2)]
     assert torch.equal(*seeded)  # another prompt length: the prefill is eager, the step graph is reused
+
+
+def test_compiled_hf_steps_fuse_attention_instead_of_calling_the_flash_kernel(tmp_path, no_autotune):
+    """The one-token steps run torch's math attention, fused into the graph: torch's flash-attention kernel
+    (~180 us a layer per token on a Llama-1B) runs for the eager prefill alone, once per layer."""
+    from torch.profiler import profile
+    from transformers import LlamaForCausalLM
+
+    folder = tiny_llama(tmp_path / "llama", 300, context=64)
+    model = HFCausalLM(LlamaForCausalLM.from_pretrained(folder).eval(), 256)
+    ids = torch.tensor([list(b"In the beginning")])
+    hf_generate(model, ids, 6, temperature=0, compiled=True)  # compiles the step
+    with profile() as prof:
+        hf_generate(model, ids, 6, temperature=0, compiled=True)
+    flash = [e for e in prof.events() if e.name == "aten::_scaled_dot_product_flash_attention_for_cpu"]
+    assert len(flash) <= model.hf.config.num_hidden_layers  # not once more per layer for each of 5 steps
 
 
 def test_generate_cli_compile_prints_the_eager_text(tiny_lm_run, no_autotune):

@@ -24,12 +24,15 @@ from typing import Any
 
 import torch
 
-# inductor's settings for the step: the weights are frozen into the graph, and every matmul's kernel is
-# chosen by timing the candidates on this machine, quietly (inductor prints its timing tables otherwise,
-# into the text being generated)
+# inductor's settings for the step: the weights are frozen into the graph; every matmul's kernel is chosen
+# by timing the candidates on this machine, quietly (inductor prints its timing tables otherwise, into the
+# text being generated); the graph's calls are made from generated C++, not Python: a GPT-2-small int4
+# token spent 1.36 ms outside its matmuls with the Python wrapper and 1.12 ms with this one, and decoded at
+# 260 tok/s against 245 (2-core EPYC, 5 interleaved rounds), for ~15 s more compiling (26 s -> 41 s)
 INDUCTOR_OPTIONS = {
     "freezing": True,
     "max_autotune": True,
+    "cpp_wrapper": True,
     "autotune_num_choices_displayed": 0,
     "max_autotune_report_choices_stats": False,
 }
