@@ -16,10 +16,11 @@
  *   out of their bytes, are multiplied by it with one integer multiply-add (vpmaddubsw: unsigned codes times
  *   signed x, summed in pairs into int16, exactly): y = sum_g s_g sx_b (sum_k q_k x8_k - 8 sum_k x8_k)
  *   + z_g * sum_k x_k, the zero term from the bf16 x itself, added for all groups at the row's end with
- *   vector loads. Against the int16 version before it (vpmaddwd, 16 codes per multiply-add; an error 256
- *   times smaller), a 2-core EPYC's GPT-2-small token read its int4 weights at 11.2 GB/s instead of 24 (the
- *   matmuls alone, eager); the added error is ~1% of an output's size, against the ~10% that rounding the
- *   weights to 4 bits already costs.
+ *   vector loads. The int16 version before it (vpmaddwd, 16 codes per multiply-add; an error 256 times
+ *   smaller) was compute-bound at ~13 GB/s of weights per core even from cache; on a 2-core EPYC a 768 x
+ *   3072 product from cache took 28.6 us instead of 52.7, and a GPT-2-small token's matmuls 4.0 ms instead
+ *   of 5.9 (eager). The added error is ~1% of an output's size, against the ~10% that rounding the weights
+ *   to 4 bits already costs (perplexity: bench/results/lm_perplexity_avx2.json).
  *
  * Layout: each 128-weight block of a row is 32 little-endian u16 lanes, lane i = q[i] | q[32 + i] << 4 |
  * q[64 + i] << 8 | q[96 + i] << 12, so nibble plane c of the block's lanes holds its codes 32c..32c+31 in
@@ -206,7 +207,8 @@ static inline __m256 broadcast_scale(const uint16_t *pair) {
 /* sum_g z_g sums_g - s_g offsets_g, spread over 8 lanes: eight groups' (s, z) pairs per load (a masked load
  * for the last, so nothing past the row's scales is read) */
 static inline __m256 zero_terms(const uint16_t *scales_zeros, const x_row *x, long groups) {
-  const __m256i high_half = _mm256_set1_epi32((int32_t)0xFFFF0000), lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i high_half = _mm256_set1_epi32((int32_t)0xFFFF0000);
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   __m256 total = _mm256_setzero_ps();
   for (long g = 0; g < groups; g += 8) {
     const __m256i present = _mm256_cmpgt_epi32(_mm256_set1_epi32((int32_t)(groups - g)), lane);
@@ -246,12 +248,13 @@ static inline __attribute__((always_inline)) void row_tile(const uint8_t *row,
       for (int t = 0; t < tile; t++) {
         const __m256i *xv = (const __m256i *)(xs[t].values + block * 128);
         __m256i sum = _mm256_maddubs_epi16(codes[0], _mm256_load_si256(xv));
-        for (int s = 1; s < 4; s++) sum = _mm256_add_epi16(sum, _mm256_maddubs_epi16(codes[s], _mm256_load_si256(xv + s)));
+        for (int s = 1; s < 4; s++)
+          sum = _mm256_add_epi16(sum, _mm256_maddubs_epi16(codes[s], _mm256_load_si256(xv + s)));
         const __m256 scale = _mm256_mul_ps(s_g, _mm256_broadcast_ss(xs[t].scales + block));
         acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(sum, ones)), scale, acc[t]);
       }
     } else {
-      /* group of operand s's low bytes (codes 32 (s % 2) + i) and high bytes (64 + 32 (s % 2) + i) */
+      /* operand s's low bytes hold the block's codes 32 (s % 2) + i, its high bytes 64 + 32 (s % 2) + i */
       __m256i codes[2][4];
       for (int s = 0; s < 4; s++) {
         codes[0][s] = _mm256_and_si256(planes[s], low_bytes);
@@ -271,7 +274,8 @@ static inline __attribute__((always_inline)) void row_tile(const uint8_t *row,
           const int half = G == 64 ? g : g / 2;
           __m256i sum = _mm256_setzero_si256();
           for (int s = 0; s < 4; s++)
-            if (G == 64 || s % 2 == g % 2) sum = _mm256_add_epi16(sum, _mm256_maddubs_epi16(codes[half][s], x[s]));
+            if (G == 64 || s % 2 == g % 2)
+              sum = _mm256_add_epi16(sum, _mm256_maddubs_epi16(codes[half][s], x[s]));
           const __m256 scale = _mm256_mul_ps(s_g[g], x_scale);
           acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(sum, ones)), scale, acc[t]);
         }
