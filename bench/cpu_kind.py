@@ -9,10 +9,10 @@ from behemoth.compression import int4_kernel, int8_kernel, kernel_build
 
 def cpu_kind_suffix() -> str:
     """ "" on CPUs with AVX-512 BF16, else "_avx2" or "_other": the suffix of a result file's name."""
-    flags = kernel_build.cpu_flags()
-    if kernel_build.INSTRUCTION_SETS["avx512bf16"][0] <= flags:
+    builds = kernel_build.runnable(int4_kernel.INSTRUCTION_SETS)  # the int4 kernel's builds this CPU runs
+    if "avx512bf16" in builds:
         return ""
-    return "_avx2" if kernel_build.INSTRUCTION_SETS["avx2"][0] <= flags else "_other"
+    return "_avx2" if builds else "_other"
 
 
 def cpu_model() -> str:

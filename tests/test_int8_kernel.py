@@ -7,6 +7,7 @@ import torch
 
 from behemoth.compression import int8_kernel, kernel_build
 from behemoth.compression.weight_only import Int8WeightOnlyLinear, quantize_weight_only
+from behemoth.cpu import cpu_flags
 from behemoth.models.gpt import GPT, GPTOptions
 
 RUNS_HERE = bool(kernel_build.runnable(int8_kernel.INSTRUCTION_SETS))
@@ -96,7 +97,7 @@ def test_a_quantized_gpt_decodes_on_the_kernel_as_on_torchs(kernel):
 
 def test_the_kernel_is_the_default_only_on_avx2_cpus_without_avx512(monkeypatch):
     monkeypatch.delenv(int8_kernel.SWITCH, raising=False)
-    flags = kernel_build.cpu_flags()
+    flags = cpu_flags()
     expected = "avx2" if RUNS_HERE and "avx512f" not in flags else None
     assert int8_kernel.variant() == expected
     monkeypatch.setenv(int8_kernel.SWITCH, "aten")

@@ -5,10 +5,11 @@
  * Why our own: on a 2-core EPYC without AVX-512, torch's _weight_int8pack_mm read a GPT-2-small token's
  * int8 weights at 5.5 GB/s, slower than fp32 F.linear read its four times larger ones (13.5 GB/s). Here x
  * is rounded to int16 once per call, with one scale per 128 inputs (relative error <= 2^-16 of the block's
- * largest |x|, against bf16's own 2^-9 per input, as in int4_gemv.c's AVX2 build), and 16 codes at a time
- * are sign-extended to 16 bits and multiplied by it with one integer multiply-add (vpmaddwd: exact pair
- * sums into int32); each block's integer sum is converted once and scaled by the block's x scale, and the
- * row's sum by s. An fp32 version (codes converted to float, one FMA per 8) read 11-17 GB/s.
+ * largest |x|, against bf16's own 2^-9 per input; int4_gemv.c rounds to int8, whose coarser steps the 4-bit
+ * weights' own error hides, and 8-bit weights' would not), and 16 codes at a time are sign-extended to 16
+ * bits and multiplied by it with one integer multiply-add (vpmaddwd: exact pair sums into int32); each
+ * block's integer sum is converted once and scaled by the block's x scale, and the row's sum by s. An fp32
+ * version (codes converted to float, one FMA per 8) read 11-17 GB/s.
  *
  * Rows of x are taken four at a time (TILE), so a row's codes are expanded once per four rows of x. Any K:
  * a last block shorter than 128 inputs is summed without vectors. */
@@ -103,7 +104,8 @@ static inline __attribute__((always_inline)) void row_tile(const int8_t *row, co
     for (long k = k0; k < k0 + BLOCK; k += 16) {
       const __m256i q = codes16(row, k);
       for (int t = 0; t < tile; t++)
-        sum[t] = _mm256_add_epi32(sum[t], _mm256_madd_epi16(q, _mm256_loadu_si256((const __m256i *)(xs[t] + k))));
+        sum[t] = _mm256_add_epi32(sum[t],
+                                  _mm256_madd_epi16(q, _mm256_loadu_si256((const __m256i *)(xs[t] + k))));
     }
     for (int t = 0; t < tile; t++)
       acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[t]), _mm256_set1_ps(x_scales[t][block]), acc[t]);
